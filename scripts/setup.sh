@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install everything microvm and its tests need on Debian 12 (run as root):
+# the host tools from Debian, then the package into ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-venv
+  qemu-system-x86 qemu-utils     # the hypervisor (qemu-system-common brings virtiofsd)
+  busybox-static                 # the guest's userland and the initrd
+  erofs-utils squashfs-tools     # read-only root images
+  e2fsprogs                      # volumes (mkfs.ext4)
+  kmod                           # depmod for the guest kernel's modules
+  cpio                           # tests read initrds back
+  iproute2 dnsmasq-base nftables # host networking
+  systemd-container              # tests run real systemd in a container
+  shellcheck                     # generated scripts are checked
+)
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  # The guest kernel comes from the apt lists: keep them fresh once a day.
+  lists_age=$(( $(date +%s) - $(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0) ))
+  if [ "${#missing[@]}" -gt 0 ] || [ "$lists_age" -gt 86400 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "setup: not root or no apt-get; install these yourself: ${APT_PACKAGES[*]}" >&2
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"

@@ -1,0 +1,1 @@
+"""Guest builders: kernel, initrd, root images and runners, all in the store."""

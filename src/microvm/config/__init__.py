@@ -1,0 +1,98 @@
+"""The config layer: option model, TOML loading and merging, checks.
+
+Use :func:`load_vm` and :func:`load_host`; both raise
+:class:`~microvm.errors.ConfigErrors` naming file and option path, and return
+warnings separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError, ConfigErrors
+from .checks import Problem, check_host, check_vm
+from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
+from .options import HostConfig, VMConfig
+
+
+@dataclass
+class LoadedVM:
+    """A validated VM with where its options came from."""
+
+    name: str
+    config: VMConfig
+    loaded: Loaded
+    warnings: list[ConfigError] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return self.loaded.files
+
+
+@dataclass
+class LoadedHost:
+    config: HostConfig
+    loaded: Loaded
+    vms: dict[str, LoadedVM]
+    warnings: list[ConfigError] = field(default_factory=list)
+
+
+def _report(problems: list[Problem], loaded: Loaded, prefix: OptionPath = ()) -> list[ConfigError]:
+    """Raise the errors among ``problems``; return the warnings."""
+    def as_error(problem: Problem) -> ConfigError:
+        path = (*prefix, *problem.path)
+        return ConfigError(problem.message, file=str(loaded.origin(path)), option=format_path(path), hint=problem.hint)
+
+    errors = [as_error(p) for p in problems if p.severity == "error"]
+    if errors:
+        raise ConfigErrors(errors)
+    return [as_error(p) for p in problems if p.severity == "warning"]
+
+
+def _with_default_name(data: dict[str, Any], name: str | None) -> dict[str, Any]:
+    guest = data.get("guest")
+    if name is None or (isinstance(guest, dict) and "hostName" in guest):
+        return data
+    return {**data, "guest": {**(guest if isinstance(guest, dict) else {}), "hostName": name}}
+
+
+def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = (), name: str | None = None) -> LoadedVM:
+    """Validate and check one VM's merged data (a file, or a table in a host file)."""
+    data = _with_default_name(data, name)
+    try:
+        config = VMConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_errors(exc, loaded, VMConfig, prefix) from None
+    explicit_socket = "socket" in (data.get("microvm") or {})
+    warnings = _report(check_vm(config, explicit_socket), loaded, prefix)
+    return LoadedVM(name or config.guest.hostName, config, loaded, warnings)
+
+
+def load_vm(file: Path, name: str | None = None) -> LoadedVM:
+    """Load, merge, validate and check a VM file."""
+    loaded = load(file)
+    return vm_from_loaded(loaded, loaded.data, name=name)
+
+
+def load_host(file: Path) -> LoadedHost:
+    """Load a host file and every VM it declares with ``config``."""
+    loaded = load(file)
+    config: HostConfig = validate(loaded, HostConfig)
+    warnings = _report(check_host(config), loaded)
+    vms: dict[str, LoadedVM] = {}
+    for name, declared in config.microvm.vms.items():
+        raw = loaded.data["microvm"]["vms"][name].get("config")
+        if isinstance(raw, str):
+            vms[name] = load_vm(loaded.origin(("microvm", "vms", name, "config")).parent / raw, name=name)
+        elif isinstance(raw, dict):
+            vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name)
+        if name in vms:
+            warnings += vms[name].warnings
+    return LoadedHost(config, loaded, vms, warnings)
+
+
+__all__ = ["HostConfig", "LoadedHost", "LoadedVM", "VMConfig", "load_host", "load_vm", "vm_from_loaded"]

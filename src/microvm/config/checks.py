@@ -1,0 +1,232 @@
+"""Rules that span options: uniqueness, consistency, hypervisor capabilities.
+
+Each rule yields :class:`Problem`s with the option path it is about; the
+loader attaches the file that set that option. Errors stop the command,
+warnings are printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from ..hypervisors import Feature, get
+from .loader import OptionPath, format_path
+from .options import STORE_SHARE_TAG, HostConfig, VMConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: OptionPath
+    message: str
+    severity: Literal["error", "warning"] = "error"
+    hint: str | None = None
+
+
+def _duplicates(items: Iterable[tuple[OptionPath, object]], what: str) -> Iterator[Problem]:
+    seen: dict[object, OptionPath] = {}
+    for path, value in items:
+        if value is None:
+            continue
+        if value in seen:
+            yield Problem(path, f"{what} {value!r} is also used by {format_path(seen[value])}; each must be unique")
+        else:
+            seen[value] = path
+
+
+def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
+    """Every feature ``vm`` asks of its hypervisor, with the option asking for it."""
+    mv = vm.microvm
+    for i, share in enumerate(mv.shares):
+        yield (Feature.SHARE_9P if share.proto == "9p" else Feature.SHARE_VIRTIOFS), ("microvm", "shares", i, "proto")
+    interface_features = {
+        "user": Feature.USER_NETWORK,
+        "tap": Feature.TAP,
+        "macvtap": Feature.MACVTAP,
+        "bridge": Feature.BRIDGE,
+    }
+    for i, iface in enumerate(mv.interfaces):
+        yield interface_features[iface.type], ("microvm", "interfaces", i, "type")
+        if iface.type in ("tap", "macvtap") and mv.vcpu > 1:
+            yield Feature.MULTI_QUEUE_TAP, ("microvm", "vcpu")
+    if mv.forwardPorts:
+        yield Feature.FORWARD_PORTS, ("microvm", "forwardPorts")
+    if mv.balloon:
+        yield Feature.BALLOON, ("microvm", "balloon")
+    if mv.initialBalloonMem:
+        yield Feature.INITIAL_BALLOON, ("microvm", "initialBalloonMem")
+    if mv.hotplugMem:
+        yield Feature.VIRTIO_MEM, ("microvm", "hotplugMem")
+    if mv.hugepageMem:
+        yield Feature.HUGEPAGES, ("microvm", "hugepageMem")
+    if mv.vsock.cid is not None:
+        yield Feature.VSOCK, ("microvm", "vsock", "cid")
+    for i, device in enumerate(mv.devices):
+        yield (Feature.PCI_DEVICES if device.bus == "pci" else Feature.USB_DEVICES), ("microvm", "devices", i, "bus")
+    if mv.graphics.enable:
+        yield Feature.GRAPHICS, ("microvm", "graphics", "enable")
+    if mv.cpu is not None:
+        yield Feature.CPU_EMULATION, ("microvm", "cpu")
+    for i, volume in enumerate(mv.volumes):
+        if volume.readOnly:
+            yield Feature.READ_ONLY_VOLUMES, ("microvm", "volumes", i, "readOnly")
+        if volume.serial is not None:
+            yield Feature.VOLUME_SERIAL, ("microvm", "volumes", i, "serial")
+        if volume.direct:
+            yield Feature.DIRECT_IO, ("microvm", "volumes", i, "direct")
+
+
+def _capabilities(vm: VMConfig, explicit_socket: bool) -> Iterator[Problem]:
+    hypervisor = get(vm.microvm.hypervisor)
+    for feature, path in required_features(vm):
+        if not hypervisor.supports(feature):
+            yield Problem(
+                path,
+                f"{hypervisor.name} does not support {feature.value}",
+                hint=hypervisor.suggestion(feature),
+            )
+    if explicit_socket and not hypervisor.supports(Feature.CONTROL_SOCKET):
+        yield Problem(
+            ("microvm", "socket"),
+            f"{hypervisor.name} has no control socket",
+            hint="remove microvm.socket; the VM is stopped with a signal instead",
+        )
+
+
+def _interfaces(vm: VMConfig) -> Iterator[Problem]:
+    for i, iface in enumerate(vm.microvm.interfaces):
+        path = ("microvm", "interfaces", i)
+        if iface.bridge is not None and iface.type != "bridge":
+            yield Problem((*path, "bridge"), f"only interfaces of type \"bridge\" take a bridge (this is {iface.type!r})")
+        if iface.type == "bridge" and iface.bridge is None:
+            yield Problem((*path, "bridge"), "is required for an interface of type \"bridge\"")
+        if iface.type == "macvtap":
+            for key in ("link", "mode"):
+                if getattr(iface.macvtap, key) is None:
+                    yield Problem((*path, "macvtap", key), "is required for an interface of type \"macvtap\"")
+    yield from _duplicates(
+        ((("microvm", "interfaces", i, "id"), iface.id) for i, iface in enumerate(vm.microvm.interfaces)),
+        "interface id",
+    )
+    yield from _duplicates(
+        ((("microvm", "interfaces", i, "mac"), iface.mac) for i, iface in enumerate(vm.microvm.interfaces)),
+        "MAC address",
+    )
+    if vm.microvm.forwardPorts and not any(i.type == "user" for i in vm.microvm.interfaces):
+        yield Problem(
+            ("microvm", "forwardPorts"),
+            "forwarded ports need an interface of type \"user\"",
+            hint='add [[microvm.interfaces]] with type = "user"',
+        )
+
+
+def _storage(vm: VMConfig) -> Iterator[Problem]:
+    mv = vm.microvm
+    volumes, shares = mv.volumes, mv.shares
+    yield from _duplicates(
+        ((("microvm", "volumes", i, "image"), v.image) for i, v in enumerate(volumes)), "volume image"
+    )
+    yield from _duplicates(
+        ((("microvm", "volumes", i, "label"), v.label) for i, v in enumerate(volumes)), "volume label"
+    )
+    yield from _duplicates(((("microvm", "shares", i, "tag"), s.tag) for i, s in enumerate(shares)), "share tag")
+    yield from _duplicates(
+        ((("microvm", "shares", i, "socket"), s.socket) for i, s in enumerate(shares) if s.proto == "virtiofs"),
+        "virtiofs socket",
+    )
+    yield from _duplicates(
+        [(("microvm", "volumes", i, "mountPoint"), v.mountPoint) for i, v in enumerate(volumes)]
+        + [(("microvm", "shares", i, "mountPoint"), s.mountPoint) for i, s in enumerate(shares)],
+        "mount point",
+    )
+    for i, share in enumerate(shares):
+        if share.proto == "9p" and share.socket is not None:
+            yield Problem(("microvm", "shares", i, "socket"), "only virtiofs shares have a socket")
+    for i, volume in enumerate(volumes):
+        if volume.mountPoint == "/":
+            yield Problem(("microvm", "volumes", i, "mountPoint"), "/ is the guest's root; mount the volume elsewhere")
+    if not mv.storeOnDisk and not any(s.tag == STORE_SHARE_TAG for s in shares):
+        yield Problem(
+            ("microvm", "storeOnDisk"),
+            f"storeOnDisk = false needs a share with tag {STORE_SHARE_TAG!r} carrying the guest system",
+        )
+    overlay = mv.writableStoreOverlay
+    if overlay is not None and not any(v.mountPoint and overlay.startswith(v.mountPoint) for v in volumes):
+        yield Problem(
+            ("microvm", "writableStoreOverlay"),
+            f"{overlay} is not on a volume, so writes to the system are lost at shutdown",
+            severity="warning",
+            hint="set it under a volume's mountPoint",
+        )
+
+
+def _memory(vm: VMConfig) -> Iterator[Problem]:
+    mv = vm.microvm
+    if mv.hotpluggedMem > mv.hotplugMem:
+        yield Problem(
+            ("microvm", "hotpluggedMem"),
+            f"{mv.hotpluggedMem} MB is more than hotplugMem ({mv.hotplugMem} MB)",
+        )
+    if mv.initialBalloonMem and not mv.balloon:
+        yield Problem(("microvm", "initialBalloonMem"), "needs microvm.balloon = true")
+    if mv.initialBalloonMem and mv.initialBalloonMem >= mv.mem:
+        yield Problem(("microvm", "initialBalloonMem"), f"must be less than mem ({mv.mem} MB)")
+    if mv.mem < 32:
+        yield Problem(("microvm", "mem"), f"{mv.mem} MB is very little; most guests need 32 MB or more", "warning")
+    if mv.mem == 2048 and mv.hypervisor == "qemu":
+        yield Problem(
+            ("microvm", "mem"),
+            "qemu is known to hang with exactly 2048 MB of RAM",
+            "warning",
+            hint="use 2047 or 2049",
+        )
+
+
+def _guest(vm: VMConfig) -> Iterator[Problem]:
+    guest, mv = vm.guest, vm.microvm
+    if guest.packages and guest.base != "debian":
+        yield Problem(("guest", "packages"), "packages need guest.base = \"debian\"")
+    if guest.kernel.modulesDir is not None and guest.kernel.image is None:
+        yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
+    if guest.kernel.package is not None and guest.kernel.image is not None:
+        yield Problem(("guest", "kernel", "package"), "set either guest.kernel.package or guest.kernel.image, not both")
+    if mv.cpu is not None and mv.accel == "kvm":
+        yield Problem(("microvm", "accel"), "accel = \"kvm\" cannot emulate microvm.cpu", hint="use accel = \"tcg\" or \"auto\"")
+    for name, service in guest.services.items():
+        for i, dep in enumerate(service.after):
+            if dep not in guest.services:
+                yield Problem(
+                    ("guest", "services", name, "after", i),
+                    f"no service named {dep!r}",
+                    hint=f"defined services: {', '.join(sorted(guest.services)) or 'none'}",
+                )
+
+
+def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
+    """Every problem of one VM."""
+    return [
+        *_interfaces(vm),
+        *_storage(vm),
+        *_memory(vm),
+        *_guest(vm),
+        *_capabilities(vm, explicit_socket),
+    ]
+
+
+def check_host(host: HostConfig) -> list[Problem]:
+    """Problems of a host file that no single VM can see."""
+    problems = []
+    for name, declared in host.microvm.vms.items():
+        path = ("microvm", "vms", name)
+        if declared.config is not None and declared.source is not None:
+            problems.append(Problem((*path, "source"), "a VM with config cannot also set source"))
+        if declared.config is None and declared.source is None:
+            problems.append(Problem(path, "needs config (fully declarative) or source (declarative deployment)"))
+    for i, name in enumerate(host.microvm.autostart):
+        if name not in host.microvm.vms:
+            problems.append(
+                Problem(("microvm", "autostart", i), f"{name!r} is not declared here", "warning",
+                        hint="fine if it is installed with `microvm create`")
+            )
+    return problems

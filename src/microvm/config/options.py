@@ -1,0 +1,556 @@
+"""The option model: every option a user can set, typed, with defaults and docs.
+
+Names follow microvm.nix (camelCase) so its documentation maps one to one;
+``docs/from-microvm-nix.md`` lists the few renamings. Types and single-field
+rules live here; rules that span options (uniqueness, hypervisor
+capabilities) live in :mod:`microvm.config.checks`. Defaults that depend on
+other options are computed in ``model_validator``s, never copied by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import platform
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+HYPERVISORS = ("qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth")
+Hypervisor = Literal["qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
+
+# A name that is safe as a file name, a systemd instance and a shell word.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+IFNAME_MAX = 15
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.match(value) or ".." in value:
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit (no '/', spaces or shell characters)"
+        )
+    return value
+
+
+def _ifname(value: str) -> str:
+    _name(value)
+    if len(value) > IFNAME_MAX:
+        raise ValueError(f"{value!r} is {len(value)} characters long; Linux interface names have at most 15")
+    return value
+
+
+def valid_hostname(value: str) -> str:
+    if not HOSTNAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid host name: 1-63 letters, digits and '-', not starting or ending with '-'"
+        )
+    return value
+
+
+def _mac(value: str) -> str:
+    if not MAC_RE.match(value):
+        raise ValueError(f"{value!r} is not a MAC address; expected six hex pairs like 02:00:00:00:00:01")
+    if int(value[:2], 16) & 1:
+        raise ValueError(f"{value!r} is a multicast MAC address; the first octet must be even (e.g. 02:...)")
+    return value.lower()
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path; it must start with '/'")
+    return value
+
+
+def _machine_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise ValueError(f"{value!r} is not a machine id: 32 lowercase hex digits")
+    return value
+
+
+def _ipv4_interface(value: str) -> str:
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 address with prefix length like 10.213.0.1/24") from exc
+    if iface.network.prefixlen > 30:
+        raise ValueError(f"{value!r}: a /{iface.network.prefixlen} leaves no room for guests; use /30 or wider")
+    return value
+
+
+def _ipv6_prefix(value: str) -> str:
+    try:
+        ipaddress.IPv6Network(f"{value}/64" if "/" not in value else value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv6 /64 prefix like fd12:3456:789a::") from exc
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+IfName = Annotated[str, AfterValidator(_ifname)]
+HostName = Annotated[str, AfterValidator(valid_hostname)]
+Mac = Annotated[str, AfterValidator(_mac)]
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+MachineId = Annotated[str, AfterValidator(_machine_id)]
+PositiveMB = Annotated[int, Field(gt=0)]
+# Marks a field whose default is computed from other options (for the reference).
+COMPUTED = {"computed": True}
+
+
+class Options(BaseModel):
+    """Base of every options table: strict TOML types, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        validate_default=True,
+    )
+
+    def dump(self) -> dict:
+        """The options as the user writes them (camelCase keys, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Enable(Options):
+    enable: bool = Field(False, description="Whether to enable this.")
+
+
+# --- interfaces ----------------------------------------------------------------
+
+
+class MacvtapOptions(Options):
+    link: IfName | None = Field(None, description="Host interface the macvtap attaches to (required for type macvtap).")
+    mode: Literal["private", "vepa", "bridge", "passthru", "source"] | None = Field(
+        None, description="macvtap mode (required for type macvtap)."
+    )
+
+
+class Interface(Options):
+    type: Literal["user", "tap", "macvtap", "bridge"] = Field(
+        "user",
+        description=(
+            "user: the hypervisor's NAT (qemu/kvmtool); tap: a tap device created on the host; "
+            "macvtap: a macvtap on `macvtap.link`; bridge: qemu-bridge-helper attaches a tap to `bridge`."
+        ),
+    )
+    id: IfName = Field(description="Interface name on the host (at most 15 characters, unique).", examples=["vm-web"])
+    mac: Mac = Field(description="MAC address of the guest's interface.", examples=["02:00:00:00:00:01"])
+    bridge: IfName | None = Field(None, description="Bridge to attach to; only for type bridge.")
+    macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
+
+
+class PortAddress(Options):
+    address: str = Field("", description="Address to bind/forward to; empty means any (host) or the guest's.")
+    port: Annotated[int, Field(gt=0, lt=65536)] = Field(description="Port number.")
+
+
+class ForwardPort(Options):
+    from_: Literal["host", "guest"] = Field(
+        "host", alias="from", description="host: host port -> guest; guest: guest connection -> host."
+    )
+    proto: Literal["tcp", "udp"] = Field("tcp", description="Protocol.")
+    host: PortAddress = Field(description="Host side.")
+    guest: PortAddress = Field(description="Guest side.")
+
+
+# --- storage -------------------------------------------------------------------
+
+
+class Volume(Options):
+    image: str = Field(
+        description="Image file; relative paths are in the VM's state directory. Created if missing, never overwritten.",
+        examples=["var.img"],
+    )
+    mountPoint: AbsolutePath | None = Field(
+        None, description="Where the guest mounts it; null to leave it unmounted."
+    )
+    size: PositiveMB = Field(description="Size in MB when created.", examples=[1024])
+    autoCreate: bool = Field(True, description="Create the image (truncate + mkfs) if missing.")
+    fsType: str = Field("ext4", description="Filesystem made on creation and used to mount.")
+    mkfsExtraArgs: list[str] = Field([], description="Extra arguments for mkfs.")
+    label: Annotated[str, Field(min_length=1, max_length=16)] | None = Field(
+        None, description="Filesystem label; the guest mounts by label when set, else by disk order."
+    )
+    serial: Annotated[str, Field(min_length=1, max_length=20)] | None = Field(
+        None, description="Disk serial number seen by the guest."
+    )
+    direct: bool = Field(False, description="Bypass the host page cache (O_DIRECT).")
+    readOnly: bool = Field(False, description="Attach read-only.")
+
+
+class Share(Options):
+    tag: Name = Field(description="Unique tag the guest mounts the share by.", examples=["ro-store"])
+    source: str = Field(
+        description="Host directory; relative paths are in the VM's state directory.", examples=["/srv/data"]
+    )
+    mountPoint: AbsolutePath = Field(description="Where the guest mounts it.")
+    proto: Literal["9p", "virtiofs"] = Field("9p", description="9p (served by qemu) or virtiofs (by virtiofsd).")
+    socket: str | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="virtiofs only: vhost-user socket path. Default: `<hostName>-virtiofs-<tag>.sock`.",
+    )
+    securityModel: Literal["none", "passthrough", "mapped", "mapped-file"] = Field(
+        "none", description="9p security model."
+    )
+    readOnly: bool = Field(False, description="Share read-only.")
+    posixAcl: bool = Field(True, description="virtiofs: let virtiofsd handle POSIX ACLs.")
+    virtiofsdExtraArgs: list[str] = Field(
+        [], description="virtiofs: extra arguments for this share's virtiofsd."
+    )
+
+
+class VirtiofsdOptions(Options):
+    threadPoolSize: str | Annotated[int, Field(ge=0)] = Field(
+        "`nproc`",
+        description="Threads per virtiofsd; the string `nproc` means as many as the host has cores.",
+    )
+    inodeFileHandles: Literal["never", "prefer", "mandatory"] | None = Field(
+        None, description="When virtiofsd references inodes by file handle."
+    )
+    extraArgs: list[str] = Field([], description="Extra arguments for every virtiofsd.")
+    group: str | None = Field("kvm", description="Group virtiofsd runs with, so the hypervisor can use its socket.")
+
+
+class Device(Options):
+    bus: Literal["pci", "usb"] = Field(description="pci (vfio-pci) or usb (usb-host, qemu only).")
+    path: str = Field(
+        description="PCI address (0000:01:00.0) or USB vendorid/productid (vendorid=0x1234,productid=0x5678)."
+    )
+    qemu: QemuDeviceOptions = Field(default_factory=lambda: QemuDeviceOptions(), description="qemu-only settings.")
+
+
+class QemuDeviceOptions(Options):
+    deviceExtraArgs: str | None = Field(
+        None, description="Appended to the -device argument, e.g. `x-vga=on`."
+    )
+
+
+Device.model_rebuild()
+
+
+# --- per hypervisor -------------------------------------------------------------
+
+
+class QemuOptions(Options):
+    machine: str | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="qemu machine type. Default: microvm on x86_64, virt on aarch64. q35 also works.",
+    )
+    machineOpts: dict[str, str] | None = Field(
+        None, description="Machine options (`-M TYPE,key=value`); null for the defaults."
+    )
+    extraArgs: list[str] = Field([], description="Extra qemu arguments, appended.")
+    serialConsole: bool = Field(True, description="Console on the serial port (else virtio).")
+
+
+class ExtraArgs(Options):
+    extraArgs: list[str] = Field([], description="Extra command-line arguments, appended.")
+
+
+class CrosvmOptions(ExtraArgs):
+    pivotRoot: str | None = Field(None, description="crosvm sandbox pivot root directory.")
+
+
+class FirecrackerOptions(ExtraArgs):
+    extraConfig: dict = Field(
+        {}, description="Merged into the generated firecracker JSON config."
+    )
+
+
+# --- the microvm table ----------------------------------------------------------
+
+
+class MicroVMOptions(Options):
+    hypervisor: Hypervisor = Field("qemu", description="Which hypervisor runs the VM.")
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto",
+        description=(
+            "CPU virtualisation: kvm, tcg (qemu emulation, slow but works everywhere), or auto: kvm when a "
+            "probe shows it can boot a guest, else tcg (see `microvm doctor`). Not in microvm.nix."
+        ),
+    )
+    vcpu: Annotated[int, Field(gt=0, le=255)] = Field(1, description="Number of virtual CPUs.")
+    mem: PositiveMB = Field(512, description="Guest RAM in MB.")
+    hugepageMem: bool = Field(False, description="Back guest RAM with huge pages.")
+    hotplugMem: Annotated[int, Field(ge=0)] = Field(
+        0, description="Extra RAM in MB the guest can get through virtio-mem."
+    )
+    hotpluggedMem: Annotated[int, Field(ge=0)] = Field(
+        0, description="Of hotplugMem, how much is plugged at start."
+    )
+    balloon: bool = Field(False, description="Add a virtio balloon device (see `microvm-balloon`).")
+    initialBalloonMem: Annotated[int, Field(ge=0)] = Field(
+        0, description="Balloon size in MB at start."
+    )
+    deflateOnOOM: bool = Field(True, description="Let the guest deflate the balloon on OOM.")
+    cpu: str | None = Field(
+        None, description="Emulate this CPU model with TCG (e.g. `cortex-a53`); null means the host CPU."
+    )
+    user: Name | None = Field(None, description="User the hypervisor drops to when started as root.")
+    socket: str | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="Control socket (relative to the state directory). Default: `<hostName>.sock` where the hypervisor has one.",
+    )
+    preStart: str = Field("", description="Shell commands run before the hypervisor starts.")
+    prettyProcnames: bool = Field(
+        True, description="Name the hypervisor process `microvm@<hostName>`."
+    )
+    kernelParams: list[str] = Field(
+        [], description="Kernel command-line parameters, after the ones microvm needs."
+    )
+    initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
+    optimize: Enable = Field(
+        default_factory=lambda: Enable(enable=True), description="Trim the guest for fast boot (quiet console)."
+    )
+    guest: Enable = Field(
+        default_factory=lambda: Enable(enable=True), description="Whether the guest side is built at all."
+    )
+    interfaces: list[Interface] = Field([], description="Network interfaces.")
+    forwardPorts: list[ForwardPort] = Field(
+        [], description="Ports forwarded through qemu user networking."
+    )
+    volumes: list[Volume] = Field([], description="Disk images attached to the VM.")
+    shares: list[Share] = Field([], description="Host directories shared with the guest.")
+    virtiofsd: VirtiofsdOptions = Field(default_factory=VirtiofsdOptions, description="virtiofsd settings.")
+    storeOnDisk: bool | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description=(
+            "Put the guest system in a disk image (true) or share it from the host store (false). "
+            "Default: true unless a share's source is the store."
+        ),
+    )
+    storeDiskType: Literal["erofs", "squashfs"] = Field(
+        "erofs", description="Filesystem of the system image."
+    )
+    storeDiskErofsFlags: list[str] = Field(
+        ["-zlz4hc"], description="mkfs.erofs flags."
+    )
+    storeDiskSquashfsFlags: list[str] = Field(
+        ["-comp", "zstd"], description="mksquashfs flags."
+    )
+    writableStoreOverlay: AbsolutePath | None = Field(
+        None,
+        description="Guest path (usually a volume's mountPoint) holding a writable overlay over the system.",
+    )
+    systemSymlink: bool = Field(
+        True, description="Link the system's store path at /run/current-system in the guest."
+    )
+    devices: list[Device] = Field([], description="Host devices passed through.")
+    vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
+    graphics: Enable = Field(default_factory=Enable, description="A graphical display (qemu, cloud-hypervisor).")
+    binScripts: dict[Name, str] = Field(
+        {}, description="Extra scripts put in the runner's bin/ (name -> script text)."
+    )
+    qemu: QemuOptions = Field(default_factory=QemuOptions, description="qemu settings.")
+    cloud_hypervisor: ExtraArgs = Field(
+        default_factory=ExtraArgs, alias="cloud-hypervisor", description="cloud-hypervisor settings."
+    )
+    firecracker: FirecrackerOptions = Field(default_factory=FirecrackerOptions, description="firecracker settings.")
+    crosvm: CrosvmOptions = Field(default_factory=CrosvmOptions, description="crosvm settings.")
+    kvmtool: ExtraArgs = Field(default_factory=ExtraArgs, description="kvmtool settings.")
+    stratovirt: ExtraArgs = Field(default_factory=ExtraArgs, description="stratovirt settings.")
+    alioth: ExtraArgs = Field(default_factory=ExtraArgs, description="alioth settings.")
+
+
+class VsockOptions(Options):
+    cid: Annotated[int, Field(ge=3, lt=2**32 - 1)] | None = Field(
+        None, description="Guest context id (3 or more, unique per host); null for no vsock."
+    )
+
+
+MicroVMOptions.model_rebuild()
+
+
+# --- the guest operating system -------------------------------------------------
+
+
+class KernelOptions(Options):
+    flavor: Literal["auto", "cloud", "generic"] = Field(
+        "auto",
+        description="Debian kernel: cloud (small, fast), generic (has 9p), auto: cloud unless a 9p share needs generic.",
+    )
+    package: str | None = Field(
+        None, description="Exact Debian kernel package, e.g. linux-image-6.1.0-28-cloud-amd64."
+    )
+    image: str | None = Field(None, description="Use this kernel image instead of a Debian package.")
+    modulesDir: str | None = Field(
+        None, description="Modules directory (lib/modules/<release>) matching `image`."
+    )
+    extraModules: list[str] = Field(
+        [], description="Kernel modules to load at boot besides the ones devices need."
+    )
+
+
+class Service(Options):
+    description: str = Field("", description="What the service is.")
+    command: str = Field(description="Command line (run by /bin/sh).", examples=["httpd -f -p 80 -h /srv/www"])
+    type: Literal["simple", "oneshot"] = Field(
+        "simple", description="simple: runs in the background; oneshot: runs to completion at boot, in order."
+    )
+    user: Name | None = Field(None, description="User to run as; default root.")
+    environment: dict[str, str] = Field({}, description="Environment variables.")
+    after: list[Name] = Field([], description="Services to start before this one.")
+    restart: bool = Field(False, description="Restart the service when it exits (simple services).")
+    enable: bool = Field(True, description="Start at boot.")
+
+
+class GuestOptions(Options):
+    hostName: HostName = Field(
+        description="The guest's host name; also the VM's name on the host.", examples=["web"]
+    )
+    machineId: MachineId | None = Field(
+        None,
+        json_schema_extra=COMPUTED, description="/etc/machine-id; default derived from hostName."
+    )
+    arch: Literal["x86_64", "aarch64"] | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="Guest architecture; default the host's. A foreign one is emulated (qemu TCG).",
+    )
+    base: Literal["busybox", "debian"] = Field(
+        "busybox", description="busybox: a tiny system from busybox-static; debian: a Debian system with systemd."
+    )
+    packages: list[str] = Field([], description="Debian packages to install (base debian).")
+    kernel: KernelOptions = Field(default_factory=KernelOptions, description="Which kernel the guest boots.")
+    commands: list[str] = Field(
+        [], description="Shell commands run once at boot, in order, after the oneshot services (base busybox)."
+    )
+    services: dict[Name, Service] = Field({}, description="Services started at boot.")
+    shell: bool = Field(True, description="Give a root shell on the console.")
+
+
+class VMConfig(Options):
+    """A VM file: the ``microvm`` and ``guest`` tables."""
+
+    microvm: MicroVMOptions = Field(default_factory=MicroVMOptions, description="How the VM runs.")
+    guest: GuestOptions = Field(description="What runs inside the VM.")
+
+    @property
+    def name(self) -> str:
+        return self.guest.hostName
+
+    @model_validator(mode="after")
+    def _computed_defaults(self) -> VMConfig:
+        """Fill defaults that depend on other options."""
+        mv, guest = self.microvm, self.guest
+        if guest.arch is None:
+            guest.arch = "aarch64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+        if guest.machineId is None:
+            guest.machineId = hashlib.sha256(f"microvm:{guest.hostName}".encode()).hexdigest()[:32]
+        if mv.socket is None and _has_control_socket(mv.hypervisor):
+            mv.socket = f"{guest.hostName}.sock"
+        for share in mv.shares:
+            if share.proto == "virtiofs" and share.socket is None:
+                share.socket = f"{guest.hostName}-virtiofs-{share.tag}.sock"
+        if mv.qemu.machine is None:
+            mv.qemu.machine = "virt" if guest.arch == "aarch64" else "microvm"
+        if mv.storeOnDisk is None:
+            mv.storeOnDisk = not any(share.tag == STORE_SHARE_TAG for share in mv.shares)
+        if guest.kernel.flavor == "auto":
+            guest.kernel.flavor = "generic" if any(s.proto == "9p" for s in mv.shares) else "cloud"
+        return self
+
+
+def _has_control_socket(hypervisor: str) -> bool:
+    from ..hypervisors import Feature, get
+
+    return get(hypervisor).supports(Feature.CONTROL_SOCKET)
+
+
+# The share tag that carries the guest system when storeOnDisk is false.
+STORE_SHARE_TAG = "ro-store"
+
+
+# --- the host file --------------------------------------------------------------
+
+
+class HostOptions(Options):
+    enable: bool = Field(True, description="Whether to enable the host part.")
+    useNotifySockets: bool = Field(
+        False, description="VMs notify readiness over vsock (microvm@ is Type=notify)."
+    )
+    tapScript: str = Field(
+        'ip link set "$id" up',
+        description="Shell commands run after a tap `$id` is created.",
+    )
+
+
+class DeclaredVM(Options):
+    config: str | VMConfig | None = Field(
+        None,
+        description=(
+            "Fully declarative: the VM file (path relative to this file) or an inline VM table; "
+            "rebuilt and reinstalled on every `microvm host apply`."
+        ),
+    )
+    source: str | None = Field(
+        None,
+        description="Declarative deployment: where the VM is defined (directory or git+file:// URL); installed once.",
+    )
+    updateSource: str | None = Field(
+        None,
+        json_schema_extra=COMPUTED, description="Source to record for later `microvm update`; default `source`."
+    )
+    autostart: bool = Field(True, description="Add this VM to microvm.autostart.")
+    restartIfChanged: bool | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="Restart the VM when `microvm host apply` changed it. Default: true with config, false with source.",
+    )
+
+    @model_validator(mode="after")
+    def _computed_defaults(self) -> DeclaredVM:
+        if self.restartIfChanged is None:
+            self.restartIfChanged = self.config is not None
+        if self.updateSource is None:
+            self.updateSource = self.source
+        return self
+
+
+class HostMicroVMOptions(Options):
+    stateDir: AbsolutePath = Field(
+        "/var/lib/microvms", description="Directory holding one directory per VM."
+    )
+    autostart: list[Name] = Field([], description="VMs started at boot (microvms.target).")
+    host: HostOptions = Field(default_factory=HostOptions, description="Host module settings.")
+    vms: dict[Name, DeclaredVM] = Field({}, description="VMs declared with the host.")
+
+
+class BasicNetwork(Options):
+    enable: bool = Field(False, description="Create the VM bridge with addresses, DHCP and router advertisements.")
+    name: IfName = Field("microvm", description="Bridge name.")
+    tapMatch: str = Field("vm*", description="Glob of tap names attached to the bridge.")
+    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] = Field(
+        "10.213.0.1/24", description="The bridge's IPv4 address and prefix."
+    )
+    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | None = Field(
+        "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge; null for no IPv6."
+    )
+    dhcp: bool = Field(True, description="Serve DHCPv4 on the bridge.")
+    routerAdvertisements: bool = Field(
+        True, description="Send IPv6 router advertisements (SLAAC)."
+    )
+
+
+class NatOptions(Options):
+    enable: bool = Field(False, description="NAT (masquerade) v4 and v6 traffic from the bridge.")
+    uplink: IfName | None = Field(None, description="Interface to masquerade out of; null for any.")
+
+
+class HostNetwork(Options):
+    basic: BasicNetwork = Field(default_factory=BasicNetwork, description="The VM bridge.")
+    nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge.")
+
+
+class HostConfig(Options):
+    """A host file: ``microvm`` (host options) and ``network``."""
+
+    microvm: HostMicroVMOptions = Field(default_factory=HostMicroVMOptions, description="Host and its VMs.")
+    network: HostNetwork = Field(default_factory=HostNetwork, description="Host networking for VMs.")

@@ -1,0 +1,124 @@
+"""The interface every hypervisor module implements.
+
+A hypervisor declares what it can do (:class:`Feature`), the kernel format it
+boots, and turns a VM into a :class:`RunnerSpec`: the command line of
+``bin/microvm-run`` plus any files it reads. Its control side (graceful
+shutdown, balloon) talks to the running hypervisor through its socket.
+
+Config checks ask the features, so an impossible combination is an error at
+``microvm check`` time, and ``docs/hypervisors.md`` is generated from them.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from ..config.options import VMConfig
+
+
+class Feature(enum.Enum):
+    """Something a VM may ask for that not every hypervisor can do."""
+
+    SHARE_9P = "9p shares"
+    SHARE_VIRTIOFS = "virtiofs shares"
+    CONTROL_SOCKET = "control socket"
+    USER_NETWORK = "user networking"
+    FORWARD_PORTS = "forwarded ports (user networking)"
+    TAP = "tap interfaces"
+    MACVTAP = "macvtap interfaces"
+    BRIDGE = "bridge interfaces (qemu-bridge-helper)"
+    BALLOON = "memory balloon"
+    INITIAL_BALLOON = "balloon size at start"
+    VIRTIO_MEM = "memory hotplug (virtio-mem)"
+    HUGEPAGES = "huge page backed memory"
+    VSOCK = "vsock"
+    PCI_DEVICES = "PCI pass-through (vfio)"
+    USB_DEVICES = "USB pass-through"
+    GRAPHICS = "graphics"
+    CPU_EMULATION = "CPU emulation (TCG)"
+    NOTIFY_READINESS = "readiness notification"
+    MULTI_QUEUE_TAP = "multi-queue taps"
+    READ_ONLY_VOLUMES = "read-only volumes"
+    VOLUME_SERIAL = "volume serial numbers"
+    DIRECT_IO = "direct I/O volumes"
+
+
+@dataclass(frozen=True)
+class GuestArtifacts:
+    """What the guest builder produced, as the runner sees it."""
+
+    kernel: Path  # bzImage, or uncompressed vmlinux for hypervisors that need it
+    initrd: Path | None
+    root_image: Path | None  # read-only system disk (None when shared from the store)
+    cmdline: list[str]  # kernel parameters the guest needs, before microvm.kernelParams
+    accel: Literal["kvm", "tcg"]
+
+
+@dataclass
+class RunnerSpec:
+    """How to start one VM: the hypervisor's argv and the files it reads.
+
+    ``files`` maps a path inside the runner directory to its content; argv
+    may refer to them through :attr:`RunnerSpec.RUNNER` placeholders, which
+    the runner builder replaces with the runner's store path.
+    """
+
+    RUNNER: ClassVar[str] = "@RUNNER@"
+
+    argv: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+    # Shell lines run before exec'ing the hypervisor (e.g. open macvtap fds).
+    pre_exec: list[str] = field(default_factory=list)
+    # File descriptors the runner opens, as (fd, shell redirection target); argv refers to them.
+    fds: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Hypervisor(ABC):
+    """One hypervisor backend."""
+
+    name: ClassVar[str]
+    binary: ClassVar[str]
+    features: ClassVar[frozenset[Feature]]
+    # Which kernel image the hypervisor boots directly.
+    kernel_format: ClassVar[Literal["bzImage", "vmlinux"]] = "bzImage"
+    # Kernel modules the guest needs to see this hypervisor's devices (transport).
+    transport_modules: ClassVar[tuple[str, ...]] = ("virtio_mmio",)
+    # Kernel parameters this hypervisor's guests need (console device etc.).
+    console: ClassVar[str] = "ttyS0"
+
+    def supports(self, feature: Feature) -> bool:
+        return feature in self.features
+
+    @abstractmethod
+    def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
+        """The command line (and files) that start ``vm``."""
+
+    @abstractmethod
+    def shutdown(self, socket: Path, timeout: float) -> None:
+        """Shut the VM down gracefully through its socket; stop it hard after ``timeout``.
+
+        Returns once the hypervisor has exited.
+        """
+
+    def balloon(self, socket: Path, size_mb: int) -> int:
+        """Set the balloon to ``size_mb``; return the size the guest reports."""
+        raise NotImplementedError(f"{self.name} has no balloon control")
+
+    def suggestion(self, feature: Feature) -> str | None:
+        """What to use instead of a feature this hypervisor lacks."""
+        alternatives = {
+            Feature.SHARE_9P: "use proto = \"virtiofs\"" if self.supports(Feature.SHARE_VIRTIOFS) else None,
+            Feature.SHARE_VIRTIOFS: "use proto = \"9p\"" if self.supports(Feature.SHARE_9P) else None,
+            Feature.USER_NETWORK: "use an interface of type \"tap\"" if self.supports(Feature.TAP) else None,
+            Feature.BRIDGE: "use an interface of type \"tap\" attached to the bridge by the host"
+            if self.supports(Feature.TAP)
+            else None,
+        }
+        if feature in (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS) and not alternatives[feature]:
+            return "use a volume instead of a share"
+        return alternatives.get(feature) or "use hypervisor = \"qemu\", which can"

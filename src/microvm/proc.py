@@ -1,0 +1,121 @@
+"""The one way this project runs external programs.
+
+Like nixos-rebuild-ng's ``run_wrapper``: every subprocess goes through
+:func:`run`, so logging (``MICROVM_DEBUG=1``), error reporting and missing
+tool hints are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from .errors import CommandError, MicrovmError
+
+log = logging.getLogger("microvm.proc")
+
+# Which Debian package provides a tool, for the "not installed" hint.
+DEBIAN_PACKAGES = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-img": "qemu-utils",
+    "busybox": "busybox-static",
+    "mkfs.erofs": "erofs-utils",
+    "mksquashfs": "squashfs-tools",
+    "mkfs.ext4": "e2fsprogs",
+    "mmdebstrap": "mmdebstrap",
+    "dnsmasq": "dnsmasq-base",
+    "nft": "nftables",
+    "ip": "iproute2",
+    "systemd-nspawn": "systemd-container",
+    "shellcheck": "shellcheck",
+    "depmod": "kmod",
+    "dpkg-deb": "dpkg",
+    "apt-get": "apt",
+}
+
+
+def which(tool: str, *, purpose: str | None = None) -> str:
+    """Absolute path of ``tool`` or a clear error saying how to install it."""
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin:/usr/lib/qemu")
+    if found:
+        return found
+    package = DEBIAN_PACKAGES.get(tool)
+    why = f" (needed {purpose})" if purpose else ""
+    raise MicrovmError(
+        f"{tool} is not installed{why}",
+        hint=f"apt-get install {package}" if package else None,
+    )
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion; raise :class:`CommandError` on failure.
+
+    Output is captured as text (stdout and stderr separately) unless
+    ``capture`` is false, in which case it goes to our own stdout/stderr.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("run: %s%s", shlex.join(args), f"  (in {cwd})" if cwd else "")
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        result = subprocess.run(
+            args,
+            check=False,
+            capture_output=capture,
+            text=True,
+            input=input.decode() if isinstance(input, bytes) else input,
+            cwd=cwd,
+            env=full_env,
+            timeout=timeout,
+        )
+    except FileNotFoundError:
+        which(args[0])  # raises the install hint
+        raise
+    except subprocess.TimeoutExpired as exc:
+        raise MicrovmError(f"command timed out after {timeout} s: {shlex.join(args)}") from exc
+    if check and result.returncode != 0:
+        raise CommandError(args, result.returncode, (result.stderr or "") + (result.stdout or ""))
+    return result
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    start_new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running program (a hypervisor, virtiofsd, dnsmasq)."""
+    args = [os.fspath(a) for a in argv]
+    log.debug("spawn: %s", shlex.join(args))
+    full_env = None if env is None else {**os.environ, **env}
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=full_env,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=start_new_session,
+    )
+
+
+def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+    """Run a program and return its stdout, stripped."""
+    return run(argv, **kwargs).stdout.strip()  # type: ignore[arg-type]
