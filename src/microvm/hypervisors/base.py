@@ -55,7 +55,7 @@ class GuestArtifacts:
     kernel: Path  # bzImage, or uncompressed vmlinux for hypervisors that need it
     initrd: Path | None
     root_image: Path | None  # read-only system disk (None when shared from the store)
-    cmdline: list[str]  # kernel parameters the guest needs, before microvm.kernelParams
+    cmdline: list[str]  # the complete kernel command line (console, init, microvm.kernelParams)
     accel: Literal["kvm", "tcg"]
 
 

@@ -1,0 +1,1 @@
+"""Talking to running hypervisors: graceful shutdown, balloon, process waits."""
