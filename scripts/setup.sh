@@ -11,6 +11,7 @@ APT_PACKAGES=(
   erofs-utils squashfs-tools     # read-only root images
   e2fsprogs                      # volumes (mkfs.ext4)
   kmod                           # depmod for the guest kernel's modules
+  lz4                            # uncompress the kernel for a faster (PVH) boot
   cpio                           # tests read initrds back
   iproute2 dnsmasq-base nftables # host networking
   systemd-container              # tests run real systemd in a container

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import MicrovmError
 
 HASH_LEN = 32
 
@@ -117,7 +116,48 @@ class Store:
             return None
         return self.root / rel.parts[0] if rel.parts else None
 
-    def check_entry(self, path: Path) -> Path:
-        if self.owner_of(path) is None or not path.exists():
-            raise MicrovmError(f"{path} is not an entry of the store {self.root}")
-        return path
+    # --- garbage collection ---------------------------------------------------
+
+    @property
+    def roots_dir(self) -> Path:
+        return self.root / ".roots"
+
+    def add_root(self, name: str, entry: Path) -> None:
+        """Keep ``entry`` (and what it references) alive under ``name``; replaced atomically."""
+        self.roots_dir.mkdir(parents=True, exist_ok=True)
+        link = self.roots_dir / name
+        tmp = link.with_name(f".{name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(entry)
+        os.replace(tmp, link)
+
+    def roots(self) -> list[Path]:
+        if not self.roots_dir.is_dir():
+            return []
+        return [Path(os.readlink(link)) for link in self.roots_dir.iterdir() if link.is_symlink()]
+
+    def live(self, extra_roots: list[Path]) -> set[Path]:
+        """Every entry reachable from the recorded roots and ``extra_roots``."""
+        live: set[Path] = set()
+        todo = [owner for r in [*self.roots(), *extra_roots] if (owner := self.owner_of(r))]
+        while todo:
+            entry = todo.pop()
+            if entry in live or not entry.exists():
+                continue
+            live.add(entry)
+            todo += self.references(entry)
+        return live
+
+    def gc(self, extra_roots: list[Path], dry_run: bool = False) -> list[Path]:
+        """Delete every entry no root reaches; return what was (or would be) deleted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock(".gc"):
+            live = self.live(extra_roots)
+            dead = [entry for entry in self.entries() if entry not in live]
+            if not dry_run:
+                for entry in dead:
+                    # rename first so a half-deleted entry never looks complete
+                    doomed = entry.with_name(f".tmp-gc-{entry.name}")
+                    os.rename(entry, doomed)
+                    shutil.rmtree(doomed)
+        return dead

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from ..control.process import peer_pid, stop_hard, wait_exit
+from ..errors import MicrovmError
+
 if TYPE_CHECKING:
     from ..config.options import VMConfig
 
@@ -91,6 +94,14 @@ class Hypervisor(ABC):
     # Kernel parameters this hypervisor's guests need (console device etc.).
     console: ClassVar[str] = "ttyS0"
 
+    def console_socket(self, vm: VMConfig) -> tuple[str, str] | None:
+        """(socket, log file) when the console is a unix socket with a log; None when it is stdio."""
+        return None
+
+    def guest_modules(self, vm: VMConfig) -> list[str]:
+        """Kernel modules the guest needs to find this hypervisor's devices."""
+        return list(self.transport_modules)
+
     def supports(self, feature: Feature) -> bool:
         return feature in self.features
 
@@ -98,16 +109,31 @@ class Hypervisor(ABC):
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         """The command line (and files) that start ``vm``."""
 
-    @abstractmethod
     def shutdown(self, socket: Path, timeout: float) -> None:
         """Shut the VM down gracefully through its socket; stop it hard after ``timeout``.
 
-        Returns once the hypervisor has exited.
+        Returns once the hypervisor process has exited.
         """
+        pid = peer_pid(socket)
+        if pid is None:
+            raise MicrovmError(f"nothing is listening on {socket}", hint="is the VM running?")
+        self.request_shutdown(socket)
+        if not wait_exit(pid, timeout):
+            self.stop_hard(socket, pid)
+            if not wait_exit(pid, 5):
+                stop_hard(pid)
 
-    def balloon(self, socket: Path, size_mb: int) -> int:
-        """Set the balloon to ``size_mb``; return the size the guest reports."""
-        raise NotImplementedError(f"{self.name} has no balloon control")
+    @abstractmethod
+    def request_shutdown(self, socket: Path) -> None:
+        """Ask the guest to power off (ACPI power button, ctrl-alt-del), without waiting."""
+
+    def stop_hard(self, socket: Path, pid: int) -> None:
+        """Stop the hypervisor now (its API's hard stop; by default SIGTERM, then SIGKILL)."""
+        stop_hard(pid)
+
+    def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
+        """Inflate the balloon to ``size_mb`` of the guest's ``mem_mb``; return the balloon size reached."""
+        raise MicrovmError(f"{self.name} has no balloon control")
 
     def suggestion(self, feature: Feature) -> str | None:
         """What to use instead of a feature this hypervisor lacks."""

@@ -1,0 +1,324 @@
+"""Debian kernels in the store, fetched without installing them.
+
+A guest kernel is a store entry holding ``boot/vmlinuz-<release>``,
+``boot/config-<release>``, a depmod'ed ``lib/modules/<release>`` and, when
+the bzImage's payload can be decompressed, an uncompressed ``boot/vmlinux-
+<release>``: under TCG the decompressor is emulated, and qemu boots that ELF
+directly through its PVH entry note, which is the fastest way to boot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import struct
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .. import proc
+from ..errors import MicrovmError
+from .store import Store, file_digest
+
+# The apt state that decides what a meta package resolves to.
+APT_LISTS = Path("/var/lib/apt/lists")
+APT_PKGCACHE = Path("/var/cache/apt/pkgcache.bin")
+
+FLAVORS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+META_FILE = "kernel.json"
+RESOLVE_CACHE = ".cache/kernel-resolve.json"
+
+
+@dataclass(frozen=True)
+class KernelPackage:
+    """A concrete Debian kernel package at one version."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    """A kernel in the store and what a VM needs from it."""
+
+    path: Path  # the store entry
+    image: Path  # what was shipped: a bzImage (or a user's ELF vmlinux)
+    vmlinux: Path | None  # uncompressed ELF with a PVH note, when available
+    modules_dir: Path | None  # lib/modules/<release>, depmod'ed
+    release: str
+    package: str | None = None
+    version: str | None = None
+
+    @property
+    def boot_image(self) -> Path:
+        """The fastest image to hand to ``-kernel``."""
+        return self.vmlinux or self.image
+
+    @classmethod
+    def load(cls, path: Path) -> KernelEntry:
+        meta = json.loads((path / META_FILE).read_text())
+        rel = {k: (path / v if v else None) for k, v in meta.pop("files").items()}
+        return cls(path=path, **rel, **meta)
+
+
+def _write_meta(root: Path, release: str, package: str | None, version: str | None) -> None:
+    files = {}
+    for key, rel in (
+        ("image", f"boot/vmlinuz-{release}"),
+        ("vmlinux", f"boot/vmlinux-{release}"),
+        ("modules_dir", f"lib/modules/{release}"),
+    ):
+        files[key] = rel if (root / rel).exists() else None
+    files["image"] = files["image"] or files["vmlinux"]  # a user's ELF is both
+    meta = {"release": release, "package": package, "version": version, "files": files}
+    (root / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+# --- resolving a flavor to a concrete package ---------------------------------
+
+
+def _apt_stamp() -> int:
+    """Changes whenever ``apt-get update`` has run: newest mtime of apt's lists."""
+    stamps = [0]
+    for path in (APT_LISTS, APT_PKGCACHE):
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except FileNotFoundError:
+            pass
+    try:
+        with os.scandir(APT_LISTS) as it:
+            stamps.extend(e.stat().st_mtime_ns for e in it if e.is_file())
+    except FileNotFoundError:
+        pass
+    return max(stamps)
+
+
+def _apt_show(package: str) -> dict[str, str]:
+    """The candidate version's control fields, or a clear error if apt does not know it."""
+    apt_cache = proc.which("apt-cache", purpose="to find Debian kernel packages")
+    result = proc.run([apt_cache, "show", "--no-all-versions", package], check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise MicrovmError(
+            f"no kernel package {package} in the apt lists",
+            hint="run apt-get update, or set guest.kernel.image",
+        )
+    fields: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        if line and not line[0].isspace() and ":" in line:
+            key, _, value = line.partition(":")
+            fields.setdefault(key, value.strip())
+    return fields
+
+
+def _resolve_uncached(package: str) -> KernelPackage:
+    """Follow a meta package's ``linux-image-*`` dependency to the real kernel."""
+    fields = _apt_show(package)
+    for dep in fields.get("Depends", "").split(","):
+        name = dep.split("|")[0].split("(")[0].strip()
+        if name.startswith("linux-image-"):
+            return _resolve_uncached(name)
+    return KernelPackage(name=fields.get("Package", package), version=fields["Version"])
+
+
+def resolve_kernel_package(flavor: str, store: Store) -> KernelPackage:
+    """``cloud``, ``generic`` or a package name -> the concrete package and version.
+
+    Runs on every build, so the answer is cached next to the store, keyed by
+    the apt lists' mtime: a warm call starts no process.
+    """
+    package = FLAVORS.get(flavor, flavor)
+    cache_file = store.root / RESOLVE_CACHE
+    stamp = _apt_stamp()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (FileNotFoundError, ValueError):
+        cache = {}
+    if cache.get("stamp") != stamp:
+        cache = {"stamp": stamp, "packages": {}}
+    if hit := cache["packages"].get(package):
+        return KernelPackage(**hit)
+    resolved = _resolve_uncached(package)
+    cache["packages"][package] = asdict(resolved)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    tmp.replace(cache_file)
+    return resolved
+
+
+# --- fetching -----------------------------------------------------------------
+
+
+def fetch_kernel(store: Store, package: KernelPackage) -> KernelEntry:
+    """Download and unpack ``package`` into the store (a cache hit does nothing)."""
+
+    def build(out: Path) -> None:
+        apt_get = proc.which("apt-get", purpose="to download the guest kernel")
+        dpkg_deb = proc.which("dpkg-deb", purpose="to unpack the guest kernel")
+        with tempfile.TemporaryDirectory(prefix="microvm-kernel-") as tmp:
+            work = Path(tmp)
+            work.chmod(0o755)  # apt drops to the _apt user while downloading
+            result = proc.run([apt_get, "download", f"{package.name}={package.version}"], cwd=work, check=False)
+            debs = list(work.glob("*.deb"))
+            if result.returncode != 0 or not debs:
+                raise MicrovmError(
+                    f"could not download kernel package {package.name} {package.version}: "
+                    + (result.stderr.strip().splitlines() or ["no .deb produced"])[-1],
+                    hint="run apt-get update, or set guest.kernel.image",
+                )
+            unpacked = work / "root"
+            proc.run([dpkg_deb, "-x", debs[0], unpacked])
+            images = sorted((unpacked / "boot").glob("vmlinuz-*"))
+            if not images:
+                raise MicrovmError(f"{package.name} contains no boot/vmlinuz-*")
+            release = images[0].name.removeprefix("vmlinuz-")
+            modules = next(
+                (p for p in (unpacked / "lib/modules" / release, unpacked / "usr/lib/modules" / release) if p.is_dir()),
+                None,
+            )
+            (out / "boot").mkdir()
+            shutil.move(images[0], out / "boot" / images[0].name)
+            config = unpacked / "boot" / f"config-{release}"
+            if config.exists():
+                shutil.move(config, out / "boot" / config.name)
+            if modules is not None:
+                (out / "lib/modules").mkdir(parents=True)
+                shutil.move(modules, out / "lib/modules" / release)
+        _finish(out, release, package.name, package.version)
+
+    path, _ = store.add(f"kernel-{package.name.removeprefix('linux-image-')}", asdict(package), build)
+    return KernelEntry.load(path)
+
+
+def use_local_kernel(store: Store, image: Path, modules_dir: Path | None = None) -> KernelEntry:
+    """Put a user's kernel (bzImage or PVH vmlinux) and modules into the store, keyed by content."""
+    if not image.is_file():
+        raise MicrovmError(f"kernel image {image} does not exist")
+    if modules_dir is not None and not modules_dir.is_dir():
+        raise MicrovmError(f"kernel modules directory {modules_dir} does not exist")
+    release = modules_dir.name if modules_dir is not None else (_image_release(image) or "custom")
+    inputs = {
+        "image": file_digest(image),
+        "modules": _tree_digest(modules_dir) if modules_dir is not None else None,
+        "release": release,
+    }
+
+    def build(out: Path) -> None:
+        (out / "boot").mkdir()
+        name = "vmlinux" if _is_elf(image) else "vmlinuz"
+        shutil.copyfile(image, out / "boot" / f"{name}-{release}")
+        if modules_dir is not None:
+            shutil.copytree(modules_dir, out / "lib/modules" / release, symlinks=True)
+        _finish(out, release, None, None)
+
+    path, _ = store.add("kernel-local", inputs, build)
+    return KernelEntry.load(path)
+
+
+def _finish(out: Path, release: str, package: str | None, version: str | None) -> None:
+    """Shared tail of both builds: depmod, uncompressed vmlinux, metadata."""
+    modules = out / "lib/modules" / release
+    if modules.is_dir():
+        depmod = proc.which("depmod", purpose="to index the guest kernel's modules")
+        proc.run([depmod, "-b", out, release])
+    vmlinux = out / "boot" / f"vmlinux-{release}"
+    if not vmlinux.exists():
+        extract_vmlinux(out / "boot" / f"vmlinuz-{release}", vmlinux)
+    _write_meta(out, release, package, version)
+
+
+def _tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            h.update(f"L {rel} {os.readlink(path)}\n".encode())
+        elif path.is_file():
+            h.update(f"F {rel} {path.stat().st_mode & 0o777:o} {file_digest(path)}\n".encode())
+    return h.hexdigest()
+
+
+# --- the uncompressed kernel --------------------------------------------------
+
+
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def _image_release(image: Path) -> str | None:
+    """The release a kernel image was built as, to name it and its modules dir.
+
+    A bzImage's setup header points at its version string (boot protocol
+    >= 2.00); an ELF vmlinux carries the ``Linux version`` banner.
+    """
+    data = image.read_bytes()
+    if data[:4] == b"\x7fELF":
+        start = data.find(b"Linux version ")
+        start = start + len(b"Linux version ") if start >= 0 else -1
+    elif len(data) >= 0x210 and data[0x202:0x206] == b"HdrS":
+        (offset,) = struct.unpack_from("<H", data, 0x20E)
+        start = offset + 0x200 if offset else -1
+    else:
+        return None
+    if not 0 <= start < len(data):
+        return None
+    words = data[start : start + 256].split(b"\0")[0].split()
+    return words[0].decode(errors="replace") if words else None
+
+
+def extract_vmlinux(bzimage: Path, dest: Path) -> bool:
+    """Write the ELF vmlinux inside ``bzimage`` to ``dest``; False if that is not possible.
+
+    Like Linux's scripts/extract-vmlinux, but reads the payload's exact place
+    from the setup header (boot protocol >= 2.08). The payload ends in the 4
+    byte uncompressed size, which is dropped. gzip and xz decompress in
+    Python; LZ4 (the kernel's legacy frame format) and zstd need the ``lz4``
+    and ``zstd`` programs. A result without an ELF header is discarded.
+    """
+    with bzimage.open("rb") as f:
+        data = f.read()
+    if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
+        return False
+    (protocol,) = struct.unpack_from("<H", data, 0x206)
+    if protocol < 0x208:
+        return False
+    setup_sects = data[0x1F1] or 4
+    payload_offset, payload_length = struct.unpack_from("<II", data, 0x248)
+    start = (setup_sects + 1) * 512 + payload_offset
+    payload = data[start : start + payload_length - 4]
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        if not _decompress(payload, tmp) or not _is_elf(tmp):
+            return False
+        tmp.replace(dest)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _decompress(payload: bytes, out: Path) -> bool:
+    if payload.startswith(b"\x1f\x8b"):
+        out.write_bytes(zlib.decompressobj(wbits=31).decompress(payload))
+        return True
+    if payload.startswith(b"\xfd7zXZ\x00"):
+        out.write_bytes(lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload))
+        return True
+    tool = {b"\x02\x21\x4c\x18": "lz4", b"\x28\xb5\x2f\xfd": "zstd"}.get(payload[:4])
+    if tool is None:
+        return False  # bzip2, lzma, lzo: not worth a dependency, the bzImage still boots
+    try:
+        exe = proc.which(tool, purpose="to uncompress the kernel")
+    except MicrovmError:
+        return False
+    src = out.with_name(out.name + ".in")
+    try:
+        src.write_bytes(payload)
+        args = [src, out] if tool == "lz4" else [src, "-o", out]
+        return proc.run([exe, "-d", "-f", "-q", *args], check=False).returncode == 0
+    finally:
+        src.unlink(missing_ok=True)

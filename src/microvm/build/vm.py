@@ -1,0 +1,90 @@
+"""Building a whole VM: kernel, system, root image, initrd, runner.
+
+Each step is a store entry keyed by its inputs, so an unchanged VM is a chain
+of cache hits, and a failed step leaves the entries before it (all complete)
+and nothing of itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config.options import VMConfig
+from ..hypervisors import GuestArtifacts, get
+from ..host import accel
+from .image import build_root_image
+from .initrd import build_initrd
+from .kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
+from .runner import build_runner
+from .store import Store
+from .system import build_system
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuiltVM:
+    runner: Path
+    kernel: KernelEntry
+    initrd: Path | None
+    root_image: Path | None
+    system: Path
+    accel: accel.Verdict
+
+    @property
+    def run(self) -> Path:
+        return self.runner / "bin" / "microvm-run"
+
+
+def get_kernel(store: Store, vm: VMConfig) -> KernelEntry:
+    options = vm.guest.kernel
+    if options.image is not None:
+        return use_local_kernel(store, Path(options.image), Path(options.modulesDir) if options.modulesDir else None)
+    return fetch_kernel(store, resolve_kernel_package(options.package or options.flavor, store))
+
+
+def kernel_cmdline(vm: VMConfig, console: str, verdict: accel.Accel) -> list[str]:
+    """The guest's kernel command line: what microvm needs, then microvm.kernelParams."""
+    mv = vm.microvm
+    params = [f"console={console}", "panic=-1"]  # a panicking guest exits (-no-reboot) instead of hanging
+    if verdict == "tcg" and mv.hypervisor == "qemu":
+        params.append("tsc_early_khz=2600000")  # TSC calibration can hang under TCG
+    if mv.optimize.enable:
+        params.append("quiet")  # a quiet console boots measurably faster under emulation
+    return [*params, *mv.kernelParams]
+
+
+def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress: Progress | None = None) -> BuiltVM:
+    """Build every part of ``vm`` for ``hypervisor`` (default: the one it declares)."""
+    say = progress or (lambda _: None)
+    backend = get(hypervisor or vm.microvm.hypervisor)
+    say("kernel")
+    kernel = get_kernel(store, vm)
+    say("guest system")
+    system = build_system(store, vm)
+    root_image = None
+    if vm.microvm.storeOnDisk:
+        say(f"{vm.microvm.storeDiskType} root image")
+        flags = vm.microvm.storeDiskErofsFlags if vm.microvm.storeDiskType == "erofs" else vm.microvm.storeDiskSquashfsFlags
+        root_image = build_root_image(store, system, vm.microvm.storeDiskType, flags, vm.guest.hostName)
+    say("initrd")
+    initrd = Path(vm.microvm.initrdPath) if vm.microvm.initrdPath else build_initrd(store, vm, backend, kernel)
+    boot_image = kernel.vmlinux if backend.kernel_format == "vmlinux" else kernel.boot_image
+    if boot_image is None:
+        from ..errors import MicrovmError
+
+        raise MicrovmError(f"{backend.name} needs an uncompressed vmlinux, and none could be made from {kernel.image}")
+    say("accelerator")
+    verdict = accel.resolve(vm.microvm.accel, store, kernel.boot_image, emulated_cpu=vm.microvm.cpu is not None)
+    guest = GuestArtifacts(
+        kernel=boot_image,
+        initrd=initrd,
+        root_image=root_image,
+        cmdline=kernel_cmdline(vm, backend.console, verdict.accel),
+        accel=verdict.accel,
+    )
+    say("runner")
+    runner = build_runner(store, vm, backend, guest, system)
+    return BuiltVM(runner, kernel, initrd, root_image, system, verdict)

@@ -1,0 +1,82 @@
+"""Build commands: build, run, gc, doctor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..build.store import Store
+from ..config import load_vm
+from .app import app, err, out, warn
+
+HypervisorOpt = Annotated[
+    str | None, typer.Option("--hypervisor", help="Build the runner for this hypervisor instead of the declared one.")
+]
+StateDirOpt = Annotated[
+    Path | None, typer.Option("--state-dir", help="Parent of the VM's state directory (volumes, sockets).")
+]
+
+
+def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
+    from ..build.vm import build_vm
+
+    loaded = load_vm(file)
+    warn(loaded.warnings)
+    store = Store()
+    with err.status("building", spinner="dots") as status:
+        built = build_vm(store, loaded.config, hypervisor, progress=lambda step: status.update(f"building {step}"))
+    store.add_root(f"build-{loaded.name}", built.runner)
+    return loaded, built
+
+
+@app.command()
+def build(file: Annotated[Path, typer.Argument(help="A VM file.")], hypervisor: HypervisorOpt = None) -> None:
+    """Build the VM and print its runner's path."""
+    _, built = _build(file, hypervisor)
+    err.print(f"accelerator: {built.accel.accel} ({built.accel.reason})")
+    out.print(str(built.runner), soft_wrap=True)
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="A VM file.")],
+    hypervisor: HypervisorOpt = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Build the VM and run it in the foreground with its console here (Ctrl-C shuts it down)."""
+    from ..host.console import run_foreground
+    from ..host.statedir import vm_dir
+
+    loaded, built = _build(file, hypervisor)
+    if built.accel.accel == "tcg" and loaded.config.microvm.accel == "auto":
+        err.print(f"[yellow]note:[/yellow] using TCG emulation (slow): {built.accel.reason}", markup=True)
+    code = run_foreground(loaded.config, built.runner, vm_dir(loaded.name, state_dir), hypervisor)
+    raise typer.Exit(code)
+
+
+@app.command()
+def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False) -> None:
+    """Remove store entries that no root (recorded build, installed VM) uses."""
+    store = Store()
+    dead = store.gc([], dry_run=dry_run)
+    for entry in dead:
+        out.print(f"{'would remove' if dry_run else 'removed'} {entry}", soft_wrap=True)
+    out.print(f"{len(dead)} entries {'unused' if dry_run else 'removed'}")
+
+
+@app.command()
+def doctor(
+    file: Annotated[Path, typer.Argument(help="A VM file whose kernel to probe with.")],
+    refresh: Annotated[bool, typer.Option("--refresh", help="Probe again instead of using the cached verdict.")] = False,
+) -> None:
+    """Tell whether KVM can boot guests here, and why TCG is used otherwise."""
+    from ..build.vm import get_kernel
+    from ..host import accel
+
+    loaded = load_vm(file)
+    store = Store()
+    with err.status("probing KVM"):
+        verdict = accel.auto(store, get_kernel(store, loaded.config).boot_image, refresh=refresh)
+    out.print(f"accelerator: {verdict.accel}\nreason: {verdict.reason}")

@@ -1,0 +1,1 @@
+"""The host side: accelerator, state directories, console, systemd units, networking."""

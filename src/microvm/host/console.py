@@ -1,0 +1,127 @@
+"""Running a VM in the foreground with its console in the terminal.
+
+The hypervisor runs in its own session so the terminal's Ctrl-C reaches only
+us: the first Ctrl-C shuts the guest down gracefully, a second stops it
+hard. qemu's console is a unix socket with a log file: we print the log as it
+grows (nothing is lost before we connect) and send keystrokes to the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+from .. import proc
+from ..config.options import VMConfig
+from ..hypervisors import Feature, get
+
+
+@contextlib.contextmanager
+def _terminal_passthrough() -> Iterator[None]:
+    """Keys go to the guest one by one, unechoed; Ctrl-C stays a signal for us."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _connect(path: Path, child: subprocess.Popen[bytes]) -> socket.socket | None:
+    while child.poll() is None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(os.fspath(path))
+            return sock
+        except OSError:
+            sock.close()
+            time.sleep(0.01)
+    return None
+
+
+def run_foreground(vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | None = None,
+                   shutdown_timeout: float = 60.0) -> int:
+    """Run ``runner`` in ``workdir`` with the console here; return the hypervisor's exit code."""
+    backend = get(hypervisor or vm.microvm.hypervisor)
+    console = backend.console_socket(vm)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if console:
+        (workdir / console[1]).unlink(missing_ok=True)
+    child = proc.spawn([runner / "bin" / "microvm-run"], cwd=workdir, start_new_session=console is not None,
+                       stdin=subprocess.DEVNULL if console else None)
+    interrupts = 0
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        control = workdir / vm.microvm.socket if vm.microvm.socket else None
+        if interrupts == 1 and control and backend.supports(Feature.CONTROL_SOCKET):
+            print("\r\nmicrovm: shutting down gracefully (Ctrl-C again to stop it now)", file=sys.stderr)
+            threading.Thread(target=_shutdown, args=(backend, control, shutdown_timeout), daemon=True).start()
+        else:
+            print("\r\nmicrovm: stopping the VM now", file=sys.stderr)
+            child.kill()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        if console:
+            _relay(child, workdir / console[0], workdir / console[1])
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001
+    try:
+        backend.shutdown(control, timeout)
+    except Exception as exc:  # reported, the VM is then stopped by the second Ctrl-C
+        print(f"\r\nmicrovm: graceful shutdown failed: {exc}", file=sys.stderr)
+
+
+def _relay(child: subprocess.Popen[bytes], sock_path: Path, log_path: Path) -> None:
+    """Copy the console log to stdout and stdin to the console socket until the VM exits."""
+    out = sys.stdout.buffer
+    with _terminal_passthrough():
+        while not log_path.exists() and child.poll() is None:
+            time.sleep(0.005)
+        sock = _connect(sock_path, child) if sys.stdin.isatty() or not sys.stdin.closed else None
+        stdin = sys.stdin.fileno() if sock is not None else None
+        with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
+            while True:
+                exited = child.poll() is not None
+                if log is not None and (data := log.read()):
+                    out.write(data)
+                    out.flush()
+                elif exited:
+                    break
+                if stdin is not None:
+                    ready, _, _ = select.select([stdin], [], [], 0.02)
+                    if ready:
+                        data = os.read(stdin, 4096)
+                        if data and sock is not None:
+                            with contextlib.suppress(OSError):
+                                sock.sendall(data)
+                        else:
+                            stdin = None  # EOF on our stdin: stop forwarding
+                else:
+                    time.sleep(0.02)
+        if sock is not None:
+            sock.close()

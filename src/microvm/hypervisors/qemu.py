@@ -1,0 +1,298 @@
+"""qemu: every option microvm has, on the microvm, q35 and virt machines.
+
+Syntax follows qemu 7.2's documentation (qemu-system-x86_64(1), docs/system/
+i386/microvm.rst, docs/interop/qmp-spec). The console is a unix socket with a
+log file (``<name>-console.sock`` / ``.log``) so that a VM run by systemd can
+be attached to (``microvm console``) and a foreground run loses nothing.
+Control is QMP on ``microvm.socket`` through the ``qemu.qmp`` package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import MicrovmError
+from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+
+if TYPE_CHECKING:
+    from ..config.options import Interface, VMConfig
+
+BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
+
+
+def console_socket(vm: VMConfig) -> str:
+    return f"{vm.guest.hostName}-console.sock"
+
+
+def console_log(vm: VMConfig) -> str:
+    return f"{vm.guest.hostName}-console.log"
+
+
+def _opts(head: str, **options: object) -> str:
+    """``head,key=value,...`` skipping None; True/False as on/off."""
+    parts = [head]
+    for key, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        parts.append(f"{key.replace('_', '-')}={value}")
+    return ",".join(parts)
+
+
+class Backend(Hypervisor):
+    name = "qemu"
+    binary = "qemu-system-x86_64"
+    features = frozenset(Feature) - {Feature.NOTIFY_READINESS, Feature.INITIAL_BALLOON}
+    kernel_format = "bzImage"
+    console = "ttyS0"
+
+    # --- the machine -------------------------------------------------------------
+
+    @staticmethod
+    def needs_pci(vm: VMConfig) -> bool:
+        """PCI only when a device needs it: it costs boot time on the microvm machine."""
+        mv = vm.microvm
+        multi_queue = mv.vcpu > 1 and any(i.type in ("tap", "macvtap") for i in mv.interfaces)
+        return bool(mv.devices or mv.hotplugMem or mv.graphics.enable or multi_queue) or mv.qemu.machine != "microvm"
+
+    def _device(self, vm: VMConfig, kind: str) -> str:
+        """virtio-X-device on the microvm machine's mmio bus, virtio-X-pci elsewhere or when PCI is on."""
+        return f"virtio-{kind}-pci" if self.needs_pci(vm) else f"virtio-{kind}-device"
+
+    def console_socket(self, vm: VMConfig) -> tuple[str, str]:
+        return console_socket(vm), console_log(vm)
+
+    def guest_modules(self, vm: VMConfig) -> list[str]:
+        if vm.microvm.qemu.machine == "microvm" and not self.needs_pci(vm):
+            return ["virtio_mmio"]
+        return ["virtio_mmio", "virtio_pci"]
+
+    def _machine(self, vm: VMConfig, guest: GuestArtifacts, shared_memory: bool) -> list[str]:
+        mv = vm.microvm
+        machine = mv.qemu.machine or "microvm"
+        if mv.qemu.machineOpts is not None:
+            opts = dict(mv.qemu.machineOpts)
+        elif machine == "microvm":
+            # ACPI stays on: the kernel finds the virtio-mmio devices and the power button through it.
+            opts = {"x-option-roms": "off", "isa-serial": "on", "rtc": "on", "pit": "off", "pic": "off"}
+            if self.needs_pci(vm):
+                opts["pcie"] = "on"
+        else:
+            opts = {}
+        if shared_memory:
+            opts["memory-backend"] = "mem"
+        args = ["-M", ",".join([machine, *(f"{k}={v}" for k, v in opts.items())])]
+        args += ["-accel", guest.accel]
+        cpu = mv.cpu or ("host" if guest.accel == "kvm" else "max")
+        args += ["-cpu", cpu, "-smp", str(mv.vcpu)]
+        return args
+
+    def _memory(self, vm: VMConfig, shared_memory: bool) -> list[str]:
+        mv = vm.microvm
+        size = f"{mv.mem}M"
+        args = ["-m", f"{size},slots=1,maxmem={mv.mem + mv.hotplugMem}M" if mv.hotplugMem else size]
+        if shared_memory:
+            backend = "memory-backend-file" if mv.hugepageMem else "memory-backend-memfd"
+            extra = {"mem_path": "/dev/hugepages"} if mv.hugepageMem else {}
+            args += ["-object", _opts(backend, id="mem", size=size, share=True, **extra)]
+        if mv.hotplugMem:
+            args += [
+                "-object", _opts("memory-backend-ram", id="hotplug", size=f"{mv.hotplugMem}M"),
+                "-device", _opts("virtio-mem-pci", id="virtio-mem", memdev="hotplug",
+                                 requested_size=f"{mv.hotpluggedMem}M"),
+            ]
+        if mv.balloon:
+            args += ["-device", _opts(self._device(vm, "balloon"), id="balloon", deflate_on_oom=mv.deflateOnOOM,
+                                      free_page_reporting=True)]
+        return args
+
+    # --- devices -------------------------------------------------------------------
+
+    def _disks(self, vm: VMConfig, guest: GuestArtifacts) -> list[str]:
+        from ..build.initrd import ROOT_SERIAL
+
+        args: list[str] = []
+        device = self._device(vm, "blk")
+        if guest.root_image is not None:
+            args += [
+                "-drive", _opts("id=root", format="raw", file=guest.root_image, read_only=True, **{"if": "none"}),
+                "-device", _opts(device, drive="root", serial=ROOT_SERIAL),
+            ]
+        for i, volume in enumerate(vm.microvm.volumes):
+            drive = f"vol{i}"
+            args += [
+                "-drive", _opts(f"id={drive}", format="raw", file=volume.image, read_only=volume.readOnly or None,
+                                cache="none" if volume.direct else None, **{"if": "none"}),
+                "-device", _opts(device, drive=drive, serial=volume.serial),
+            ]
+        return args
+
+    def _interface(self, vm: VMConfig, index: int, iface: Interface, spec: RunnerSpec) -> list[str]:
+        mv = vm.microvm
+        queues = mv.vcpu if mv.vcpu > 1 and iface.type in ("tap", "macvtap") else None
+        netdev: str
+        if iface.type == "user":
+            forwards = [
+                f"hostfwd={p.proto}:{p.host.address}:{p.host.port}-{p.guest.address}:{p.guest.port}"
+                for p in mv.forwardPorts if p.from_ == "host"
+            ] + [
+                f"guestfwd={p.proto}:{p.guest.address or '10.0.2.100'}:{p.guest.port}-"
+                f"{p.proto}:{p.host.address or '127.0.0.1'}:{p.host.port}"
+                for p in mv.forwardPorts if p.from_ == "guest"
+            ]
+            netdev = ",".join([f"user,id={iface.id}", *forwards])
+        elif iface.type == "tap":
+            netdev = _opts(f"tap,id={iface.id}", ifname=iface.id, script="no", downscript="no", queues=queues)
+        elif iface.type == "macvtap":
+            first_fd = 10 + 16 * index
+            fds = [first_fd + q for q in range(queues or 1)]
+            tap = f"/dev/tap$(cat /sys/class/net/{iface.id}/ifindex)"
+            spec.fds += [(fd, tap) for fd in fds]
+            netdev = f"tap,id={iface.id}," + (f"fds={':'.join(map(str, fds))}" if queues else f"fd={fds[0]}")
+        else:
+            netdev = _opts(f"bridge,id={iface.id}", br=iface.bridge, helper=BRIDGE_HELPER)
+        device_opts = {"netdev": iface.id, "mac": iface.mac}
+        if queues:
+            device_opts |= {"mq": True, "vectors": 2 * queues + 2}
+        return ["-netdev", netdev, "-device", _opts(self._device(vm, "net"), **device_opts)]
+
+    def _shares(self, vm: VMConfig) -> list[str]:
+        args: list[str] = []
+        for i, share in enumerate(vm.microvm.shares):
+            if share.proto == "9p":
+                args += [
+                    "-fsdev", _opts(f"local,id=fs{i}", path=share.source, security_model=share.securityModel,
+                                    readonly=share.readOnly or None),
+                    "-device", _opts(self._device(vm, "9p"), fsdev=f"fs{i}", mount_tag=share.tag),
+                ]
+            else:
+                device = "vhost-user-fs-pci" if self.needs_pci(vm) else "vhost-user-fs-device"
+                args += [
+                    "-chardev", _opts(f"socket,id=fs{i}", path=share.socket),
+                    "-device", _opts(device, chardev=f"fs{i}", tag=share.tag),
+                ]
+        return args
+
+    def _passthrough(self, vm: VMConfig) -> list[str]:
+        args: list[str] = []
+        if any(d.bus == "usb" for d in vm.microvm.devices):
+            args += ["-device", "qemu-xhci"]
+        for device in vm.microvm.devices:
+            head = f"vfio-pci,host={device.path}" if device.bus == "pci" else f"usb-host,{device.path}"
+            extra = device.qemu.deviceExtraArgs
+            args += ["-device", f"{head},{extra}" if extra else head]
+        return args
+
+    # --- the runner ----------------------------------------------------------------
+
+    def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
+        mv = vm.microvm
+        if vm.guest.arch != "x86_64":
+            raise MicrovmError(
+                f"guest.arch = {vm.guest.arch!r}: only x86_64 guests can be built by this version",
+                hint="remove guest.arch",
+            )
+        binary = shutil.which(BINARIES[vm.guest.arch]) or f"/usr/bin/{BINARIES[vm.guest.arch]}"
+        shared_memory = any(s.proto == "virtiofs" for s in mv.shares) or mv.hugepageMem
+        name = vm.guest.hostName
+        spec = RunnerSpec(argv=[binary])
+        argv = spec.argv
+        argv += ["-name", f"{name},process=microvm@{name}" if mv.prettyProcnames else name]
+        argv += self._machine(vm, guest, shared_memory)
+        argv += self._memory(vm, shared_memory)
+        argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]
+        if mv.user:
+            argv += ["-runas", mv.user]
+        if not any(i.type == "bridge" for i in mv.interfaces):
+            argv += ["-sandbox", "on"]  # the bridge helper must be exec'ed, which the sandbox forbids
+        argv += ["-kernel", str(guest.kernel)]
+        if guest.initrd is not None:
+            argv += ["-initrd", str(guest.initrd)]
+        argv += ["-append", " ".join(guest.cmdline)]
+        if mv.qemu.machine == "microvm":
+            # vhost-user-fs and the virtio keyboard need non-legacy virtio-mmio
+            argv += ["-global", "virtio-mmio.force-legacy=false"]
+        argv += [
+            "-chardev",
+            _opts("socket,id=console", path=console_socket(vm), server=True, wait=False,
+                  logfile=console_log(vm), logappend=False),
+        ]
+        argv += ["-serial", "chardev:console"] if mv.qemu.serialConsole else [
+            "-device", self._device(vm, "serial"), "-device", "virtconsole,chardev=console",
+        ]
+        if mv.socket:
+            argv += ["-qmp", f"unix:{mv.socket},server=on,wait=off"]
+        argv += self._disks(vm, guest)
+        for i, iface in enumerate(mv.interfaces):
+            argv += self._interface(vm, i, iface, spec)
+        argv += self._shares(vm)
+        if mv.vsock.cid is not None:
+            argv += ["-device", _opts(f"vhost-vsock-{'pci' if self.needs_pci(vm) else 'device'}",
+                                      guest_cid=mv.vsock.cid)]
+        argv += self._passthrough(vm)
+        if mv.graphics.enable:
+            argv += ["-device", "virtio-gpu-pci", "-device", "virtio-keyboard-pci", "-device", "virtio-tablet-pci",
+                     "-display", "gtk,gl=off"]
+        argv += mv.qemu.extraArgs
+        return spec
+
+    # --- control -------------------------------------------------------------------
+
+    def request_shutdown(self, socket: Path) -> None:
+        asyncio.run(_qmp(socket, "system_powerdown"))
+
+    def stop_hard(self, socket: Path, pid: int) -> None:
+        asyncio.run(_qmp(socket, "quit"))
+
+    def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
+        """qemu's balloon command takes the guest's target memory, not the balloon size."""
+        actual = asyncio.run(_balloon(socket, (mem_mb - size_mb) * MiB))
+        return mem_mb - actual // MiB
+
+
+MiB = 1024 * 1024
+
+
+async def _connect(socket: Path):  # -> qemu.qmp.QMPClient
+    from qemu.qmp import QMPClient
+
+    client = QMPClient("microvm")
+    try:
+        await client.connect(str(socket))
+    except Exception as exc:
+        raise MicrovmError(f"cannot connect to the QMP socket {socket}: {exc}", hint="is the VM running?") from None
+    return client
+
+
+async def _qmp(socket: Path, command: str) -> None:
+    client = await _connect(socket)
+    try:
+        await client.execute(command)
+    finally:
+        await client.disconnect()
+
+
+async def _balloon(socket: Path, target: int) -> int:
+    """Ask for ``target`` bytes of guest memory; return the guest's actual memory once it settles."""
+    from qemu.qmp import EventListener
+
+    client = await _connect(socket)
+    loop = asyncio.get_running_loop()
+    try:
+        with client.listen(EventListener(("BALLOON_CHANGE",))) as listener:
+            await client.execute("balloon", {"value": target})
+            actual = (await client.execute("query-balloon"))["actual"]
+            deadline = loop.time() + 10
+            while actual != target and (remaining := deadline - loop.time()) > 0:
+                try:
+                    actual = (await asyncio.wait_for(listener.get(), remaining)).data["actual"]
+                except TimeoutError:
+                    break
+        return actual
+    finally:
+        await client.disconnect()
