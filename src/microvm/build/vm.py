@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.options import VMConfig
-from ..hypervisors import GuestArtifacts, get
+from ..hypervisors import GuestArtifacts, Hypervisor, get
 from ..host import accel
 from .image import build_root_image
 from .initrd import build_initrd
@@ -45,12 +45,11 @@ def get_kernel(store: Store, vm: VMConfig) -> KernelEntry:
     return fetch_kernel(store, resolve_kernel_package(options.package or options.flavor, store))
 
 
-def kernel_cmdline(vm: VMConfig, console: str, verdict: accel.Accel) -> list[str]:
+def kernel_cmdline(vm: VMConfig, backend: Hypervisor, verdict: accel.Accel) -> list[str]:
     """The guest's kernel command line: what microvm needs, then microvm.kernelParams."""
     mv = vm.microvm
-    params = [f"console={console}", "panic=-1"]  # a panicking guest exits (-no-reboot) instead of hanging
-    if verdict == "tcg" and mv.hypervisor == "qemu":
-        params.append("tsc_early_khz=2600000")  # TSC calibration can hang under TCG
+    params = [f"console={backend.console}", "panic=-1"]  # a panicking guest exits (-no-reboot), not hangs
+    params += backend.kernel_params(vm, verdict)
     if mv.optimize.enable:
         params.append("quiet")  # a quiet console boots measurably faster under emulation
     return [*params, *mv.kernelParams]
@@ -82,7 +81,7 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
         kernel=boot_image,
         initrd=initrd,
         root_image=root_image,
-        cmdline=kernel_cmdline(vm, backend.console, verdict.accel),
+        cmdline=kernel_cmdline(vm, backend, verdict.accel),
         accel=verdict.accel,
     )
     say("runner")

@@ -97,13 +97,17 @@ def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001
 
 
 def _relay(child: subprocess.Popen[bytes], sock_path: Path, log_path: Path) -> None:
-    """Copy the console log to stdout and stdin to the console socket until the VM exits."""
+    """Copy the console log to stdout and stdin to the console socket until the VM exits.
+
+    What the socket sends is the same as the log and is discarded, but it
+    must be read: qemu stops logging what it cannot write to a connected client.
+    """
     out = sys.stdout.buffer
     with _terminal_passthrough():
         while not log_path.exists() and child.poll() is None:
             time.sleep(0.005)
-        sock = _connect(sock_path, child) if sys.stdin.isatty() or not sys.stdin.closed else None
-        stdin = sys.stdin.fileno() if sock is not None else None
+        sock = _connect(sock_path, child)
+        stdin: int | None = sys.stdin.fileno()
         with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
             while True:
                 exited = child.poll() is not None
@@ -112,16 +116,17 @@ def _relay(child: subprocess.Popen[bytes], sock_path: Path, log_path: Path) -> N
                     out.flush()
                 elif exited:
                     break
-                if stdin is not None:
-                    ready, _, _ = select.select([stdin], [], [], 0.02)
-                    if ready:
-                        data = os.read(stdin, 4096)
-                        if data and sock is not None:
-                            with contextlib.suppress(OSError):
-                                sock.sendall(data)
-                        else:
-                            stdin = None  # EOF on our stdin: stop forwarding
-                else:
-                    time.sleep(0.02)
+                watched = [fd for fd in (stdin, sock.fileno() if sock else None) if fd is not None]
+                ready = select.select(watched, [], [], 0.02)[0] if watched else time.sleep(0.02) or []
+                if sock is not None and sock.fileno() in ready and not sock.recv(65536):
+                    sock.close()
+                    sock = None
+                if stdin is not None and stdin in ready:
+                    data = os.read(stdin, 4096)
+                    if not data:
+                        stdin = None  # EOF on our stdin: stop forwarding
+                    elif sock is not None:
+                        with contextlib.suppress(OSError):
+                            sock.sendall(data)
         if sock is not None:
             sock.close()

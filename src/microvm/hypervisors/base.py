@@ -94,6 +94,10 @@ class Hypervisor(ABC):
     # Kernel parameters this hypervisor's guests need (console device etc.).
     console: ClassVar[str] = "ttyS0"
 
+    def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
+        """Kernel parameters this hypervisor's guests need (besides the console)."""
+        return []
+
     def console_socket(self, vm: VMConfig) -> tuple[str, str] | None:
         """(socket, log file) when the console is a unix socket with a log; None when it is stdio."""
         return None

@@ -77,11 +77,6 @@ def plain(value: str, what: str, hypervisor: str, forbidden: str = ",") -> str:
     return value
 
 
-def queue_pairs(vm: VMConfig) -> int:
-    """Queue pairs of a tap: one per vCPU (the host creates multi-queue taps when vcpu > 1)."""
-    return vm.microvm.vcpu
-
-
 def open_macvtap(spec: RunnerSpec, iface: Interface, count: int = 1) -> list[int]:
     """Have the runner open ``count`` descriptors on the macvtap's character device; return their numbers.
 

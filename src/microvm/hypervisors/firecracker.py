@@ -43,9 +43,10 @@ class Backend(Hypervisor):
     kernel_format = "vmlinux"
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
-    # microvm.nix's boot_args: i8042 probing shortcuts (docs/api_requests/actions.md keeps the
-    # keyboard so SendCtrlAltDel works), reboot=k so a guest reboot ends the process.
-    kernel_params = ("reboot=k", "panic=1", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd")
+    def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
+        # microvm.nix's boot_args: reboot=k so a guest reboot ends the process; i8042 probing
+        # shortcuts that keep the keyboard SendCtrlAltDel needs (docs/api_requests/actions.md)
+        return ["reboot=k", "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd"]
 
     def config(self, vm: VMConfig, guest: GuestArtifacts) -> dict[str, Any]:
         """The ``--config-file`` JSON (swagger ``FullVmConfiguration``), with ``extraConfig`` merged in."""

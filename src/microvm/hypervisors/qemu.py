@@ -64,6 +64,10 @@ class Backend(Hypervisor):
         """virtio-X-device on the microvm machine's mmio bus, virtio-X-pci elsewhere or when PCI is on."""
         return f"virtio-{kind}-pci" if self.needs_pci(vm) else f"virtio-{kind}-device"
 
+    def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
+        # TSC calibration can hang under TCG
+        return ["tsc_early_khz=2600000"] if accel == "tcg" else []
+
     def console_socket(self, vm: VMConfig) -> tuple[str, str]:
         return console_socket(vm), console_log(vm)
 

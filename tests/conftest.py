@@ -1,0 +1,70 @@
+"""Shared fixtures: a store reused across runs (the kernel is downloaded once) and real boots."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from microvm.build.store import Store
+from microvm.build.vm import BuiltVM, build_vm
+from microvm.config import load_vm
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("MICROVM_TEST_CACHE") or Path.home() / ".cache" / "microvm-test")
+BOOT_TIMEOUT = 180  # TCG on a loaded 2-core machine; a hung guest fails, it never passes
+
+
+@pytest.fixture(scope="session")
+def shared_store() -> Store:
+    """The store the tests build into; kept between runs so builds are cache hits."""
+    return Store(CACHE / "store")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI runs in tests use the shared store, a private state dir, and TCG."""
+    monkeypatch.setenv("MICROVM_STORE", str(CACHE / "store"))
+    monkeypatch.setenv("MICROVM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MICROVM_ACCEL", "tcg")
+
+
+def write_vm(directory: Path, text: str, name: str = "vm.toml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@dataclass
+class Booted:
+    built: BuiltVM
+    workdir: Path
+    returncode: int
+    console: str
+
+
+def build_file(store: Store, file: Path, hypervisor: str | None = None) -> BuiltVM:
+    return build_vm(store, load_vm(file).config, hypervisor)
+
+
+def boot(store: Store, file: Path, workdir: Path, timeout: float = BOOT_TIMEOUT) -> Booted:
+    """Build ``file`` and run its runner to completion; return the console output."""
+    built = build_file(store, file)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([built.run], cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    logs = list(workdir.glob("*-console.log"))
+    console = logs[0].read_text(errors="replace") if logs else result.stdout.decode(errors="replace")
+    return Booted(built, workdir, result.returncode, console + result.stderr.decode(errors="replace"))
+
+
+def microvm(*args: str, timeout: float = BOOT_TIMEOUT, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the real `microvm` command."""
+    return subprocess.run(
+        [sys.executable, "-m", "microvm", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )

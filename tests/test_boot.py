@@ -1,0 +1,151 @@
+"""Real boots under TCG: the example, both machine types, both image types, volumes, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BOOT_TIMEOUT, REPO, boot, build_file, microvm, write_vm
+
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+
+MARKER_VM = """
+[guest]
+hostName = "{name}"
+shell = false
+commands = ['echo "marker: {name} up"', "poweroff"]
+[microvm]
+mem = 256
+{extra}
+"""
+
+
+def test_example_boots_with_cli(tmp_path: Path) -> None:
+    result = microvm("run", str(REPO / "examples/hello/vm.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "hello: booted in" in result.stdout
+    assert "hello stopped cleanly" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("m-q35", '[microvm.qemu]\nmachine = "q35"'),
+        ("m-squashfs", 'storeDiskType = "squashfs"'),
+    ],
+)
+def test_machine_and_image_variants_boot(shared_store, tmp_path: Path, name: str, extra: str) -> None:
+    file = write_vm(tmp_path, MARKER_VM.format(name=name, extra=extra))
+    booted = boot(shared_store, file, tmp_path / "state")
+    assert booted.returncode == 0, booted.console
+    assert f"marker: {name} up" in booted.console
+    assert "stopped cleanly" in booted.console
+
+
+def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> None:
+    file = write_vm(tmp_path, """
+        [guest]
+        hostName = "vol"
+        shell = false
+        commands = [
+          'echo "boots before: $(cat /data/count 2>/dev/null || echo 0)"',
+          'echo $(( $(cat /data/count 2>/dev/null || echo 0) + 1 )) > /data/count',
+          "poweroff",
+        ]
+        [microvm]
+        mem = 256
+        [[microvm.volumes]]
+        image = "data.img"
+        mountPoint = "/data"
+        size = 16
+        label = "data"
+    """)
+    state = tmp_path / "state"
+    first = boot(shared_store, file, state)
+    assert "boots before: 0" in first.console, first.console
+    inode = (state / "data.img").stat().st_ino
+    second = boot(shared_store, file, state)
+    assert "boots before: 1" in second.console, second.console
+    assert (state / "data.img").stat().st_ino == inode  # the image was not recreated
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = BOOT_TIMEOUT) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        assert proc.poll() is None, f"the VM exited early:\n{content}"
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} did not appear in {path}")
+
+
+LONG_RUNNING_VM = """
+[guest]
+hostName = "{name}"
+shell = false
+[guest.services.ticker]
+command = 'echo "ready: {name}"; while :; do sleep 1; done'
+[microvm]
+mem = 256
+"""
+
+
+def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -> None:
+    file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="stopme"))
+    built = build_file(shared_store, file)
+    state = tmp_path / "state"
+    state.mkdir()
+    vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for(state / "stopme-console.log", "ready: stopme", vm)
+        result = subprocess.run([built.runner / "bin/microvm-shutdown"], cwd=state, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert vm.wait(timeout=5) == 0  # microvm-shutdown returns only once the hypervisor has exited
+    finally:
+        vm.kill()
+    console = (state / "stopme-console.log").read_text()
+    assert "stopme is shutting down" in console
+    assert "stopped cleanly" in console
+
+
+def test_ctrl_c_on_run_shuts_down_gracefully(tmp_path: Path) -> None:
+    file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="ctrlc"))
+    run = subprocess.Popen([sys.executable, "-m", "microvm", "run", str(file)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=os.environ.copy())
+    log = tmp_path / "state" / "ctrlc" / "ctrlc-console.log"
+    try:
+        _wait_for(log, "ready: ctrlc", run)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    assert b"shutting down gracefully" in err
+    assert b"ctrlc stopped cleanly" in out
+
+
+def test_failed_boot_reports_instead_of_hanging(shared_store, tmp_path: Path) -> None:
+    """A volume that cannot be found makes the initrd say so and power off."""
+    file = write_vm(tmp_path, """
+        [guest]
+        hostName = "nolabel"
+        [microvm]
+        mem = 256
+        [[microvm.volumes]]
+        image = "x.img"
+        mountPoint = "/x"
+        size = 8
+        autoCreate = false
+    """)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "x.img").write_bytes(b"\0" * 8 * 1024 * 1024)  # no filesystem on it
+    booted = boot(shared_store, file, tmp_path / "state")
+    assert "microvm initrd: cannot mount" in booted.console

@@ -1,0 +1,83 @@
+"""The store and the build cache: cache hits, new entries on change, nothing partial on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from microvm.build.store import Store
+from microvm.errors import CommandError
+from conftest import build_file, write_vm
+
+VM = """
+[guest]
+hostName = "{name}"
+commands = ["echo {word}"]
+[microvm]
+mem = 128
+{extra}
+"""
+
+
+def test_add_is_atomic_and_cached(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    calls = []
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        (out / "file").write_text("x")
+
+    first, built = store.add("thing", {"a": 1}, build)
+    again, built_again = store.add("thing", {"a": 1}, build)
+    assert (built, built_again) == (True, False)
+    assert first == again and len(calls) == 1
+    other, _ = store.add("thing", {"a": 2}, build)
+    assert other != first
+
+
+def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+
+    def build(out: Path) -> None:
+        (out / "half").write_text("written")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.add("broken", {}, build)
+    assert store.entries() == []
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_gc_keeps_roots_and_their_references(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    dep, _ = store.add("dep", {}, lambda out: None)
+    top, _ = store.add("top", {}, lambda out: None, references=(dep,))
+    junk, _ = store.add("junk", {}, lambda out: None)
+    store.add_root("keep", top)
+    assert store.gc([], dry_run=True) == [junk]
+    assert junk.exists()
+    assert store.gc([]) == [junk]
+    assert not junk.exists() and top.exists() and dep.exists()
+
+
+def test_second_build_is_a_cache_hit_and_a_change_is_a_new_entry(shared_store, tmp_path: Path) -> None:
+    file = write_vm(tmp_path, VM.format(name="cache", word="one", extra=""))
+    first = build_file(shared_store, file)
+    before = set(shared_store.entries())
+    again = build_file(shared_store, file)
+    assert again.runner == first.runner
+    assert set(shared_store.entries()) == before  # no work, nothing new
+    write_vm(tmp_path, VM.format(name="cache", word="two", extra=""))
+    changed = build_file(shared_store, file)
+    assert changed.runner != first.runner and changed.system != first.system
+    assert changed.kernel.path == first.kernel.path  # the unchanged parts are shared
+
+
+def test_failed_image_build_leaves_no_partial_entry(shared_store, tmp_path: Path) -> None:
+    file = write_vm(tmp_path, VM.format(name="badimage", word="bad", extra='storeDiskErofsFlags = ["--no-such-flag"]'))
+    with pytest.raises(CommandError):
+        build_file(shared_store, file)
+    assert not [p for p in shared_store.root.glob(".tmp-*-rootimage-badimage-*")]
+    assert not [p for p in shared_store.root.glob("*-rootimage-badimage")]
+    assert [p for p in shared_store.root.glob("*-system-badimage")]  # the steps before it are complete
