@@ -104,7 +104,8 @@ def runner_files(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_
     by_type = {t: [i.id for i in mv.interfaces if i.type == t] for t in ("tap", "macvtap")}
     if by_type["tap"]:
         files[f"{share}/tap-interfaces"] = ("\n".join(by_type["tap"]) + "\n", 0o644)
-        files[f"{share}/tap-flags"] = ("multi_queue vnet_hdr\n" if mv.vcpu > 1 else "vnet_hdr\n", 0o644)
+        multi_queue = mv.vcpu > 1 and hypervisor.supports(Feature.MULTI_QUEUE_TAP)
+        files[f"{share}/tap-flags"] = ("multi_queue vnet_hdr\n" if multi_queue else "vnet_hdr\n", 0o644)
     if by_type["macvtap"]:
         lines = [f"{i.id} {i.mac} {i.macvtap.link} {i.macvtap.mode}" for i in mv.interfaces if i.type == "macvtap"]
         files[f"{share}/macvtap-interfaces"] = ("\n".join(lines) + "\n", 0o644)

@@ -48,8 +48,6 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
     }
     for i, iface in enumerate(mv.interfaces):
         yield interface_features[iface.type], ("microvm", "interfaces", i, "type")
-        if iface.type in ("tap", "macvtap") and mv.vcpu > 1:
-            yield Feature.MULTI_QUEUE_TAP, ("microvm", "vcpu")
     if mv.forwardPorts:
         yield Feature.FORWARD_PORTS, ("microvm", "forwardPorts")
     if mv.balloon:

@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import platform
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -483,7 +483,7 @@ class HostOptions(Options):
 
 
 class DeclaredVM(Options):
-    config: str | VMConfig | None = Field(
+    config: str | dict[str, Any] | None = Field(
         None,
         description=(
             "Fully declarative: the VM file (path relative to this file) or an inline VM table; "

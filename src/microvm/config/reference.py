@@ -38,7 +38,7 @@ def _type_name(annotation: Any) -> str:
     if origin is list:
         return f"list of {_type_name(args[0])}"
     if origin is dict:
-        return f"table of {_type_name(args[1])}"
+        return "table" if args[1] is Any else f"table of {_type_name(args[1])}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "table"
     return {str: "string", int: "integer", bool: "boolean", float: "number", dict: "table"}.get(

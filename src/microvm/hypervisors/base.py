@@ -141,14 +141,17 @@ class Hypervisor(ABC):
 
     def suggestion(self, feature: Feature) -> str | None:
         """What to use instead of a feature this hypervisor lacks."""
+        from . import available
+
         alternatives = {
-            Feature.SHARE_9P: "use proto = \"virtiofs\"" if self.supports(Feature.SHARE_VIRTIOFS) else None,
-            Feature.SHARE_VIRTIOFS: "use proto = \"9p\"" if self.supports(Feature.SHARE_9P) else None,
-            Feature.USER_NETWORK: "use an interface of type \"tap\"" if self.supports(Feature.TAP) else None,
-            Feature.BRIDGE: "use an interface of type \"tap\" attached to the bridge by the host"
-            if self.supports(Feature.TAP)
-            else None,
+            Feature.SHARE_9P: (Feature.SHARE_VIRTIOFS, 'use proto = "virtiofs"'),
+            Feature.SHARE_VIRTIOFS: (Feature.SHARE_9P, 'use proto = "9p"'),
+            Feature.USER_NETWORK: (Feature.TAP, 'use an interface of type "tap"'),
+            Feature.BRIDGE: (Feature.TAP, 'use an interface of type "tap" attached to the bridge by the host'),
         }
-        if feature in (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS) and not alternatives[feature]:
+        if feature in alternatives and self.supports(alternatives[feature][0]):
+            return alternatives[feature][1]
+        if feature in (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS):
             return "use a volume instead of a share"
-        return alternatives.get(feature) or "use hypervisor = \"qemu\", which can"
+        others = [b.name for b in available() if b.supports(feature)]
+        return f"hypervisors that can: {', '.join(others)}" if others else None
