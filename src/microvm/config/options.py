@@ -339,9 +339,6 @@ class MicroVMOptions(Options):
         None,
         description="Guest path (usually a volume's mountPoint) holding a writable overlay over the system.",
     )
-    systemSymlink: bool = Field(
-        True, description="Link the system's store path at /run/current-system in the guest."
-    )
     devices: list[Device] = Field([], description="Host devices passed through.")
     vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
     graphics: Enable = Field(default_factory=Enable, description="A graphical display (qemu, cloud-hypervisor).")

@@ -1,0 +1,25 @@
+"""Generated docs stay current: run `make docs` after changing the model or a backend's features."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+from microvm.config.reference import reference_markdown
+
+
+def test_options_reference_is_current() -> None:
+    assert (REPO / "docs/options.md").read_text() == reference_markdown()
+
+
+def test_hypervisor_table_is_current() -> None:
+    table = subprocess.run([sys.executable, "-m", "microvm.hypervisors.table"], capture_output=True, text=True,
+                           check=True).stdout
+    assert (REPO / "docs/hypervisors.md").read_text() == table
+
+
+def test_every_renaming_is_documented() -> None:
+    mapping = (REPO / "docs/from-microvm-nix.md").read_text()
+    for renamed in ("flake", "updateFlake", "/nix/store", "systemSymlink", "pkgs", "specialArgs", "tapMatch"):
+        assert renamed in mapping
