@@ -64,6 +64,9 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
         for volume in creatable:
             args = [volume.image, str(volume.size), volume.fsType, *_mkfs_args(volume)]
             lines.append("create_volume " + shlex.join(args))
+    sources = [s.source for s in mv.shares if s.proto == "9p"]
+    if sources:
+        lines += ["", "# 9p share sources (relative ones live in the state directory)", "mkdir -p " + shlex.join(sources)]
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec

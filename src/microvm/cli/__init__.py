@@ -29,7 +29,9 @@ def main() -> None:
     if os.environ.get("MICROVM_DEBUG"):
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
-        app(args=translate_legacy(sys.argv[1:]), prog_name="microvm", standalone_mode=False)
+        code = app(args=translate_legacy(sys.argv[1:]), prog_name="microvm", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except MicrovmError as exc:
         err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
         sys.exit(1)

@@ -25,6 +25,7 @@ from pathlib import Path
 from .. import proc
 from ..config.options import VMConfig
 from ..hypervisors import Feature, get
+from . import virtiofsd
 
 
 @contextlib.contextmanager
@@ -62,6 +63,7 @@ def run_foreground(vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | 
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
+    daemons = virtiofsd.start(vm, workdir)
     child = proc.spawn([runner / "bin" / "microvm-run"], cwd=workdir, start_new_session=console is not None,
                        stdin=subprocess.DEVNULL if console else None)
     interrupts = 0
@@ -87,6 +89,7 @@ def run_foreground(vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | 
         if child.poll() is None:
             child.kill()
             child.wait()
+        virtiofsd.stop(daemons)
 
 
 def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001

@@ -33,7 +33,7 @@ def console_log(vm: VMConfig) -> str:
 
 
 def _opts(head: str, **options: object) -> str:
-    """``head,key=value,...`` skipping None; True/False as on/off."""
+    """``head,key=value,...`` skipping None; True/False as on/off; ``_`` in keys becomes ``-``."""
     parts = [head]
     for key, value in options.items():
         if value is None:
@@ -169,10 +169,11 @@ class Backend(Hypervisor):
         args: list[str] = []
         for i, share in enumerate(vm.microvm.shares):
             if share.proto == "9p":
+                # -fsdev and virtio-9p take security_model and mount_tag with underscores
+                readonly = ",readonly=on" if share.readOnly else ""
                 args += [
-                    "-fsdev", _opts(f"local,id=fs{i}", path=share.source, security_model=share.securityModel,
-                                    readonly=share.readOnly or None),
-                    "-device", _opts(self._device(vm, "9p"), fsdev=f"fs{i}", mount_tag=share.tag),
+                    "-fsdev", f"local,id=fs{i},path={share.source},security_model={share.securityModel}{readonly}",
+                    "-device", f"{self._device(vm, '9p')},fsdev=fs{i},mount_tag={share.tag}",
                 ]
             else:
                 device = "vhost-user-fs-pci" if self.needs_pci(vm) else "vhost-user-fs-device"
@@ -288,13 +289,14 @@ async def _balloon(socket: Path, target: int) -> int:
     client = await _connect(socket)
     loop = asyncio.get_running_loop()
     try:
-        with client.listen(EventListener(("BALLOON_CHANGE",))) as listener:
+        listener = EventListener(("BALLOON_CHANGE",))
+        with client.listen(listener):
             await client.execute("balloon", {"value": target})
             actual = (await client.execute("query-balloon"))["actual"]
             deadline = loop.time() + 10
             while actual != target and (remaining := deadline - loop.time()) > 0:
                 try:
-                    actual = (await asyncio.wait_for(listener.get(), remaining)).data["actual"]
+                    actual = (await asyncio.wait_for(listener.get(), remaining))["data"]["actual"]
                 except TimeoutError:
                     break
         return actual

@@ -1,0 +1,98 @@
+"""virtiofsd: one daemon per virtiofs share, started before the hypervisor.
+
+Two implementations exist: the Rust virtiofsd (its own package on newer
+distributions; ``--shared-dir``) and the C one shipped in qemu-system-common
+(``/usr/lib/qemu/virtiofsd``; ``-o source=``). We speak both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from functools import cache
+from pathlib import Path
+
+from .. import proc
+from ..config.options import Share, VMConfig
+from ..errors import MicrovmError
+
+C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+
+
+@cache
+def find() -> tuple[str, bool]:
+    """(path, is_rust) of the virtiofsd to use, preferring the Rust one."""
+    for candidate in ("virtiofsd", "/usr/libexec/virtiofsd", C_VIRTIOFSD):
+        path = shutil.which(candidate)
+        if path:
+            usage = proc.run([path, "--help"], check=False)
+            return path, "--shared-dir" in (usage.stdout + usage.stderr)
+    raise MicrovmError("virtiofsd is not installed (needed for virtiofs shares)",
+                       hint="apt-get install qemu-system-common (or the virtiofsd package)")
+
+
+def _threads(vm: VMConfig) -> int:
+    size = vm.microvm.virtiofsd.threadPoolSize
+    return os.cpu_count() or 1 if size == "`nproc`" else int(size)
+
+
+def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
+    """The command line serving ``share``, run in the VM's state directory ``workdir``.
+
+    The socket stays relative as configured (unix socket paths are limited to
+    108 bytes); the source is made absolute (virtiofsd bind-mounts it).
+    """
+    path, rust = find()
+    opts = vm.microvm.virtiofsd
+    source, socket = str(workdir / share.source), share.socket or ""
+    if rust:
+        args = [path, f"--socket-path={socket}", f"--shared-dir={source}", f"--thread-pool-size={_threads(vm)}",
+                f"--tag={share.tag}", "--xattr"]
+        args += ["--posix-acl"] if share.posixAcl else []
+        args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
+        args += [f"--socket-group={opts.group}"] if opts.group and os.geteuid() == 0 else []
+        args += ["--readonly"] if share.readOnly else []
+    else:
+        args = [path, f"--socket-path={socket}", "-o", f"source={source}", f"--thread-pool-size={_threads(vm)}",
+                "-o", "xattr", "-o", "posix_acl" if share.posixAcl else "no_posix_acl"]
+        if share.readOnly:
+            raise MicrovmError(f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
+                               hint="install the Rust virtiofsd, or use proto = \"9p\" for a read-only share")
+    return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
+
+
+def start(vm: VMConfig, workdir: Path, timeout: float = 10.0) -> list[subprocess.Popen[bytes]]:
+    """Start a virtiofsd for every virtiofs share; return once every socket exists."""
+    daemons = []
+    try:
+        for share in vm.microvm.shares:
+            if share.proto != "virtiofs":
+                continue
+            socket = workdir / (share.socket or "")
+            socket.unlink(missing_ok=True)
+            (workdir / share.source).mkdir(parents=True, exist_ok=True)
+            daemons.append((proc.spawn(argv(vm, share, workdir.absolute()), cwd=workdir), socket, share))
+        deadline = time.monotonic() + timeout
+        for daemon, socket, share in daemons:
+            while not socket.exists():
+                if daemon.poll() is not None or time.monotonic() > deadline:
+                    raise MicrovmError(f"virtiofsd for share {share.tag!r} did not start (exit {daemon.poll()})")
+                time.sleep(0.01)
+    except BaseException:
+        stop([d for d, _, _ in daemons])
+        raise
+    return [d for d, _, _ in daemons]
+
+
+def stop(daemons: list[subprocess.Popen[bytes]]) -> None:
+    for daemon in daemons:
+        if daemon.poll() is None:
+            daemon.terminate()
+    for daemon in daemons:
+        try:
+            daemon.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()

@@ -1,0 +1,71 @@
+"""qemu devices booted for real under TCG: virtiofs and 9p shares, the balloon."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import build_file, microvm, write_vm
+from test_boot import _wait_for
+
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+
+SHARE_VM = """
+[guest]
+hostName = "{name}"
+shell = false
+commands = [
+  'echo "host says: $(cat /mnt/shared/from-host)"',
+  'echo guest-was-here > /mnt/shared/from-guest',
+  "poweroff",
+]
+[microvm]
+mem = 256
+[[microvm.shares]]
+tag = "shared"
+source = "shared"
+mountPoint = "/mnt/shared"
+proto = "{proto}"
+"""
+
+
+@pytest.mark.parametrize("proto", ["virtiofs", "9p"])
+def test_share_is_read_write_both_ways(tmp_path: Path, proto: str) -> None:
+    name = f"share-{proto}"
+    file = write_vm(tmp_path, SHARE_VM.format(name=name, proto=proto))
+    shared = tmp_path / "state" / name / "shared"
+    shared.mkdir(parents=True)
+    (shared / "from-host").write_text("hello-from-host\n")
+    result = microvm("run", str(file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "host says: hello-from-host" in result.stdout
+    assert (shared / "from-guest").read_text() == "guest-was-here\n"
+
+
+def test_balloon_is_set_and_read_back(shared_store, tmp_path: Path) -> None:
+    file = write_vm(tmp_path, """
+        [guest]
+        hostName = "balloon"
+        shell = false
+        [guest.services.ticker]
+        command = 'echo "ready: balloon"; while :; do sleep 1; done'
+        [microvm]
+        mem = 256
+        balloon = true
+    """)
+    built = build_file(shared_store, file)
+    state = tmp_path / "state"
+    state.mkdir()
+    vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for(state / "balloon-console.log", "ready: balloon", vm)
+        result = subprocess.run([built.runner / "bin/microvm-balloon", "64"], cwd=state, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) == 64
+        subprocess.run([built.runner / "bin/microvm-shutdown"], cwd=state, check=True, timeout=120)
+        assert vm.wait(timeout=10) == 0
+    finally:
+        vm.kill()
