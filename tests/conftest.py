@@ -53,7 +53,9 @@ def build_file(store: Store, file: Path, hypervisor: str | None = None) -> Built
     return build_vm(store, load_vm(file).config, hypervisor)
 
 
-def boot(store: Store, file: Path, workdir: Path, timeout: float = BOOT_TIMEOUT, hypervisor: str | None = None) -> Booted:
+def boot(
+    store: Store, file: Path, workdir: Path, timeout: float = BOOT_TIMEOUT, hypervisor: str | None = None
+) -> Booted:
     """Build ``file`` and run its runner to completion; return the console output."""
     built = build_file(store, file, hypervisor)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,9 @@ def test_machine_and_image_variants_boot(shared_store, tmp_path: Path, name: str
 
 
 def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> None:
-    file = write_vm(tmp_path, """
+    file = write_vm(
+        tmp_path,
+        """
         [guest]
         hostName = "vol"
         shell = false
@@ -65,7 +67,8 @@ def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> 
         mountPoint = "/data"
         size = 16
         label = "data"
-    """)
+    """,
+    )
     state = tmp_path / "state"
     first = boot(shared_store, file, state)
     assert "boots before: 0" in first.console, first.console
@@ -105,8 +108,9 @@ def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -
     vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
     try:
         _wait_for(state / "stopme-console.log", "ready: stopme", vm)
-        result = subprocess.run([built.runner / "bin/microvm-shutdown"], cwd=state, capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [built.runner / "bin/microvm-shutdown"], cwd=state, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         assert vm.wait(timeout=5) == 0  # microvm-shutdown returns only once the hypervisor has exited
     finally:
@@ -118,8 +122,13 @@ def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -
 
 def test_ctrl_c_on_run_shuts_down_gracefully(tmp_path: Path) -> None:
     file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="ctrlc"))
-    run = subprocess.Popen([sys.executable, "-m", "microvm", "run", str(file)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=os.environ.copy())
+    run = subprocess.Popen(
+        [sys.executable, "-m", "microvm", "run", str(file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     log = tmp_path / "state" / "ctrlc" / "ctrlc-console.log"
     try:
         _wait_for(log, "ready: ctrlc", run)
@@ -134,7 +143,9 @@ def test_ctrl_c_on_run_shuts_down_gracefully(tmp_path: Path) -> None:
 
 def test_failed_boot_reports_instead_of_hanging(shared_store, tmp_path: Path) -> None:
     """A volume that cannot be found makes the initrd say so and power off."""
-    file = write_vm(tmp_path, """
+    file = write_vm(
+        tmp_path,
+        """
         [guest]
         hostName = "nolabel"
         [microvm]
@@ -144,7 +155,8 @@ def test_failed_boot_reports_instead_of_hanging(shared_store, tmp_path: Path) ->
         mountPoint = "/x"
         size = 8
         autoCreate = false
-    """)
+    """,
+    )
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "x.img").write_bytes(b"\0" * 8 * 1024 * 1024)  # no filesystem on it
     booted = boot(shared_store, file, tmp_path / "state")

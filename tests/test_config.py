@@ -33,7 +33,9 @@ def load_error(tmp_path: Path, text: str, **files: str) -> str:
 
 
 def test_imports_merge_tables_concatenate_lists_and_own_values_win(tmp_path: Path) -> None:
-    write_vm(tmp_path, """
+    write_vm(
+        tmp_path,
+        """
         [microvm]
         vcpu = 2
         mem = 1024
@@ -41,8 +43,12 @@ def test_imports_merge_tables_concatenate_lists_and_own_values_win(tmp_path: Pat
         [[microvm.volumes]]
         image = "a.img"
         size = 1
-    """, "base.toml")
-    file = write_vm(tmp_path, """
+    """,
+        "base.toml",
+    )
+    file = write_vm(
+        tmp_path,
+        """
         imports = ["base.toml"]
         [guest]
         hostName = "web"
@@ -52,7 +58,8 @@ def test_imports_merge_tables_concatenate_lists_and_own_values_win(tmp_path: Pat
         [[microvm.volumes]]
         image = "b.img"
         size = 1
-    """)
+    """,
+    )
     vm = load_vm(file).config.microvm
     assert (vm.vcpu, vm.mem) == (2, 256)
     assert vm.kernelParams == ["a", "b"]
@@ -61,7 +68,8 @@ def test_imports_merge_tables_concatenate_lists_and_own_values_win(tmp_path: Pat
 
 def test_two_imports_disagreeing_is_an_error_naming_both(tmp_path: Path) -> None:
     message = load_error(
-        tmp_path, 'imports = ["one.toml", "two.toml"]\n' + MINIMAL,
+        tmp_path,
+        'imports = ["one.toml", "two.toml"]\n' + MINIMAL,
         **{"one.toml": "[microvm]\nmem = 256\n", "two.toml": "[microvm]\nmem = 512\n"},
     )
     assert "microvm.mem" in message and "one.toml" in message and "two.toml" in message
@@ -89,8 +97,9 @@ def test_nested_imports_are_relative_to_the_importing_file(tmp_path: Path) -> No
 
 
 def test_error_names_the_imported_file_that_set_the_bad_value(tmp_path: Path) -> None:
-    message = load_error(tmp_path, 'imports = ["bad.toml"]\n' + MINIMAL,
-                         **{"bad.toml": '[[microvm.interfaces]]\nid = "a"\nmac = "zz"\n'})
+    message = load_error(
+        tmp_path, 'imports = ["bad.toml"]\n' + MINIMAL, **{"bad.toml": '[[microvm.interfaces]]\nid = "a"\nmac = "zz"\n'}
+    )
     assert "bad.toml: microvm.interfaces[0].mac" in message
 
 
@@ -98,13 +107,17 @@ def test_error_names_the_imported_file_that_set_the_bad_value(tmp_path: Path) ->
 
 
 def test_computed_defaults(tmp_path: Path) -> None:
-    file = write_vm(tmp_path, MINIMAL + """
+    file = write_vm(
+        tmp_path,
+        MINIMAL
+        + """
         [[microvm.shares]]
         tag = "data"
         source = "/srv"
         mountPoint = "/data"
         proto = "virtiofs"
-    """)
+    """,
+    )
     vm = load_vm(file).config
     assert vm.microvm.socket == "web.sock"
     assert vm.microvm.shares[0].socket == "web-virtiofs-data.sock"
@@ -120,15 +133,19 @@ def test_9p_share_selects_the_generic_kernel(tmp_path: Path) -> None:
 
 
 def test_host_file_defaults_and_declared_vms(tmp_path: Path) -> None:
-    write_vm(tmp_path, '[microvm]\nmem = 128\n', "web.toml")
-    file = write_vm(tmp_path, """
+    write_vm(tmp_path, "[microvm]\nmem = 128\n", "web.toml")
+    file = write_vm(
+        tmp_path,
+        """
         [microvm.vms.web]
         config = "web.toml"
         [microvm.vms.db]
         source = "/etc/microvm"
         [microvm.vms.inline.config.microvm]
         vcpu = 2
-    """, "host.toml")
+    """,
+        "host.toml",
+    )
     host = load_host(file)
     vms = host.config.microvm.vms
     assert vms["web"].restartIfChanged is True and vms["db"].restartIfChanged is False
@@ -144,60 +161,107 @@ BAD = {
     "missing guest": ("[microvm]\nmem = 1\n", ["guest: is required"]),
     "wrong type int": (MINIMAL + '[microvm]\nmem = "512"\n', ["microvm.mem", "valid integer", "'512'"]),
     "wrong type bool": (MINIMAL + "[microvm]\nballoon = 1\n", ["microvm.balloon", "boolean"]),
-    "unknown option": (MINIMAL + "[microvm]\nhugepagemem = true\n", ["unknown option", "did you mean microvm.hugepageMem"]),
+    "unknown option": (
+        MINIMAL + "[microvm]\nhugepagemem = true\n",
+        ["unknown option", "did you mean microvm.hugepageMem"],
+    ),
     "unknown table": (MINIMAL + "[microvm.qmeu]\nmachine = 'q35'\n", ["microvm.qmeu", "did you mean microvm.qemu"]),
     "unknown top level": (MINIMAL + "[guset]\n", ["guset", "did you mean guest"]),
     "bad hypervisor": (MINIMAL + '[microvm]\nhypervisor = "vbox"\n', ["microvm.hypervisor", "'qemu'", "'vbox'"]),
     "zero mem": (MINIMAL + "[microvm]\nmem = 0\n", ["microvm.mem", "greater than 0"]),
     "negative vcpu": (MINIMAL + "[microvm]\nvcpu = -1\n", ["microvm.vcpu", "greater than 0"]),
-    "bad mac": (MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00"\n', ["interfaces[0].mac", "MAC"]),
+    "bad mac": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00"\n',
+        ["interfaces[0].mac", "MAC"],
+    ),
     "multicast mac": (MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "01:00:00:00:00:01"\n', ["multicast"]),
-    "long ifname": (MINIMAL + '[[microvm.interfaces]]\nid = "vm-abcdefghijklmn"\nmac = "02:00:00:00:00:01"\n', ["at most 15"]),
-    "path in ifname": (MINIMAL + '[[microvm.interfaces]]\nid = "../etc"\nmac = "02:00:00:00:00:01"\n', ["not a valid name"]),
-    "shell in ifname": (MINIMAL + '[[microvm.interfaces]]\nid = "a;rm -rf"\nmac = "02:00:00:00:00:01"\n', ["not a valid name"]),
+    "long ifname": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "vm-abcdefghijklmn"\nmac = "02:00:00:00:00:01"\n',
+        ["at most 15"],
+    ),
+    "path in ifname": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "../etc"\nmac = "02:00:00:00:00:01"\n',
+        ["not a valid name"],
+    ),
+    "shell in ifname": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "a;rm -rf"\nmac = "02:00:00:00:00:01"\n',
+        ["not a valid name"],
+    ),
     "bad hostname": ('[guest]\nhostName = "a;rm -rf /"\n', ["guest.hostName", "not a valid host name"]),
     "dotdot hostname": ('[guest]\nhostName = "../etc"\n', ["not a valid host name"]),
-    "duplicate ifname": (MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
-                         '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00:02"\n',
-                         ["microvm.interfaces[1].id", "also used by microvm.interfaces[0].id"]),
-    "duplicate mac": (MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
-                      '[[microvm.interfaces]]\nid = "vm-b"\nmac = "02:00:00:00:00:01"\n', ["MAC address"]),
-    "bridge on tap": (MINIMAL + '[[microvm.interfaces]]\ntype = "tap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
-                      'bridge = "br0"\n', ["only interfaces of type \"bridge\""]),
-    "bridge without bridge": (MINIMAL + '[[microvm.interfaces]]\ntype = "bridge"\nid = "vm-a"\n'
-                              'mac = "02:00:00:00:00:01"\n', ["interfaces[0].bridge", "is required"]),
-    "macvtap without link": (MINIMAL + '[[microvm.interfaces]]\ntype = "macvtap"\nid = "vm-a"\n'
-                             'mac = "02:00:00:00:00:01"\n', ["macvtap.link", "is required"]),
-    "duplicate volume": (MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\n'
-                         '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\n', ["volume image 'a.img'"]),
+    "duplicate ifname": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
+        '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00:02"\n',
+        ["microvm.interfaces[1].id", "also used by microvm.interfaces[0].id"],
+    ),
+    "duplicate mac": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
+        '[[microvm.interfaces]]\nid = "vm-b"\nmac = "02:00:00:00:00:01"\n',
+        ["MAC address"],
+    ),
+    "bridge on tap": (
+        MINIMAL + '[[microvm.interfaces]]\ntype = "tap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\nbridge = "br0"\n',
+        ['only interfaces of type "bridge"'],
+    ),
+    "bridge without bridge": (
+        MINIMAL + '[[microvm.interfaces]]\ntype = "bridge"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n',
+        ["interfaces[0].bridge", "is required"],
+    ),
+    "macvtap without link": (
+        MINIMAL + '[[microvm.interfaces]]\ntype = "macvtap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n',
+        ["macvtap.link", "is required"],
+    ),
+    "duplicate volume": (
+        MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\n[[microvm.volumes]]\nimage = "a.img"\nsize = 1\n',
+        ["volume image 'a.img'"],
+    ),
     "zero volume size": (MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 0\n', ["volumes[0].size"]),
-    "relative mountpoint": (MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\nmountPoint = "data"\n',
-                            ["not an absolute path"]),
-    "duplicate share tag": (MINIMAL + '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n'
-                            '[[microvm.shares]]\ntag = "a"\nsource = "/b"\nmountPoint = "/b"\n', ["share tag 'a'"]),
-    "duplicate virtiofs socket": (MINIMAL + '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n'
-                                  'proto = "virtiofs"\nsocket = "s"\n[[microvm.shares]]\ntag = "b"\nsource = "/b"\n'
-                                  'mountPoint = "/b"\nproto = "virtiofs"\nsocket = "s"\n', ["virtiofs socket 's'"]),
-    "duplicate mount point": (MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\nmountPoint = "/a"\n'
-                              '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n', ["mount point '/a'"]),
-    "forwardPorts without user": (MINIMAL + '[[microvm.forwardPorts]]\nhost.port = 2222\nguest.port = 22\n',
-                                  ["forwarded ports need an interface of type \"user\""]),
+    "relative mountpoint": (
+        MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\nmountPoint = "data"\n',
+        ["not an absolute path"],
+    ),
+    "duplicate share tag": (
+        MINIMAL + '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n'
+        '[[microvm.shares]]\ntag = "a"\nsource = "/b"\nmountPoint = "/b"\n',
+        ["share tag 'a'"],
+    ),
+    "duplicate virtiofs socket": (
+        MINIMAL + '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n'
+        'proto = "virtiofs"\nsocket = "s"\n[[microvm.shares]]\ntag = "b"\nsource = "/b"\n'
+        'mountPoint = "/b"\nproto = "virtiofs"\nsocket = "s"\n',
+        ["virtiofs socket 's'"],
+    ),
+    "duplicate mount point": (
+        MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\nmountPoint = "/a"\n'
+        '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n',
+        ["mount point '/a'"],
+    ),
+    "forwardPorts without user": (
+        MINIMAL + "[[microvm.forwardPorts]]\nhost.port = 2222\nguest.port = 22\n",
+        ['forwarded ports need an interface of type "user"'],
+    ),
     "hotplugged over hotplug": (MINIMAL + "[microvm]\nhotplugMem = 128\nhotpluggedMem = 256\n", ["hotpluggedMem"]),
     "balloon mem without balloon": (MINIMAL + "[microvm]\ninitialBalloonMem = 64\n", ["needs microvm.balloon"]),
-    "packages on busybox": (MINIMAL + 'packages = ["nginx"]\n', ["guest.packages", "guest.base = \"debian\""]),
+    "packages on busybox": (MINIMAL + 'packages = ["nginx"]\n', ["guest.packages", 'guest.base = "debian"']),
     "kvm with emulated cpu": (MINIMAL + '[microvm]\naccel = "kvm"\ncpu = "Haswell"\n', ["microvm.accel"]),
     "unknown after": (MINIMAL + '[guest.services.a]\ncommand = "x"\nafter = ["b"]\n', ["no service named 'b'"]),
     "bad machine id": (MINIMAL + 'machineId = "xyz"\n', ["guest.machineId", "32 lowercase hex"]),
     "imports not a list": ('imports = "a.toml"\n' + MINIMAL, ["imports", "list of file names"]),
     "missing import": ('imports = ["nope.toml"]\n' + MINIMAL, ["imports[0]", "does not exist"]),
-    "port out of range": (MINIMAL + '[[microvm.interfaces]]\nid = "u"\nmac = "02:00:00:00:00:01"\n'
-                          '[[microvm.forwardPorts]]\nhost.port = 70000\nguest.port = 22\n',
-                          ["forwardPorts[0].host.port", "less than 65536"]),
-    "modulesDir without image": (MINIMAL + '[guest.kernel]\nmodulesDir = "/lib/modules/x"\n',
-                                 ["guest.kernel.modulesDir"]),
-    "9p on qemu-less hypervisor": (MINIMAL + '[microvm]\nhypervisor = "cloud-hypervisor"\n'
-                                   '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n',
-                                   ["cloud-hypervisor does not support 9p shares", "virtiofs"]),
+    "port out of range": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "u"\nmac = "02:00:00:00:00:01"\n'
+        "[[microvm.forwardPorts]]\nhost.port = 70000\nguest.port = 22\n",
+        ["forwardPorts[0].host.port", "less than 65536"],
+    ),
+    "modulesDir without image": (
+        MINIMAL + '[guest.kernel]\nmodulesDir = "/lib/modules/x"\n',
+        ["guest.kernel.modulesDir"],
+    ),
+    "9p on qemu-less hypervisor": (
+        MINIMAL + '[microvm]\nhypervisor = "cloud-hypervisor"\n'
+        '[[microvm.shares]]\ntag = "a"\nsource = "/a"\nmountPoint = "/a"\n',
+        ["cloud-hypervisor does not support 9p shares", "virtiofs"],
+    ),
 }
 
 
@@ -278,18 +342,25 @@ def vm_configs(draw: st.DrawFn) -> dict:
     mac_list = draw(st.lists(macs, min_size=len(ids), max_size=len(ids), unique=True))
     images = draw(st.lists(names, max_size=3, unique=True))
     return {
-        "guest": {"hostName": draw(names), "commands": draw(st.lists(st.text(max_size=20), max_size=3)),
-                  "shell": draw(st.booleans())},
+        "guest": {
+            "hostName": draw(names),
+            "commands": draw(st.lists(st.text(max_size=20), max_size=3)),
+            "shell": draw(st.booleans()),
+        },
         "microvm": {
             "vcpu": draw(st.integers(1, 8)),
             "mem": draw(st.integers(32, 4096).filter(lambda m: m != 2048)),
             "balloon": draw(st.booleans()),
             "storeDiskType": draw(st.sampled_from(["erofs", "squashfs"])),
             "kernelParams": draw(st.lists(st.from_regex(r"[a-z_]{1,8}(=[0-9]{1,3})?", fullmatch=True), max_size=3)),
-            "interfaces": [{"type": draw(st.sampled_from(["user", "tap"])), "id": f"vm-{i}", "mac": m}
-                           for i, m in zip(ids, mac_list)],
-            "volumes": [{"image": f"{img}.img", "size": draw(st.integers(1, 10_000)),
-                         "mountPoint": f"/mnt/{img}"} for img in images],
+            "interfaces": [
+                {"type": draw(st.sampled_from(["user", "tap"])), "id": f"vm-{i}", "mac": m}
+                for i, m in zip(ids, mac_list)
+            ],
+            "volumes": [
+                {"image": f"{img}.img", "size": draw(st.integers(1, 10_000)), "mountPoint": f"/mnt/{img}"}
+                for img in images
+            ],
             "qemu": {"machine": draw(st.sampled_from(["microvm", "q35"]))},
         },
     }

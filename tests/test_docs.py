@@ -14,8 +14,9 @@ def test_options_reference_is_current() -> None:
 
 
 def test_hypervisor_table_is_current() -> None:
-    table = subprocess.run([sys.executable, "-m", "microvm.hypervisors.table"], capture_output=True, text=True,
-                           check=True).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "microvm.hypervisors.table"], capture_output=True, text=True, check=True
+    ).stdout
     assert (REPO / "docs/hypervisors.md").read_text() == table
 
 

@@ -55,10 +55,12 @@ ASKS: dict[Feature, tuple[str, str]] = {
     Feature.GRAPHICS: ("[microvm.graphics]\nenable = true\n", "microvm.graphics.enable"),
     Feature.CPU_EMULATION: ('cpu = "cortex-a53"\n', "microvm.cpu"),
     Feature.READ_ONLY_VOLUMES: (
-        '[[microvm.volumes]]\nimage = "a.img"\nsize = 8\nreadOnly = true\n', "microvm.volumes[0].readOnly"
+        '[[microvm.volumes]]\nimage = "a.img"\nsize = 8\nreadOnly = true\n',
+        "microvm.volumes[0].readOnly",
     ),
     Feature.VOLUME_SERIAL: (
-        '[[microvm.volumes]]\nimage = "a.img"\nsize = 8\nserial = "disk-a"\n', "microvm.volumes[0].serial"
+        '[[microvm.volumes]]\nimage = "a.img"\nsize = 8\nserial = "disk-a"\n',
+        "microvm.volumes[0].serial",
     ),
     Feature.DIRECT_IO: ('[[microvm.volumes]]\nimage = "a.img"\nsize = 8\ndirect = true\n', "microvm.volumes[0].direct"),
 }
@@ -101,9 +103,11 @@ def test_unsupported_feature_is_refused(tmp_path: Path, hypervisor: str, feature
     assert "vm.toml" in message
 
 
-@pytest.mark.parametrize(("hypervisor", "feature"), [
-    (b.name, f) for b in available() for f in ASKS if b.supports(f) and f is not Feature.INITIAL_BALLOON
-], ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize(
+    ("hypervisor", "feature"),
+    [(b.name, f) for b in available() for f in ASKS if b.supports(f) and f is not Feature.INITIAL_BALLOON],
+    ids=lambda v: getattr(v, "name", v),
+)
 def test_supported_feature_is_not_refused_for_it(tmp_path: Path, hypervisor: str, feature: Feature) -> None:
     body, _ = ASKS[feature]
     try:
@@ -134,7 +138,7 @@ def test_socket_refused_without_control_socket(tmp_path: Path, hypervisor: str) 
 def test_forward_ports_need_qemu_user_networking(tmp_path: Path, hypervisor: str) -> None:
     body = (
         '[[microvm.interfaces]]\ntype = "user"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
-        '[[microvm.forwardPorts]]\nhost.port = 2222\nguest.port = 22\n'
+        "[[microvm.forwardPorts]]\nhost.port = 2222\nguest.port = 22\n"
     )
     message = refusal(tmp_path, hypervisor, body)
     assert f"{hypervisor} does not support {Feature.FORWARD_PORTS.value}" in message

@@ -43,15 +43,25 @@ def full_options(hypervisor: str) -> dict[str, Any]:
     key = hypervisor
     mv: dict[str, Any] = {"hypervisor": hypervisor, "vcpu": 2, "mem": 1024}
     mv["volumes"] = [
-        {"image": "var.img", "mountPoint": "/var", "size": 1024,
-         **({"serial": "var-disk"} if has(Feature.VOLUME_SERIAL) else {}),
-         **({"direct": True} if has(Feature.DIRECT_IO) else {})},
+        {
+            "image": "var.img",
+            "mountPoint": "/var",
+            "size": 1024,
+            **({"serial": "var-disk"} if has(Feature.VOLUME_SERIAL) else {}),
+            **({"direct": True} if has(Feature.DIRECT_IO) else {}),
+        },
         {"image": "data.img", "mountPoint": "/data", "size": 64, "readOnly": has(Feature.READ_ONLY_VOLUMES)},
     ]
     ifaces = [{"type": "tap", "id": "vm-web", "mac": "02:00:00:00:00:01"}]
     if has(Feature.MACVTAP):
-        ifaces.append({"type": "macvtap", "id": "vm-web-mv", "mac": "02:00:00:00:00:02",
-                       "macvtap": {"link": "eth0", "mode": "bridge"}})
+        ifaces.append(
+            {
+                "type": "macvtap",
+                "id": "vm-web-mv",
+                "mac": "02:00:00:00:00:02",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            }
+        )
     if has(Feature.USER_NETWORK):
         ifaces.append({"type": "user", "id": "vm-web-user", "mac": "02:00:00:00:00:03"})
     mv["interfaces"] = ifaces
@@ -75,8 +85,10 @@ def full_options(hypervisor: str) -> dict[str, Any]:
     if hypervisor == "crosvm":
         mv[key]["pivotRoot"] = "/var/empty"
     if hypervisor == "firecracker":
-        mv[key]["extraConfig"] = {"machine-config": {"track_dirty_pages": True},
-                                  "logger": {"log_path": "firecracker.log", "level": "Info"}}
+        mv[key]["extraConfig"] = {
+            "machine-config": {"track_dirty_pages": True},
+            "logger": {"log_path": "firecracker.log", "level": "Info"},
+        }
     return mv
 
 

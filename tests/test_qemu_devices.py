@@ -45,7 +45,9 @@ def test_share_is_read_write_both_ways(tmp_path: Path, proto: str) -> None:
 
 
 def test_balloon_is_set_and_read_back(shared_store, tmp_path: Path) -> None:
-    file = write_vm(tmp_path, """
+    file = write_vm(
+        tmp_path,
+        """
         [guest]
         hostName = "balloon"
         shell = false
@@ -54,15 +56,17 @@ def test_balloon_is_set_and_read_back(shared_store, tmp_path: Path) -> None:
         [microvm]
         mem = 256
         balloon = true
-    """)
+    """,
+    )
     built = build_file(shared_store, file)
     state = tmp_path / "state"
     state.mkdir()
     vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
     try:
         _wait_for(state / "balloon-console.log", "ready: balloon", vm)
-        result = subprocess.run([built.runner / "bin/microvm-balloon", "64"], cwd=state, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            [built.runner / "bin/microvm-balloon", "64"], cwd=state, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         assert int(result.stdout) == 64
         subprocess.run([built.runner / "bin/microvm-shutdown"], cwd=state, check=True, timeout=120)

@@ -106,7 +106,9 @@ def mounts(vm: VMConfig, hypervisor: Hypervisor) -> tuple[Mount, list[Mount]]:
 def _share_mount(proto: str, tag: str, target: str, read_only: bool) -> Mount:
     options = "ro" if read_only else "rw"
     if proto == "9p":
-        return Mount(shlex.quote(tag), target, "9p", f"{options},trans=virtio,version=9p2000.L,msize=262144,cache=loose")
+        return Mount(
+            shlex.quote(tag), target, "9p", f"{options},trans=virtio,version=9p2000.L,msize=262144,cache=loose"
+        )
     return Mount(shlex.quote(tag), target, "virtiofs", options)
 
 
@@ -180,12 +182,15 @@ def init_script(vm: VMConfig, hypervisor: Hypervisor, modules: list[str]) -> str
     overlay_volume = None
     if mv.writableStoreOverlay is not None:
         overlay_volume = next(
-            (m for m in others if mv.writableStoreOverlay.startswith(m.target.rstrip("/") + "/")
-             or mv.writableStoreOverlay == m.target),
+            (
+                m
+                for m in others
+                if mv.writableStoreOverlay.startswith(m.target.rstrip("/") + "/") or mv.writableStoreOverlay == m.target
+            ),
             None,
         )
     if overlay_volume is not None:
-        inside = mv.writableStoreOverlay[len(overlay_volume.target.rstrip("/")):]
+        inside = mv.writableStoreOverlay[len(overlay_volume.target.rstrip("/")) :]
         staging = "/sysroot/overlay-volume"
         lines += [
             "# the writable layer lives on a volume (writableStoreOverlay)",

@@ -56,8 +56,11 @@ create_volume() {
 def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_dir: Path) -> str:
     """``bin/microvm-run``: the exact hypervisor argv, every value quoted."""
     mv = vm.microvm
-    lines = ["#!/usr/bin/env bash", HEADER.format(version=__version__, name=vm.guest.hostName,
-                                                 hypervisor=hypervisor.name), "set -euo pipefail"]
+    lines = [
+        "#!/usr/bin/env bash",
+        HEADER.format(version=__version__, name=vm.guest.hostName, hypervisor=hypervisor.name),
+        "set -euo pipefail",
+    ]
     creatable = [v for v in mv.volumes if v.autoCreate]
     if creatable:
         lines.append(CREATE_VOLUME)
@@ -66,7 +69,11 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
             lines.append("create_volume " + shlex.join(args))
     sources = [s.source for s in mv.shares if s.proto == "9p"]
     if sources:
-        lines += ["", "# 9p share sources (relative ones live in the state directory)", "mkdir -p " + shlex.join(sources)]
+        lines += [
+            "",
+            "# 9p share sources (relative ones live in the state directory)",
+            "mkdir -p " + shlex.join(sources),
+        ]
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
@@ -83,15 +90,21 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
 def _python_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
     """A small script that runs one microvm control command with this installation's Python."""
     argv = [sys.executable, "-m", "microvm.control", command, "--hypervisor", hypervisor.name, *args]
-    return "\n".join([
-        "#!/bin/sh",
-        HEADER.format(version=__version__, name=vm.guest.hostName, hypervisor=hypervisor.name),
-        f'exec {shlex.join(argv)} "$@"',
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "#!/bin/sh",
+                HEADER.format(version=__version__, name=vm.guest.hostName, hypervisor=hypervisor.name),
+                f'exec {shlex.join(argv)} "$@"',
+            ]
+        )
+        + "\n"
+    )
 
 
-def runner_files(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_dir: Path,
-                 system: Path | None) -> dict[str, tuple[str, int]]:
+def runner_files(
+    vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_dir: Path, system: Path | None
+) -> dict[str, tuple[str, int]]:
     """Every file of the runner: relative path -> (content, mode)."""
     mv = vm.microvm
     files: dict[str, tuple[str, int]] = {"bin/microvm-run": (run_script(vm, hypervisor, spec, runner_dir), 0o755)}
@@ -99,7 +112,8 @@ def runner_files(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_
         files["bin/microvm-shutdown"] = (_python_script(vm, hypervisor, "shutdown", "--socket", mv.socket), 0o755)
         if mv.balloon:
             files["bin/microvm-balloon"] = (
-                _python_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)), 0o755
+                _python_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
+                0o755,
             )
     for name, script in mv.binScripts.items():
         files[f"bin/{name}"] = (script if script.startswith("#!") else f"#!/bin/sh\n{script}\n", 0o755)
@@ -127,8 +141,9 @@ def runner_files(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_
     return files
 
 
-def build_runner(store: Store, vm: VMConfig, hypervisor: Hypervisor, guest: GuestArtifacts,
-                 system: Path | None) -> Path:
+def build_runner(
+    store: Store, vm: VMConfig, hypervisor: Hypervisor, guest: GuestArtifacts, system: Path | None
+) -> Path:
     """Build (or find) the runner directory for ``vm`` on ``hypervisor``."""
     spec = hypervisor.runner(vm, guest)
     name = f"microvm-{hypervisor.name}-{vm.guest.hostName}"

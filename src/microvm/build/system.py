@@ -115,7 +115,7 @@ def _check_busybox(vm: VMConfig) -> None:
         if service.user is not None and service.user not in BUSYBOX_USERS:
             raise MicrovmError(
                 f"guest.services.{name}.user: {service.user!r} does not exist in a busybox guest",
-                hint=f"use one of {', '.join(BUSYBOX_USERS)}, or guest.base = \"debian\"",
+                hint=f'use one of {", ".join(BUSYBOX_USERS)}, or guest.base = "debian"',
             )
 
 

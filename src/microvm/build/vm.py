@@ -66,7 +66,9 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
     root_image = None
     if vm.microvm.storeOnDisk:
         say(f"{vm.microvm.storeDiskType} root image")
-        flags = vm.microvm.storeDiskErofsFlags if vm.microvm.storeDiskType == "erofs" else vm.microvm.storeDiskSquashfsFlags
+        flags = (
+            vm.microvm.storeDiskErofsFlags if vm.microvm.storeDiskType == "erofs" else vm.microvm.storeDiskSquashfsFlags
+        )
         root_image = build_root_image(store, system, vm.microvm.storeDiskType, flags, vm.guest.hostName)
     say("initrd")
     initrd = Path(vm.microvm.initrdPath) if vm.microvm.initrdPath else build_initrd(store, vm, backend, kernel)

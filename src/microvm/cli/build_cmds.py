@@ -69,7 +69,9 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what w
 @app.command()
 def doctor(
     file: Annotated[Path, typer.Argument(help="A VM file whose kernel to probe with.")],
-    refresh: Annotated[bool, typer.Option("--refresh", help="Probe again instead of using the cached verdict.")] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Probe again instead of using the cached verdict.")
+    ] = False,
 ) -> None:
     """Tell whether KVM can boot guests here, and why TCG is used otherwise."""
     from ..build.vm import get_kernel

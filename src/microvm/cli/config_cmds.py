@@ -32,8 +32,9 @@ def _is_host_file(file: Path, host: bool) -> bool:
 
 
 @app.command("eval")
-def eval_(file: FileArg, json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-          host: HostFlag = False) -> None:
+def eval_(
+    file: FileArg, json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, host: HostFlag = False
+) -> None:
     """Print the fully merged config with every default filled in."""
     if _is_host_file(file, host):
         loaded_host = load_host(file)
@@ -77,7 +78,7 @@ def options(fmt: Annotated[Format, typer.Option("--format", help="md or json.")]
     print(reference_markdown() if fmt is Format.md else reference_json(), end="" if fmt is Format.md else "\n")
 
 
-STARTER = '''\
+STARTER = """\
 # A microvm VM file. Every option: `microvm options`, or docs/options.md.
 # Check it with `microvm check {file}`, boot it with `microvm run {file}`.
 
@@ -107,7 +108,7 @@ mem = 256             # MB
 # image = "var.img"
 # mountPoint = "/var"
 # size = 256
-'''
+"""
 
 
 @app.command()

@@ -43,6 +43,7 @@ class LoadedHost:
 
 def _report(problems: list[Problem], loaded: Loaded, prefix: OptionPath = ()) -> list[ConfigError]:
     """Raise the errors among ``problems``; return the warnings."""
+
     def as_error(problem: Problem) -> ConfigError:
         path = (*prefix, *problem.path)
         return ConfigError(problem.message, file=str(loaded.origin(path)), option=format_path(path), hint=problem.hint)

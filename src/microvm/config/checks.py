@@ -96,13 +96,13 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
     for i, iface in enumerate(vm.microvm.interfaces):
         path = ("microvm", "interfaces", i)
         if iface.bridge is not None and iface.type != "bridge":
-            yield Problem((*path, "bridge"), f"only interfaces of type \"bridge\" take a bridge (this is {iface.type!r})")
+            yield Problem((*path, "bridge"), f'only interfaces of type "bridge" take a bridge (this is {iface.type!r})')
         if iface.type == "bridge" and iface.bridge is None:
-            yield Problem((*path, "bridge"), "is required for an interface of type \"bridge\"")
+            yield Problem((*path, "bridge"), 'is required for an interface of type "bridge"')
         if iface.type == "macvtap":
             for key in ("link", "mode"):
                 if getattr(iface.macvtap, key) is None:
-                    yield Problem((*path, "macvtap", key), "is required for an interface of type \"macvtap\"")
+                    yield Problem((*path, "macvtap", key), 'is required for an interface of type "macvtap"')
     yield from _duplicates(
         ((("microvm", "interfaces", i, "id"), iface.id) for i, iface in enumerate(vm.microvm.interfaces)),
         "interface id",
@@ -114,7 +114,7 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
     if vm.microvm.forwardPorts and not any(i.type == "user" for i in vm.microvm.interfaces):
         yield Problem(
             ("microvm", "forwardPorts"),
-            "forwarded ports need an interface of type \"user\"",
+            'forwarded ports need an interface of type "user"',
             hint='add [[microvm.interfaces]] with type = "user"',
         )
 
@@ -184,13 +184,15 @@ def _memory(vm: VMConfig) -> Iterator[Problem]:
 def _guest(vm: VMConfig) -> Iterator[Problem]:
     guest, mv = vm.guest, vm.microvm
     if guest.packages and guest.base != "debian":
-        yield Problem(("guest", "packages"), "packages need guest.base = \"debian\"")
+        yield Problem(("guest", "packages"), 'packages need guest.base = "debian"')
     if guest.kernel.modulesDir is not None and guest.kernel.image is None:
         yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
     if guest.kernel.package is not None and guest.kernel.image is not None:
         yield Problem(("guest", "kernel", "package"), "set either guest.kernel.package or guest.kernel.image, not both")
     if mv.cpu is not None and mv.accel == "kvm":
-        yield Problem(("microvm", "accel"), "accel = \"kvm\" cannot emulate microvm.cpu", hint="use accel = \"tcg\" or \"auto\"")
+        yield Problem(
+            ("microvm", "accel"), 'accel = "kvm" cannot emulate microvm.cpu', hint='use accel = "tcg" or "auto"'
+        )
     for name, service in guest.services.items():
         for i, dep in enumerate(service.after):
             if dep not in guest.services:
@@ -224,7 +226,11 @@ def check_host(host: HostConfig) -> list[Problem]:
     for i, name in enumerate(host.microvm.autostart):
         if name not in host.microvm.vms:
             problems.append(
-                Problem(("microvm", "autostart", i), f"{name!r} is not declared here", "warning",
-                        hint="fine if it is installed with `microvm create`")
+                Problem(
+                    ("microvm", "autostart", i),
+                    f"{name!r} is not declared here",
+                    "warning",
+                    hint="fine if it is installed with `microvm create`",
+                )
             )
     return problems

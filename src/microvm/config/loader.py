@@ -176,7 +176,9 @@ def _load_tree(file: Path, stack: tuple[Path, ...], files: list[Path], imported_
     imports = raw.pop("imports", [])
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
         raise ConfigError(
-            f"must be a list of file names, got {imports!r}", file=str(file), option="imports",
+            f"must be a list of file names, got {imports!r}",
+            file=str(file),
+            option="imports",
             hint='imports = ["common.toml"]',
         )
     own = _annotate(raw, file)
@@ -257,12 +259,14 @@ def _message(error: dict[str, Any]) -> str:
     return f"{msg[0].lower()}{msg[1:]}; got {got}"
 
 
-def validation_errors(exc: ValidationError, loaded: Loaded, root: type[BaseModel], prefix: OptionPath = ()) -> ConfigErrors:
+def validation_errors(
+    exc: ValidationError, loaded: Loaded, root: type[BaseModel], prefix: OptionPath = ()
+) -> ConfigErrors:
     """Turn pydantic's errors into ours: file, option path, message, hint."""
     errors = []
     for error in exc.errors():
         loc = (*prefix, *_clean_loc(error["loc"]))
-        hint = _suggest(root, loc[len(prefix):]) if error["type"] == "extra_forbidden" else None
+        hint = _suggest(root, loc[len(prefix) :]) if error["type"] == "extra_forbidden" else None
         errors.append(ConfigError(_message(error), file=str(loaded.origin(loc)), option=format_path(loc), hint=hint))
     return ConfigErrors(errors)
 
@@ -275,8 +279,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
     return tuple(
         part
         for part in loc
-        if isinstance(part, int)
-        or not (part in _BRANCH_MARKERS or "[" in part or part in _option_model_names())
+        if isinstance(part, int) or not (part in _BRANCH_MARKERS or "[" in part or part in _option_model_names())
     )
 
 
@@ -292,4 +295,3 @@ def validate(loaded: Loaded, model: type[BaseModel], data: dict[str, Any] | None
         return model.model_validate(loaded.data if data is None else data)
     except ValidationError as exc:
         raise validation_errors(exc, loaded, model) from None
-

@@ -164,9 +164,7 @@ class Volume(Options):
         description="Image file; relative paths are in the VM's state directory. Created if missing, never overwritten.",
         examples=["var.img"],
     )
-    mountPoint: AbsolutePath | None = Field(
-        None, description="Where the guest mounts it; null to leave it unmounted."
-    )
+    mountPoint: AbsolutePath | None = Field(None, description="Where the guest mounts it; null to leave it unmounted.")
     size: PositiveMB = Field(description="Size in MB when created.", examples=[1024])
     autoCreate: bool = Field(True, description="Create the image (truncate + mkfs) if missing.")
     fsType: str = Field("ext4", description="Filesystem made on creation and used to mount.")
@@ -198,9 +196,7 @@ class Share(Options):
     )
     readOnly: bool = Field(False, description="Share read-only.")
     posixAcl: bool = Field(True, description="virtiofs: let virtiofsd handle POSIX ACLs.")
-    virtiofsdExtraArgs: list[str] = Field(
-        [], description="virtiofs: extra arguments for this share's virtiofsd."
-    )
+    virtiofsdExtraArgs: list[str] = Field([], description="virtiofs: extra arguments for this share's virtiofsd.")
 
 
 class VirtiofsdOptions(Options):
@@ -224,9 +220,7 @@ class Device(Options):
 
 
 class QemuDeviceOptions(Options):
-    deviceExtraArgs: str | None = Field(
-        None, description="Appended to the -device argument, e.g. `x-vga=on`."
-    )
+    deviceExtraArgs: str | None = Field(None, description="Appended to the -device argument, e.g. `x-vga=on`.")
 
 
 Device.model_rebuild()
@@ -257,9 +251,7 @@ class CrosvmOptions(ExtraArgs):
 
 
 class FirecrackerOptions(ExtraArgs):
-    extraConfig: dict = Field(
-        {}, description="Merged into the generated firecracker JSON config."
-    )
+    extraConfig: dict = Field({}, description="Merged into the generated firecracker JSON config.")
 
 
 # --- the microvm table ----------------------------------------------------------
@@ -280,13 +272,9 @@ class MicroVMOptions(Options):
     hotplugMem: Annotated[int, Field(ge=0)] = Field(
         0, description="Extra RAM in MB the guest can get through virtio-mem."
     )
-    hotpluggedMem: Annotated[int, Field(ge=0)] = Field(
-        0, description="Of hotplugMem, how much is plugged at start."
-    )
+    hotpluggedMem: Annotated[int, Field(ge=0)] = Field(0, description="Of hotplugMem, how much is plugged at start.")
     balloon: bool = Field(False, description="Add a virtio balloon device (see `microvm-balloon`).")
-    initialBalloonMem: Annotated[int, Field(ge=0)] = Field(
-        0, description="Balloon size in MB at start."
-    )
+    initialBalloonMem: Annotated[int, Field(ge=0)] = Field(0, description="Balloon size in MB at start.")
     deflateOnOOM: bool = Field(True, description="Let the guest deflate the balloon on OOM.")
     cpu: str | None = Field(
         None, description="Emulate this CPU model with TCG (e.g. `cortex-a53`); null means the host CPU."
@@ -298,12 +286,8 @@ class MicroVMOptions(Options):
         description="Control socket (relative to the state directory). Default: `<hostName>.sock` where the hypervisor has one.",
     )
     preStart: str = Field("", description="Shell commands run before the hypervisor starts.")
-    prettyProcnames: bool = Field(
-        True, description="Name the hypervisor process `microvm@<hostName>`."
-    )
-    kernelParams: list[str] = Field(
-        [], description="Kernel command-line parameters, after the ones microvm needs."
-    )
+    prettyProcnames: bool = Field(True, description="Name the hypervisor process `microvm@<hostName>`.")
+    kernelParams: list[str] = Field([], description="Kernel command-line parameters, after the ones microvm needs.")
     initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
     optimize: Enable = Field(
         default_factory=lambda: Enable(enable=True), description="Trim the guest for fast boot (quiet console)."
@@ -312,9 +296,7 @@ class MicroVMOptions(Options):
         default_factory=lambda: Enable(enable=True), description="Whether the guest side is built at all."
     )
     interfaces: list[Interface] = Field([], description="Network interfaces.")
-    forwardPorts: list[ForwardPort] = Field(
-        [], description="Ports forwarded through qemu user networking."
-    )
+    forwardPorts: list[ForwardPort] = Field([], description="Ports forwarded through qemu user networking.")
     volumes: list[Volume] = Field([], description="Disk images attached to the VM.")
     shares: list[Share] = Field([], description="Host directories shared with the guest.")
     virtiofsd: VirtiofsdOptions = Field(default_factory=VirtiofsdOptions, description="virtiofsd settings.")
@@ -326,15 +308,9 @@ class MicroVMOptions(Options):
             "Default: true unless a share's source is the store."
         ),
     )
-    storeDiskType: Literal["erofs", "squashfs"] = Field(
-        "erofs", description="Filesystem of the system image."
-    )
-    storeDiskErofsFlags: list[str] = Field(
-        ["-zlz4hc"], description="mkfs.erofs flags."
-    )
-    storeDiskSquashfsFlags: list[str] = Field(
-        ["-comp", "zstd"], description="mksquashfs flags."
-    )
+    storeDiskType: Literal["erofs", "squashfs"] = Field("erofs", description="Filesystem of the system image.")
+    storeDiskErofsFlags: list[str] = Field(["-zlz4hc"], description="mkfs.erofs flags.")
+    storeDiskSquashfsFlags: list[str] = Field(["-comp", "zstd"], description="mksquashfs flags.")
     writableStoreOverlay: AbsolutePath | None = Field(
         None,
         description="Guest path (usually a volume's mountPoint) holding a writable overlay over the system.",
@@ -342,9 +318,7 @@ class MicroVMOptions(Options):
     devices: list[Device] = Field([], description="Host devices passed through.")
     vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
     graphics: Enable = Field(default_factory=Enable, description="A graphical display (qemu, cloud-hypervisor).")
-    binScripts: dict[Name, str] = Field(
-        {}, description="Extra scripts put in the runner's bin/ (name -> script text)."
-    )
+    binScripts: dict[Name, str] = Field({}, description="Extra scripts put in the runner's bin/ (name -> script text).")
     qemu: QemuOptions = Field(default_factory=QemuOptions, description="qemu settings.")
     cloud_hypervisor: ExtraArgs = Field(
         default_factory=ExtraArgs, alias="cloud-hypervisor", description="cloud-hypervisor settings."
@@ -373,16 +347,10 @@ class KernelOptions(Options):
         "auto",
         description="Debian kernel: cloud (small, fast), generic (has 9p), auto: cloud unless a 9p share needs generic.",
     )
-    package: str | None = Field(
-        None, description="Exact Debian kernel package, e.g. linux-image-6.1.0-28-cloud-amd64."
-    )
+    package: str | None = Field(None, description="Exact Debian kernel package, e.g. linux-image-6.1.0-28-cloud-amd64.")
     image: str | None = Field(None, description="Use this kernel image instead of a Debian package.")
-    modulesDir: str | None = Field(
-        None, description="Modules directory (lib/modules/<release>) matching `image`."
-    )
-    extraModules: list[str] = Field(
-        [], description="Kernel modules to load at boot besides the ones devices need."
-    )
+    modulesDir: str | None = Field(None, description="Modules directory (lib/modules/<release>) matching `image`.")
+    extraModules: list[str] = Field([], description="Kernel modules to load at boot besides the ones devices need.")
 
 
 class Service(Options):
@@ -399,12 +367,9 @@ class Service(Options):
 
 
 class GuestOptions(Options):
-    hostName: HostName = Field(
-        description="The guest's host name; also the VM's name on the host.", examples=["web"]
-    )
+    hostName: HostName = Field(description="The guest's host name; also the VM's name on the host.", examples=["web"])
     machineId: MachineId | None = Field(
-        None,
-        json_schema_extra=COMPUTED, description="/etc/machine-id; default derived from hostName."
+        None, json_schema_extra=COMPUTED, description="/etc/machine-id; default derived from hostName."
     )
     arch: Literal["x86_64", "aarch64"] | None = Field(
         None,
@@ -470,9 +435,7 @@ STORE_SHARE_TAG = "ro-store"
 
 class HostOptions(Options):
     enable: bool = Field(True, description="Whether to enable the host part.")
-    useNotifySockets: bool = Field(
-        False, description="VMs notify readiness over vsock (microvm@ is Type=notify)."
-    )
+    useNotifySockets: bool = Field(False, description="VMs notify readiness over vsock (microvm@ is Type=notify).")
     tapScript: str = Field(
         'ip link set "$id" up',
         description="Shell commands run after a tap `$id` is created.",
@@ -492,8 +455,7 @@ class DeclaredVM(Options):
         description="Declarative deployment: where the VM is defined (directory or git+file:// URL); installed once.",
     )
     updateSource: str | None = Field(
-        None,
-        json_schema_extra=COMPUTED, description="Source to record for later `microvm update`; default `source`."
+        None, json_schema_extra=COMPUTED, description="Source to record for later `microvm update`; default `source`."
     )
     autostart: bool = Field(True, description="Add this VM to microvm.autostart.")
     restartIfChanged: bool | None = Field(
@@ -512,9 +474,7 @@ class DeclaredVM(Options):
 
 
 class HostMicroVMOptions(Options):
-    stateDir: AbsolutePath = Field(
-        "/var/lib/microvms", description="Directory holding one directory per VM."
-    )
+    stateDir: AbsolutePath = Field("/var/lib/microvms", description="Directory holding one directory per VM.")
     autostart: list[Name] = Field([], description="VMs started at boot (microvms.target).")
     host: HostOptions = Field(default_factory=HostOptions, description="Host module settings.")
     vms: dict[Name, DeclaredVM] = Field({}, description="VMs declared with the host.")
@@ -531,9 +491,7 @@ class BasicNetwork(Options):
         "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge; null for no IPv6."
     )
     dhcp: bool = Field(True, description="Serve DHCPv4 on the bridge.")
-    routerAdvertisements: bool = Field(
-        True, description="Send IPv6 router advertisements (SLAAC)."
-    )
+    routerAdvertisements: bool = Field(True, description="Send IPv6 router advertisements (SLAAC).")
 
 
 class NatOptions(Options):

@@ -119,9 +119,7 @@ def reference_markdown() -> str:
     for kind, model in FILES.items():
         out += ["", f"## {kind}", ""]
         for row in options_of(model):
-            default = (
-                "*required*" if row.required else "*computed*" if row.computed else f"`{json.dumps(row.default)}`"
-            )
+            default = "*required*" if row.required else "*computed*" if row.computed else f"`{json.dumps(row.default)}`"
             out += [f"### `{row.path}`", "", row.description, "", f"- type: {row.type}", f"- default: {default}"]
             if row.example is not None:
                 out.append(f"- example: `{json.dumps(row.example)}`")

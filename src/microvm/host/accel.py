@@ -56,8 +56,11 @@ def _probe_initrd(store: Store) -> Path:
         archive.add_dir("dev")
         archive.add_char_device("dev/console", 5, 1)
         archive.add_host_file("bin/busybox", busybox, mode=0o755)
-        archive.add_file("init", f"#!/bin/busybox sh\n/bin/busybox echo {PROBE_MARKER}\n"
-                                 "/bin/busybox poweroff -f\n".encode(), mode=0o755)
+        archive.add_file(
+            "init",
+            f"#!/bin/busybox sh\n/bin/busybox echo {PROBE_MARKER}\n/bin/busybox poweroff -f\n".encode(),
+            mode=0o755,
+        )
         with (out / "initrd").open("wb") as f:
             archive.write(f)
 
@@ -70,10 +73,30 @@ def probe(store: Store, kernel: Path) -> Verdict:
     if (why := kvm_usable_device()) is not None:
         return Verdict("tcg", why)
     qemu = proc.which("qemu-system-x86_64", purpose="to probe KVM")
-    argv = [qemu, "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on", "-accel", "kvm", "-cpu", "host",
-            "-m", "128M", "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
-            "-serial", "stdio", "-kernel", kernel, "-initrd", _probe_initrd(store),
-            "-append", "console=ttyS0 quiet panic=-1"]
+    argv = [
+        qemu,
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-m",
+        "128M",
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-kernel",
+        kernel,
+        "-initrd",
+        _probe_initrd(store),
+        "-append",
+        "console=ttyS0 quiet panic=-1",
+    ]
     start = time.monotonic()
     child = proc.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -81,9 +104,12 @@ def probe(store: Store, kernel: Path) -> Verdict:
     except subprocess.TimeoutExpired:
         child.kill()
         child.communicate()
-        return Verdict("tcg", f"a guest did not boot under KVM within {PROBE_TIMEOUT:.0f} s "
-                              "(KVM is present but cannot run this kernel, e.g. nested PVM)",
-                       time.monotonic() - start)
+        return Verdict(
+            "tcg",
+            f"a guest did not boot under KVM within {PROBE_TIMEOUT:.0f} s "
+            "(KVM is present but cannot run this kernel, e.g. nested PVM)",
+            time.monotonic() - start,
+        )
     elapsed = time.monotonic() - start
     text = output.decode(errors="replace")
     if PROBE_MARKER in text:

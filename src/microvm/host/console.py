@@ -55,8 +55,9 @@ def _connect(path: Path, child: subprocess.Popen[bytes]) -> socket.socket | None
     return None
 
 
-def run_foreground(vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | None = None,
-                   shutdown_timeout: float = 60.0) -> int:
+def run_foreground(
+    vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | None = None, shutdown_timeout: float = 60.0
+) -> int:
     """Run ``runner`` in ``workdir`` with the console here; return the hypervisor's exit code."""
     backend = get(hypervisor or vm.microvm.hypervisor)
     console = backend.console_socket(vm)
@@ -64,8 +65,12 @@ def run_foreground(vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | 
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
     daemons = virtiofsd.start(vm, workdir)
-    child = proc.spawn([runner / "bin" / "microvm-run"], cwd=workdir, start_new_session=console is not None,
-                       stdin=subprocess.DEVNULL if console else None)
+    child = proc.spawn(
+        [runner / "bin" / "microvm-run"],
+        cwd=workdir,
+        start_new_session=console is not None,
+        stdin=subprocess.DEVNULL if console else None,
+    )
     interrupts = 0
 
     def on_interrupt(signum: int, frame: object) -> None:

@@ -29,8 +29,10 @@ def find() -> tuple[str, bool]:
         if path:
             usage = proc.run([path, "--help"], check=False)
             return path, "--shared-dir" in (usage.stdout + usage.stderr)
-    raise MicrovmError("virtiofsd is not installed (needed for virtiofs shares)",
-                       hint="apt-get install qemu-system-common (or the virtiofsd package)")
+    raise MicrovmError(
+        "virtiofsd is not installed (needed for virtiofs shares)",
+        hint="apt-get install qemu-system-common (or the virtiofsd package)",
+    )
 
 
 def _threads(vm: VMConfig) -> int:
@@ -48,18 +50,35 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
     opts = vm.microvm.virtiofsd
     source, socket = str(workdir / share.source), share.socket or ""
     if rust:
-        args = [path, f"--socket-path={socket}", f"--shared-dir={source}", f"--thread-pool-size={_threads(vm)}",
-                f"--tag={share.tag}", "--xattr"]
+        args = [
+            path,
+            f"--socket-path={socket}",
+            f"--shared-dir={source}",
+            f"--thread-pool-size={_threads(vm)}",
+            f"--tag={share.tag}",
+            "--xattr",
+        ]
         args += ["--posix-acl"] if share.posixAcl else []
         args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
         args += [f"--socket-group={opts.group}"] if opts.group and os.geteuid() == 0 else []
         args += ["--readonly"] if share.readOnly else []
     else:
-        args = [path, f"--socket-path={socket}", "-o", f"source={source}", f"--thread-pool-size={_threads(vm)}",
-                "-o", "xattr", "-o", "posix_acl" if share.posixAcl else "no_posix_acl"]
+        args = [
+            path,
+            f"--socket-path={socket}",
+            "-o",
+            f"source={source}",
+            f"--thread-pool-size={_threads(vm)}",
+            "-o",
+            "xattr",
+            "-o",
+            "posix_acl" if share.posixAcl else "no_posix_acl",
+        ]
         if share.readOnly:
-            raise MicrovmError(f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
-                               hint="install the Rust virtiofsd, or use proto = \"9p\" for a read-only share")
+            raise MicrovmError(
+                f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
+                hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
+            )
     return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
 
 

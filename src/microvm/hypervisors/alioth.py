@@ -32,17 +32,20 @@ MTU = 1500
 class Backend(Hypervisor):
     name = "alioth"
     binary = "alioth"
-    features = frozenset({
-        Feature.SHARE_VIRTIOFS,
-        Feature.TAP,
-        Feature.MACVTAP,
-        Feature.MULTI_QUEUE_TAP,
-        Feature.VSOCK,
-        Feature.READ_ONLY_VOLUMES,
-    })
+    features = frozenset(
+        {
+            Feature.SHARE_VIRTIOFS,
+            Feature.TAP,
+            Feature.MACVTAP,
+            Feature.MULTI_QUEUE_TAP,
+            Feature.VSOCK,
+            Feature.READ_ONLY_VOLUMES,
+        }
+    )
     kernel_format = "bzImage"
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
+
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         return ["reboot=k"]  # as microvm.nix: a guest reboot ends the process
 

@@ -37,27 +37,30 @@ API = "/api/v1"
 class Backend(Hypervisor):
     name = "cloud-hypervisor"
     binary = "cloud-hypervisor"
-    features = frozenset({
-        Feature.SHARE_VIRTIOFS,
-        Feature.CONTROL_SOCKET,
-        Feature.TAP,
-        Feature.MACVTAP,
-        Feature.MULTI_QUEUE_TAP,
-        Feature.BALLOON,
-        Feature.INITIAL_BALLOON,
-        Feature.VIRTIO_MEM,
-        Feature.HUGEPAGES,
-        Feature.VSOCK,
-        Feature.NOTIFY_READINESS,
-        Feature.PCI_DEVICES,
-        Feature.READ_ONLY_VOLUMES,
-        Feature.VOLUME_SERIAL,
-        Feature.DIRECT_IO,
-    })
+    features = frozenset(
+        {
+            Feature.SHARE_VIRTIOFS,
+            Feature.CONTROL_SOCKET,
+            Feature.TAP,
+            Feature.MACVTAP,
+            Feature.MULTI_QUEUE_TAP,
+            Feature.BALLOON,
+            Feature.INITIAL_BALLOON,
+            Feature.VIRTIO_MEM,
+            Feature.HUGEPAGES,
+            Feature.VSOCK,
+            Feature.NOTIFY_READINESS,
+            Feature.PCI_DEVICES,
+            Feature.READ_ONLY_VOLUMES,
+            Feature.VOLUME_SERIAL,
+            Feature.DIRECT_IO,
+        }
+    )
     # --kernel takes an ELF with a PVH note on x86_64 (no bzImage loader).
     kernel_format = "vmlinux"
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
+
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         # as microvm.nix: a guest reboot is a triple fault, which ends the process
         return ["reboot=t"]

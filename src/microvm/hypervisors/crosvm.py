@@ -30,24 +30,27 @@ if TYPE_CHECKING:
 class Backend(Hypervisor):
     name = "crosvm"
     binary = "crosvm"
-    features = frozenset({
-        Feature.SHARE_VIRTIOFS,
-        Feature.CONTROL_SOCKET,
-        Feature.TAP,
-        Feature.MACVTAP,
-        Feature.MULTI_QUEUE_TAP,
-        Feature.BALLOON,
-        Feature.INITIAL_BALLOON,
-        Feature.HUGEPAGES,
-        Feature.VSOCK,
-        Feature.PCI_DEVICES,
-        Feature.READ_ONLY_VOLUMES,
-        Feature.VOLUME_SERIAL,
-        Feature.DIRECT_IO,
-    })
+    features = frozenset(
+        {
+            Feature.SHARE_VIRTIOFS,
+            Feature.CONTROL_SOCKET,
+            Feature.TAP,
+            Feature.MACVTAP,
+            Feature.MULTI_QUEUE_TAP,
+            Feature.BALLOON,
+            Feature.INITIAL_BALLOON,
+            Feature.HUGEPAGES,
+            Feature.VSOCK,
+            Feature.PCI_DEVICES,
+            Feature.READ_ONLY_VOLUMES,
+            Feature.VOLUME_SERIAL,
+            Feature.DIRECT_IO,
+        }
+    )
     kernel_format = "vmlinux"  # as microvm.nix passes it; the ELF loader works on every version
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
+
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         return ["reboot=k"]  # as microvm.nix: a guest reboot ends the process
 

@@ -30,19 +30,22 @@ VSOCK_SOCKET = "notify.vsock"
 class Backend(Hypervisor):
     name = "firecracker"
     binary = "firecracker"
-    features = frozenset({
-        Feature.CONTROL_SOCKET,
-        Feature.TAP,
-        Feature.BALLOON,
-        Feature.INITIAL_BALLOON,
-        Feature.HUGEPAGES,
-        Feature.VSOCK,
-        Feature.READ_ONLY_VOLUMES,
-    })
+    features = frozenset(
+        {
+            Feature.CONTROL_SOCKET,
+            Feature.TAP,
+            Feature.BALLOON,
+            Feature.INITIAL_BALLOON,
+            Feature.HUGEPAGES,
+            Feature.VSOCK,
+            Feature.READ_ONLY_VOLUMES,
+        }
+    )
     # x86_64 boots an uncompressed ELF (docs/pvh.md); there is no bzImage loader.
     kernel_format = "vmlinux"
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
+
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         # microvm.nix's boot_args: reboot=k so a guest reboot ends the process; i8042 probing
         # shortcuts that keep the keyboard SendCtrlAltDel needs (docs/api_requests/actions.md)

@@ -36,21 +36,24 @@ def instance_socket(vm: VMConfig) -> str:
 class Backend(Hypervisor):
     name = "kvmtool"
     binary = "lkvm"
-    features = frozenset({
-        Feature.SHARE_9P,
-        Feature.USER_NETWORK,
-        Feature.TAP,
-        Feature.MACVTAP,
-        Feature.BALLOON,
-        Feature.HUGEPAGES,
-        Feature.VSOCK,
-        Feature.PCI_DEVICES,
-        Feature.READ_ONLY_VOLUMES,
-        Feature.DIRECT_IO,
-    })
+    features = frozenset(
+        {
+            Feature.SHARE_9P,
+            Feature.USER_NETWORK,
+            Feature.TAP,
+            Feature.MACVTAP,
+            Feature.BALLOON,
+            Feature.HUGEPAGES,
+            Feature.VSOCK,
+            Feature.PCI_DEVICES,
+            Feature.READ_ONLY_VOLUMES,
+            Feature.DIRECT_IO,
+        }
+    )
     kernel_format = "bzImage"
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
+
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         return ["reboot=k"]  # as microvm.nix: a guest reboot ends the process
 

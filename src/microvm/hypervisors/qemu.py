@@ -106,13 +106,18 @@ class Backend(Hypervisor):
             args += ["-object", _opts(backend, id="mem", size=size, share=True, **extra)]
         if mv.hotplugMem:
             args += [
-                "-object", _opts("memory-backend-ram", id="hotplug", size=f"{mv.hotplugMem}M"),
-                "-device", _opts("virtio-mem-pci", id="virtio-mem", memdev="hotplug",
-                                 requested_size=f"{mv.hotpluggedMem}M"),
+                "-object",
+                _opts("memory-backend-ram", id="hotplug", size=f"{mv.hotplugMem}M"),
+                "-device",
+                _opts("virtio-mem-pci", id="virtio-mem", memdev="hotplug", requested_size=f"{mv.hotpluggedMem}M"),
             ]
         if mv.balloon:
-            args += ["-device", _opts(self._device(vm, "balloon"), id="balloon", deflate_on_oom=mv.deflateOnOOM,
-                                      free_page_reporting=True)]
+            args += [
+                "-device",
+                _opts(
+                    self._device(vm, "balloon"), id="balloon", deflate_on_oom=mv.deflateOnOOM, free_page_reporting=True
+                ),
+            ]
         return args
 
     # --- devices -------------------------------------------------------------------
@@ -124,15 +129,25 @@ class Backend(Hypervisor):
         device = self._device(vm, "blk")
         if guest.root_image is not None:
             args += [
-                "-drive", _opts("id=root", format="raw", file=guest.root_image, read_only=True, **{"if": "none"}),
-                "-device", _opts(device, drive="root", serial=ROOT_SERIAL),
+                "-drive",
+                _opts("id=root", format="raw", file=guest.root_image, read_only=True, **{"if": "none"}),
+                "-device",
+                _opts(device, drive="root", serial=ROOT_SERIAL),
             ]
         for i, volume in enumerate(vm.microvm.volumes):
             drive = f"vol{i}"
             args += [
-                "-drive", _opts(f"id={drive}", format="raw", file=volume.image, read_only=volume.readOnly or None,
-                                cache="none" if volume.direct else None, **{"if": "none"}),
-                "-device", _opts(device, drive=drive, serial=volume.serial),
+                "-drive",
+                _opts(
+                    f"id={drive}",
+                    format="raw",
+                    file=volume.image,
+                    read_only=volume.readOnly or None,
+                    cache="none" if volume.direct else None,
+                    **{"if": "none"},
+                ),
+                "-device",
+                _opts(device, drive=drive, serial=volume.serial),
             ]
         return args
 
@@ -143,11 +158,13 @@ class Backend(Hypervisor):
         if iface.type == "user":
             forwards = [
                 f"hostfwd={p.proto}:{p.host.address}:{p.host.port}-{p.guest.address}:{p.guest.port}"
-                for p in mv.forwardPorts if p.from_ == "host"
+                for p in mv.forwardPorts
+                if p.from_ == "host"
             ] + [
                 f"guestfwd={p.proto}:{p.guest.address or '10.0.2.100'}:{p.guest.port}-"
                 f"{p.proto}:{p.host.address or '127.0.0.1'}:{p.host.port}"
-                for p in mv.forwardPorts if p.from_ == "guest"
+                for p in mv.forwardPorts
+                if p.from_ == "guest"
             ]
             netdev = ",".join([f"user,id={iface.id}", *forwards])
         elif iface.type == "tap":
@@ -172,14 +189,18 @@ class Backend(Hypervisor):
                 # -fsdev and virtio-9p take security_model and mount_tag with underscores
                 readonly = ",readonly=on" if share.readOnly else ""
                 args += [
-                    "-fsdev", f"local,id=fs{i},path={share.source},security_model={share.securityModel}{readonly}",
-                    "-device", f"{self._device(vm, '9p')},fsdev=fs{i},mount_tag={share.tag}",
+                    "-fsdev",
+                    f"local,id=fs{i},path={share.source},security_model={share.securityModel}{readonly}",
+                    "-device",
+                    f"{self._device(vm, '9p')},fsdev=fs{i},mount_tag={share.tag}",
                 ]
             else:
                 device = "vhost-user-fs-pci" if self.needs_pci(vm) else "vhost-user-fs-device"
                 args += [
-                    "-chardev", _opts(f"socket,id=fs{i}", path=share.socket),
-                    "-device", _opts(device, chardev=f"fs{i}", tag=share.tag),
+                    "-chardev",
+                    _opts(f"socket,id=fs{i}", path=share.socket),
+                    "-device",
+                    _opts(device, chardev=f"fs{i}", tag=share.tag),
                 ]
         return args
 
@@ -224,12 +245,25 @@ class Backend(Hypervisor):
             argv += ["-global", "virtio-mmio.force-legacy=false"]
         argv += [
             "-chardev",
-            _opts("socket,id=console", path=console_socket(vm), server=True, wait=False,
-                  logfile=console_log(vm), logappend=False),
+            _opts(
+                "socket,id=console",
+                path=console_socket(vm),
+                server=True,
+                wait=False,
+                logfile=console_log(vm),
+                logappend=False,
+            ),
         ]
-        argv += ["-serial", "chardev:console"] if mv.qemu.serialConsole else [
-            "-device", self._device(vm, "serial"), "-device", "virtconsole,chardev=console",
-        ]
+        argv += (
+            ["-serial", "chardev:console"]
+            if mv.qemu.serialConsole
+            else [
+                "-device",
+                self._device(vm, "serial"),
+                "-device",
+                "virtconsole,chardev=console",
+            ]
+        )
         if mv.socket:
             argv += ["-qmp", f"unix:{mv.socket},server=on,wait=off"]
         argv += self._disks(vm, guest)
@@ -237,12 +271,22 @@ class Backend(Hypervisor):
             argv += self._interface(vm, i, iface, spec)
         argv += self._shares(vm)
         if mv.vsock.cid is not None:
-            argv += ["-device", _opts(f"vhost-vsock-{'pci' if self.needs_pci(vm) else 'device'}",
-                                      guest_cid=mv.vsock.cid)]
+            argv += [
+                "-device",
+                _opts(f"vhost-vsock-{'pci' if self.needs_pci(vm) else 'device'}", guest_cid=mv.vsock.cid),
+            ]
         argv += self._passthrough(vm)
         if mv.graphics.enable:
-            argv += ["-device", "virtio-gpu-pci", "-device", "virtio-keyboard-pci", "-device", "virtio-tablet-pci",
-                     "-display", "gtk,gl=off"]
+            argv += [
+                "-device",
+                "virtio-gpu-pci",
+                "-device",
+                "virtio-keyboard-pci",
+                "-device",
+                "virtio-tablet-pci",
+                "-display",
+                "gtk,gl=off",
+            ]
         argv += mv.qemu.extraArgs
         return spec
 

@@ -35,22 +35,25 @@ MAX_QUEUES = 16
 class Backend(Hypervisor):
     name = "stratovirt"
     binary = "stratovirt"
-    features = frozenset({
-        Feature.SHARE_VIRTIOFS,
-        Feature.CONTROL_SOCKET,
-        Feature.TAP,
-        Feature.MACVTAP,
-        Feature.MULTI_QUEUE_TAP,
-        Feature.BALLOON,
-        Feature.HUGEPAGES,
-        Feature.VSOCK,
-        Feature.READ_ONLY_VOLUMES,
-        Feature.VOLUME_SERIAL,
-        Feature.DIRECT_IO,
-    })
+    features = frozenset(
+        {
+            Feature.SHARE_VIRTIOFS,
+            Feature.CONTROL_SOCKET,
+            Feature.TAP,
+            Feature.MACVTAP,
+            Feature.MULTI_QUEUE_TAP,
+            Feature.BALLOON,
+            Feature.HUGEPAGES,
+            Feature.VSOCK,
+            Feature.READ_ONLY_VOLUMES,
+            Feature.VOLUME_SERIAL,
+            Feature.DIRECT_IO,
+        }
+    )
     kernel_format = "bzImage"
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
+
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         return ["edd=off", "reboot=t"]  # as microvm.nix: no BIOS disk probing; reboot ends the process
 
@@ -101,8 +104,10 @@ class Backend(Hypervisor):
             argv += ["-netdev", netdev, "-device", device + (",mq=on" if queues > 1 else "")]
         for i, share in enumerate(mv.shares):
             argv += [
-                "-chardev", f"socket,id=fs{i},path={plain(str(share.socket), 'virtiofs socket', self.name)}",
-                "-device", f"vhost-user-fs-device,id=fs{i},chardev=fs{i},tag={share.tag}",
+                "-chardev",
+                f"socket,id=fs{i},path={plain(str(share.socket), 'virtiofs socket', self.name)}",
+                "-device",
+                f"vhost-user-fs-device,id=fs{i},chardev=fs{i},tag={share.tag}",
             ]
         if mv.vsock.cid is not None:
             argv += ["-device", f"vhost-vsock-device,id=vsock0,guest-cid={mv.vsock.cid}"]

@@ -59,7 +59,9 @@ def markdown(backends: list[Hypervisor] | None = None) -> str:
         "|---|" + "---|" * len(names),
     ]
     for feature in Feature:
-        out.append(f"| {feature.value} | " + " | ".join("yes" if b.supports(feature) else "no" for b in backends) + " |")
+        out.append(
+            f"| {feature.value} | " + " | ".join("yes" if b.supports(feature) else "no" for b in backends) + " |"
+        )
     out.append("| kernel format | " + " | ".join(b.kernel_format for b in backends) + " |")
     out.append("| console | " + " | ".join(b.console for b in backends) + " |")
     out.append("| control | " + " | ".join(_control(b) for b in backends) + " |")
