@@ -36,6 +36,9 @@ DEBIAN_PACKAGES = {
     "depmod": "kmod",
     "dpkg-deb": "dpkg",
     "apt-get": "apt",
+    "apt-cache": "apt",
+    "lz4": "lz4",
+    "zstd": "zstd",
 }
 
 

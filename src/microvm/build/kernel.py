@@ -160,8 +160,7 @@ def fetch_kernel(store: Store, package: KernelPackage) -> KernelEntry:
         apt_get = proc.which("apt-get", purpose="to download the guest kernel")
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack the guest kernel")
         with tempfile.TemporaryDirectory(prefix="microvm-kernel-") as tmp:
-            work = Path(tmp)
-            work.chmod(0o755)  # apt drops to the _apt user while downloading
+            work = Path(tmp)  # private to root: apt warns it downloads unsandboxed, which is fine
             result = proc.run([apt_get, "download", f"{package.name}={package.version}"], cwd=work, check=False)
             debs = list(work.glob("*.deb"))
             if result.returncode != 0 or not debs:
@@ -198,6 +197,11 @@ def use_local_kernel(store: Store, image: Path, modules_dir: Path | None = None)
     """Put a user's kernel (bzImage or PVH vmlinux) and modules into the store, keyed by content."""
     if not image.is_file():
         raise MicrovmError(f"kernel image {image} does not exist")
+    if _is_elf(image) and not has_pvh_note(image):
+        raise MicrovmError(
+            f"kernel image {image} is an ELF without a PVH entry note, which qemu cannot boot",
+            hint="build the kernel with CONFIG_PVH=y, or give its bzImage (arch/x86/boot/bzImage)",
+        )
     if modules_dir is not None and not modules_dir.is_dir():
         raise MicrovmError(f"kernel modules directory {modules_dir} does not exist")
     release = modules_dir.name if modules_dir is not None else (_image_release(image) or "custom")
@@ -250,6 +254,35 @@ def _is_elf(path: Path) -> bool:
         return f.read(4) == b"\x7fELF"
 
 
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+def has_pvh_note(path: Path) -> bool:
+    """Whether an ELF64 kernel has the PVH entry note qemu's ``-kernel`` needs to boot it."""
+    with path.open("rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:  # ELFCLASS64 only
+            return False
+        (phoff,) = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        for i in range(phnum):
+            p_type, _, p_offset, _, _, p_filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+            if p_type != 4:  # PT_NOTE
+                continue
+            f.seek(p_offset)
+            notes = f.read(p_filesz)
+            pos = 0
+            while pos + 12 <= len(notes):
+                namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+                name = notes[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
+                if name == b"Xen" and ntype == XEN_ELFNOTE_PHYS32_ENTRY:
+                    return True
+                pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
+
+
 def _image_release(image: Path) -> str | None:
     """The release a kernel image was built as, to name it and its modules dir.
 
@@ -272,13 +305,14 @@ def _image_release(image: Path) -> str | None:
 
 
 def extract_vmlinux(bzimage: Path, dest: Path) -> bool:
-    """Write the ELF vmlinux inside ``bzimage`` to ``dest``; False if that is not possible.
+    """Write the PVH-bootable ELF vmlinux inside ``bzimage`` to ``dest``; False if not possible.
 
     Like Linux's scripts/extract-vmlinux, but reads the payload's exact place
     from the setup header (boot protocol >= 2.08). The payload ends in the 4
     byte uncompressed size, which is dropped. gzip and xz decompress in
     Python; LZ4 (the kernel's legacy frame format) and zstd need the ``lz4``
-    and ``zstd`` programs. A result without an ELF header is discarded.
+    and ``zstd`` programs (Debian packages lz4, zstd). A result without the
+    PVH note is discarded.
     """
     with bzimage.open("rb") as f:
         data = f.read()
@@ -293,8 +327,8 @@ def extract_vmlinux(bzimage: Path, dest: Path) -> bool:
     payload = data[start : start + payload_length - 4]
     tmp = dest.with_name(dest.name + ".tmp")
     try:
-        if not _decompress(payload, tmp) or not _is_elf(tmp):
-            return False
+        if not _decompress(payload, tmp) or not has_pvh_note(tmp):
+            return False  # without the note qemu cannot boot it; the bzImage still works
         tmp.replace(dest)
         return True
     finally:
