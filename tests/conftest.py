@@ -70,3 +70,12 @@ def microvm(*args: str, timeout: float = BOOT_TIMEOUT, **kwargs) -> subprocess.C
     return subprocess.run(
         [sys.executable, "-m", "microvm", *args], capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+@pytest.fixture
+def ns():
+    """A private network namespace (loopback up) for the test; removed with its processes afterwards."""
+    from netns import netns
+
+    with netns() as namespace:
+        yield namespace

@@ -366,6 +366,74 @@ class Service(Options):
     enable: bool = Field(True, description="Start at boot.")
 
 
+def _ip_interface(value: str) -> str:
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an address with prefix length like 10.0.0.2/24 or fd00::2/64") from exc
+    if "/" not in value:
+        raise ValueError(f"{value!r} needs a prefix length, like {value}/24 (IPv4) or {value}/64 (IPv6)")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
+    return value
+
+
+def _ip_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a network like 10.1.0.0/16, fd00::/8 or 0.0.0.0/0") from exc
+    return value
+
+
+IPInterface = Annotated[str, AfterValidator(_ip_interface)]
+IPAddress = Annotated[str, AfterValidator(_ip_address)]
+IPNetwork = Annotated[str, AfterValidator(_ip_network)]
+
+
+class Route(Options):
+    destination: IPNetwork = Field(description="Destination network; 0.0.0.0/0 or ::/0 for a default route.")
+    gateway: IPAddress | None = Field(None, description="Next hop; null for an on-link route.")
+
+
+class InterfaceNetwork(Options):
+    dhcp: bool = Field(True, description="Get an IPv4 address by DHCP.")
+    acceptRA: bool = Field(True, description="Configure IPv6 from router advertisements (SLAAC).")
+    addresses: list[IPInterface] = Field(
+        [], description="Static addresses with prefix length.", examples=[["10.0.0.2/24"]]
+    )
+    routes: list[Route] = Field([], description="Static routes through this interface.")
+
+
+class BaseNetwork(Options):
+    """The wrapper module's ``network.base``: one tap on the host's VM bridge, numbered per host."""
+
+    enable: bool = Field(
+        False, description="Add one tap interface on the host bridge, with MAC and name derived from `n`."
+    )
+    n: Annotated[int, Field(ge=0, le=65535)] = Field(
+        0, description="The VM's number on this host (unique across installed VMs); gives its MAC and fixed address."
+    )
+
+
+class GuestNetwork(Options):
+    base: BaseNetwork = Field(default_factory=BaseNetwork, description="A ready interface on the host's VM bridge.")
+    interfaces: dict[IfName, InterfaceNetwork] = Field(
+        {},
+        description=(
+            "Per-interface settings, keyed by `microvm.interfaces[].id` (the guest finds the interface by its MAC). "
+            "Interfaces not listed use DHCP and SLAAC."
+        ),
+    )
+    nameservers: list[IPAddress] = Field([], description="DNS servers; empty means the ones DHCP gives.")
+
+
 class GuestOptions(Options):
     hostName: HostName = Field(description="The guest's host name; also the VM's name on the host.", examples=["web"])
     machineId: MachineId | None = Field(
@@ -386,6 +454,7 @@ class GuestOptions(Options):
     )
     services: dict[Name, Service] = Field({}, description="Services started at boot.")
     shell: bool = Field(True, description="Give a root shell on the console.")
+    network: GuestNetwork = Field(default_factory=GuestNetwork, description="How the guest configures its interfaces.")
 
 
 class VMConfig(Options):
