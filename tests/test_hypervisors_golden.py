@@ -1,4 +1,4 @@
-"""Golden files for the command lines the non-qemu backends generate.
+"""Golden files for the command lines every backend generates.
 
 Each backend gets VM configs exercising every option it declares (derived
 from its features, so a newly declared feature shows up here); the argv (one
@@ -102,7 +102,37 @@ def cases(hypervisor: str) -> dict[str, dict[str, Any]]:
     }
     if get(hypervisor).supports(Feature.HUGEPAGES):
         found["hugepages"] = {**base, "hugepageMem": True}
+    if hypervisor == "qemu":
+        found |= qemu_cases(full_options(hypervisor))
     return found
+
+
+def qemu_cases(full: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """qemu's options beyond the shared ones: machines, pass-through, user networking, emulation."""
+    user = {"type": "user", "id": "usernet", "mac": "02:00:00:00:00:09"}
+    return {
+        "q35": {**full, "qemu": {"machine": "q35", "machineOpts": {"smm": "off"}, "serialConsole": False}},
+        "usb-and-pci": {
+            "devices": [
+                {"bus": "usb", "path": "vendorid=0x1050,productid=0x0407"},
+                {"bus": "pci", "path": "0000:02:00.0", "qemu": {"deviceExtraArgs": "x-vga=on"}},
+            ]
+        },
+        "user-forward": {
+            "interfaces": [user],
+            "forwardPorts": [
+                {"host": {"port": 2222}, "guest": {"port": 22}},
+                {"proto": "udp", "host": {"address": "127.0.0.1", "port": 5353}, "guest": {"port": 53}},
+                {"from": "guest", "host": {"address": "10.0.0.1", "port": 80}, "guest": {"port": 8080}},
+            ],
+        },
+        "emulated-cpu": {"cpu": "Skylake-Server", "vsock": {"cid": 7}},
+        "graphics": {"graphics": {"enable": True}},
+        "runas-bridge": {
+            "user": "microvm",
+            "interfaces": [{"type": "bridge", "id": "br-if", "mac": "02:00:00:00:00:0a", "bridge": "br0"}],
+        },
+    }
 
 
 def render(spec: RunnerSpec) -> str:
@@ -138,6 +168,26 @@ def check_golden(hypervisor: str, case: str) -> RunnerSpec:
 
 def all_cases(hypervisor: str) -> list[str]:
     return list(cases(hypervisor))
+
+
+# qemu: qemu-system-x86_64(1) of qemu 7.2 (-M microvm,x-option-roms=,isa-serial=,rtc=,pit=,pic=,pcie=,
+# memory-backend=; -object memory-backend-memfd,id=,size=,share=on; -drive id=,format=raw,file=,if=none,
+# read-only=on,cache=none + -device virtio-blk-device|pci,drive=,serial=; -netdev user,id=,hostfwd=
+# tcp:HADDR:HPORT-GADDR:GPORT,guestfwd=tcp:GADDR:GPORT-cmd; -netdev tap,ifname=,script=no,downscript=no,
+# queues= / fd= / fds=; -netdev bridge,br=,helper=; -device virtio-net-*,netdev=,mac=,mq=on,vectors=;
+# -fsdev local,id=,path=,security_model= + -device virtio-9p-*,fsdev=,mount_tag=; -chardev socket,id=,path=
+# + -device vhost-user-fs-*,chardev=,tag=; -device vhost-vsock-*,guest-cid=; -device vfio-pci,host=;
+# -device qemu-xhci + usb-host,vendorid=,productid=; -device virtio-balloon-*,deflate-on-oom=,
+# free-page-reporting=; -object memory-backend-ram + -device virtio-mem-pci,memdev=,requested-size=;
+# -runas; -sandbox on; -qmp unix:PATH,server=on,wait=off; -chardev socket,...,logfile=,logappend=)
+# and docs/system/i386/microvm.rst (virtio-mmio devices, pcie=on).
+@pytest.mark.parametrize("case", all_cases("qemu"))
+def test_qemu(case: str) -> None:
+    spec = check_golden("qemu", case)
+    if case == "runas-bridge":  # qemu-bridge-helper must be exec'ed, which -sandbox on forbids
+        assert "-sandbox" not in spec.argv and spec.argv[spec.argv.index("-runas") + 1] == "microvm"
+    elif case != "minimal":
+        assert spec.argv[spec.argv.index("-sandbox") + 1] == "on"
 
 
 # cloud-hypervisor: "Commands" help (cloud-hypervisor.github.io: --cpus boot=, --memory size=,shared=,

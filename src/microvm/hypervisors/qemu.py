@@ -231,7 +231,8 @@ class Backend(Hypervisor):
         argv += ["-name", f"{name},process=microvm@{name}" if mv.prettyProcnames else name]
         argv += self._machine(vm, guest, shared_memory)
         argv += self._memory(vm, shared_memory)
-        argv += ["-nodefaults", "-no-user-config", "-no-reboot", "-display", "none"]
+        argv += ["-nodefaults", "-no-user-config", "-no-reboot"]
+        argv += ["-display", "gtk,gl=off" if mv.graphics.enable else "none"]
         if mv.user:
             argv += ["-runas", mv.user]
         if not any(i.type == "bridge" for i in mv.interfaces):
@@ -284,8 +285,6 @@ class Backend(Hypervisor):
                 "virtio-keyboard-pci",
                 "-device",
                 "virtio-tablet-pci",
-                "-display",
-                "gtk,gl=off",
             ]
         argv += mv.qemu.extraArgs
         return spec
