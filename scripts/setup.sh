@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-venv
   qemu-system-x86 qemu-utils     # the hypervisor (qemu-system-common brings virtiofsd)
+  qemu-system-arm                # aarch64 guests under CPU emulation
   busybox-static                 # the guest's userland and the initrd
   erofs-utils squashfs-tools     # read-only root images
   e2fsprogs                      # volumes (mkfs.ext4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,27 @@ def test_failed_boot_reports_instead_of_hanging(shared_store, tmp_path: Path) ->
     (tmp_path / "state" / "x.img").write_bytes(b"\0" * 8 * 1024 * 1024)  # no filesystem on it
     booted = boot(shared_store, file, tmp_path / "state")
     assert "microvm initrd: cannot mount" in booted.console
+
+
+@pytest.mark.skipif(
+    not shutil.which("qemu-system-aarch64"), reason="qemu-system-aarch64 not installed (qemu-system-arm)"
+)
+def test_foreign_architecture_guest_boots_emulated(shared_store, tmp_path: Path) -> None:
+    """An aarch64 guest on an x86_64 host: arm64 kernel and busybox from Debian, qemu's virt machine, TCG."""
+    file = write_vm(
+        tmp_path,
+        """
+        [guest]
+        hostName = "arm"
+        arch = "aarch64"
+        shell = false
+        commands = ['echo "marker: up on $(uname -m)"', "poweroff"]
+        [microvm]
+        mem = 256
+        """,
+    )
+    booted = boot(shared_store, file, tmp_path / "state")
+    assert booted.returncode == 0, booted.console
+    assert "marker: up on aarch64" in booted.console
+    assert "arm stopped cleanly" in booted.console
+    assert booted.built.runner.joinpath("bin/microvm-run").read_text().count("qemu-system-aarch64") == 1

@@ -159,3 +159,21 @@ def test_docs_table_has_every_feature_and_backend() -> None:
     for backend in available():
         assert f"### {backend.name}" in text
     assert "use a volume instead of a share" in text.split("### firecracker")[1]
+
+
+def test_foreign_architecture_needs_cpu_emulation(tmp_path: Path) -> None:
+    file = write_vm(tmp_path, "cloud-hypervisor", "")
+    file.write_text(file.read_text().replace('hostName = "web"', 'hostName = "web"\narch = "aarch64"'))
+    with pytest.raises(ConfigErrors) as info:
+        load_vm(file)
+    message = str(info.value)
+    assert "guest.arch" in message and "cloud-hypervisor does not support CPU emulation (TCG)" in message
+    assert "qemu" in message  # the hypervisor that can
+
+
+def test_x86_machine_refused_for_aarch64_guest(tmp_path: Path) -> None:
+    file = write_vm(tmp_path, "qemu", '[microvm.qemu]\nmachine = "q35"\n')
+    file.write_text(file.read_text().replace('hostName = "web"', 'hostName = "web"\narch = "aarch64"'))
+    with pytest.raises(ConfigErrors) as info:
+        load_vm(file)
+    assert "microvm.qemu.machine" in str(info.value) and "'virt'" in str(info.value)

@@ -102,11 +102,13 @@ def _cache_dir() -> Path:
 def cloud_kernel():
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get not available to fetch the Debian cloud kernel")
+    from microvm.build.debarch import Apt, host_arch
     from microvm.build.kernel import fetch_kernel, resolve_kernel_package
     from microvm.build.store import Store
 
     store = Store(_cache_dir() / "store")
-    return fetch_kernel(store, resolve_kernel_package("cloud", store))
+    apt = Apt.for_arch(store, host_arch())
+    return fetch_kernel(store, resolve_kernel_package("cloud", store, apt), apt)
 
 
 def test_real_cloud_kernel_order(cloud_kernel) -> None:
@@ -130,14 +132,16 @@ def test_real_cloud_kernel_order(cloud_kernel) -> None:
 
 def test_warm_kernel_resolution_starts_no_process(cloud_kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     from microvm import proc
+    from microvm.build.debarch import Apt, host_arch
     from microvm.build.kernel import resolve_kernel_package
     from microvm.build.store import Store
 
     store = Store(_cache_dir() / "store")
-    resolve_kernel_package("cloud", store)  # warm the cache (already warm after the fixture)
+    apt = Apt.for_arch(store, host_arch())
+    resolve_kernel_package("cloud", store, apt)  # warm the cache (already warm after the fixture)
 
     def no_process(*args: object, **kwargs: object) -> None:
         raise AssertionError("warm resolution ran a process")
 
     monkeypatch.setattr(proc, "run", no_process)
-    assert resolve_kernel_package("cloud", store).name == cloud_kernel.package
+    assert resolve_kernel_package("cloud", store, apt).name == cloud_kernel.package

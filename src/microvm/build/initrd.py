@@ -18,6 +18,7 @@ from .. import proc
 from ..config.options import STORE_SHARE_TAG, VMConfig
 from ..hypervisors.base import Feature, Hypervisor
 from .cpio import CpioArchive
+from .debarch import guest_busybox
 from .kernel import KernelEntry
 from .kmod import resolve_modules
 from .store import Store, file_digest
@@ -41,8 +42,15 @@ def busybox_path() -> Path:
 
 
 def busybox_applets(busybox: Path) -> list[str]:
-    """Paths of every applet (``bin/sh``, ``sbin/insmod``...), for symlinks."""
-    return proc.output([busybox, "--list-full"]).split()
+    """Paths of every applet (``bin/sh``, ``sbin/insmod``...), for symlinks.
+
+    A foreign architecture's busybox cannot run here; Debian builds
+    busybox-static from one configuration for every architecture, so the
+    host's busybox lists the same applets.
+    """
+    from .debarch import runs_here
+
+    return proc.output([busybox if runs_here(busybox) else busybox_path(), "--list-full"]).split()
 
 
 def needed_modules(vm: VMConfig, hypervisor: Hypervisor) -> list[str]:
@@ -234,7 +242,7 @@ def guest_init(vm: VMConfig) -> str:
 
 def build_initrd(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> Path:
     """Build (or find) the initrd for ``vm``; return the initrd file."""
-    busybox = busybox_path()
+    busybox = guest_busybox(store, vm.guest.arch)
     if kernel.modules_dir is None:
         module_files: list[Path] = []
     else:

@@ -22,15 +22,12 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
+from .debarch import Apt
 from .store import Store, file_digest
 
-# The apt state that decides what a meta package resolves to.
-APT_LISTS = Path("/var/lib/apt/lists")
-APT_PKGCACHE = Path("/var/cache/apt/pkgcache.bin")
-
-FLAVORS = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
+# Debian's meta packages per flavor; {arch} is the Debian architecture (amd64, arm64).
+FLAVORS = {"cloud": "linux-image-cloud-{arch}", "generic": "linux-image-{arch}"}
 META_FILE = "kernel.json"
-RESOLVE_CACHE = ".cache/kernel-resolve.json"
 
 
 @dataclass(frozen=True)
@@ -81,58 +78,25 @@ def _write_meta(root: Path, release: str, package: str | None, version: str | No
 # --- resolving a flavor to a concrete package ---------------------------------
 
 
-def _apt_stamp() -> int:
-    """Changes whenever ``apt-get update`` has run: newest mtime of apt's lists."""
-    stamps = [0]
-    for path in (APT_LISTS, APT_PKGCACHE):
-        try:
-            stamps.append(path.stat().st_mtime_ns)
-        except FileNotFoundError:
-            pass
-    try:
-        with os.scandir(APT_LISTS) as it:
-            stamps.extend(e.stat().st_mtime_ns for e in it if e.is_file())
-    except FileNotFoundError:
-        pass
-    return max(stamps)
-
-
-def _apt_show(package: str) -> dict[str, str]:
-    """The candidate version's control fields, or a clear error if apt does not know it."""
-    apt_cache = proc.which("apt-cache", purpose="to find Debian kernel packages")
-    result = proc.run([apt_cache, "show", "--no-all-versions", package], check=False)
-    if result.returncode != 0 or not result.stdout.strip():
-        raise MicrovmError(
-            f"no kernel package {package} in the apt lists",
-            hint="run apt-get update, or set guest.kernel.image",
-        )
-    fields: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        if line and not line[0].isspace() and ":" in line:
-            key, _, value = line.partition(":")
-            fields.setdefault(key, value.strip())
-    return fields
-
-
-def _resolve_uncached(package: str) -> KernelPackage:
+def _resolve_uncached(package: str, apt: Apt) -> KernelPackage:
     """Follow a meta package's ``linux-image-*`` dependency to the real kernel."""
-    fields = _apt_show(package)
+    fields = apt.candidate(package)
     for dep in fields.get("Depends", "").split(","):
-        name = dep.split("|")[0].split("(")[0].strip()
+        name = dep.split("|")[0].split("(")[0].split(":")[0].strip()
         if name.startswith("linux-image-"):
-            return _resolve_uncached(name)
+            return _resolve_uncached(name, apt)
     return KernelPackage(name=fields.get("Package", package), version=fields["Version"])
 
 
-def resolve_kernel_package(flavor: str, store: Store) -> KernelPackage:
+def resolve_kernel_package(flavor: str, store: Store, apt: Apt) -> KernelPackage:
     """``cloud``, ``generic`` or a package name -> the concrete package and version.
 
     Runs on every build, so the answer is cached next to the store, keyed by
     the apt lists' mtime: a warm call starts no process.
     """
-    package = FLAVORS.get(flavor, flavor)
-    cache_file = store.root / RESOLVE_CACHE
-    stamp = _apt_stamp()
+    package = FLAVORS[flavor].format(arch=apt.deb_arch) if flavor in FLAVORS else flavor
+    cache_file = store.root / ".cache" / f"kernel-resolve-{apt.deb_arch}.json"
+    stamp = apt.stamp()
     try:
         cache = json.loads(cache_file.read_text())
     except (FileNotFoundError, ValueError):
@@ -141,7 +105,10 @@ def resolve_kernel_package(flavor: str, store: Store) -> KernelPackage:
         cache = {"stamp": stamp, "packages": {}}
     if hit := cache["packages"].get(package):
         return KernelPackage(**hit)
-    resolved = _resolve_uncached(package)
+    try:
+        resolved = _resolve_uncached(package, apt)
+    except MicrovmError as exc:
+        raise MicrovmError(exc.message, hint="run apt-get update, or set guest.kernel.image") from exc
     cache["packages"][package] = asdict(resolved)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
@@ -153,24 +120,16 @@ def resolve_kernel_package(flavor: str, store: Store) -> KernelPackage:
 # --- fetching -----------------------------------------------------------------
 
 
-def fetch_kernel(store: Store, package: KernelPackage) -> KernelEntry:
+def fetch_kernel(store: Store, package: KernelPackage, apt: Apt) -> KernelEntry:
     """Download and unpack ``package`` into the store (a cache hit does nothing)."""
 
     def build(out: Path) -> None:
-        apt_get = proc.which("apt-get", purpose="to download the guest kernel")
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack the guest kernel")
         with tempfile.TemporaryDirectory(prefix="microvm-kernel-") as tmp:
             work = Path(tmp)  # private to root: apt warns it downloads unsandboxed, which is fine
-            result = proc.run([apt_get, "download", f"{package.name}={package.version}"], cwd=work, check=False)
-            debs = list(work.glob("*.deb"))
-            if result.returncode != 0 or not debs:
-                raise MicrovmError(
-                    f"could not download kernel package {package.name} {package.version}: "
-                    + (result.stderr.strip().splitlines() or ["no .deb produced"])[-1],
-                    hint="run apt-get update, or set guest.kernel.image",
-                )
+            deb = apt.download(package.name, package.version, work)
             unpacked = work / "root"
-            proc.run([dpkg_deb, "-x", debs[0], unpacked])
+            proc.run([dpkg_deb, "-x", deb, unpacked])
             images = sorted((unpacked / "boot").glob("vmlinuz-*"))
             if not images:
                 raise MicrovmError(f"{package.name} contains no boot/vmlinuz-*")

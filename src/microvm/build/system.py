@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..config.options import Service, VMConfig
 from ..errors import MicrovmError
-from .initrd import busybox_applets, busybox_path
+from .debarch import guest_busybox
+from .initrd import busybox_applets
 from .store import Store, file_digest
 
 SYSTEM_FORMAT = 2  # bump when the generated files change meaning
@@ -128,7 +129,7 @@ def build_system(store: Store, vm: VMConfig) -> Path:
         )
     _check_busybox(vm)
     order = _service_order(vm)
-    busybox = busybox_path()
+    busybox = guest_busybox(store, vm.guest.arch)
     files = _busybox_files(vm, order)
     inputs = {"format": SYSTEM_FORMAT, "busybox": file_digest(busybox), "files": files}
 

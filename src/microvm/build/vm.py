@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.options import VMConfig
+from ..config.options import VMConfig, host_arch
 from ..hypervisors import GuestArtifacts, Hypervisor, get
 from ..host import accel
 from .image import build_root_image
 from .initrd import build_initrd
+from .debarch import Apt
 from .kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
 from .runner import build_runner
 from .store import Store
@@ -42,17 +43,27 @@ def get_kernel(store: Store, vm: VMConfig) -> KernelEntry:
     options = vm.guest.kernel
     if options.image is not None:
         return use_local_kernel(store, Path(options.image), Path(options.modulesDir) if options.modulesDir else None)
-    return fetch_kernel(store, resolve_kernel_package(options.package or options.flavor, store))
+    apt = Apt.for_arch(store, vm.guest.arch or host_arch())
+    return fetch_kernel(store, resolve_kernel_package(options.package or options.flavor, store, apt), apt)
 
 
 def kernel_cmdline(vm: VMConfig, backend: Hypervisor, verdict: accel.Accel) -> list[str]:
     """The guest's kernel command line: what microvm needs, then microvm.kernelParams."""
     mv = vm.microvm
-    params = [f"console={backend.console}", "panic=-1"]  # a panicking guest exits (-no-reboot), not hangs
+    params = [f"console={backend.console_device(vm)}", "panic=-1"]  # a panicking guest exits (-no-reboot), not hangs
     params += backend.kernel_params(vm, verdict)
     if mv.optimize.enable:
         params.append("quiet")  # a quiet console boots measurably faster under emulation
     return [*params, *mv.kernelParams]
+
+
+def emulation_reason(vm: VMConfig) -> str | None:
+    """Why the guest's CPU must be emulated (TCG) whatever the host offers; None if it need not be."""
+    if vm.microvm.cpu is not None:
+        return "microvm.cpu is set: the CPU is emulated"
+    if vm.guest.arch != host_arch():
+        return f"guest.arch is {vm.guest.arch} on a {host_arch()} host: the CPU is emulated"
+    return None
 
 
 def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress: Progress | None = None) -> BuiltVM:
@@ -78,7 +89,7 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
 
         raise MicrovmError(f"{backend.name} needs an uncompressed vmlinux, and none could be made from {kernel.image}")
     say("accelerator")
-    verdict = accel.resolve(vm.microvm.accel, store, kernel.boot_image, emulated_cpu=vm.microvm.cpu is not None)
+    verdict = accel.resolve(vm.microvm.accel, store, kernel.boot_image, emulated=emulation_reason(vm))
     guest = GuestArtifacts(
         kernel=boot_image,
         initrd=initrd,

@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+import typer
+
 from ..errors import MicrovmError
 from . import build_cmds, config_cmds  # noqa: F401  (they register their commands)
 from .app import app, err
@@ -39,12 +41,12 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:
+        # Usage errors (click's ClickException, which newer typer vendors) show themselves and carry an exit code.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise

@@ -13,7 +13,7 @@ from typing import Literal
 
 from ..hypervisors import Feature, get
 from .loader import OptionPath, format_path
-from .options import STORE_SHARE_TAG, HostConfig, VMConfig
+from .options import STORE_SHARE_TAG, HostConfig, VMConfig, host_arch
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
         yield Feature.GRAPHICS, ("microvm", "graphics", "enable")
     if mv.cpu is not None:
         yield Feature.CPU_EMULATION, ("microvm", "cpu")
+    if vm.guest.arch != host_arch():
+        yield Feature.CPU_EMULATION, ("guest", "arch")
     for i, volume in enumerate(mv.volumes):
         if volume.readOnly:
             yield Feature.READ_ONLY_VOLUMES, ("microvm", "volumes", i, "readOnly")
@@ -192,6 +194,18 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
     if mv.cpu is not None and mv.accel == "kvm":
         yield Problem(
             ("microvm", "accel"), 'accel = "kvm" cannot emulate microvm.cpu', hint='use accel = "tcg" or "auto"'
+        )
+    if guest.arch != host_arch() and mv.accel == "kvm":
+        yield Problem(
+            ("microvm", "accel"),
+            f'accel = "kvm" cannot run an {guest.arch} guest on this {host_arch()} host',
+            hint='use accel = "tcg" or "auto"',
+        )
+    if guest.arch == "aarch64" and mv.qemu.machine in ("microvm", "q35", "pc"):
+        yield Problem(
+            ("microvm", "qemu", "machine"),
+            f"qemu's {mv.qemu.machine!r} machine is x86 only; aarch64 guests run on 'virt'",
+            hint='remove microvm.qemu.machine or set it to "virt"',
         )
     for name, service in guest.services.items():
         for i, dep in enumerate(service.after):

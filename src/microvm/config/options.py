@@ -89,6 +89,12 @@ def _ipv6_prefix(value: str) -> str:
     return value
 
 
+def host_arch() -> str:
+    """This machine's CPU architecture, spelt as ``guest.arch``."""
+    machine = platform.machine()
+    return "aarch64" if machine in ("aarch64", "arm64") else machine
+
+
 Name = Annotated[str, AfterValidator(_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
@@ -472,7 +478,7 @@ class VMConfig(Options):
         """Fill defaults that depend on other options."""
         mv, guest = self.microvm, self.guest
         if guest.arch is None:
-            guest.arch = "aarch64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+            guest.arch = "aarch64" if host_arch() == "aarch64" else "x86_64"
         if guest.machineId is None:
             guest.machineId = hashlib.sha256(f"microvm:{guest.hostName}".encode()).hexdigest()[:32]
         if mv.socket is None and _has_control_socket(mv.hypervisor):

@@ -144,13 +144,13 @@ def auto(store: Store, kernel: Path, *, refresh: bool = False) -> Verdict:
     return verdict
 
 
-def resolve(setting: str, store: Store, kernel: Path, *, emulated_cpu: bool = False) -> Verdict:
+def resolve(setting: str, store: Store, kernel: Path, *, emulated: str | None = None) -> Verdict:
     """The accelerator to use for a VM whose ``microvm.accel`` is ``setting``."""
     forced = os.environ.get("MICROVM_ACCEL")
     if forced in ("kvm", "tcg"):
         return Verdict(forced, "set by MICROVM_ACCEL")  # type: ignore[arg-type]
-    if emulated_cpu:
-        return Verdict("tcg", "microvm.cpu is set: the CPU is emulated")
+    if emulated:
+        return Verdict("tcg", emulated)
     if setting in ("kvm", "tcg"):
         return Verdict(setting, "set by microvm.accel")  # type: ignore[arg-type]
     return auto(store, kernel)

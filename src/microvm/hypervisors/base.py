@@ -98,6 +98,10 @@ class Hypervisor(ABC):
         """Kernel parameters this hypervisor's guests need (besides the console)."""
         return []
 
+    def console_device(self, vm: VMConfig) -> str:
+        """The guest's console device (``console=`` on the kernel command line)."""
+        return self.console
+
     def console_socket(self, vm: VMConfig) -> tuple[str, str] | None:
         """(socket, log file) when the console is a unix socket with a log; None when it is stdio."""
         return None

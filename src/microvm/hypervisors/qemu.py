@@ -66,7 +66,10 @@ class Backend(Hypervisor):
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         # TSC calibration can hang under TCG
-        return ["tsc_early_khz=2600000"] if accel == "tcg" else []
+        return ["tsc_early_khz=2600000"] if accel == "tcg" and vm.guest.arch == "x86_64" else []
+
+    def console_device(self, vm: VMConfig) -> str:
+        return "ttyAMA0" if vm.guest.arch == "aarch64" else "ttyS0"  # the virt machine's PL011
 
     def console_socket(self, vm: VMConfig) -> tuple[str, str]:
         return console_socket(vm), console_log(vm)
@@ -218,11 +221,6 @@ class Backend(Hypervisor):
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
-        if vm.guest.arch != "x86_64":
-            raise MicrovmError(
-                f"guest.arch = {vm.guest.arch!r}: only x86_64 guests can be built by this version",
-                hint="remove guest.arch",
-            )
         binary = shutil.which(BINARIES[vm.guest.arch]) or f"/usr/bin/{BINARIES[vm.guest.arch]}"
         shared_memory = any(s.proto == "virtiofs" for s in mv.shares) or mv.hugepageMem
         name = vm.guest.hostName
