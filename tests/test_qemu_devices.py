@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import subprocess
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def test_share_is_read_write_both_ways(tmp_path: Path, proto: str) -> None:
     assert (shared / "from-guest").read_text() == "guest-was-here\n"
 
 
-def test_balloon_is_set_and_read_back(shared_store, tmp_path: Path) -> None:
+def test_balloon_is_set_and_read_back_with_privileges_dropped(shared_store, tmp_path: Path) -> None:
+    """The balloon through bin/microvm-balloon, on a qemu that dropped to ``microvm.user`` (-runas)."""
     file = write_vm(
         tmp_path,
         """
@@ -56,6 +58,7 @@ def test_balloon_is_set_and_read_back(shared_store, tmp_path: Path) -> None:
         [microvm]
         mem = 256
         balloon = true
+        user = "nobody"
     """,
     )
     built = build_file(shared_store, file)
@@ -64,6 +67,8 @@ def test_balloon_is_set_and_read_back(shared_store, tmp_path: Path) -> None:
     vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
     try:
         _wait_for(state / "balloon-console.log", "ready: balloon", vm)
+        uids = next(line for line in Path(f"/proc/{vm.pid}/status").read_text().splitlines() if line.startswith("Uid:"))
+        assert set(uids.split()[1:]) == {str(pwd.getpwnam("nobody").pw_uid)}, uids
         result = subprocess.run(
             [built.runner / "bin/microvm-balloon", "64"], cwd=state, capture_output=True, text=True, timeout=60
         )
