@@ -45,9 +45,7 @@ class Backend(Hypervisor):
     kernel_format = "bzImage"
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
-
-    def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
-        return ["reboot=k"]  # as microvm.nix: a guest reboot ends the process
+    guest_kernel_params = ("reboot=k",)  # as microvm.nix: a guest reboot ends the process
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm

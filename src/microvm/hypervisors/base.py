@@ -91,12 +91,13 @@ class Hypervisor(ABC):
     kernel_format: ClassVar[Literal["bzImage", "vmlinux"]] = "bzImage"
     # Kernel modules the guest needs to see this hypervisor's devices (transport).
     transport_modules: ClassVar[tuple[str, ...]] = ("virtio_mmio",)
-    # Kernel parameters this hypervisor's guests need (console device etc.).
     console: ClassVar[str] = "ttyS0"
+    # Kernel parameters every guest of this hypervisor needs (besides the console).
+    guest_kernel_params: ClassVar[tuple[str, ...]] = ()
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         """Kernel parameters this hypervisor's guests need (besides the console)."""
-        return []
+        return list(self.guest_kernel_params)
 
     def console_device(self, vm: VMConfig) -> str:
         """The guest's console device (``console=`` on the kernel command line)."""

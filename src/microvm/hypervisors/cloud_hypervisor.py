@@ -60,10 +60,7 @@ class Backend(Hypervisor):
     kernel_format = "vmlinux"
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
-
-    def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
-        # as microvm.nix: a guest reboot is a triple fault, which ends the process
-        return ["reboot=t"]
+    guest_kernel_params = ("reboot=t",)  # as microvm.nix: a guest reboot is a triple fault, which ends the process
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm

@@ -53,9 +53,7 @@ class Backend(Hypervisor):
     kernel_format = "bzImage"
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
-
-    def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
-        return ["edd=off", "reboot=t"]  # as microvm.nix: no BIOS disk probing; reboot ends the process
+    guest_kernel_params = ("edd=off", "reboot=t")  # as microvm.nix: no BIOS disk probing; reboot ends the process
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
