@@ -121,6 +121,29 @@ def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -
     assert "stopped cleanly" in console
 
 
+def test_shutdown_requested_during_boot_is_not_lost(shared_store, tmp_path: Path) -> None:
+    """A power-button press before the guest listens for it is repeated until the guest reacts."""
+    file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="early"))
+    built = build_file(shared_store, file)
+    state = tmp_path / "state"
+    state.mkdir()
+    vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
+    try:
+        while not (state / "early.sock").exists():  # QMP is up long before the guest's acpid
+            assert vm.poll() is None
+            time.sleep(0.01)
+        assert "ready: early" not in (state / "early-console.log").read_text(errors="replace")
+        result = subprocess.run(
+            [built.runner / "bin/microvm-shutdown"], cwd=state, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert vm.wait(timeout=5) == 0
+    finally:
+        vm.kill()
+    console = (state / "early-console.log").read_text(errors="replace")
+    assert "early stopped cleanly" in console, console
+
+
 def test_ctrl_c_on_run_shuts_down_gracefully(tmp_path: Path) -> None:
     file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="ctrlc"))
     run = subprocess.Popen(

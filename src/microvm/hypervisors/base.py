@@ -12,6 +12,7 @@ Config checks ask the features, so an impossible combination is an error at
 from __future__ import annotations
 
 import enum
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,8 @@ class Hypervisor(ABC):
     # Kernel modules the guest needs to see this hypervisor's devices (transport).
     transport_modules: ClassVar[tuple[str, ...]] = ("virtio_mmio",)
     console: ClassVar[str] = "ttyS0"
+    # Seconds between repeated shutdown requests (see shutdown).
+    REQUEST_INTERVAL: ClassVar[float] = 5.0
     # Kernel parameters every guest of this hypervisor needs (besides the console).
     guest_kernel_params: ClassVar[tuple[str, ...]] = ()
 
@@ -126,11 +129,23 @@ class Hypervisor(ABC):
         pid = peer_pid(socket)
         if pid is None:
             raise MicrovmError(f"nothing is listening on {socket}", hint="is the VM running?")
+        deadline = time.monotonic() + timeout
+        # A request that arrives before the guest listens (early boot, acpid not yet
+        # running) is lost, so it is repeated until the guest reacts or time is up.
         self.request_shutdown(socket)
-        if not wait_exit(pid, timeout):
-            self.stop_hard(socket, pid)
-            if not wait_exit(pid, 5):
-                stop_hard(pid)
+        while True:
+            left = deadline - time.monotonic()
+            if wait_exit(pid, min(self.REQUEST_INTERVAL, max(left, 0))):
+                return
+            if left <= self.REQUEST_INTERVAL:
+                break
+            try:
+                self.request_shutdown(socket)
+            except MicrovmError:
+                pass  # the hypervisor may be closing its socket on the way out; the wait tells
+        self.stop_hard(socket, pid)
+        if not wait_exit(pid, 5):
+            stop_hard(pid)
 
     @abstractmethod
     def request_shutdown(self, socket: Path) -> None:
