@@ -138,7 +138,14 @@ class Interface(Options):
     )
     id: IfName = Field(description="Interface name on the host (at most 15 characters, unique).", examples=["vm-web"])
     mac: Mac = Field(description="MAC address of the guest's interface.", examples=["02:00:00:00:00:01"])
-    bridge: IfName | None = Field(None, description="Bridge to attach to; only for type bridge.")
+    bridge: IfName | None = Field(
+        None,
+        description=(
+            "Bridge to attach to: for type bridge the one qemu-bridge-helper uses (required); for type tap the one "
+            "`bin/tap-up` attaches the tap to (optional: taps matching the host's `network.basic.tapMatch` join "
+            "its bridge anyway)."
+        ),
+    )
     macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
 
 
@@ -412,7 +419,14 @@ class InterfaceNetwork(Options):
 
 
 class BaseNetwork(Options):
-    """The wrapper module's ``network.base``: one tap on the host's VM bridge, numbered per host."""
+    """The wrapper module's ``network.base``: one tap on the host's VM bridge, numbered per host.
+
+    VM ``n`` gets the tap ``vm<n>`` (matching the host's default ``tapMatch``)
+    and the MAC ``02:00:00:01:HH:LL`` (``n`` as two hex bytes); the host's DHCP
+    server hands that MAC the same IPv4 address every time (see
+    :func:`microvm.host.network.base_ipv4`), and SLAAC derives the IPv6
+    address from the MAC.
+    """
 
     enable: bool = Field(
         False, description="Add one tap interface on the host bridge, with MAC and name derived from `n`."
@@ -420,6 +434,27 @@ class BaseNetwork(Options):
     n: Annotated[int, Field(ge=0, le=65535)] = Field(
         0, description="The VM's number on this host (unique across installed VMs); gives its MAC and fixed address."
     )
+
+    @property
+    def tap(self) -> str:
+        return base_tap(self.n)
+
+    @property
+    def mac(self) -> str:
+        return base_mac(self.n)
+
+    def interface(self) -> Interface:
+        return Interface(type="tap", id=self.tap, mac=self.mac)
+
+
+def base_tap(n: int) -> str:
+    """The tap name of VM ``n``'s base interface (matches the default ``tapMatch`` "vm*")."""
+    return f"vm{n}"
+
+
+def base_mac(n: int) -> str:
+    """The MAC of VM ``n``'s base interface: locally administered, ``n`` in the last two bytes."""
+    return f"02:00:00:01:{n >> 8:02x}:{n & 0xFF:02x}"
 
 
 class GuestNetwork(Options):
@@ -486,6 +521,11 @@ class VMConfig(Options):
             mv.storeOnDisk = not any(share.tag == STORE_SHARE_TAG for share in mv.shares)
         if guest.kernel.flavor == "auto":
             guest.kernel.flavor = "generic" if any(s.proto == "9p" for s in mv.shares) else "cloud"
+        if guest.network.base.enable:
+            base = guest.network.base.interface()
+            # a config read back from vm.json already has it; a different interface with its name stays a duplicate
+            if base not in mv.interfaces:
+                mv.interfaces.append(base)
         return self
 
 
@@ -553,14 +593,27 @@ class BasicNetwork(Options):
     enable: bool = Field(False, description="Create the VM bridge with addresses, DHCP and router advertisements.")
     name: IfName = Field("microvm", description="Bridge name.")
     tapMatch: str = Field("vm*", description="Glob of tap names attached to the bridge.")
-    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] = Field(
-        "10.213.0.1/24", description="The bridge's IPv4 address and prefix."
+    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] | None = Field(
+        "10.213.0.1/24",
+        description=(
+            "The bridge's IPv4 address and prefix; VM n of `guest.network.base` gets the n+1-th other address of "
+            "it from DHCP. null for no IPv4 address (with `ipv6Prefix` null too: a pure layer-2 bridge)."
+        ),
     )
     ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | None = Field(
         "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge; null for no IPv6."
     )
     dhcp: bool = Field(True, description="Serve DHCPv4 on the bridge.")
     routerAdvertisements: bool = Field(True, description="Send IPv6 router advertisements (SLAAC).")
+    ports: list[IfName] = Field(
+        [],
+        description=(
+            "Host interfaces added to the bridge (a physical NIC or a VLAN interface like eth0.100), putting the "
+            "VMs on that network's layer 2. Their addresses stay as they are; give the bridge the host's address "
+            "instead if it needs one."
+        ),
+        examples=[["eth0"]],
+    )
 
 
 class NatOptions(Options):
