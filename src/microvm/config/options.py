@@ -25,6 +25,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 IFNAME_MAX = 15
+BASE_N_MAX = 0xFFFF  # network.base.n fills the last two bytes of the MAC
 
 
 def _name(value: str) -> str:
@@ -431,7 +432,7 @@ class BaseNetwork(Options):
     enable: bool = Field(
         False, description="Add one tap interface on the host bridge, with MAC and name derived from `n`."
     )
-    n: Annotated[int, Field(ge=0, le=65535)] = Field(
+    n: Annotated[int, Field(ge=0, le=BASE_N_MAX)] = Field(
         0, description="The VM's number on this host (unique across installed VMs); gives its MAC and fixed address."
     )
 
