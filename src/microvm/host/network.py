@@ -20,6 +20,7 @@ SLAAC gives it the EUI-64 address of its MAC in the IPv6 prefix.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import ipaddress
 import json
@@ -119,7 +120,7 @@ def _write_record(record: dict[str, Any], state_dir: Path | None) -> None:
     path = record_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")  # item order is the undo order
     tmp.replace(path)
 
 
@@ -153,7 +154,7 @@ def iproute() -> Iterator:
         yield ipr
 
 
-def linklink_index(ipr, name: str) -> int | None:
+def link_index(ipr, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
 
@@ -454,9 +455,9 @@ def plan_network(host: HostConfig, state_dir: Path | None = None) -> list[Change
             bridge = link_index(ipr, basic.name)
             for link in ipr.get_links():
                 name = link.get_attr("IFLA_IFNAME")
-                if link_kind(link) == "tun" and fnmatch.fnmatchcase(name, basic.tapMatch):
-                    if bridge is None or link.get_attr("IFLA_MASTER") != bridge:
-                        changes.append(Change(f"attach tap {name} to bridge {basic.name}", _attach(name, basic.name)))
+                detached = bridge is None or link.get_attr("IFLA_MASTER") != bridge
+                if link_kind(link) == "tun" and fnmatch.fnmatchcase(name, basic.tapMatch) and detached:
+                    changes.append(Change(f"attach tap {name} to bridge {basic.name}", _attach(name, basic.name)))
     return changes
 
 
@@ -511,10 +512,15 @@ def apply_network(host: HostConfig, state_dir: Path | None = None) -> list[Chang
 
 def remove_network(state_dir: Path | None = None) -> list[Change]:
     """Remove everything an earlier apply added (as applying a host file without ``network``)."""
+    basic = _recorded_basic(state_dir)
     changes = apply_network(HostConfig(), state_dir)
     path = record_path(state_dir)
     if path.exists() and not read_record(state_dir).get("items"):
         path.unlink()
+    if basic is not None:
+        (network_dir(state_dir) / f"{basic.name}.leases").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        network_dir(state_dir).rmdir()  # only when empty
     return changes
 
 

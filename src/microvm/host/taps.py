@@ -83,24 +83,6 @@ def owner(runner: Path, user: str | None) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
-@contextmanager
-def network.iproute() -> Iterator:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        yield ipr
-
-
-def _link(ipr, name: str):  # -> the link message or None
-    found = ipr.link_lookup(ifname=name)
-    return ipr.get_links(found[0])[0] if found else None
-
-
-def _kind(link) -> str | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
-
-
 def _remove_own(ipr, name: str, kind: str) -> None:
     """Delete interface ``name`` if it exists and is a ``kind``; refuse to touch anything else."""
     index = network.link_index(ipr, name)
