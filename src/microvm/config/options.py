@@ -594,15 +594,15 @@ class BasicNetwork(Options):
     enable: bool = Field(False, description="Create the VM bridge with addresses, DHCP and router advertisements.")
     name: IfName = Field("microvm", description="Bridge name.")
     tapMatch: str = Field("vm*", description="Glob of tap names attached to the bridge.")
-    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] | None = Field(
+    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] | Literal[False] = Field(
         "10.213.0.1/24",
         description=(
             "The bridge's IPv4 address and prefix; VM n of `guest.network.base` gets the n+1-th other address of "
-            "it from DHCP. null for no IPv4 address (with `ipv6Prefix` null too: a pure layer-2 bridge)."
+            "it from DHCP. false for no IPv4 address (with `ipv6Prefix = false` too: a pure layer-2 bridge)."
         ),
     )
-    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | None = Field(
-        "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge; null for no IPv6."
+    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | Literal[False] = Field(
+        "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge (it gets `<prefix>1`); false for no IPv6."
     )
     dhcp: bool = Field(True, description="Serve DHCPv4 on the bridge.")
     routerAdvertisements: bool = Field(True, description="Send IPv6 router advertisements (SLAAC).")

@@ -51,7 +51,7 @@ LEASE_TIME = "1h"
 
 def bridge_ipv6(basic: BasicNetwork) -> ipaddress.IPv6Interface | None:
     """The bridge's IPv6 address: ``<prefix>1/64``."""
-    if basic.ipv6Prefix is None:
+    if not basic.ipv6Prefix:
         return None
     network = ipaddress.IPv6Network(basic.ipv6Prefix if "/" in basic.ipv6Prefix else f"{basic.ipv6Prefix}/64")
     return ipaddress.IPv6Interface(f"{network.network_address + 1}/{network.prefixlen}")
@@ -59,7 +59,7 @@ def bridge_ipv6(basic: BasicNetwork) -> ipaddress.IPv6Interface | None:
 
 def base_ipv4(basic: BasicNetwork, n: int) -> ipaddress.IPv4Address | None:
     """VM ``n``'s fixed IPv4 address: the n+1-th host address of the subnet after the bridge's own."""
-    if basic.ipv4Subnet is None:
+    if not basic.ipv4Subnet:
         return None
     bridge = ipaddress.IPv4Interface(basic.ipv4Subnet)
     first = int(bridge.network.network_address) + 1
@@ -72,7 +72,7 @@ def base_ipv4(basic: BasicNetwork, n: int) -> ipaddress.IPv4Address | None:
 
 def max_base_vms(basic: BasicNetwork) -> int:
     """How many base VMs get a fixed IPv4 address in the subnet."""
-    if basic.ipv4Subnet is None:
+    if not basic.ipv4Subnet:
         return 0
     return ipaddress.IPv4Interface(basic.ipv4Subnet).network.num_addresses - 3  # network, broadcast, bridge
 
@@ -260,14 +260,18 @@ class Port(Item):
             raise MicrovmError(f"{self.device} does not exist on this host", hint="fix network.basic.ports")
         return master is not None and ipr.get_links(index)[0].get_attr("IFLA_MASTER") == master
 
-    def add(self, ipr) -> None:
+    def add(self, ipr) -> bool:
         index = link_index(ipr, self.device)
+        was_up = bool(ipr.get_links(index)[0]["flags"] & 1)  # IFF_UP
         ipr.link("set", index=index, master=link_index(ipr, self.bridge))
         ipr.link("set", index=index, state="up")
+        return was_up
 
     def remove(self, ipr, undo: Any) -> None:
         if (index := link_index(ipr, self.device)) is not None:
             ipr.link("set", index=index, master=0)
+            if undo is False:
+                ipr.link("set", index=index, state="down")
 
 
 @dataclass(frozen=True)
@@ -396,7 +400,7 @@ def desired_items(host: HostConfig, state_dir: Path | None = None) -> list[Item]
     if not basic.enable:
         return []
     items: list[Item] = [Bridge(basic.name)]
-    if basic.ipv4Subnet is not None:
+    if basic.ipv4Subnet:
         items.append(Address(basic.name, basic.ipv4Subnet))
     if (v6 := bridge_ipv6(basic)) is not None:
         items.append(Address(basic.name, str(v6)))
@@ -410,11 +414,11 @@ def desired_items(host: HostConfig, state_dir: Path | None = None) -> list[Item]
 
 
 def _serves_dhcp(basic: BasicNetwork) -> bool:
-    return basic.enable and basic.dhcp and basic.ipv4Subnet is not None
+    return basic.enable and basic.dhcp and bool(basic.ipv4Subnet)
 
 
 def _serves_ra(basic: BasicNetwork) -> bool:
-    return basic.enable and basic.routerAdvertisements and basic.ipv6Prefix is not None
+    return basic.enable and basic.routerAdvertisements and bool(basic.ipv6Prefix)
 
 
 def dhcp_hosts_path(basic: BasicNetwork, state_dir: Path | None = None) -> Path:
