@@ -280,13 +280,23 @@ QEMU_INTERFACES = {
     "macvtap": {
         "vcpu": 1,
         "interfaces": [
-            {"type": "macvtap", "id": "mv-a", "mac": "02:00:00:00:00:0a", "macvtap": {"link": "eth0", "mode": "bridge"}},
+            {
+                "type": "macvtap",
+                "id": "mv-a",
+                "mac": "02:00:00:00:00:0a",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            },
         ],
     },
     "macvtap-multiqueue": {
         "vcpu": 2,
         "interfaces": [
-            {"type": "macvtap", "id": "mv-a", "mac": "02:00:00:00:00:0a", "macvtap": {"link": "eth0", "mode": "bridge"}},
+            {
+                "type": "macvtap",
+                "id": "mv-a",
+                "mac": "02:00:00:00:00:0a",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            },
             {"type": "macvtap", "id": "mv-b", "mac": "02:00:00:00:00:0b", "macvtap": {"link": "eth0", "mode": "vepa"}},
         ],
     },

@@ -40,7 +40,8 @@ def snapshot(ns) -> dict[str, str]:
     return {
         # a link that was ever up keeps a default qdisc ("noqueue" instead of "noop"): the kernel's, not ours
         "links": re.sub(r"qdisc \S+ ", "", ns.run("ip", "-d", "-o", "link", "show").stdout),
-        "addresses": ns.run("ip", "-o", "address", "show").stdout,
+        # duplicate address detection finishing is time, not a change
+        "addresses": ns.run("ip", "-o", "address", "show").stdout.replace(" tentative", ""),
         "ruleset": ns.run("nft", "list", "ruleset").stdout,
         "forwarding": ns.run("sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding").stdout,
         "processes": " ".join(map(str, ns.pids())),

@@ -376,8 +376,8 @@ def network_dir(state_dir: Path | None = None) -> Path:
 
 
 def dhcp_hosts(basic: BasicNetwork) -> str:
-    """dnsmasq's host table: the MAC of every possible base VM -> its fixed address."""
-    lines = [f"{base_mac(n)},{base_ipv4(basic, n)}" for n in range(min(max_base_vms(basic), BASE_N_MAX + 1))]
+    """dnsmasq config with the host table: the MAC of every possible base VM -> its fixed address."""
+    lines = [f"dhcp-host={base_mac(n)},{base_ipv4(basic, n)}" for n in range(min(max_base_vms(basic), BASE_N_MAX + 1))]
     return "".join(line + "\n" for line in lines)
 
 
@@ -422,7 +422,7 @@ def _serves_ra(basic: BasicNetwork) -> bool:
 
 
 def dhcp_hosts_path(basic: BasicNetwork, state_dir: Path | None = None) -> Path:
-    return network_dir(state_dir) / f"{basic.name}.dhcp-hosts"
+    return network_dir(state_dir) / f"{basic.name}.dhcp-hosts.conf"
 
 
 # --- plan and apply -----------------------------------------------------------------------
@@ -558,7 +558,8 @@ def dnsmasq_argv(host: HostConfig, state_dir: Path | None = None, foreground: bo
         first, last = hosts[0], hosts[-1]
         argv += [
             f"--dhcp-range={first},{last},{bridge.network.netmask},{LEASE_TIME}",
-            f"--dhcp-hostsfile={dhcp_hosts_path(basic, state_dir)}",
+            # a conf file, not --dhcp-hostsfile: dnsmasq reads it as root, before dropping to its user
+            f"--conf-file={dhcp_hosts_path(basic, state_dir)}",
             "--dhcp-authoritative",
         ]
     if _serves_ra(basic):

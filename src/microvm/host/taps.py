@@ -77,7 +77,9 @@ def owner(runner: Path, user: str | None) -> tuple[int, int]:
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
-            raise MicrovmError(f"user {user!r} does not exist on this host", hint="create it or set microvm.user") from None
+            raise MicrovmError(
+                f"user {user!r} does not exist on this host", hint="create it or set microvm.user"
+            ) from None
         return entry.pw_uid, entry.pw_gid
     st = os.stat(".")
     return st.st_uid, st.st_gid
@@ -156,7 +158,7 @@ def macvtap_up(runner: Path, user: str | None = None) -> list[str]:
             ipr.link("set", index=index, state="up")
             device = Path(f"/dev/tap{index}")
             if not device.exists():  # devtmpfs makes it; make it where /dev is static
-                major, minor = (Path(f"/sys/class/net/{mv.id}/tap{index}/dev").read_text().strip().split(":"))
+                major, minor = Path(f"/sys/class/net/{mv.id}/tap{index}/dev").read_text().strip().split(":")
                 os.mknod(device, 0o600 | 0o020000, os.makedev(int(major), int(minor)))
             os.chown(device, uid, gid)
             created.append(mv.id)
