@@ -48,9 +48,9 @@ def snapshot(ns) -> dict[str, str]:
     }
 
 
-def write_runner(directory: Path, microvm: dict) -> Path:
+def write_runner(directory: Path, microvm: dict, guest: dict | None = None) -> Path:
     """The runner files of a qemu VM (no store, no kernel): enough for tap-up and friends."""
-    vm = VMConfig.model_validate({"microvm": microvm, "guest": {"hostName": "t", "arch": "x86_64"}})
+    vm = VMConfig.model_validate({"microvm": microvm, "guest": guest or {"hostName": "t", "arch": "x86_64"}})
     spec = get("qemu").runner(vm, guest_for("qemu"))
     for rel, (content, mode) in runner_files(vm, get("qemu"), spec, directory, None).items():
         path = directory / rel
@@ -211,3 +211,37 @@ def test_dnsmasq_unit_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stderr == "", result.stderr
     assert "--no-ping" in units["microvm-dnsmasq-microvm.service"]
     assert "--conf-file=/dev/null" in units["microvm-dnsmasq-microvm.service"]
+
+
+ROUTED_HOST = """
+[network.routed]
+enable = true
+[network.nat]
+enable = true
+"""
+
+
+def test_routed_tap_gets_host_addresses_and_a_route_per_vm_address(ns, tmp_path: Path) -> None:
+    host = write_vm(tmp_path, ROUTED_HOST, "host.toml")
+    before = snapshot(ns)
+    runner = tmp_path / "r"
+    vm = VMConfig.model_validate(
+        {"guest": {"hostName": "rt", "network": {"base": {"enable": True, "n": 3, "routed": {"enable": True}}}}}
+    )
+    write_runner(runner, vm.microvm.dump(), vm.guest.dump())
+    # not applied on the host yet: a clear error, no tap left behind
+    result = ns.run(str(runner / "bin/tap-up"), cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "network.routed" in result.stderr
+    microvm_in(ns, "host", "network", "up", str(host))
+    assert "ip saddr 10.214.0.0/24" in ns.run("nft", "list", "table", "inet", "microvm_nat").stdout
+    ns.run(str(runner / "bin/tap-up"), cwd=tmp_path)
+    addresses = ns.run("ip", "-o", "address", "show", "dev", "rvm3").stdout
+    assert "10.214.0.1/32" in addresses and "fd12:3456:789b::1/128" in addresses
+    routes = (
+        ns.run("ip", "route", "show", "dev", "rvm3").stdout + ns.run("ip", "-6", "route", "show", "dev", "rvm3").stdout
+    )
+    assert "10.214.0.5 " in routes and "fd12:3456:789b::5 " in routes
+    assert "master" not in ns.run("ip", "-o", "link", "show", "rvm3").stdout
+    ns.run(str(runner / "bin/tap-down"), cwd=tmp_path)
+    microvm_in(ns, "host", "network", "down", str(host))
+    assert snapshot(ns) == before

@@ -419,6 +419,65 @@ class InterfaceNetwork(Options):
     routes: list[Route] = Field([], description="Static routes through this interface.")
 
 
+def nth_host_address(interface: str, n: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The n+1-th usable address of ``interface``'s network after skipping ``interface``'s own; None past the end.
+
+    10.213.0.1/24: n=0 -> 10.213.0.2; fd00::1/64: n=0 -> fd00::2. How VM ``n`` gets a fixed address.
+    """
+    iface = ipaddress.ip_interface(interface)
+    net = iface.network
+    first = int(net.network_address) + 1
+    last = int(net.broadcast_address) - (1 if iface.version == 4 else 0)
+    candidate = first + n
+    if candidate >= int(iface.ip):
+        candidate += 1
+    return ipaddress.ip_address(candidate) if candidate <= last else None
+
+
+def ipv6_host_interface(prefix: str) -> str:
+    """``<prefix>1/<len>``: the host's address in an IPv6 prefix written as ``fd12:3456:789a::`` (a /64)."""
+    net = ipaddress.IPv6Network(prefix if "/" in prefix else f"{prefix}/64")
+    return f"{net.network_address + 1}/{net.prefixlen}"
+
+
+class RoutedNetwork(Options):
+    """The routed layout of microvm.nix's routed-network guide: no shared segment, a host route per VM.
+
+    The host has ``ipv4Subnet``'s address (as /32) and ``<ipv6Prefix>1`` (as
+    /128) on every routed tap and routes each VM's addresses to its tap; VM
+    ``n`` has the n+1-th other address of each, and routes everything through
+    the host. The same values must be set on the host (``network.routed``) and
+    in the VM (``guest.network.base.routed``).
+    """
+
+    enable: bool = Field(False, description="Route instead of bridge: a point-to-point link and host routes per VM.")
+    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] = Field(
+        "10.214.0.1/24", description="The host's address and the subnet VM addresses come from (each as a /32)."
+    )
+    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | Literal[False] = Field(
+        "fd12:3456:789b::",
+        description="IPv6 /64 the host (`<prefix>1`) and VM addresses (as /128) come from; false for none.",
+    )
+
+    def host_addresses(self) -> list[str]:
+        """The host's side of every routed tap."""
+        v4 = ipaddress.IPv4Interface(self.ipv4Subnet).ip
+        return [f"{v4}/32"] + ([f"{ipv6_host_interface(self.ipv6Prefix).split('/')[0]}/128"] if self.ipv6Prefix else [])
+
+    def vm_addresses(self, n: int) -> list[str]:
+        """VM ``n``'s addresses (/32 and /128)."""
+        found = [f"{nth_host_address(self.ipv4Subnet, n)}/32"]
+        if self.ipv6Prefix:
+            found.append(f"{nth_host_address(ipv6_host_interface(self.ipv6Prefix), n)}/128")
+        return found
+
+    def subnets(self) -> list[str]:
+        found = [str(ipaddress.IPv4Interface(self.ipv4Subnet).network)]
+        if self.ipv6Prefix:
+            found.append(str(ipaddress.IPv6Interface(ipv6_host_interface(self.ipv6Prefix)).network))
+        return found
+
+
 class BaseNetwork(Options):
     """The wrapper module's ``network.base``: one tap on the host's VM bridge, numbered per host.
 
@@ -435,10 +494,17 @@ class BaseNetwork(Options):
     n: Annotated[int, Field(ge=0, le=BASE_N_MAX)] = Field(
         0, description="The VM's number on this host (unique across installed VMs); gives its MAC and fixed address."
     )
+    routed: RoutedNetwork = Field(
+        default_factory=RoutedNetwork,
+        description=(
+            "Routed layout instead of the bridge: the tap is `rvm<n>` (not on any bridge) and the guest gets static "
+            "addresses with routes through the host. Must match the host's `network.routed`."
+        ),
+    )
 
     @property
     def tap(self) -> str:
-        return base_tap(self.n)
+        return f"rvm{self.n}" if self.routed.enable else base_tap(self.n)
 
     @property
     def mac(self) -> str:
@@ -522,6 +588,16 @@ class VMConfig(Options):
             mv.storeOnDisk = not any(share.tag == STORE_SHARE_TAG for share in mv.shares)
         if guest.kernel.flavor == "auto":
             guest.kernel.flavor = "generic" if any(s.proto == "9p" for s in mv.shares) else "cloud"
+        routed = guest.network.base.routed
+        if guest.network.base.enable and routed.enable and guest.network.base.tap not in guest.network.interfaces:
+            host = [address.split("/")[0] for address in routed.host_addresses()]
+            guest.network.interfaces[guest.network.base.tap] = InterfaceNetwork(
+                dhcp=False,
+                acceptRA=False,
+                addresses=routed.vm_addresses(guest.network.base.n),
+                routes=[Route(destination="0.0.0.0/0", gateway=host[0])]
+                + ([Route(destination="::/0", gateway=host[1])] if len(host) > 1 else []),
+            )
         if guest.network.base.enable:
             base = guest.network.base.interface()
             # a config read back from vm.json already has it; a different interface with its name stays a duplicate
@@ -624,7 +700,10 @@ class NatOptions(Options):
 
 class HostNetwork(Options):
     basic: BasicNetwork = Field(default_factory=BasicNetwork, description="The VM bridge.")
-    nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge.")
+    nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge and the routed VMs.")
+    routed: RoutedNetwork = Field(
+        default_factory=RoutedNetwork, description="Routed VMs (`guest.network.base.routed`): forwarding and NAT."
+    )
 
 
 class HostConfig(Options):

@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import proc
-from ..config.options import BASE_N_MAX, BasicNetwork, HostConfig, VMConfig, base_mac
+from ..config.options import (
+    BASE_N_MAX,
+    BasicNetwork,
+    HostConfig,
+    RoutedNetwork,
+    VMConfig,
+    base_mac,
+    ipv6_host_interface,
+    nth_host_address,
+)
 from ..errors import MicrovmError
 from .statedir import default_state_dir
 
@@ -51,23 +60,12 @@ LEASE_TIME = "1h"
 
 def bridge_ipv6(basic: BasicNetwork) -> ipaddress.IPv6Interface | None:
     """The bridge's IPv6 address: ``<prefix>1/64``."""
-    if not basic.ipv6Prefix:
-        return None
-    network = ipaddress.IPv6Network(basic.ipv6Prefix if "/" in basic.ipv6Prefix else f"{basic.ipv6Prefix}/64")
-    return ipaddress.IPv6Interface(f"{network.network_address + 1}/{network.prefixlen}")
+    return ipaddress.IPv6Interface(ipv6_host_interface(basic.ipv6Prefix)) if basic.ipv6Prefix else None
 
 
 def base_ipv4(basic: BasicNetwork, n: int) -> ipaddress.IPv4Address | None:
     """VM ``n``'s fixed IPv4 address: the n+1-th host address of the subnet after the bridge's own."""
-    if not basic.ipv4Subnet:
-        return None
-    bridge = ipaddress.IPv4Interface(basic.ipv4Subnet)
-    first = int(bridge.network.network_address) + 1
-    last = int(bridge.network.broadcast_address) - 1
-    candidate = first + n
-    if candidate >= int(bridge.ip):
-        candidate += 1  # skip the bridge's own address
-    return ipaddress.IPv4Address(candidate) if candidate <= last else None
+    return nth_host_address(basic.ipv4Subnet, n) if basic.ipv4Subnet else None  # type: ignore[return-value]
 
 
 def max_base_vms(basic: BasicNetwork) -> int:
@@ -129,6 +127,12 @@ def _recorded_basic(state_dir: Path | None = None) -> BasicNetwork | None:
     return BasicNetwork.model_validate(basic) if basic else None
 
 
+def recorded_routed(state_dir: Path | None = None) -> RoutedNetwork | None:
+    """The host's ``network.routed`` as last applied, if enabled."""
+    routed = read_record(state_dir).get("routed")
+    return RoutedNetwork.model_validate(routed) if routed else None
+
+
 def tap_script(state_dir: Path | None = None) -> str:
     """The host's ``microvm.host.tapScript`` as last applied (the default when nothing was)."""
     return read_record(state_dir).get("tapScript", DEFAULT_TAP_SCRIPT)
@@ -157,6 +161,16 @@ def iproute() -> Iterator:
 def link_index(ipr, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None
+
+
+def add_address(ipr, index: int, address: str) -> None:
+    """Add ``address`` (with prefix length) to a link; IPv6 without duplicate address detection.
+
+    The host is the router of its VM links: waiting for DAD only delays the guests.
+    """
+    iface = ipaddress.ip_interface(address)
+    flags = {"flags": 0x02} if iface.version == 6 else {}  # IFA_F_NODAD
+    ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **flags)
 
 
 def link_kind(link) -> str | None:
@@ -230,12 +244,7 @@ class Address(Item):
         )
 
     def add(self, ipr) -> None:
-        iface = ipaddress.ip_interface(self.address)
-        # nodad: the bridge is the router of its segment; waiting for DAD only delays the guests
-        flags = {"flags": 0x02} if iface.version == 6 else {}  # IFA_F_NODAD
-        ipr.addr(
-            "add", index=link_index(ipr, self.device), address=str(iface.ip), prefixlen=iface.network.prefixlen, **flags
-        )
+        add_address(ipr, link_index(ipr, self.device), self.address)
 
     def remove(self, ipr, undo: Any) -> None:
         iface = ipaddress.ip_interface(self.address)
@@ -382,31 +391,41 @@ def dhcp_hosts(basic: BasicNetwork) -> str:
 
 
 def nft_ruleset(host: HostConfig) -> str:
-    """Masquerade what leaves the bridge for another interface (the uplink, if named), v4 and v6."""
-    basic, nat = host.network.basic, host.network.nat
-    out = f'oifname "{nat.uplink}"' if nat.uplink else f'oifname != "{basic.name}"'
+    """Masquerade what leaves the bridge or the routed subnets for another interface (the uplink, if named)."""
+    basic, nat, routed = host.network.basic, host.network.nat, host.network.routed
+    rules = []
+    if basic.enable:
+        out = f'oifname "{nat.uplink}"' if nat.uplink else f'oifname != "{basic.name}"'
+        rules.append(f'iifname "{basic.name}" {out} masquerade')
+    if routed.enable:
+        for subnet in routed.subnets():
+            family = "ip" if ipaddress.ip_network(subnet).version == 4 else "ip6"
+            out = f'oifname "{nat.uplink}"' if nat.uplink else f"{family} daddr != {subnet}"
+            rules.append(f"{family} saddr {subnet} {out} masquerade")
+    body = "".join(f"    {rule}\n" for rule in rules)
     return (
         f"table inet {NFT_TABLE} {{\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f'    iifname "{basic.name}" {out} masquerade\n'
+        f"{body}"
         "  }\n"
         "}\n"
     )
 
 
 def desired_items(host: HostConfig, state_dir: Path | None = None) -> list[Item]:
-    basic, nat = host.network.basic, host.network.nat
-    if not basic.enable:
-        return []
-    items: list[Item] = [Bridge(basic.name)]
-    if basic.ipv4Subnet:
-        items.append(Address(basic.name, basic.ipv4Subnet))
-    if (v6 := bridge_ipv6(basic)) is not None:
-        items.append(Address(basic.name, str(v6)))
-    items += [Port(basic.name, port) for port in basic.ports]
-    if nat.enable:
+    basic, nat, routed = host.network.basic, host.network.nat, host.network.routed
+    items: list[Item] = []
+    if basic.enable:
+        items.append(Bridge(basic.name))
+        if basic.ipv4Subnet:
+            items.append(Address(basic.name, basic.ipv4Subnet))
+        if (v6 := bridge_ipv6(basic)) is not None:
+            items.append(Address(basic.name, str(v6)))
+        items += [Port(basic.name, port) for port in basic.ports]
+    if routed.enable or (nat.enable and basic.enable):
         items += [Sysctl(name, "1") for name in FORWARDING]
+    if nat.enable and (basic.enable or routed.enable):
         items.append(NftTable("inet", NFT_TABLE, nft_ruleset(host)))
     if _serves_dhcp(basic):
         items.append(File(str(dhcp_hosts_path(basic, state_dir)), dhcp_hosts(basic)))
@@ -506,10 +525,12 @@ def apply_network(host: HostConfig, state_dir: Path | None = None) -> list[Chang
             change.do(ipr)
     record = read_record(state_dir)
     record["tapScript"] = host.microvm.host.tapScript
-    if host.network.basic.enable:
-        record["basic"] = host.network.basic.dump()
-    else:
-        record.pop("basic", None)
+    for part in ("basic", "routed"):
+        options = getattr(host.network, part)
+        if options.enable:
+            record[part] = options.dump()
+        else:
+            record.pop(part, None)
     _write_record(record, state_dir)
     return changes
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
+from ..config.options import RoutedNetwork, VMConfig
 from ..errors import MicrovmError
 from . import network
 
@@ -34,6 +35,8 @@ SHARE = Path("share/microvm")
 class Tap:
     id: str
     bridge: str | None
+    routed: RoutedNetwork | None = None  # the routed layout's base tap
+    n: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,19 @@ def _lines(runner: Path, name: str) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _vm_record(runner: Path) -> dict:
-    return json.loads((runner / SHARE / "vm.json").read_text())
+def _vm(runner: Path) -> VMConfig:
+    return VMConfig.model_validate(json.loads((runner / SHARE / "vm.json").read_text()))
 
 
 def runner_taps(runner: Path) -> tuple[list[Tap], set[str]]:
-    """The runner's taps (with the bridge each names, if any) and its tap flags."""
-    interfaces = _vm_record(runner)["microvm"].get("interfaces", [])
-    bridges = {i["id"]: i.get("bridge") for i in interfaces if i.get("type") == "tap"}
-    taps = [Tap(name, bridges.get(name)) for name in _lines(runner, "tap-interfaces")]
+    """The runner's taps (with the bridge each names, or the routed layout) and its tap flags."""
+    vm = _vm(runner)
+    base = vm.guest.network.base
+    bridges = {i.id: i.bridge for i in vm.microvm.interfaces if i.type == "tap"}
+    taps = []
+    for name in _lines(runner, "tap-interfaces"):
+        routed = base.routed if base.enable and base.routed.enable and name == base.tap else None
+        taps.append(Tap(name, bridges.get(name), routed, base.n))
     flags = set(" ".join(_lines(runner, "tap-flags")).split())
     return taps, flags
 
@@ -72,7 +79,7 @@ def owner(runner: Path, user: str | None) -> tuple[int, int]:
     The hypervisor runs in the VM's state directory (the current directory of
     these commands), which belongs to the user it runs as.
     """
-    user = user or _vm_record(runner)["microvm"].get("user")
+    user = user or _vm(runner).microvm.user
     if user:
         try:
             entry = pwd.getpwnam(user)
@@ -122,7 +129,11 @@ def tap_up(runner: Path, user: str | None = None) -> list[str]:
                 gid=gid,
                 ifr={"no_pi": True, "vnet_hdr": "vnet_hdr" in flags, "multi_queue": "multi_queue" in flags},
             )
-            bridge = _bridge_for(tap)
+            if tap.routed is not None:
+                _route(ipr, tap)
+                bridge = None
+            else:
+                bridge = _bridge_for(tap)
             if bridge is not None:
                 master = ipr.link_lookup(ifname=bridge)
                 if not master:
@@ -133,6 +144,23 @@ def tap_up(runner: Path, user: str | None = None) -> list[str]:
                 ipr.link("set", index=ipr.link_lookup(ifname=tap.id)[0], master=master[0])
             proc.run(["sh", "-c", script], env={"id": tap.id})
     return [tap.id for tap in taps]
+
+
+def _route(ipr, tap: Tap) -> None:
+    """The routed layout: the host's addresses on the tap, and a host route to each of the VM's addresses."""
+    host = network.recorded_routed()
+    if host != tap.routed:
+        raise MicrovmError(
+            f"tap {tap.id}: the VM's guest.network.base.routed differs from the host's network.routed "
+            f"({'not applied' if host is None else 'different subnets'})",
+            hint="set the same values in both and run `microvm host network up HOSTFILE`",
+        )
+    index = network.link_index(ipr, tap.id)
+    ipr.link("set", index=index, state="up")  # routes need the link up
+    for address in tap.routed.host_addresses():
+        network.add_address(ipr, index, address)
+    for address in tap.routed.vm_addresses(tap.n):
+        ipr.route("add", dst=address, oif=index)
 
 
 def tap_down(runner: Path) -> list[str]:
