@@ -213,3 +213,57 @@ def test_two_guests_on_the_bridge_with_nat_dhcp_and_forwarded_port(shared_store,
     while snapshot(ns) != before and time.monotonic() < deadline:
         time.sleep(0.2)  # the daemon's exit is seen a little late here
     assert snapshot(ns) == before
+
+
+ROUTED_GUEST = """
+[guest]
+hostName = "netr"
+shell = false
+commands = [
+  '''{check}
+check ping4-host ping -c1 -W1 10.214.0.1
+check ping6-host ping -c1 -W1 fd12:3456:789b::1
+check ping4-uplink ping -c1 -W1 10.99.0.2
+echo "checks done"''',
+]
+[guest.services.httpd]
+command = "mkdir -p /srv && echo hello-from-netr > /srv/index.html && exec httpd -f -p 80 -h /srv"
+[guest.network.base]
+enable = true
+n = 3
+routed.enable = true
+[microvm]
+mem = 256
+"""
+
+
+def test_routed_guest_reaches_host_and_uplink(shared_store, ns, uplink, tmp_path: Path) -> None:
+    """The routed layout: no bridge, static /32 and /128 addresses, everything through the host."""
+    ns.run("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1", "netns", uplink.name)
+    ns.run("ip", "address", "add", "10.99.0.1/24", "dev", "up0")
+    ns.run("ip", "link", "set", "up0", "up")
+    uplink.run("ip", "address", "add", "10.99.0.2/24", "dev", "up1")
+    uplink.run("ip", "link", "set", "up1", "up")
+    before = snapshot(ns)
+    host_file = write_vm(
+        tmp_path, '[network.routed]\nenable = true\n[network.nat]\nenable = true\nuplink = "up0"\n', "host.toml"
+    )
+    microvm_in(ns, "host", "network", "up", str(host_file))
+    built = build_file(shared_store, write_vm(tmp_path / "netr", ROUTED_GUEST.format(check=CHECK.strip())))
+    state = tmp_path / "state" / "netr"
+    state.mkdir(parents=True)
+    ns.run(str(built.runner / "bin/tap-up"), cwd=state)
+    vm = ns.popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
+    try:
+        console = _wait_for(state / "netr-console.log", "checks done", vm)
+        for what in ("ping4-host", "ping6-host", "ping4-uplink"):
+            assert f"ok: {what}" in console, console
+        # the host reaches the VM by its routes: the n+1-th addresses after the host's
+        assert fetch(ns, "http://10.214.0.5/") == "hello-from-netr"
+        assert fetch(ns, "http://[fd12:3456:789b::5]/") == "hello-from-netr"
+    finally:
+        vm.kill()
+        vm.wait()
+        ns.run(str(built.runner / "bin/tap-down"), cwd=state)
+    microvm_in(ns, "host", "network", "down", str(host_file))
+    assert snapshot(ns) == before
