@@ -29,7 +29,7 @@ import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -367,8 +367,6 @@ ITEM_TYPES: dict[str, type[Item]] = {cls.__name__: cls for cls in (Bridge, Addre
 
 
 def _item_data(item: Item) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return {"type": type(item).__name__, **asdict(item)}
 
 
@@ -449,10 +447,18 @@ def dhcp_hosts_path(basic: BasicNetwork, state_dir: Path | None = None) -> Path:
 
 @dataclass
 class Change:
-    """One step of a plan: what it does, and doing it."""
+    """One step of a plan: what it does (``str(change)``), and :meth:`apply` doing it."""
 
     what: str
-    do: Callable[[Any], None] = field(repr=False)
+    action: Callable[[Any], None] = field(repr=False)
+
+    def apply(self, ipr=None) -> None:
+        """Make the change; ``ipr`` is an open pyroute2 IPRoute to reuse (else one is opened)."""
+        if ipr is not None:
+            self.action(ipr)
+            return
+        with iproute() as own:
+            self.action(own)
 
     def __str__(self) -> str:
         return self.what
@@ -522,7 +528,7 @@ def apply_network(host: HostConfig, state_dir: Path | None = None) -> list[Chang
     changes = plan_network(host, state_dir)
     with iproute() as ipr:
         for change in changes:
-            change.do(ipr)
+            change.apply(ipr)
     record = read_record(state_dir)
     record["tapScript"] = host.microvm.host.tapScript
     for part in ("basic", "routed"):
