@@ -162,3 +162,31 @@ def test_guest_network_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
         ["shellcheck", "-s", "sh", tmp_path / "network", tmp_path / "udhcpc.script"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_declared_vms_are_checked_against_the_host_network(tmp_path: Path) -> None:
+    host = write_vm(
+        tmp_path,
+        """
+        [network.basic]
+        enable = true
+        ipv4Subnet = "10.9.0.1/29"
+        [microvm.vms.far.config.guest.network.base]
+        enable = true
+        n = 6
+        [microvm.vms.routed.config.guest.network.base]
+        enable = true
+        n = 1
+        routed.enable = true
+        """,
+        "host.toml",
+    )
+    result = check(host, "--host")
+    message = str(result.exception)
+    assert result.exit_code != 0
+    assert "microvm.vms.routed.config.guest.network.base.routed: differs from the host's network.routed" in message
+    host.write_text(host.read_text().replace("routed.enable = true", ""))
+    from microvm.config import load_host
+
+    warnings = [str(w) for w in load_host(host).warnings]
+    assert any("6 is past the end of network.basic.ipv4Subnet 10.9.0.1/29" in w for w in warnings), warnings

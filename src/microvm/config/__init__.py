@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigErrors
 from ..host.statedir import installed_configs
-from .checks import Problem, check_against_others, check_host, check_vm
+from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
 from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
 from .options import HostConfig, VMConfig
 
@@ -97,8 +97,9 @@ def load_host(file: Path) -> LoadedHost:
             vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name)
         if name in vms:
             declared_before = {other: vm.config for other, vm in vms.items() if other != name}
-            _report(
-                check_against_others(vms[name].config, declared_before, "declared in this file"),
+            warnings += _report(
+                check_against_others(vms[name].config, declared_before, "declared in this file")
+                + check_host_vm(config, vms[name].config),
                 loaded,
                 ("microvm", "vms", name, "config"),
             )

@@ -7,13 +7,14 @@ warnings are printed.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from ..hypervisors import Feature, get
 from .loader import OptionPath, format_path
-from .options import STORE_SHARE_TAG, HostConfig, VMConfig
+from .options import STORE_SHARE_TAG, HostConfig, VMConfig, nth_host_address
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,43 @@ def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
         *_guest(vm),
         *_capabilities(vm, explicit_socket),
     ]
+
+
+def check_host_vm(host: HostConfig, vm: VMConfig) -> list[Problem]:
+    """Whether a VM declared in a host file fits the host's network."""
+    base, basic, routed = vm.guest.network.base, host.network.basic, host.network.routed
+    path = ("guest", "network", "base")
+    if not base.enable:
+        return []
+    if base.routed.enable:
+        if base.routed != routed:
+            return [
+                Problem(
+                    (*path, "routed"),
+                    "differs from the host's network.routed (or it is not enabled there)",
+                    hint="set the same enable, ipv4Subnet and ipv6Prefix in both",
+                )
+            ]
+        return []
+    problems = []
+    if basic.enable and not fnmatch.fnmatchcase(base.tap, basic.tapMatch):
+        problems.append(
+            Problem(
+                (*path, "n"),
+                f"the tap {base.tap} does not match network.basic.tapMatch {basic.tapMatch!r}: it joins no bridge",
+                "warning",
+            )
+        )
+    if basic.enable and basic.dhcp and basic.ipv4Subnet and nth_host_address(basic.ipv4Subnet, base.n) is None:
+        problems.append(
+            Problem(
+                (*path, "n"),
+                f"{base.n} is past the end of network.basic.ipv4Subnet {basic.ipv4Subnet}: no fixed address",
+                "warning",
+                hint="use a smaller n or a wider subnet",
+            )
+        )
+    return problems
 
 
 def check_host(host: HostConfig) -> list[Problem]:
