@@ -666,4 +666,12 @@ def _is_dnsmasq(pid: int) -> bool:
 
 
 def systemd_running() -> bool:
-    return os.path.isdir("/run/systemd/system")
+    """Whether dnsmasq can be a systemd unit: systemd is PID 1 and we are in its network namespace.
+
+    Inside another namespace (``ip netns exec``) a unit would serve the wrong one, so dnsmasq runs as our daemon.
+    """
+    try:
+        same_namespace = os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        same_namespace = False
+    return os.path.isdir("/run/systemd/system") and same_namespace
