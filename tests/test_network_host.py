@@ -161,10 +161,16 @@ def test_tap_up_makes_persistent_taps_with_matching_queue_mode(ns, tmp_path: Pat
 
 def test_tap_up_never_deletes_an_interface_that_is_not_a_tap(ns, tmp_path: Path) -> None:
     ns.run("ip", "link", "add", "vm9", "type", "veth", "peer", "name", "vm9-peer")
-    runner = write_runner(tmp_path / "r", {"interfaces": [{"type": "tap", "id": "vm9", "mac": "02:00:00:01:00:09"}]})
+    before = snapshot(ns)
+    taps = [
+        {"type": "tap", "id": "vm8", "mac": "02:00:00:01:00:08"},
+        {"type": "tap", "id": "vm9", "mac": "02:00:00:01:00:09"},
+    ]
+    runner = write_runner(tmp_path / "r", {"interfaces": taps})
     result = ns.run(str(runner / "bin/tap-up"), cwd=tmp_path, check=False)
-    assert result.returncode != 0 and "not a tun interface" in result.stderr
-    assert "veth" in ns.run("ip", "-d", "link", "show", "vm9").stdout
+    assert result.returncode != 0 and "vm9 exists on this host and is not a tun interface" in result.stderr
+    # the veth is untouched, and the tap made before the failure is gone again
+    assert snapshot(ns) == before
 
 
 def test_macvtap_up_hands_the_device_to_the_hypervisor_user(ns, tmp_path: Path) -> None:
@@ -232,6 +238,7 @@ def test_routed_tap_gets_host_addresses_and_a_route_per_vm_address(ns, tmp_path:
     # not applied on the host yet: a clear error, no tap left behind
     result = ns.run(str(runner / "bin/tap-up"), cwd=tmp_path, check=False)
     assert result.returncode != 0 and "network.routed" in result.stderr
+    assert "rvm3" not in ns.run("ip", "-o", "link", "show").stdout
     microvm_in(ns, "host", "network", "up", str(host))
     assert "ip saddr 10.214.0.0/24" in ns.run("nft", "list", "table", "inet", "microvm_nat").stdout
     ns.run(str(runner / "bin/tap-up"), cwd=tmp_path)

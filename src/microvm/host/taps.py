@@ -106,56 +106,68 @@ def _remove_own(ipr, name: str, kind: str) -> None:
     ipr.link("del", index=index)
 
 
-def _bridge_for(tap: Tap) -> str | None:
-    if tap.bridge is not None:
-        return tap.bridge
-    return network.bridge_for_tap(tap.id)
-
-
 def tap_up(runner: Path, user: str | None = None) -> list[str]:
-    """Create the runner's taps (replacing stale ones of ours) and run the tap script; return their names."""
+    """Create the runner's taps (replacing stale ones of ours) and run the tap script; return their names.
+
+    Everything is checked before the first tap is made, and a failure half-way removes the taps made so far.
+    """
     taps, flags = runner_taps(runner)
     uid, gid = owner(runner, user)
     script = network.tap_script()
     with network.iproute() as ipr:
-        for tap in taps:
-            _remove_own(ipr, tap.id, "tun")
-            ipr.link(
-                "add",
-                ifname=tap.id,
-                kind="tuntap",
-                mode="tap",
-                uid=uid,
-                gid=gid,
-                ifr={"no_pi": True, "vnet_hdr": "vnet_hdr" in flags, "multi_queue": "multi_queue" in flags},
-            )
-            if tap.routed is not None:
-                _route(ipr, tap)
-                bridge = None
-            else:
-                bridge = _bridge_for(tap)
-            if bridge is not None:
-                master = ipr.link_lookup(ifname=bridge)
-                if not master:
-                    raise MicrovmError(
-                        f"tap {tap.id}: bridge {bridge} does not exist",
-                        hint="create it (microvm host network up HOSTFILE) or fix the interface's bridge",
-                    )
-                ipr.link("set", index=ipr.link_lookup(ifname=tap.id)[0], master=master[0])
-            proc.run(["sh", "-c", script], env={"id": tap.id})
+        masters = {tap.id: _master(ipr, tap) for tap in taps}
+        made: list[str] = []
+        try:
+            for tap in taps:
+                _remove_own(ipr, tap.id, "tun")
+                ipr.link(
+                    "add",
+                    ifname=tap.id,
+                    kind="tuntap",
+                    mode="tap",
+                    uid=uid,
+                    gid=gid,
+                    ifr={"no_pi": True, "vnet_hdr": "vnet_hdr" in flags, "multi_queue": "multi_queue" in flags},
+                )
+                made.append(tap.id)
+                index = network.link_index(ipr, tap.id)
+                if tap.routed is not None:
+                    _route(ipr, index, tap)
+                elif masters[tap.id] is not None:
+                    ipr.link("set", index=index, master=masters[tap.id])
+                proc.run(["sh", "-c", script], env={"id": tap.id})
+        except BaseException:
+            for name in made:
+                _remove_own(ipr, name, "tun")
+            raise
     return [tap.id for tap in taps]
 
 
-def _route(ipr, tap: Tap) -> None:
-    """The routed layout: the host's addresses on the tap, and a host route to each of the VM's addresses."""
-    host = network.recorded_routed()
-    if host != tap.routed:
+def _master(ipr, tap: Tap) -> int | None:
+    """The index of the bridge ``tap`` joins (None: no bridge); checks the routed layout matches the host's."""
+    if tap.routed is not None:
+        host = network.recorded_routed()
+        if host != tap.routed:
+            raise MicrovmError(
+                f"tap {tap.id}: the VM's guest.network.base.routed differs from the host's network.routed "
+                f"({'not applied' if host is None else 'different subnets'})",
+                hint="set the same values in both and run `microvm host network up HOSTFILE`",
+            )
+        return None
+    bridge = tap.bridge if tap.bridge is not None else network.bridge_for_tap(tap.id)
+    if bridge is None:
+        return None
+    index = network.link_index(ipr, bridge)
+    if index is None:
         raise MicrovmError(
-            f"tap {tap.id}: the VM's guest.network.base.routed differs from the host's network.routed "
-            f"({'not applied' if host is None else 'different subnets'})",
-            hint="set the same values in both and run `microvm host network up HOSTFILE`",
+            f"tap {tap.id}: bridge {bridge} does not exist",
+            hint="create it (microvm host network up HOSTFILE) or fix the interface's bridge",
         )
-    index = network.link_index(ipr, tap.id)
+    return index
+
+
+def _route(ipr, index: int, tap: Tap) -> None:
+    """The routed layout: the host's addresses on the tap, and a host route to each of the VM's addresses."""
     ipr.link("set", index=index, state="up")  # routes need the link up
     for address in tap.routed.host_addresses():
         network.add_address(ipr, index, address)
