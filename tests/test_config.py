@@ -199,9 +199,9 @@ BAD = {
         '[[microvm.interfaces]]\nid = "vm-b"\nmac = "02:00:00:00:00:01"\n',
         ["MAC address"],
     ),
-    "bridge on tap": (
-        MINIMAL + '[[microvm.interfaces]]\ntype = "tap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\nbridge = "br0"\n',
-        ['only interfaces of type "bridge"'],
+    "bridge on user": (
+        MINIMAL + '[[microvm.interfaces]]\ntype = "user"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\nbridge = "br0"\n',
+        ['only interfaces of type "bridge" or "tap"'],
     ),
     "bridge without bridge": (
         MINIMAL + '[[microvm.interfaces]]\ntype = "bridge"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n',

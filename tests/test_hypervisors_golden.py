@@ -315,3 +315,75 @@ def test_whole_run_script_is_shellcheck_clean(hypervisor: str, tmp_path: Path) -
     script.write_text(run_script(vm, get(hypervisor), spec, Path("/var/lib/microvm/runners/web")))
     result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+# qemu interfaces: qemu-system-x86_64(1) for 7.2: "-netdev tap,id=id[,fd=h][,fds=x:y:...:z][,ifname=name]
+# [,script=file][,downscript=dfile][,vhost=on|off][,queues=n]", "-netdev bridge,id=id[,br=bridge][,helper=helper]",
+# "-netdev user,id=id[,hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport][,guestfwd=...]";
+# docs/system/devices/net.rst; multi-queue virtio-net: "-device virtio-net-pci,mq=on,vectors=2*N+2" with
+# "queues=N" on the netdev (qemu's docs/devel/multiqueue / linux-kvm.org Multiqueue). No vhost=on: vhost-net
+# is optional, qemu falls back to its own backend. -sandbox on is left out with a bridge: it forbids the
+# exec of qemu-bridge-helper.
+QEMU_INTERFACES = {
+    "tap": {"vcpu": 1, "interfaces": [{"type": "tap", "id": "vm1", "mac": "02:00:00:01:00:01"}]},
+    "tap-multiqueue": {"vcpu": 2, "interfaces": [{"type": "tap", "id": "vm1", "mac": "02:00:00:01:00:01"}]},
+    "macvtap": {
+        "vcpu": 1,
+        "interfaces": [
+            {
+                "type": "macvtap",
+                "id": "mv-a",
+                "mac": "02:00:00:00:00:0a",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            },
+        ],
+    },
+    "macvtap-multiqueue": {
+        "vcpu": 2,
+        "interfaces": [
+            {
+                "type": "macvtap",
+                "id": "mv-a",
+                "mac": "02:00:00:00:00:0a",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            },
+            {"type": "macvtap", "id": "mv-b", "mac": "02:00:00:00:00:0b", "macvtap": {"link": "eth0", "mode": "vepa"}},
+        ],
+    },
+    "bridge": {
+        "interfaces": [{"type": "bridge", "id": "vm-br", "mac": "02:00:00:00:00:0c", "bridge": "br0"}],
+    },
+    "user-forward": {
+        "interfaces": [{"type": "user", "id": "usr", "mac": "02:00:00:00:00:0d"}],
+        "forwardPorts": [
+            {"from": "host", "host": {"address": "127.0.0.1", "port": 8022}, "guest": {"port": 22}},
+            {"from": "guest", "proto": "tcp", "host": {"port": 3000}, "guest": {"address": "10.0.2.100", "port": 80}},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(QEMU_INTERFACES))
+def test_qemu_interfaces(case: str) -> None:
+    spec = build("qemu", {"hypervisor": "qemu", **QEMU_INTERFACES[case]})
+    compare(GOLDEN / "qemu" / f"interfaces-{case}.txt", render(spec))
+    netdevs = [spec.argv[i + 1] for i, a in enumerate(spec.argv) if a == "-netdev"]
+    assert not any("vhost=on" in n for n in netdevs)  # no /dev/vhost-net needed
+    assert ("-sandbox" in spec.argv) == (case != "bridge")
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
+def test_qemu_macvtap_run_script_is_shellcheck_clean(tmp_path: Path) -> None:
+    from microvm.build.runner import run_script
+
+    vm = VMConfig.model_validate(
+        {"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}}
+    )
+    spec = get("qemu").runner(vm, guest_for("qemu"))
+    script = tmp_path / "microvm-run"
+    script.write_text(run_script(vm, get("qemu"), spec, Path("/var/lib/microvm/runners/web")))
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    # every queue of every macvtap is a descriptor qemu gets, and the runner opens
+    assert 'exec 10<>"/dev/tap$(cat /sys/class/net/mv-a/ifindex)"' in script.read_text()
+    assert "fds=12:13" in " ".join(spec.argv)

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from ..errors import MicrovmError
-from . import build_cmds, config_cmds  # noqa: F401  (they register their commands)
+from . import build_cmds, config_cmds, net_cmds  # noqa: F401  (they register their commands)
 from .app import app, err
 
 # microvm.nix's short flags, mapped onto our subcommands so old habits work:

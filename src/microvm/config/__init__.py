@@ -14,7 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigErrors
-from .checks import Problem, check_host, check_vm
+from ..host.statedir import installed_configs
+from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
 from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
 from .options import HostConfig, VMConfig
 
@@ -69,8 +70,11 @@ def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = ()
     except ValidationError as exc:
         raise validation_errors(exc, loaded, VMConfig, prefix) from None
     explicit_socket = "socket" in (data.get("microvm") or {})
-    warnings = _report(check_vm(config, explicit_socket), loaded, prefix)
-    return LoadedVM(name or config.guest.hostName, config, loaded, warnings)
+    name = name or config.guest.hostName
+    installed = {other: vm for other, vm in installed_configs().items() if other != name}
+    problems = check_vm(config, explicit_socket) + check_against_others(config, installed, "installed")
+    warnings = _report(problems, loaded, prefix)
+    return LoadedVM(name, config, loaded, warnings)
 
 
 def load_vm(file: Path, name: str | None = None) -> LoadedVM:
@@ -92,6 +96,13 @@ def load_host(file: Path) -> LoadedHost:
         elif isinstance(raw, dict):
             vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name)
         if name in vms:
+            declared_before = {other: vm.config for other, vm in vms.items() if other != name}
+            warnings += _report(
+                check_against_others(vms[name].config, declared_before, "declared in this file")
+                + check_host_vm(config, vms[name].config),
+                loaded,
+                ("microvm", "vms", name, "config"),
+            )
             warnings += vms[name].warnings
     return LoadedHost(config, loaded, vms, warnings)
 

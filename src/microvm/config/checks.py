@@ -7,13 +7,14 @@ warnings are printed.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from ..hypervisors import Feature, get
 from .loader import OptionPath, format_path
-from .options import STORE_SHARE_TAG, HostConfig, VMConfig, host_arch
+from .options import STORE_SHARE_TAG, HostConfig, VMConfig, host_arch, nth_host_address
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,17 @@ def _capabilities(vm: VMConfig, explicit_socket: bool) -> Iterator[Problem]:
 def _interfaces(vm: VMConfig) -> Iterator[Problem]:
     for i, iface in enumerate(vm.microvm.interfaces):
         path = ("microvm", "interfaces", i)
-        if iface.bridge is not None and iface.type != "bridge":
-            yield Problem((*path, "bridge"), f'only interfaces of type "bridge" take a bridge (this is {iface.type!r})')
+        if iface.bridge is not None and iface.type not in ("bridge", "tap"):
+            yield Problem(
+                (*path, "bridge"), f'only interfaces of type "bridge" or "tap" take a bridge (this is {iface.type!r})'
+            )
+        if not int(iface.mac[:2], 16) & 2:
+            yield Problem(
+                (*path, "mac"),
+                f"{iface.mac} is a globally administered MAC address; it may clash with real hardware",
+                "warning",
+                hint="use a locally administered one (first byte 02, 06, 0a, ...) unless it was assigned to you",
+            )
         if iface.type == "bridge" and iface.bridge is None:
             yield Problem((*path, "bridge"), 'is required for an interface of type "bridge"')
         if iface.type == "macvtap":
@@ -113,6 +123,14 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
         ((("microvm", "interfaces", i, "mac"), iface.mac) for i, iface in enumerate(vm.microvm.interfaces)),
         "MAC address",
     )
+    ids = {iface.id for iface in vm.microvm.interfaces}
+    for name in vm.guest.network.interfaces:
+        if name not in ids:
+            yield Problem(
+                ("guest", "network", "interfaces", name),
+                f"no interface with id {name!r} in microvm.interfaces",
+                hint=f"interface ids: {', '.join(sorted(ids)) or 'none'}",
+            )
     if vm.microvm.forwardPorts and not any(i.type == "user" for i in vm.microvm.interfaces):
         yield Problem(
             ("microvm", "forwardPorts"),
@@ -217,6 +235,29 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
                 )
 
 
+def _host_wide(vm: VMConfig) -> Iterator[tuple[str, OptionPath, object]]:
+    """What must be unique on one host: (what, option path, value)."""
+    base = vm.guest.network.base
+    if base.enable:
+        yield "network number", ("guest", "network", "base", "n"), base.n
+    for i, iface in enumerate(vm.microvm.interfaces):
+        if iface.type != "user":  # user networking has no host interface
+            yield "interface id", ("microvm", "interfaces", i, "id"), iface.id
+        yield "MAC address", ("microvm", "interfaces", i, "mac"), iface.mac
+
+
+def check_against_others(vm: VMConfig, others: dict[str, VMConfig], where: str) -> list[Problem]:
+    """Clashes of ``vm`` with the other VMs of the host (installed ones, or declared in the same host file)."""
+    taken = {(what, value): name for name, other in others.items() for what, _, value in _host_wide(other)}
+    problems = []
+    for what, path, value in _host_wide(vm):
+        if (owner := taken.get((what, value))) is not None:
+            problems.append(
+                Problem(path, f"{what} {value!r} is already used by VM {owner!r} ({where}); each must be unique")
+            )
+    return problems
+
+
 def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
     """Every problem of one VM."""
     return [
@@ -226,6 +267,43 @@ def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
         *_guest(vm),
         *_capabilities(vm, explicit_socket),
     ]
+
+
+def check_host_vm(host: HostConfig, vm: VMConfig) -> list[Problem]:
+    """Whether a VM declared in a host file fits the host's network."""
+    base, basic, routed = vm.guest.network.base, host.network.basic, host.network.routed
+    path = ("guest", "network", "base")
+    if not base.enable:
+        return []
+    if base.routed.enable:
+        if base.routed != routed:
+            return [
+                Problem(
+                    (*path, "routed"),
+                    "differs from the host's network.routed (or it is not enabled there)",
+                    hint="set the same enable, ipv4Subnet and ipv6Prefix in both",
+                )
+            ]
+        return []
+    problems = []
+    if basic.enable and not fnmatch.fnmatchcase(base.tap, basic.tapMatch):
+        problems.append(
+            Problem(
+                (*path, "n"),
+                f"the tap {base.tap} does not match network.basic.tapMatch {basic.tapMatch!r}: it joins no bridge",
+                "warning",
+            )
+        )
+    if basic.enable and basic.dhcp and basic.ipv4Subnet and nth_host_address(basic.ipv4Subnet, base.n) is None:
+        problems.append(
+            Problem(
+                (*path, "n"),
+                f"{base.n} is past the end of network.basic.ipv4Subnet {basic.ipv4Subnet}: no fixed address",
+                "warning",
+                hint="use a smaller n or a wider subnet",
+            )
+        )
+    return problems
 
 
 def check_host(host: HostConfig) -> list[Problem]:

@@ -25,6 +25,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 IFNAME_MAX = 15
+BASE_N_MAX = 0xFFFF  # network.base.n fills the last two bytes of the MAC
 
 
 def _name(value: str) -> str:
@@ -144,7 +145,14 @@ class Interface(Options):
     )
     id: IfName = Field(description="Interface name on the host (at most 15 characters, unique).", examples=["vm-web"])
     mac: Mac = Field(description="MAC address of the guest's interface.", examples=["02:00:00:00:00:01"])
-    bridge: IfName | None = Field(None, description="Bridge to attach to; only for type bridge.")
+    bridge: IfName | None = Field(
+        None,
+        description=(
+            "Bridge to attach to: for type bridge the one qemu-bridge-helper uses (required); for type tap the one "
+            "`bin/tap-up` attaches the tap to (optional: taps matching the host's `network.basic.tapMatch` join "
+            "its bridge anyway)."
+        ),
+    )
     macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
 
 
@@ -417,15 +425,109 @@ class InterfaceNetwork(Options):
     routes: list[Route] = Field([], description="Static routes through this interface.")
 
 
+def nth_host_address(interface: str, n: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The n+1-th usable address of ``interface``'s network after skipping ``interface``'s own; None past the end.
+
+    10.213.0.1/24: n=0 -> 10.213.0.2; fd00::1/64: n=0 -> fd00::2. How VM ``n`` gets a fixed address.
+    """
+    iface = ipaddress.ip_interface(interface)
+    net = iface.network
+    first = int(net.network_address) + 1
+    last = int(net.broadcast_address) - (1 if iface.version == 4 else 0)
+    candidate = first + n
+    if candidate >= int(iface.ip):
+        candidate += 1
+    return ipaddress.ip_address(candidate) if candidate <= last else None
+
+
+def ipv6_host_interface(prefix: str) -> str:
+    """``<prefix>1/<len>``: the host's address in an IPv6 prefix written as ``fd12:3456:789a::`` (a /64)."""
+    net = ipaddress.IPv6Network(prefix if "/" in prefix else f"{prefix}/64")
+    return f"{net.network_address + 1}/{net.prefixlen}"
+
+
+class RoutedNetwork(Options):
+    """The routed layout of microvm.nix's routed-network guide: no shared segment, a host route per VM.
+
+    The host has ``ipv4Subnet``'s address (as /32) and ``<ipv6Prefix>1`` (as
+    /128) on every routed tap and routes each VM's addresses to its tap; VM
+    ``n`` has the n+1-th other address of each, and routes everything through
+    the host. The same values must be set on the host (``network.routed``) and
+    in the VM (``guest.network.base.routed``).
+    """
+
+    enable: bool = Field(False, description="Route instead of bridge: a point-to-point link and host routes per VM.")
+    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] = Field(
+        "10.214.0.1/24", description="The host's address and the subnet VM addresses come from (each as a /32)."
+    )
+    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | Literal[False] = Field(
+        "fd12:3456:789b::",
+        description="IPv6 /64 the host (`<prefix>1`) and VM addresses (as /128) come from; false for none.",
+    )
+
+    def host_addresses(self) -> list[str]:
+        """The host's side of every routed tap."""
+        v4 = ipaddress.IPv4Interface(self.ipv4Subnet).ip
+        return [f"{v4}/32"] + ([f"{ipv6_host_interface(self.ipv6Prefix).split('/')[0]}/128"] if self.ipv6Prefix else [])
+
+    def vm_addresses(self, n: int) -> list[str]:
+        """VM ``n``'s addresses (/32 and /128)."""
+        found = [f"{nth_host_address(self.ipv4Subnet, n)}/32"]
+        if self.ipv6Prefix:
+            found.append(f"{nth_host_address(ipv6_host_interface(self.ipv6Prefix), n)}/128")
+        return found
+
+    def subnets(self) -> list[str]:
+        found = [str(ipaddress.IPv4Interface(self.ipv4Subnet).network)]
+        if self.ipv6Prefix:
+            found.append(str(ipaddress.IPv6Interface(ipv6_host_interface(self.ipv6Prefix)).network))
+        return found
+
+
 class BaseNetwork(Options):
-    """The wrapper module's ``network.base``: one tap on the host's VM bridge, numbered per host."""
+    """The wrapper module's ``network.base``: one tap on the host's VM bridge, numbered per host.
+
+    VM ``n`` gets the tap ``vm<n>`` (matching the host's default ``tapMatch``)
+    and the MAC ``02:00:00:01:HH:LL`` (``n`` as two hex bytes); the host's DHCP
+    server hands that MAC the same IPv4 address every time (see
+    :func:`microvm.host.network.base_ipv4`), and SLAAC derives the IPv6
+    address from the MAC.
+    """
 
     enable: bool = Field(
         False, description="Add one tap interface on the host bridge, with MAC and name derived from `n`."
     )
-    n: Annotated[int, Field(ge=0, le=65535)] = Field(
+    n: Annotated[int, Field(ge=0, le=BASE_N_MAX)] = Field(
         0, description="The VM's number on this host (unique across installed VMs); gives its MAC and fixed address."
     )
+    routed: RoutedNetwork = Field(
+        default_factory=RoutedNetwork,
+        description=(
+            "Routed layout instead of the bridge: the tap is `rvm<n>` (not on any bridge) and the guest gets static "
+            "addresses with routes through the host. Must match the host's `network.routed`."
+        ),
+    )
+
+    @property
+    def tap(self) -> str:
+        return f"rvm{self.n}" if self.routed.enable else base_tap(self.n)
+
+    @property
+    def mac(self) -> str:
+        return base_mac(self.n)
+
+    def interface(self) -> Interface:
+        return Interface(type="tap", id=self.tap, mac=self.mac)
+
+
+def base_tap(n: int) -> str:
+    """The tap name of VM ``n``'s base interface (matches the default ``tapMatch`` "vm*")."""
+    return f"vm{n}"
+
+
+def base_mac(n: int) -> str:
+    """The MAC of VM ``n``'s base interface: locally administered, ``n`` in the last two bytes."""
+    return f"02:00:00:01:{n >> 8:02x}:{n & 0xFF:02x}"
 
 
 class GuestNetwork(Options):
@@ -492,6 +594,21 @@ class VMConfig(Options):
             mv.storeOnDisk = not any(share.tag == STORE_SHARE_TAG for share in mv.shares)
         if guest.kernel.flavor == "auto":
             guest.kernel.flavor = "generic" if any(s.proto == "9p" for s in mv.shares) else "cloud"
+        routed = guest.network.base.routed
+        if guest.network.base.enable and routed.enable and guest.network.base.tap not in guest.network.interfaces:
+            host = [address.split("/")[0] for address in routed.host_addresses()]
+            guest.network.interfaces[guest.network.base.tap] = InterfaceNetwork(
+                dhcp=False,
+                acceptRA=False,
+                addresses=routed.vm_addresses(guest.network.base.n),
+                routes=[Route(destination="0.0.0.0/0", gateway=host[0])]
+                + ([Route(destination="::/0", gateway=host[1])] if len(host) > 1 else []),
+            )
+        if guest.network.base.enable:
+            base = guest.network.base.interface()
+            # a config read back from vm.json already has it; a different interface with its name stays a duplicate
+            if base not in mv.interfaces:
+                mv.interfaces.append(base)
         return self
 
 
@@ -559,14 +676,27 @@ class BasicNetwork(Options):
     enable: bool = Field(False, description="Create the VM bridge with addresses, DHCP and router advertisements.")
     name: IfName = Field("microvm", description="Bridge name.")
     tapMatch: str = Field("vm*", description="Glob of tap names attached to the bridge.")
-    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] = Field(
-        "10.213.0.1/24", description="The bridge's IPv4 address and prefix."
+    ipv4Subnet: Annotated[str, AfterValidator(_ipv4_interface)] | Literal[False] = Field(
+        "10.213.0.1/24",
+        description=(
+            "The bridge's IPv4 address and prefix; VM n of `guest.network.base` gets the n+1-th other address of "
+            "it from DHCP. false for no IPv4 address (with `ipv6Prefix = false` too: a pure layer-2 bridge)."
+        ),
     )
-    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | None = Field(
-        "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge; null for no IPv6."
+    ipv6Prefix: Annotated[str, AfterValidator(_ipv6_prefix)] | Literal[False] = Field(
+        "fd12:3456:789a::", description="IPv6 /64 prefix of the bridge (it gets `<prefix>1`); false for no IPv6."
     )
     dhcp: bool = Field(True, description="Serve DHCPv4 on the bridge.")
     routerAdvertisements: bool = Field(True, description="Send IPv6 router advertisements (SLAAC).")
+    ports: list[IfName] = Field(
+        [],
+        description=(
+            "Host interfaces added to the bridge (a physical NIC or a VLAN interface like eth0.100), putting the "
+            "VMs on that network's layer 2. Their addresses stay as they are; give the bridge the host's address "
+            "instead if it needs one."
+        ),
+        examples=[["eth0"]],
+    )
 
 
 class NatOptions(Options):
@@ -576,7 +706,10 @@ class NatOptions(Options):
 
 class HostNetwork(Options):
     basic: BasicNetwork = Field(default_factory=BasicNetwork, description="The VM bridge.")
-    nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge.")
+    nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge and the routed VMs.")
+    routed: RoutedNetwork = Field(
+        default_factory=RoutedNetwork, description="Routed VMs (`guest.network.base.routed`): forwarding and NAT."
+    )
 
 
 class HostConfig(Options):

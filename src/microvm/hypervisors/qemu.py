@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
 from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from .common import open_macvtap
 
 if TYPE_CHECKING:
     from ..config.options import Interface, VMConfig
@@ -154,7 +155,7 @@ class Backend(Hypervisor):
             ]
         return args
 
-    def _interface(self, vm: VMConfig, index: int, iface: Interface, spec: RunnerSpec) -> list[str]:
+    def _interface(self, vm: VMConfig, iface: Interface, spec: RunnerSpec) -> list[str]:
         mv = vm.microvm
         queues = mv.vcpu if mv.vcpu > 1 and iface.type in ("tap", "macvtap") else None
         netdev: str
@@ -173,10 +174,8 @@ class Backend(Hypervisor):
         elif iface.type == "tap":
             netdev = _opts(f"tap,id={iface.id}", ifname=iface.id, script="no", downscript="no", queues=queues)
         elif iface.type == "macvtap":
-            first_fd = 10 + 16 * index
-            fds = [first_fd + q for q in range(queues or 1)]
-            tap = f"/dev/tap$(cat /sys/class/net/{iface.id}/ifindex)"
-            spec.fds += [(fd, tap) for fd in fds]
+            # one descriptor per queue, opened by the runner on the macvtap's /dev/tapN
+            fds = open_macvtap(spec, iface, queues or 1)
             netdev = f"tap,id={iface.id}," + (f"fds={':'.join(map(str, fds))}" if queues else f"fd={fds[0]}")
         else:
             netdev = _opts(f"bridge,id={iface.id}", br=iface.bridge, helper=BRIDGE_HELPER)
@@ -266,8 +265,8 @@ class Backend(Hypervisor):
         if mv.socket:
             argv += ["-qmp", f"unix:{mv.socket},server=on,wait=off"]
         argv += self._disks(vm, guest)
-        for i, iface in enumerate(mv.interfaces):
-            argv += self._interface(vm, i, iface, spec)
+        for iface in mv.interfaces:
+            argv += self._interface(vm, iface, spec)
         argv += self._shares(vm)
         if mv.vsock.cid is not None:
             argv += [

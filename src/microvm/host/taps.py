@@ -1,0 +1,237 @@
+"""A VM's host interfaces: the taps and macvtaps its runner lists, made before it starts, removed after.
+
+``bin/tap-up``/``tap-down`` and ``bin/macvtap-up``/``macvtap-down`` in the
+runner call ``python -m microvm.host.taps COMMAND RUNNER`` (run as root, by
+``microvm-tap-interfaces@``/``microvm-macvtap-interfaces@`` or by hand).
+As in microvm.nix, taps are persistent, owned by the user the hypervisor runs
+as, with ``vnet_hdr`` and, exactly when the runner's ``tap-flags`` say so,
+``multi_queue`` (qemu refuses a tap whose queue mode differs from its own).
+A tap joins its interface's ``bridge``, else the host bridge whose
+``tapMatch`` it matches (recorded by :mod:`microvm.host.network`); then the
+host's ``tapScript`` runs with ``$id`` set (by default it brings the tap up).
+
+Everything goes through netlink (pyroute2) in the caller's network namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import proc
+from ..config.options import RoutedNetwork, VMConfig
+from ..errors import MicrovmError
+from . import network
+
+SHARE = Path("share/microvm")
+
+
+@dataclass(frozen=True)
+class Tap:
+    id: str
+    bridge: str | None
+    routed: RoutedNetwork | None = None  # the routed layout's base tap
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class Macvtap:
+    id: str
+    mac: str
+    link: str
+    mode: str
+
+
+def _lines(runner: Path, name: str) -> list[str]:
+    path = runner / SHARE / name
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _vm(runner: Path) -> VMConfig:
+    return VMConfig.model_validate(json.loads((runner / SHARE / "vm.json").read_text()))
+
+
+def runner_taps(runner: Path) -> tuple[list[Tap], set[str]]:
+    """The runner's taps (with the bridge each names, or the routed layout) and its tap flags."""
+    vm = _vm(runner)
+    base = vm.guest.network.base
+    bridges = {i.id: i.bridge for i in vm.microvm.interfaces if i.type == "tap"}
+    taps = []
+    for name in _lines(runner, "tap-interfaces"):
+        routed = base.routed if base.enable and base.routed.enable and name == base.tap else None
+        taps.append(Tap(name, bridges.get(name), routed, base.n))
+    flags = set(" ".join(_lines(runner, "tap-flags")).split())
+    return taps, flags
+
+
+def runner_macvtaps(runner: Path) -> list[Macvtap]:
+    return [Macvtap(*line.split()) for line in _lines(runner, "macvtap-interfaces")]
+
+
+def owner(runner: Path, user: str | None) -> tuple[int, int]:
+    """uid/gid the hypervisor runs as: ``user``, else the VM's ``microvm.user``, else the state directory's owner.
+
+    The hypervisor runs in the VM's state directory (the current directory of
+    these commands), which belongs to the user it runs as.
+    """
+    user = user or _vm(runner).microvm.user
+    if user:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise MicrovmError(
+                f"user {user!r} does not exist on this host", hint="create it or set microvm.user"
+            ) from None
+        return entry.pw_uid, entry.pw_gid
+    st = os.stat(".")
+    return st.st_uid, st.st_gid
+
+
+def _remove_own(ipr, name: str, kind: str) -> None:
+    """Delete interface ``name`` if it exists and is a ``kind``; refuse to touch anything else."""
+    index = network.link_index(ipr, name)
+    if index is None:
+        return
+    found = network.link_kind(ipr.get_links(index)[0])
+    if found != kind:
+        raise MicrovmError(
+            f"{name} exists on this host and is not a {kind} interface ({found or 'physical'}); not touching it",
+            hint="rename the VM's interface (microvm.interfaces[].id)",
+        )
+    ipr.link("del", index=index)
+
+
+def tap_up(runner: Path, user: str | None = None) -> list[str]:
+    """Create the runner's taps (replacing stale ones of ours) and run the tap script; return their names.
+
+    Everything is checked before the first tap is made, and a failure half-way removes the taps made so far.
+    """
+    taps, flags = runner_taps(runner)
+    uid, gid = owner(runner, user)
+    script = network.tap_script()
+    with network.iproute() as ipr:
+        masters = {tap.id: _master(ipr, tap) for tap in taps}
+        made: list[str] = []
+        try:
+            for tap in taps:
+                _remove_own(ipr, tap.id, "tun")
+                ipr.link(
+                    "add",
+                    ifname=tap.id,
+                    kind="tuntap",
+                    mode="tap",
+                    uid=uid,
+                    gid=gid,
+                    ifr={"no_pi": True, "vnet_hdr": "vnet_hdr" in flags, "multi_queue": "multi_queue" in flags},
+                )
+                made.append(tap.id)
+                index = network.link_index(ipr, tap.id)
+                if tap.routed is not None:
+                    _route(ipr, index, tap)
+                elif masters[tap.id] is not None:
+                    ipr.link("set", index=index, master=masters[tap.id])
+                proc.run(["sh", "-c", script], env={"id": tap.id})
+        except BaseException:
+            for name in made:
+                _remove_own(ipr, name, "tun")
+            raise
+    return [tap.id for tap in taps]
+
+
+def _master(ipr, tap: Tap) -> int | None:
+    """The index of the bridge ``tap`` joins (None: no bridge); checks the routed layout matches the host's."""
+    if tap.routed is not None:
+        host = network.recorded_routed()
+        if host != tap.routed:
+            raise MicrovmError(
+                f"tap {tap.id}: the VM's guest.network.base.routed differs from the host's network.routed "
+                f"({'not applied' if host is None else 'different subnets'})",
+                hint="set the same values in both and run `microvm host network up HOSTFILE`",
+            )
+        return None
+    bridge = tap.bridge if tap.bridge is not None else network.bridge_for_tap(tap.id)
+    if bridge is None:
+        return None
+    index = network.link_index(ipr, bridge)
+    if index is None:
+        raise MicrovmError(
+            f"tap {tap.id}: bridge {bridge} does not exist",
+            hint="create it (microvm host network up HOSTFILE) or fix the interface's bridge",
+        )
+    return index
+
+
+def _route(ipr, index: int, tap: Tap) -> None:
+    """The routed layout: the host's addresses on the tap, and a host route to each of the VM's addresses."""
+    ipr.link("set", index=index, state="up")  # routes need the link up
+    for address in tap.routed.host_addresses():
+        network.add_address(ipr, index, address)
+    for address in tap.routed.vm_addresses(tap.n):
+        ipr.route("add", dst=address, oif=index)
+
+
+def tap_down(runner: Path) -> list[str]:
+    taps, _ = runner_taps(runner)
+    with network.iproute() as ipr:
+        for tap in taps:
+            _remove_own(ipr, tap.id, "tun")
+    return [tap.id for tap in taps]
+
+
+def macvtap_up(runner: Path, user: str | None = None) -> list[str]:
+    """Create the runner's macvtaps on their links and hand their /dev/tapN to the hypervisor's user."""
+    uid, gid = owner(runner, user)
+    created = []
+    with network.iproute() as ipr:
+        for mv in runner_macvtaps(runner):
+            _remove_own(ipr, mv.id, "macvtap")
+            link = ipr.link_lookup(ifname=mv.link)
+            if not link:
+                raise MicrovmError(f"macvtap {mv.id}: its link {mv.link} does not exist on this host")
+            ipr.link("add", ifname=mv.id, kind="macvtap", link=link[0], macvtap_mode=mv.mode, address=mv.mac)
+            index = ipr.link_lookup(ifname=mv.id)[0]
+            ipr.link("set", index=index, state="up")
+            device = Path(f"/dev/tap{index}")
+            if not device.exists():  # devtmpfs makes it; make it where /dev is static
+                major, minor = Path(f"/sys/class/net/{mv.id}/tap{index}/dev").read_text().strip().split(":")
+                os.mknod(device, 0o600 | 0o020000, os.makedev(int(major), int(minor)))
+            os.chown(device, uid, gid)
+            created.append(mv.id)
+    return created
+
+
+def macvtap_down(runner: Path) -> list[str]:
+    names = [mv.id for mv in runner_macvtaps(runner)]
+    with network.iproute() as ipr:
+        for name in names:
+            _remove_own(ipr, name, "macvtap")
+    return names
+
+
+COMMANDS = {"tap-up": tap_up, "tap-down": tap_down, "macvtap-up": macvtap_up, "macvtap-down": macvtap_down}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m microvm.host.taps", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("runner", type=Path, help="the VM's runner directory")
+    parser.add_argument("--user", help="owner of the interfaces (default: microvm.user, else the state dir's owner)")
+    args = parser.parse_args(argv)
+    action = COMMANDS[args.command]
+    try:
+        names = action(args.runner, args.user) if args.command.endswith("-up") else action(args.runner)
+    except MicrovmError as exc:
+        print(f"microvm {args.command}: {exc}", file=sys.stderr)
+        return 1
+    if names:
+        print(f"{args.command}: {' '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
