@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -115,3 +118,43 @@ def stop(daemons: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+
+
+def _notify(message: str) -> None:
+    """sd_notify(3): tell systemd (Type=notify) how we are."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect("\0" + address[1:] if address.startswith("@") else address)
+        sock.send(message.encode())
+
+
+def serve(workdir: Path) -> int:
+    """Run the virtiofsd of every share of the VM installed in ``workdir`` until one exits or we are stopped.
+
+    What ``microvm-virtiofsd@.service`` runs: ready (sd_notify) once every socket exists.
+    """
+    from ..config.options import VMConfig
+    from .statedir import runner_config
+
+    vm = VMConfig.model_validate(runner_config(workdir / "current"))
+    daemons = start(vm, workdir)
+
+    def stopped(*_: object) -> None:
+        raise InterruptedError  # ends the wait below; the daemons are then stopped
+
+    signal.signal(signal.SIGTERM, stopped)
+    _notify("READY=1")
+    try:
+        os.wait()  # the first daemon to exit (the hypervisor disconnected) ends them all
+    except InterruptedError:
+        pass
+    finally:
+        _notify("STOPPING=1")
+        stop(daemons)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(Path(sys.argv[1])))
