@@ -49,16 +49,14 @@ def update(
     for name in names:
         with err.status(f"building {name}", spinner="dots") as status:
             change = lifecycle.update(name, store, progress=_progress(status))
-        if not change.changed:
-            out.print(f"{name}: no change")
-            continue
-        out.print(f"{name}: updated")
+        out.print(f"{name}: updated" if change.changed else f"{name}: no change")
         _print_diff(change.diff())
-        if restart:
+        stale = change.state.booted not in (None, change.state.current)
+        if restart and (change.changed or stale):
             systemd.control("restart", name)
             out.print(f"{name}: restarted")
-        elif systemd.is_active(name):
-            out.print(f"{name}: restart to use it: microvm restart {name}")
+        elif stale:
+            out.print(f"{name}: restart to boot it: microvm restart {name}")
 
 
 STATE_COLOURS = {"current": "green", "stale": "yellow", "outdated": "red", "not booted": "red"}
