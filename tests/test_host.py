@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CACHE, microvm, write_vm
+
 from microvm.cli import translate_legacy
 from microvm.host import lifecycle, units
 from microvm.host.statedir import VMState, gc_roots, locked
@@ -288,3 +288,35 @@ def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatc
     assert f"would link {tmp_path}/units/multi-user.target.wants/microvms.target" in out
     target = tmp_path / "units/microvms.target"
     assert not target.exists() and not host_state.exists()
+
+
+def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: Path) -> None:
+    """What microvm-virtiofsd@ runs: one virtiofsd per share, READY=1 once all sockets exist, SIGTERM ends all."""
+    import socket
+
+    src = tmp_path / "src"
+    shares = 'shares = [{tag = "a", source = "a", mountPoint = "/a", proto = "virtiofs"},\n'
+    shares += '  {tag = "b", source = "b", mountPoint = "/b", proto = "virtiofs"}]'
+    define(src, "fs", extra=shares)
+    ok("create", "fs", "-f", str(src))
+    state = vm_state("fs")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "microvm.host.virtiofsd", str(state.path)],
+        cwd=state.path,
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+    )
+    try:
+        assert notify.recv(100) == b"READY=1"
+        assert (state.path / "fs-virtiofs-a.sock").is_socket() and (state.path / "fs-virtiofs-b.sock").is_socket()
+        daemons = subprocess.run(["pgrep", "-P", str(serve.pid)], capture_output=True, text=True).stdout.split()
+        assert len(daemons) == 2
+        serve.terminate()
+        assert serve.wait(timeout=30) == 0
+        assert notify.recv(100) == b"STOPPING=1"
+        assert all(not Path(f"/proc/{pid}").exists() for pid in daemons)
+    finally:
+        serve.kill()
+        notify.close()

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import BOOT_TIMEOUT, CACHE, REPO, build_file, write_vm
 from nspawn import Container, container
 
@@ -209,6 +208,14 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert host.states()["beta"] == "current"
         refused = host.microvm("update", "alpha", check=False)
         assert refused.returncode == 1 and "declared fully" in refused.stderr
+
+        # a fully declared VM that changed is rebuilt and restarted by apply (restartIfChanged)
+        write_vm(work, VM.format(common="common.toml", name="alpha", gen=2, mem=256), "alpha.toml")
+        applied = host.microvm("host", "apply", str(host_file)).stdout
+        assert "update VM alpha" in applied and "restart microvm@alpha.service (restartIfChanged)" in applied
+        assert "beta" not in applied  # deployed from a source: updates are `microvm update`'s
+        host.wait_booted("alpha", 2)
+        assert host.states()["alpha"] == "current"
 
         # remove refuses while running, then cleans up
         refused = host.microvm("remove", "beta", check=False)

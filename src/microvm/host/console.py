@@ -105,7 +105,7 @@ def run_foreground(
         virtiofsd.stop(daemons)
 
 
-def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001
+def _shutdown(backend, control: Path, timeout: float) -> None:
     try:
         backend.shutdown(control, timeout)
     except Exception as exc:  # reported, the VM is then stopped by the second Ctrl-C

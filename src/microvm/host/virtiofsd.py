@@ -7,6 +7,7 @@ distributions; ``--shared-dir``) and the C one shipped in qemu-system-common
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import signal
@@ -43,6 +44,18 @@ def _threads(vm: VMConfig) -> int:
     return os.cpu_count() or 1 if size == "`nproc`" else int(size)
 
 
+def _socket_group(vm: VMConfig) -> str | None:
+    """The group given the socket (so an unprivileged hypervisor can connect): only as root, if it exists."""
+    group = vm.microvm.virtiofsd.group
+    if not group or os.geteuid() != 0:
+        return None
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return None
+    return group
+
+
 def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
     """The command line serving ``share``, run in the VM's state directory ``workdir``.
 
@@ -63,7 +76,6 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
         ]
         args += ["--posix-acl"] if share.posixAcl else []
         args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
-        args += [f"--socket-group={opts.group}"] if opts.group and os.geteuid() == 0 else []
         args += ["--readonly"] if share.readOnly else []
     else:
         args = [
@@ -82,6 +94,7 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
                 f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
                 hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
             )
+    args += [f"--socket-group={group}"] if (group := _socket_group(vm)) else []
     return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
 
 
