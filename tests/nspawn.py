@@ -19,13 +19,12 @@ from pathlib import Path
 CGROUP_HIERARCHIES = [Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified")]
 
 
-def _own_cgroup(name: str) -> None:
-    """Move this (child) process into a new cgroup ``name`` of every hierarchy systemd uses."""
+def _new_cgroup(name: str) -> list[Path]:
+    """A new cgroup ``name`` in every hierarchy systemd uses; returns their cgroup.procs files."""
     roots = [r for r in CGROUP_HIERARCHIES if (r / "cgroup.procs").exists()] or [Path("/sys/fs/cgroup")]
     for root in roots:
-        group = root / name
-        group.mkdir(exist_ok=True)
-        (group / "cgroup.procs").write_text(str(os.getpid()))
+        (root / name).mkdir(exist_ok=True)
+    return [root / name / "cgroup.procs" for root in roots]
 
 
 def _remove_cgroup(name: str) -> None:
@@ -50,13 +49,11 @@ class Container:
             time.sleep(0.05)
         raise RuntimeError(f"the container did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
 
-    def run(
-        self, *argv: str, env: dict[str, str] | None = None, timeout: float = 300, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def command(self, argv: tuple[str, ...], env: dict[str, str] | None) -> list[str]:
+        """``argv`` run inside, with a clean environment (ours, e.g. the test's MICROVM_STATE_DIR, must not leak in)."""
         assert self.pid1 is not None
-        # a clean environment: ours (MICROVM_STATE_DIR of the test) must not leak in
         environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **(env or {})}
-        prefix = [
+        return [
             "nsenter",
             "-a",
             "-t",
@@ -65,8 +62,18 @@ class Container:
             "env",
             "-i",
             *(f"{k}={v}" for k, v in environment.items()),
+            *argv,
         ]
-        result = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+
+    def popen(self, *argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.command(argv, env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def run(
+        self, *argv: str, env: dict[str, str] | None = None, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.command(argv, env), capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
         return result
@@ -96,9 +103,12 @@ def container(rootfs: Path, binds: list[str], ro_binds: list[str], log: Path) ->
     argv = ["systemd-nspawn", "-b", "-D", str(rootfs), "--register=no", "--keep-unit", "--private-network"]
     argv += [f"--bind={b}" for b in binds] + [f"--bind-ro={b}" for b in ro_binds]
     name = f"microvm-test-{os.getpid()}-{time.monotonic_ns()}"
+    # nspawn starts in the new cgroups: a shell moves itself there, then execs it
+    enter = 'for procs in $CGROUP_PROCS; do echo $$ > "$procs"; done; exec "$@"'
+    env = {**os.environ, "CGROUP_PROCS": " ".join(map(str, _new_cgroup(name)))}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, preexec_fn=lambda: _own_cgroup(name)
+            ["sh", "-c", enter, "sh", *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
         )
     box = Container(process, log)
     try:

@@ -58,6 +58,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = BOOT_TIMEOUT
 VM = """
 imports = ["{common}"]
 [guest]
+shell = {shell}
 commands = ['echo "marker: {name} gen {gen} boot $(cat /proc/sys/kernel/random/boot_id)"']
 [microvm]
 mem = {mem}
@@ -128,8 +129,8 @@ def setup(shared_store, tmp_path: Path):
         """,
         "common.toml",
     )
-    write_vm(work, VM.format(common="common.toml", name="alpha", gen=1, mem=256), "alpha.toml")
-    write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256), "beta.toml")
+    write_vm(work, VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false"), "alpha.toml")
+    write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256, shell="true"), "beta.toml")
     host_file = write_vm(
         work,
         f"""
@@ -190,6 +191,18 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.microvm("start", "alpha")
         host.wait_booted("alpha", 1)
 
+        # the console of a VM systemd runs: type into its shell, read the answer, detach with Ctrl-]
+        attached = host.box.popen("microvm", "console", "beta", env=host.env)
+        attached.stdin.write("echo console-$((6 * 7))\n")
+        attached.stdin.flush()
+        wait_for("the console's answer", lambda: "console-42" in host.console("beta"))
+        attached.stdin.write("\x1d")
+        attached.stdin.flush()
+        assert attached.wait(timeout=30) == 0, attached.stderr.read()
+        assert "console-42" in attached.stdout.read()
+        assert "marker: beta gen 1" in host.microvm("logs", "beta").stdout
+        assert "beta: running, current" in host.microvm("status", "beta").stdout
+
         # Restart=always: a killed hypervisor comes back
         before = host.main_pid("beta")
         host.systemctl("kill", "--signal=SIGKILL", "microvm@beta.service")
@@ -197,7 +210,9 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.wait_booted("beta", 1)
 
         # update: outdated -> (update) stale -> (update -R) current, running the new build
-        write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=2, mem=300), "beta.toml")
+        write_vm(
+            work / "src", VM.format(common="../common.toml", name="beta", gen=2, mem=300, shell="true"), "beta.toml"
+        )
         assert host.states()["beta"] == "outdated"
         updated = host.microvm("update", "beta").stdout
         assert "microvm.mem: 256 -> 300" in updated
@@ -210,7 +225,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert refused.returncode == 1 and "declared fully" in refused.stderr
 
         # a fully declared VM that changed is rebuilt and restarted by apply (restartIfChanged)
-        write_vm(work, VM.format(common="common.toml", name="alpha", gen=2, mem=256), "alpha.toml")
+        write_vm(work, VM.format(common="common.toml", name="alpha", gen=2, mem=256, shell="false"), "alpha.toml")
         applied = host.microvm("host", "apply", str(host_file)).stdout
         assert "update VM alpha" in applied and "restart microvm@alpha.service (restartIfChanged)" in applied
         assert "beta" not in applied  # deployed from a source: updates are `microvm update`'s

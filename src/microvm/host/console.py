@@ -136,13 +136,18 @@ def _relay(alive: Callable[[], bool], sock: socket.socket | None, log: BinaryIO 
                 sock = None
             if stdin is not None and stdin in ready:
                 data = os.read(stdin, 4096)
-                if detach and detach in data:
+                detached = bool(detach) and detach in data
+                if detached:
+                    data = data[: data.index(detach)]  # what was typed before the detach key still goes in
+                if detached and not data:
                     break
                 if not data:
                     stdin = None  # EOF on our stdin: stop forwarding
                 elif sock is not None:
                     with contextlib.suppress(OSError):
                         sock.sendall(data)
+                if detached:
+                    break
     finally:
         if sock is not None:
             sock.close()
