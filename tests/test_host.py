@@ -320,3 +320,32 @@ def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: P
     finally:
         serve.kill()
         notify.close()
+
+
+def test_gc_keeps_what_current_and_booted_use(shared_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import build_file
+    from microvm.build.store import Store
+
+    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    store = Store(tmp_path / "store")  # private: gc on the shared store would delete other tests' builds
+    monkeypatch.setenv("MICROVM_STORE", str(store.root))
+    local_kernel = f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"'
+    src = tmp_path / "src"
+    define(src, "gcvm", extra=local_kernel)
+    ok("create", "gcvm", "-f", str(src))
+    state = vm_state("gcvm")
+    first = state.current
+    state.mark_booted()
+    define(src, "gcvm", mem=300, extra=local_kernel)
+    ok("update", "gcvm")
+    second = state.current
+
+    def closure(runner: Path) -> set[Path]:
+        return {runner, *store.references(runner)}
+
+    ok("gc")
+    assert all(p.exists() for p in closure(first) | closure(second))
+    state.clear_booted()
+    assert str(first) in ok("gc")
+    assert not first.exists()
+    assert all(p.exists() for p in closure(second))

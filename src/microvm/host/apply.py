@@ -13,7 +13,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,8 +192,13 @@ def plan(
     store: Store,
     unit_dir: Path = DEFAULT_UNIT_DIR,
     progress: Callable[[str], None] | None = None,
+    extra: Sequence[Change] = (),
 ) -> Plan:
-    """What `apply` would change, building the declared VMs on the way."""
+    """What `apply` would change, building the declared VMs on the way.
+
+    ``extra`` are changes other parts of the host plan (networking: bridge, DHCP unit,
+    nftables); they come after the VMs' files and units, before systemd reloads and starts VMs.
+    """
     from ..build.vm import build_vm
 
     say = progress or (lambda _: None)
@@ -245,6 +250,8 @@ def plan(
     if not enable.is_symlink() or Path(os.readlink(enable)) != unit_dir / units.TARGET:
         result.add(Link(enable, unit_dir / units.TARGET))
 
+    for change in extra:
+        result.add(change)
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
         if any(isinstance(c, (WriteFile, RemoveFile, Link)) for c in result.changes):
             result.add(Systemctl(("daemon-reload",)))
