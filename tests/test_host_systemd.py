@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -112,7 +113,7 @@ class Host:
 @pytest.fixture
 def setup(shared_store, tmp_path: Path):
     """The rootfs, the VM files (using the kernel already in the shared store) and the host file."""
-    if not Path("/sys/fs/cgroup").is_dir() or subprocess.run(["which", "systemd-nspawn"]).returncode:
+    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
         pytest.skip("needs systemd-nspawn")
     kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
     work = tmp_path / "work"

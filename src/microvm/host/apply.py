@@ -21,7 +21,7 @@ from .. import proc
 from ..build.store import Store
 from ..config import LoadedHost, LoadedVM
 from . import lifecycle, systemd, units
-from .statedir import VMState, switch_link, write_atomic
+from .statedir import VMState, owner_ids, switch_link, write_atomic
 
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 
@@ -87,7 +87,7 @@ class EnsureDir(Change):
 
     def apply(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=self.mode)
-        os.chown(self.path, pwd.getpwnam(self.owner[0]).pw_uid, grp.getgrnam(self.owner[1]).gr_gid)
+        os.chown(self.path, *owner_ids(*self.owner))
 
 
 @dataclass
@@ -146,8 +146,7 @@ class InstallDeclared(Change):
         return "\n".join(lines)
 
     def apply(self) -> None:
-        uid, gid = pwd.getpwnam(self.owner[0]).pw_uid, grp.getgrnam(self.owner[1]).gr_gid
-        lifecycle.install_declared(self.loaded, self.runner, self.host_file, self.state_dir, (uid, gid))
+        lifecycle.install_declared(self.loaded, self.runner, self.host_file, self.state_dir, owner_ids(*self.owner))
 
 
 @dataclass
@@ -164,8 +163,7 @@ class CreateFromSource(Change):
         return f"create VM {self.name} from {self.source}"
 
     def apply(self) -> None:
-        uid, gid = pwd.getpwnam(self.owner[0]).pw_uid, grp.getgrnam(self.owner[1]).gr_gid
-        lifecycle.create(self.name, self.source, self.store, self.state_dir, owner=(uid, gid))
+        lifecycle.create(self.name, self.source, self.store, self.state_dir, owner=owner_ids(*self.owner))
 
 
 @dataclass

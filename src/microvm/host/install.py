@@ -8,13 +8,14 @@ never touched again (later changes are `microvm update`'s), as microvm.nix does.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..build.store import Store
 from ..errors import MicrovmError
 from . import lifecycle
-from .statedir import locked
+from .statedir import locked, owner_ids
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,13 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--runner", type=Path, help="the runner of a fully declared VM")
     how.add_argument("--source", help="the source of a VM deployed once")
-    parser.add_argument("--owner", default=None, help="uid:gid of the state directory")
+    parser.add_argument("--owner", required=True, help="user:group owning the VM's state directory")
     args = parser.parse_args(argv)
-    owner = tuple(int(x) for x in args.owner.split(":")) if args.owner else None
     try:
+        owner = owner_ids(*args.owner.split(":", 1))
         if args.runner:
             with locked(args.name) as state:
                 state.path.mkdir(parents=True, exist_ok=True)
+                os.chown(state.path, *owner)
                 if state.current != args.runner:
                     state.switch_current(args.runner)
         else:
@@ -38,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             if exists:
                 print(f"{args.name} is installed; updates are `microvm update {args.name}`'s")
             else:
-                lifecycle.create(args.name, args.source, Store(), owner=owner)  # type: ignore[arg-type]
-    except MicrovmError as exc:
+                lifecycle.create(args.name, args.source, Store(), owner=owner)
+    except (MicrovmError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

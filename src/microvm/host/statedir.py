@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 from collections.abc import Iterator
@@ -48,6 +50,11 @@ def default_state_dir() -> Path:
 
 def vm_dir(name: str, state_dir: Path | None = None) -> Path:
     return (state_dir or default_state_dir()) / name
+
+
+def owner_ids(user: str, group: str) -> tuple[int, int]:
+    """(uid, gid) of a user and group name."""
+    return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
 
 
 def switch_link(link: Path, target: Path) -> None:

@@ -157,7 +157,10 @@ def install_service(name: str, state_dir: Path, store: Path, how: list[str]) -> 
                 ("Type", "oneshot"),
                 ("RemainAfterExit", "yes"),
                 ("Environment", _exec(f"MICROVM_STATE_DIR={state_dir}", f"MICROVM_STORE={store}")),
-                ("ExecStart", _exec(sys.executable, "-m", "microvm.host.install", name, *how)),
+                (
+                    "ExecStart",
+                    _exec(sys.executable, "-m", "microvm.host.install", name, *how, f"--owner={USER}:{GROUP}"),
+                ),
             ],
         }
     )
