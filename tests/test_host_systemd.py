@@ -241,3 +241,9 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert not (rootfs / "var/lib/microvms/beta").exists()
         assert set(host.states()) == {"alpha"}
         assert re.search(r"inactive|failed", host.systemctl("is-active", "microvm@beta.service", check=False))
+
+        # beta is still declared with a source: starting it installs it again first (create-once)
+        host.systemctl("start", "microvm@beta.service")
+        host.wait_booted("beta", 2)
+        assert host.states()["beta"] == "current"
+        assert (rootfs / "var/lib/microvms/beta").stat().st_uid == (rootfs / "var/lib/microvms").stat().st_uid
