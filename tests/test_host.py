@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -280,7 +281,9 @@ def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatc
         "host.toml",
     )
     monkeypatch.setenv("MICROVM_UNIT_DIR", str(tmp_path / "units"))
+    undeclared = write_vm(tmp_path / "units", units.HEADER + "[Unit]\n", "install-microvm-old.service")
     out = ok("host", "apply", "--dry-run", str(host))
+    assert f"would remove {undeclared}" in out
     assert f"would create {host_state} (owner microvm:kvm)" in out
     assert "would install VM inline" in out
     assert f"would create VM deployed from {src}" in out
@@ -349,3 +352,24 @@ def test_gc_keeps_what_current_and_booted_use(shared_store, tmp_path: Path, monk
     assert str(first) in ok("gc")
     assert not first.exists()
     assert all(p.exists() for p in closure(second))
+
+
+@pytest.mark.boot
+@pytest.mark.xdist_group("boot")
+def test_run_an_installed_vm_in_the_foreground(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    define(src, "fg")
+    ok("create", "fg", "-f", str(src))
+    state = vm_state("fg")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "microvm", "-r", "fg"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+    )
+    booted_while_running = None
+    while run.poll() is None and booted_while_running is None:
+        booted_while_running = state.booted
+        time.sleep(0.02)
+    stdout, _ = run.communicate(timeout=180)
+    assert run.returncode == 0
+    assert "microvm: fg stopped cleanly" in stdout
+    assert booted_while_running == state.current
+    assert state.booted is None
