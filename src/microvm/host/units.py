@@ -86,7 +86,11 @@ def vm_service(state_dir: Path) -> str:
     )
 
 
-def _needed_unit(state_dir: Path, what: str, condition: str, start: list[tuple[str, str]]) -> str:
+ONESHOT = [("Type", "oneshot"), ("RemainAfterExit", "yes")]
+
+
+def _needed_unit(state_dir: Path, what: str, condition: str, service: list[tuple[str, str]]) -> str:
+    """A unit the VM's unit requires; ``{vm}`` in ``service`` values is the VM's state directory."""
     vm = _vm_dir(state_dir)
     return _unit(
         {
@@ -96,47 +100,39 @@ def _needed_unit(state_dir: Path, what: str, condition: str, start: list[tuple[s
                 ("PartOf", "microvm@%i.service"),
                 ("ConditionPathExists", f"{vm}/current/{condition}"),
             ],
-            "Service": [("WorkingDirectory", vm), *start],
+            "Service": [("WorkingDirectory", vm), *((key, value.format(vm=vm)) for key, value in service)],
         }
     )
 
 
 def interfaces_service(state_dir: Path, kind: str) -> str:
     """``microvm-tap-interfaces@`` / ``microvm-macvtap-interfaces@``: the runner's bin/<kind>-up and -down."""
-    vm = _vm_dir(state_dir)
     return _needed_unit(
         state_dir,
         f"{kind} interfaces",
         f"share/microvm/{kind}-interfaces",
-        [
-            ("Type", "oneshot"),
-            ("RemainAfterExit", "yes"),
-            ("ExecStart", f"{vm}/current/bin/{kind}-up"),
-            ("ExecStop", f"{vm}/current/bin/{kind}-down"),
-        ],
+        [*ONESHOT, ("ExecStart", f"{{vm}}/current/bin/{kind}-up"), ("ExecStop", f"{{vm}}/current/bin/{kind}-down")],
     )
 
 
 def pci_service(state_dir: Path) -> str:
-    vm = _vm_dir(state_dir)
     return _needed_unit(
         state_dir,
         "PCI passthrough devices",
         "share/microvm/pci-devices",
-        [("Type", "oneshot"), ("RemainAfterExit", "yes"), ("ExecStart", f"{vm}/current/bin/pci-setup")],
+        [*ONESHOT, ("ExecStart", "{vm}/current/bin/pci-setup")],
     )
 
 
 def virtiofsd_service(state_dir: Path) -> str:
     """One virtiofsd per virtiofs share, supervised together; ready once every socket exists."""
-    vm = _vm_dir(state_dir)
     return _needed_unit(
         state_dir,
         "virtiofs daemons",
         "share/microvm/virtiofs",
         [
             ("Type", "notify"),
-            ("ExecStart", f"{_exec(sys.executable, '-m', 'microvm.host.virtiofsd')} {vm}"),
+            ("ExecStart", _exec(sys.executable, "-m", "microvm.host.virtiofsd") + " {vm}"),
             # virtiofsd exits when the hypervisor disconnects: be back for its restart
             ("Restart", "always"),
             ("RestartSec", "100ms"),
@@ -154,8 +150,7 @@ def install_service(name: str, state_dir: Path, store: Path, how: list[str]) -> 
                 ("PartOf", f"microvm@{name}.service"),
             ],
             "Service": [
-                ("Type", "oneshot"),
-                ("RemainAfterExit", "yes"),
+                *ONESHOT,
                 ("Environment", _exec(f"MICROVM_STATE_DIR={state_dir}", f"MICROVM_STORE={store}")),
                 (
                     "ExecStart",
