@@ -227,6 +227,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
 
         # a fully declared VM that changed is rebuilt and restarted by apply (restartIfChanged)
         write_vm(work, VM.format(common="common.toml", name="alpha", gen=2, mem=256, shell="false"), "alpha.toml")
+        assert host.states()["alpha"] == "outdated"
         applied = host.microvm("host", "apply", str(host_file)).stdout
         assert "update VM alpha" in applied and "restart microvm@alpha.service (restartIfChanged)" in applied
         assert "beta" not in applied  # deployed from a source: updates are `microvm update`'s
@@ -241,6 +242,15 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert not (rootfs / "var/lib/microvms/beta").exists()
         assert set(host.states()) == {"alpha"}
         assert re.search(r"inactive|failed", host.systemctl("is-active", "microvm@beta.service", check=False))
+
+        # a VM created by hand is started by systemd as well (its directory belongs to the microvm user)
+        write_vm(
+            work / "src", VM.format(common="../common.toml", name="gamma", gen=1, mem=256, shell="false"), "gamma.toml"
+        )
+        host.microvm("create", "gamma", "-f", str(work / "src"))
+        host.microvm("start", "gamma")
+        host.wait_booted("gamma", 1)
+        assert host.states()["gamma"] == "current"
 
         # beta is still declared with a source: starting it installs it again first (create-once)
         host.systemctl("start", "microvm@beta.service")

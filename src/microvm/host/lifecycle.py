@@ -19,7 +19,7 @@ from ..build.store import Store
 from ..config import LoadedVM
 from ..errors import MicrovmError
 from . import sources, systemd
-from .statedir import RUNNER_PACKAGES, VMState, installed, locked, runner_config
+from .statedir import RUNNER_PACKAGES, VMState, installed, locked, owner_ids, runner_config
 
 Progress = Callable[[str], None]
 
@@ -46,6 +46,21 @@ def _build(store: Store, loaded: LoadedVM, progress: Progress | None) -> Path:
     return build_vm(store, loaded.config, progress=progress).runner
 
 
+def service_owner() -> tuple[int, int] | None:
+    """(uid, gid) of the ``microvm`` user and ``kvm`` group that run VMs under systemd, when we are root and they exist.
+
+    The VM's state directory belongs to them: the hypervisor writes its sockets, volumes and ``booted`` there.
+    """
+    from .units import GROUP, USER
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return owner_ids(USER, GROUP)
+    except KeyError:
+        return None
+
+
 def _install(
     state: VMState,
     runner: Path,
@@ -57,7 +72,7 @@ def _install(
 ) -> Change:
     old = state.current
     state.path.mkdir(parents=True, exist_ok=True)
-    if owner is not None:
+    if owner := owner or service_owner():
         os.chown(state.path, *owner)
     state.record(source=source, declared_by=declared_by, build={"runner": str(runner), "fingerprint": fingerprint})
     state.switch_current(runner)
@@ -108,7 +123,7 @@ def install_declared(
     loaded: LoadedVM, runner: Path, host_file: Path, state_dir: Path, owner: tuple[int, int] | None = None
 ) -> Change:
     """Install a VM built from a host file's ``config`` (re-installed on every apply; update refuses it)."""
-    fingerprint = {"files": [str(f) for f in loaded.files], "digest": sources.files_digest(loaded.files)}
+    fingerprint = sources.files_fingerprint(loaded.files)
     with locked(loaded.name, state_dir) as state:
         return _install(state, runner, source=None, declared_by=str(host_file), fingerprint=fingerprint, owner=owner)
 
@@ -142,19 +157,19 @@ def status(state: VMState) -> Status:
     """Decide without building: compare links and the recorded source fingerprint."""
     running = systemd.is_active(state.name) or state.running_here()
     booted = state.booted is not None
-    outdated = False
-    if state.source is not None:
-        outdated = bool(sources.changed_since(state.source, state.build_record.get("fingerprint", {})))
-    if outdated:
-        verdict = Status(state.name, running, booted, "outdated", f"rebuild and reboot: microvm -Ru {state.name}")
+    outdated = sources.changed_since(state.source, state.build_record.get("fingerprint", {}))
+    verdict: tuple[str, str | None]
+    if outdated and state.declared_by:
+        verdict = ("outdated", f"apply the host: microvm host apply {state.declared_by}")
+    elif outdated:
+        verdict = ("outdated", f"rebuild and reboot: microvm -Ru {state.name}")
     elif not booted:
-        verdict = Status(state.name, running, booted, "not booted", f"start with: microvm start {state.name}")
+        verdict = ("not booted", f"start with: microvm start {state.name}")
     elif state.booted != state.current:
-        verdict = Status(state.name, running, booted, "stale", f"restart with: microvm restart {state.name}")
+        verdict = ("stale", f"restart with: microvm restart {state.name}")
     else:
-        verdict = Status(state.name, running, booted, "current")
-    verdict.source = state.source or state.declared_by
-    return verdict
+        verdict = ("current", None)
+    return Status(state.name, running, booted, *verdict, source=state.source or state.declared_by)
 
 
 def list_vms(state_dir: Path | None = None) -> list[Status]:

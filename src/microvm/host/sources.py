@@ -102,6 +102,10 @@ def files_digest(files: list[Path]) -> str:
     return h.hexdigest()[:32]
 
 
+def files_fingerprint(files: list[Path]) -> dict[str, str | list[str]]:
+    return {"files": [str(f) for f in files], "digest": files_digest(files)}
+
+
 @dataclass
 class Evaluated:
     """A VM loaded from a source, with the fingerprint to record."""
@@ -115,18 +119,14 @@ def evaluate(source: Source, name: str) -> Iterator[Evaluated]:
     """Load VM ``name`` from ``source``; the files stay available while the context is open (for the build)."""
     with source.checkout() as (root, commit):
         loaded = load_vm(vm_file(root, name, source.url), name=name)
-        if commit is not None:
-            fingerprint: dict[str, str | list[str]] = {"commit": commit}
-        else:
-            fingerprint = {"files": [str(f) for f in loaded.files], "digest": files_digest(loaded.files)}
-        yield Evaluated(loaded, fingerprint)
+        yield Evaluated(loaded, {"commit": commit} if commit is not None else files_fingerprint(loaded.files))
 
 
-def changed_since(source_url: str, fingerprint: dict) -> bool | None:
-    """Whether the source changed since ``fingerprint`` was taken; None when it cannot be told (gone)."""
+def changed_since(source_url: str | None, fingerprint: dict) -> bool | None:
+    """Whether the source (None: the files of a declared VM) changed since ``fingerprint``; None when unknown."""
     try:
-        source = Source.parse(source_url)
-        if source.is_git:
+        source = Source.parse(source_url) if source_url else None
+        if source is not None and source.is_git:
             return source.commit() != fingerprint.get("commit")
     except MicrovmError:
         return None
