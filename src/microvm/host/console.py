@@ -162,12 +162,17 @@ def attach(name: str, sock_path: Path, log_path: Path, backlog: int = 4096) -> N
     Shows the end of the console log first, then what the guest prints, and
     sends keystrokes to it. Ends when the VM stops or on Ctrl-].
     """
+    if not sock_path.is_socket():
+        raise MicrovmError(
+            f"{name!r} has no console socket {sock_path}",
+            hint="it is not running, or its hypervisor has no console socket (qemu has one)",
+        )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(os.fspath(sock_path))
     except OSError as exc:
         sock.close()
-        raise MicrovmError(f"cannot attach to the console of {name!r} ({sock_path}): {exc}", hint="is it running?")
+        raise MicrovmError(f"cannot attach to the console of {name!r}: {exc}", hint="is it running?") from None
     print(f"microvm: console of {name}; Ctrl-] detaches", file=sys.stderr)
     with _terminal_passthrough(), log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
         if log is not None:
