@@ -8,6 +8,7 @@ worktree (for the .venv) and the test's files are bound into it at the same path
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import re
 import shutil
 import subprocess
@@ -26,7 +27,8 @@ PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "qemu-system-x86", "busybox-static",
     "erofs-utils", "kmod", "e2fsprogs", "passwd", "git",
 ]  # fmt: skip
-ROOTFS = CACHE / f"nspawn-bookworm-{len(PACKAGES)}-v1.tar.zst"
+ROOTFS_HOOK = 'chmod 0711 "$1/root"'  # the hypervisor runs as user microvm and reaches the store and venv under /root
+ROOTFS = CACHE / f"nspawn-bookworm-{hashlib.sha256(repr((PACKAGES, ROOTFS_HOOK)).encode()).hexdigest()[:12]}.tar.zst"
 STATE = Path("/var/lib/microvms")  # the default stateDir, inside the container
 
 
@@ -39,8 +41,7 @@ def rootfs_tarball() -> Path:
             tmp = ROOTFS.with_suffix(".tmp.tar.zst")
             subprocess.run(
                 ["mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}"]
-                # the hypervisor runs as user microvm and reaches the store and the venv under /root
-                + ['--customize-hook=chmod 0711 "$1/root"', "bookworm", str(tmp)],
+                + [f"--customize-hook={ROOTFS_HOOK}", "bookworm", str(tmp)],
                 check=True,
                 capture_output=True,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from ..build.store import Store
 from ..errors import MicrovmError
@@ -69,7 +70,7 @@ def list_() -> None:
         colour = "green" if vm.running else "yellow" if vm.booted else "red"
         line = f"[{colour}]{vm.name}[/{colour}]: [{STATE_COLOURS[vm.state]}]{vm.state}[/{STATE_COLOURS[vm.state]}]"
         if vm.advice:
-            line += f", {vm.advice.split(': ')[0]}: [bold]{vm.advice.split(': ', 1)[1]}[/bold]"
+            line += f", {vm.advice}: [bold]{escape(vm.command or '')}[/bold]"
         out.print(line, soft_wrap=True)
 
 
@@ -98,12 +99,13 @@ def status(name: NameArg) -> None:
     if not state.installed:
         raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
     vm = lifecycle.status(state)
-    out.print(
-        f"{name}: {'running' if vm.running else 'stopped'}, {vm.state}" + (f" ({vm.advice})" if vm.advice else "")
-    )
-    out.print(f"current: {state.current}\nbooted:  {state.booted or '-'}\nsource:  {vm.source or '-'}", soft_wrap=True)
+    summary = f"{name}: {'running' if vm.running else 'stopped'}, {vm.state}"
+    summary += f" ({vm.next_step})" if vm.next_step else ""
+    summary += f"\ncurrent: {state.current}\nbooted:  {state.booted or '-'}\nsource:  {vm.source or '-'}"
+    out.print(summary, soft_wrap=True, markup=False)
     if systemd.running():
-        out.print(systemd.systemctl("status", "--no-pager", "--lines=5", systemd.unit(name), check=False), end="")
+        unit = systemd.systemctl("status", "--no-pager", "--lines=5", systemd.unit(name), check=False)
+        out.print(unit, end="", soft_wrap=True, markup=False)
 
 
 @app.command()

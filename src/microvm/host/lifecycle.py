@@ -149,8 +149,13 @@ class Status:
     running: bool
     booted: bool
     state: str  # current | outdated | stale | not booted
-    advice: str | None = None
+    advice: str | None = None  # what to do ...
+    command: str | None = None  # ... with which command
     source: str | None = None
+
+    @property
+    def next_step(self) -> str | None:
+        return f"{self.advice}: {self.command}" if self.advice else None
 
 
 def status(state: VMState) -> Status:
@@ -158,17 +163,17 @@ def status(state: VMState) -> Status:
     running = systemd.is_active(state.name) or state.running_here()
     booted = state.booted is not None
     outdated = sources.changed_since(state.source, state.build_record.get("fingerprint", {}))
-    verdict: tuple[str, str | None]
+    verdict: tuple[str, str | None, str | None]
     if outdated and state.declared_by:
-        verdict = ("outdated", f"apply the host: microvm host apply {state.declared_by}")
+        verdict = ("outdated", "apply the host", f"microvm host apply {state.declared_by}")
     elif outdated:
-        verdict = ("outdated", f"rebuild and reboot: microvm -Ru {state.name}")
+        verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
     elif not booted:
-        verdict = ("not booted", f"start with: microvm start {state.name}")
+        verdict = ("not booted", "start with", f"microvm start {state.name}")
     elif state.booted != state.current:
-        verdict = ("stale", f"restart with: microvm restart {state.name}")
+        verdict = ("stale", "restart with", f"microvm restart {state.name}")
     else:
-        verdict = ("current", None)
+        verdict = ("current", None, None)
     return Status(state.name, running, booted, *verdict, source=state.source or state.declared_by)
 
 
