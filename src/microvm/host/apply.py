@@ -185,6 +185,68 @@ def _owned(state_dir: Path) -> bool:
         return False
 
 
+def _system_changes(state_dir: Path) -> list[Change]:
+    """The ``kvm`` group, the ``microvm`` user, and the state directory they own."""
+    changes: list[Change] = []
+    try:
+        grp.getgrnam(units.GROUP)
+    except KeyError:
+        changes.append(EnsureGroup(units.GROUP))
+    try:
+        pwd.getpwnam(units.USER)
+    except KeyError:
+        changes.append(EnsureUser(units.USER, units.GROUP, state_dir))
+    if not _owned(state_dir):
+        changes.append(EnsureDir(state_dir, (units.USER, units.GROUP)))
+    return changes
+
+
+@dataclass
+class _VMPlan:
+    changes: list[Change] = field(default_factory=list)
+    installs: dict[str, list[str]] = field(default_factory=dict)  # name -> how install-microvm-NAME installs it
+    to_restart: list[str] = field(default_factory=list)  # installed VMs that changed, with restartIfChanged
+
+
+def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[str], None]) -> _VMPlan:
+    """Build the fully declared VMs; install those that changed, create the source-deployed ones missing."""
+    from ..build.vm import build_vm
+
+    owner = (units.USER, units.GROUP)
+    result = _VMPlan()
+    for name, declared in host.config.microvm.vms.items():
+        state = VMState.of(name, state_dir)
+        if name in host.vms:
+            built = build_vm(store, host.vms[name].config, progress=lambda step, n=name: say(f"building {n}: {step}"))
+            result.installs[name] = ["--runner", str(built.runner)]
+            if state.current != built.runner or state.declared_by != str(host.loaded.file):
+                result.changes.append(InstallDeclared(host.vms[name], built.runner, host.loaded.file, state_dir, owner))
+                if state.current is not None and declared.restartIfChanged:
+                    result.to_restart.append(name)
+        else:
+            source = declared.updateSource or declared.source or ""
+            result.installs[name] = ["--source", source]
+            if not state.installed:
+                result.changes.append(CreateFromSource(name, source, store, state_dir, owner))
+    return result
+
+
+def _unit_changes(unit_dir: Path, wanted: dict[str, str]) -> list[Change]:
+    """Write the units that differ, remove those of VMs no longer declared, enable microvms.target."""
+    changes: list[Change] = []
+    for rel, content in wanted.items():
+        path = unit_dir / rel
+        if not path.exists() or path.read_text() != content:
+            changes.append(WriteFile(path, content))
+    for path in _generated_units(unit_dir):
+        if str(path.relative_to(unit_dir)) not in wanted:
+            changes.append(RemoveFile(path))
+    enable = unit_dir / "multi-user.target.wants" / units.TARGET
+    if not enable.is_symlink() or Path(os.readlink(enable)) != unit_dir / units.TARGET:
+        changes.append(Link(enable, unit_dir / units.TARGET))
+    return changes
+
+
 def plan(
     host: LoadedHost,
     store: Store,
@@ -196,67 +258,20 @@ def plan(
 
     ``extra`` are changes other parts of the host plan (networking: bridge, DHCP unit,
     nftables); they come after the VMs' files and units, before systemd reloads and starts VMs.
+    Systemd is told only when the units go to /etc/systemd/system and it runs.
     """
-    from ..build.vm import build_vm
-
-    say = progress or (lambda _: None)
     config = host.config.microvm
     state_dir = Path(config.stateDir)
-    owner = (units.USER, units.GROUP)
-    result = Plan()
-    try:
-        grp.getgrnam(units.GROUP)
-    except KeyError:
-        result.add(EnsureGroup(units.GROUP))
-    try:
-        pwd.getpwnam(units.USER)
-    except KeyError:
-        result.add(EnsureUser(units.USER, units.GROUP, state_dir))
-    if not _owned(state_dir):
-        result.add(EnsureDir(state_dir, owner))
-
-    installs: dict[str, list[str]] = {}
-    changed: list[str] = []
-    for name, declared in config.vms.items():
-        state = VMState.of(name, state_dir)
-        if name in host.vms:
-            say(f"building {name}")
-            runner = build_vm(
-                store, host.vms[name].config, progress=lambda step, n=name: say(f"building {n}: {step}")
-            ).runner
-            installs[name] = ["--runner", str(runner)]
-            if state.current != runner or state.declared_by != str(host.loaded.file):
-                result.add(InstallDeclared(host.vms[name], runner, host.loaded.file, state_dir, owner))
-                if state.current is not None and declared.restartIfChanged:
-                    changed.append(name)
-        else:
-            source = declared.updateSource or declared.source or ""
-            installs[name] = ["--source", source]
-            if not state.installed:
-                result.add(CreateFromSource(name, source, store, state_dir, owner))
-
+    vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
     autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
-    wanted = units.all_units(state_dir, store.root, autostart, installs)
-    for rel, content in wanted.items():
-        path = unit_dir / rel
-        if not path.exists() or path.read_text() != content:
-            result.add(WriteFile(path, content))
-    for path in _generated_units(unit_dir):
-        if str(path.relative_to(unit_dir)) not in wanted:
-            result.add(RemoveFile(path))
-    enable = unit_dir / "multi-user.target.wants" / units.TARGET
-    if not enable.is_symlink() or Path(os.readlink(enable)) != unit_dir / units.TARGET:
-        result.add(Link(enable, unit_dir / units.TARGET))
-
-    for change in extra:
-        result.add(change)
+    files = _unit_changes(unit_dir, units.all_units(state_dir, store.root, autostart, vms.installs))
+    result = Plan([*_system_changes(state_dir), *vms.changes, *files, *extra])
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
         if any(isinstance(c, (WriteFile, RemoveFile, Link)) for c in result.changes):
             result.add(Systemctl(("daemon-reload",)))
-        stopped = [n for n in autostart if not systemd.is_active(n)]
-        if stopped:
+        if stopped := [n for n in autostart if not systemd.is_active(n)]:
             result.add(Systemctl(("start", *map(systemd.unit, stopped)), "autostart"))
-        for name in changed:
+        for name in vms.to_restart:
             if systemd.is_active(name):
                 result.add(Systemctl(("restart", systemd.unit(name)), "restartIfChanged"))
     return result
