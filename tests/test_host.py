@@ -122,6 +122,7 @@ def test_bad_source_and_missing_vm_are_clear(tmp_path: Path) -> None:
     assert "defines no VM 'nope'" in failing("create", "nope", "-f", str(tmp_path))
     assert "nope/vm.toml or nope.toml" in failing("create", "nope", "-f", str(tmp_path))
     assert "unsupported source" in failing("create", "x", "-f", "https://example.org/repo")
+    assert "'../x' is not a valid name" in failing("create", "../x", "-f", str(tmp_path))
     assert not any(state_dir().glob("*/current"))
 
 

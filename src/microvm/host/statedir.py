@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from ..config.options import Name
 from ..errors import MicrovmError
 
 RUNNER_CONFIG = "share/microvm/vm.json"
@@ -92,6 +95,11 @@ class VMState:
 
     @classmethod
     def of(cls, name: str, state_dir: Path | None = None) -> VMState:
+        """The state of VM ``name`` (a plain name: it becomes a directory and a systemd instance)."""
+        try:
+            TypeAdapter(Name).validate_python(name)
+        except ValidationError as exc:
+            raise MicrovmError("VM name: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         return cls(name, vm_dir(name, state_dir))
 
     def _target(self, link: str) -> Path | None:
@@ -134,18 +142,15 @@ class VMState:
             raise MicrovmError(f"VM {self.name!r} is not installed in {self.path.parent}")
         return runner_config(runner)
 
-    def control_socket(self) -> Path | None:
-        name = self.config().get("microvm", {}).get("socket")
-        return self.path / name if name else None
-
     def console_files(self) -> tuple[Path, Path]:
         return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
 
     def running_here(self) -> bool:
-        """The hypervisor answers on the VM's control or console socket (no systemd needed)."""
-        if self.booted is None:
+        """The booted hypervisor answers on its control or console socket (no systemd needed)."""
+        if (booted := self.booted) is None:
             return False
-        sockets = [s for s in (self.control_socket(), self.console_files()[0]) if s is not None]
+        control = runner_config(booted).get("microvm", {}).get("socket")
+        sockets = [self.console_files()[0], *([self.path / control] if control else [])]
         return any(_socket_alive(s) for s in sockets)
 
     # --- changes ----------------------------------------------------------------
