@@ -11,7 +11,7 @@ from ..build.store import Store
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.sources import DEFAULT_SOURCE
-from ..host.statedir import VMState
+from ..host.statedir import VMState, default_state_dir
 from .app import app, err, out
 
 NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]
@@ -66,7 +66,10 @@ STATE_COLOURS = {"current": "green", "stale": "yellow", "outdated": "red", "not 
 @app.command(name="list")
 def list_() -> None:
     """Each installed VM's state: current, outdated, stale or not booted, and what to do next. microvm.nix: -l."""
-    for vm in lifecycle.list_vms():
+    vms = lifecycle.list_vms()
+    if not vms:
+        err.print(f"no VMs installed in {default_state_dir()}", markup=False)
+    for vm in vms:
         colour = "green" if vm.running else "yellow" if vm.booted else "red"
         line = f"[{colour}]{vm.name}[/{colour}]: [{STATE_COLOURS[vm.state]}]{vm.state}[/{STATE_COLOURS[vm.state]}]"
         if vm.advice:
