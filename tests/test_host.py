@@ -118,6 +118,19 @@ def test_git_source_by_ref(tmp_path: Path) -> None:
     assert list_states()["gitvm"].startswith("not booted")
 
 
+def test_update_source_is_recorded_for_updates(tmp_path: Path) -> None:
+    """microvm.nix's updateFlake: deployed from one source, updated from another."""
+    define(tmp_path / "deploy", "upd")
+    define(tmp_path / "later", "upd", mem=300)
+    lifecycle.create(
+        "upd", str(tmp_path / "deploy"), Store(CACHE / "store"), state_dir(), update_source=str(tmp_path / "later")
+    )
+    assert vm_state("upd").source == str(tmp_path / "later")
+    assert list_states()["upd"].startswith("outdated")
+    assert "microvm.mem: 256 -> 300" in ok("update", "upd")
+    assert list_states()["upd"].startswith("not booted")
+
+
 def test_bad_source_and_missing_vm_are_clear(tmp_path: Path) -> None:
     assert "defines no VM 'nope'" in failing("create", "nope", "-f", str(tmp_path))
     assert "nope/vm.toml or nope.toml" in failing("create", "nope", "-f", str(tmp_path))

@@ -155,6 +155,7 @@ class CreateFromSource(Change):
 
     name: str
     source: str
+    update_source: str | None
     store: Store
     state_dir: Path
     owner: tuple[str, str]
@@ -163,7 +164,10 @@ class CreateFromSource(Change):
         return f"create VM {self.name} from {self.source}"
 
     def apply(self) -> None:
-        lifecycle.create(self.name, self.source, self.store, self.state_dir, owner=owner_ids(*self.owner))
+        owner = owner_ids(*self.owner)
+        lifecycle.create(
+            self.name, self.source, self.store, self.state_dir, owner=owner, update_source=self.update_source
+        )
 
 
 @dataclass
@@ -224,10 +228,10 @@ def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[
                 if state.current is not None and declared.restartIfChanged:
                     result.to_restart.append(name)
         else:
-            source = declared.updateSource or declared.source or ""
-            result.installs[name] = ["--source", source]
+            source, update = declared.source or "", declared.updateSource
+            result.installs[name] = ["--source", source, *(["--update-source", update] if update != source else [])]
             if not state.installed:
-                result.changes.append(CreateFromSource(name, source, store, state_dir, owner))
+                result.changes.append(CreateFromSource(name, source, update, store, state_dir, owner))
     return result
 
 

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--runner", type=Path, help="the runner of a fully declared VM")
     how.add_argument("--source", help="the source of a VM deployed once")
+    parser.add_argument("--update-source", help="the source recorded for later updates (default: --source)")
     parser.add_argument("--owner", required=True, help="user:group owning the VM's state directory")
     args = parser.parse_args(argv)
     try:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             if exists:
                 print(f"{args.name} is installed; updates are `microvm update {args.name}`'s")
             else:
-                lifecycle.create(args.name, args.source, Store(), owner=owner)
+                lifecycle.create(args.name, args.source, Store(), owner=owner, update_source=args.update_source)
     except (MicrovmError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

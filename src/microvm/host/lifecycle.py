@@ -86,17 +86,21 @@ def create(
     state_dir: Path | None = None,
     progress: Progress | None = None,
     owner: tuple[int, int] | None = None,
+    update_source: str | None = None,
 ) -> Change:
-    """Build VM ``name`` from a source and install it; refuses an installed VM (volumes left by remove are reused)."""
+    """Build VM ``name`` from a source and install it; refuses an installed VM (volumes left by remove are reused).
+
+    ``update_source`` is recorded for later updates instead of the source (microvm.nix's ``updateFlake``).
+    """
     source = sources.Source.parse(source_url)
+    recorded = sources.Source.parse(update_source).url if update_source else source.url
     with locked(name, state_dir) as state:
         if state.installed:
             raise MicrovmError(f"VM {name!r} already exists in {state.path}", hint=f"microvm update {name}")
         with sources.evaluate(source, name) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
-        return _install(
-            state, runner, source=source.url, declared_by=None, fingerprint=evaluated.fingerprint, owner=owner
-        )
+        fingerprint = evaluated.fingerprint if recorded == source.url else {}  # {}: outdated until updated
+        return _install(state, runner, source=recorded, declared_by=None, fingerprint=fingerprint, owner=owner)
 
 
 def update(name: str, store: Store, state_dir: Path | None = None, progress: Progress | None = None) -> Change:

@@ -123,7 +123,12 @@ def evaluate(source: Source, name: str) -> Iterator[Evaluated]:
 
 
 def changed_since(source_url: str | None, fingerprint: dict) -> bool | None:
-    """Whether the source (None: the files of a declared VM) changed since ``fingerprint``; None when unknown."""
+    """Whether the source (None: the files of a declared VM) changed since ``fingerprint``; None when unknown.
+
+    No fingerprint (the VM was built from another source than the one recorded) counts as changed.
+    """
+    if not fingerprint:
+        return True
     try:
         source = Source.parse(source_url) if source_url else None
         if source is not None and source.is_git:
