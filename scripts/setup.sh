@@ -16,6 +16,8 @@ APT_PACKAGES=(
   cpio                           # tests read initrds back
   iproute2 dnsmasq-base nftables # host networking
   systemd-container              # tests run real systemd in a container
+  mmdebstrap zstd                # ... on a Debian rootfs built once and cached as .tar.zst
+  git                            # git+file:// sources of installed VMs
   shellcheck                     # generated scripts are checked
 )
 

@@ -41,14 +41,19 @@ def build(file: Annotated[Path, typer.Argument(help="A VM file.")], hypervisor: 
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(help="A VM file.")],
+    target: Annotated[str, typer.Argument(help="A VM file, or the name of an installed VM.")],
     hypervisor: HypervisorOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Build the VM and run it in the foreground with its console here (Ctrl-C shuts it down)."""
+    """Build the VM and run it in the foreground with its console here (Ctrl-C shuts it down). microvm.nix: -r."""
     from ..host.console import run_foreground
     from ..host.statedir import vm_dir
 
+    file = Path(target)
+    if not file.exists() and "/" not in target and not target.endswith(".toml"):
+        from ..host.lifecycle import run_installed
+
+        raise typer.Exit(run_installed(target, state_dir))
     loaded, built = _build(file, hypervisor)
     if built.accel.accel == "tcg" and loaded.config.microvm.accel == "auto":
         err.print(f"[yellow]note:[/yellow] using TCG emulation (slow): {built.accel.reason}", markup=True)
@@ -58,9 +63,11 @@ def run(
 
 @app.command()
 def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False) -> None:
-    """Remove store entries that no root (recorded build, installed VM) uses."""
+    """Remove store entries that no root (recorded build, installed VM's current or booted) uses."""
+    from ..host.statedir import gc_roots
+
     store = Store()
-    dead = store.gc([], dry_run=dry_run)
+    dead = store.gc(gc_roots(), dry_run=dry_run)
     for entry in dead:
         out.print(f"{'would remove' if dry_run else 'removed'} {entry}", soft_wrap=True)
     out.print(f"{len(dead)} entries {'unused' if dry_run else 'removed'}")

@@ -19,11 +19,13 @@ import termios
 import threading
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .. import proc
 from ..config.options import VMConfig
+from ..errors import MicrovmError
 from ..hypervisors import Feature, get
 from . import virtiofsd
 
@@ -43,8 +45,8 @@ def _terminal_passthrough() -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _connect(path: Path, child: subprocess.Popen[bytes]) -> socket.socket | None:
-    while child.poll() is None:
+def _connect(path: Path, alive: Callable[[], bool]) -> socket.socket | None:
+    while alive():
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(os.fspath(path))
@@ -87,7 +89,13 @@ def run_foreground(
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         if console:
-            _relay(child, workdir / console[0], workdir / console[1])
+            log_path = workdir / console[1]
+            with _terminal_passthrough():
+                while not log_path.exists() and child.poll() is None:
+                    time.sleep(0.005)
+                sock = _connect(workdir / console[0], lambda: child.poll() is None)
+                with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
+                    _relay(lambda: child.poll() is None, sock, log)
         return child.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -97,44 +105,76 @@ def run_foreground(
         virtiofsd.stop(daemons)
 
 
-def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001
+def _shutdown(backend, control: Path, timeout: float) -> None:
     try:
         backend.shutdown(control, timeout)
     except Exception as exc:  # reported, the VM is then stopped by the second Ctrl-C
         print(f"\r\nmicrovm: graceful shutdown failed: {exc}", file=sys.stderr)
 
 
-def _relay(child: subprocess.Popen[bytes], sock_path: Path, log_path: Path) -> None:
-    """Copy the console log to stdout and stdin to the console socket until the VM exits.
+def _relay(alive: Callable[[], bool], sock: socket.socket | None, log: BinaryIO | None, detach: bytes = b"") -> None:
+    """Copy the console log to stdout and stdin to the console socket while ``alive()``.
 
     What the socket sends is the same as the log and is discarded, but it
     must be read: qemu stops logging what it cannot write to a connected client.
+    With a ``detach`` key, typing it or the socket closing (the VM stopped) ends the relay.
     """
     out = sys.stdout.buffer
-    with _terminal_passthrough():
-        while not log_path.exists() and child.poll() is None:
-            time.sleep(0.005)
-        sock = _connect(sock_path, child)
-        stdin: int | None = sys.stdin.fileno()
-        with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
-            while True:
-                exited = child.poll() is not None
-                if log is not None and (data := log.read()):
-                    out.write(data)
-                    out.flush()
-                elif exited:
+    stdin: int | None = sys.stdin.fileno()
+    try:
+        while True:
+            finished = not alive() or (detach and sock is None)
+            if log is not None and (data := log.read()):
+                out.write(data)
+                out.flush()
+            elif finished:
+                break
+            watched = [fd for fd in (stdin, sock.fileno() if sock else None) if fd is not None]
+            ready = select.select(watched, [], [], 0.02)[0] if watched else time.sleep(0.02) or []
+            if sock is not None and sock.fileno() in ready and not sock.recv(65536):
+                sock.close()
+                sock = None
+            if stdin is not None and stdin in ready:
+                data = os.read(stdin, 4096)
+                detached = bool(detach) and detach in data
+                if detached:
+                    data = data[: data.index(detach)]  # what was typed before the detach key still goes in
+                if detached and not data:
                     break
-                watched = [fd for fd in (stdin, sock.fileno() if sock else None) if fd is not None]
-                ready = select.select(watched, [], [], 0.02)[0] if watched else time.sleep(0.02) or []
-                if sock is not None and sock.fileno() in ready and not sock.recv(65536):
-                    sock.close()
-                    sock = None
-                if stdin is not None and stdin in ready:
-                    data = os.read(stdin, 4096)
-                    if not data:
-                        stdin = None  # EOF on our stdin: stop forwarding
-                    elif sock is not None:
-                        with contextlib.suppress(OSError):
-                            sock.sendall(data)
+                if not data:
+                    stdin = None  # EOF on our stdin: stop forwarding
+                elif sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(data)
+                if detached:
+                    break
+    finally:
         if sock is not None:
             sock.close()
+
+
+DETACH_KEY = b"\x1d"  # Ctrl-]
+
+
+def attach(name: str, sock_path: Path, log_path: Path, backlog: int = 4096) -> None:
+    """Attach the terminal to the serial console of a VM running elsewhere (systemd): Ctrl-] detaches.
+
+    Shows the end of the console log first, then what the guest prints, and
+    sends keystrokes to it. Ends when the VM stops or on Ctrl-].
+    """
+    if not sock_path.is_socket():
+        raise MicrovmError(
+            f"{name!r} has no console socket {sock_path}",
+            hint="it is not running, or its hypervisor has no console socket (qemu has one)",
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(os.fspath(sock_path))
+    except OSError as exc:
+        sock.close()
+        raise MicrovmError(f"cannot attach to the console of {name!r}: {exc}", hint="is it running?") from None
+    print(f"microvm: console of {name}; Ctrl-] detaches", file=sys.stderr)
+    with _terminal_passthrough(), log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
+        if log is not None:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - backlog))
+        _relay(lambda: True, sock, log, detach=DETACH_KEY)

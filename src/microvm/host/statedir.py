@@ -1,9 +1,44 @@
-"""Where VMs keep their state: one directory per VM under the state directory."""
+"""Where installed VMs keep their state: one directory per VM under the state directory.
+
+Layout of ``<stateDir>/<name>/`` (as microvm.nix's, with ``flake`` renamed ``source``)::
+
+    current         -> the runner in the store (switched atomically by create/update)
+    booted          -> the runner the VM was started from (set at start, removed at stop)
+    source          the source it is rebuilt from (`microvm update`), one line; or
+    declared        the host file that declares it fully (`microvm host apply`); update refuses
+    build.json      what `list` compares without rebuilding: the source's fingerprint at build time
+    <volumes>, <name>.sock, <name>-console.sock, <name>-console.log, shares' sources ...
+
+Commands that change a VM hold ``<stateDir>/.lock-<name>`` so two of them never interleave.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import grp
+import json
 import os
+import pwd
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from ..config.options import Name
+from ..errors import MicrovmError
+
+RUNNER_CONFIG = "share/microvm/vm.json"
+RUNNER_PACKAGES = "share/microvm/packages.json"
+
+
+def runner_config(runner: Path) -> dict[str, Any]:
+    """The evaluated config a runner was built from (its vm.json): no rebuild needed to show it."""
+    return json.loads((runner / RUNNER_CONFIG).read_text())
 
 
 def default_state_dir() -> Path:
@@ -20,22 +55,185 @@ def vm_dir(name: str, state_dir: Path | None = None) -> Path:
     return (state_dir or default_state_dir()) / name
 
 
+def owner_ids(user: str, group: str) -> tuple[int, int]:
+    """(uid, gid) of a user and group name."""
+    return pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+
+
+def switch_link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` atomically: readers see the old or the new target, never none."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _socket_alive(path: Path) -> bool:
+    """Something accepts connections on the unix socket ``path`` (a stale file refuses them)."""
+    if not path.is_socket():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(os.fspath(path))
+            return True
+        except OSError:
+            return False
+
+
+@dataclass(frozen=True)
+class VMState:
+    """One VM's state directory."""
+
+    name: str
+    path: Path
+
+    @classmethod
+    def of(cls, name: str, state_dir: Path | None = None) -> VMState:
+        """The state of VM ``name`` (a plain name: it becomes a directory and a systemd instance)."""
+        try:
+            TypeAdapter(Name).validate_python(name)
+        except ValidationError as exc:
+            raise MicrovmError("VM name: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return cls(name, vm_dir(name, state_dir))
+
+    def _target(self, link: str) -> Path | None:
+        path = self.path / link
+        return Path(os.readlink(path)) if path.is_symlink() else None
+
+    @property
+    def current(self) -> Path | None:
+        return self._target("current")
+
+    @property
+    def booted(self) -> Path | None:
+        return self._target("booted")
+
+    @property
+    def installed(self) -> bool:
+        return self.current is not None
+
+    @property
+    def source(self) -> str | None:
+        path = self.path / "source"
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def declared_by(self) -> str | None:
+        """The host file of a fully declarative VM."""
+        path = self.path / "declared"
+        return path.read_text().strip() if path.exists() else None
+
+    @property
+    def build_record(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "build.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def config(self) -> dict[str, Any]:
+        """The evaluated config of the current runner."""
+        if (runner := self.current) is None:
+            raise MicrovmError(f"VM {self.name!r} is not installed in {self.path.parent}")
+        return runner_config(runner)
+
+    def console_files(self) -> tuple[Path, Path]:
+        return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
+
+    def running_here(self) -> bool:
+        """The booted hypervisor answers on its control or console socket (no systemd needed)."""
+        if (booted := self.booted) is None:
+            return False
+        control = runner_config(booted).get("microvm", {}).get("socket")
+        sockets = [self.console_files()[0], *([self.path / control] if control else [])]
+        return any(_socket_alive(s) for s in sockets)
+
+    # --- changes ----------------------------------------------------------------
+
+    def switch_current(self, runner: Path) -> None:
+        switch_link(self.path / "current", runner)
+
+    def mark_booted(self) -> None:
+        if (current := self.current) is not None:
+            switch_link(self.path / "booted", current)
+
+    def clear_booted(self) -> None:
+        (self.path / "booted").unlink(missing_ok=True)
+
+    def record(self, *, source: str | None, declared_by: str | None, build: dict[str, Any]) -> None:
+        """Write how the VM was built; exactly one of ``source`` / ``declared_by`` is kept."""
+        write_atomic(self.path / "build.json", json.dumps(build, indent=1, sort_keys=True) + "\n")
+        for name, value in (("source", source), ("declared", declared_by)):
+            if value is None:
+                (self.path / name).unlink(missing_ok=True)
+            else:
+                write_atomic(self.path / name, value + "\n")
+
+    def data_files(self) -> list[Path]:
+        """Volumes and share sources in the directory: user data that `remove` keeps by default."""
+        mv = self.config().get("microvm", {})
+        paths = [v["image"] for v in mv.get("volumes", [])] + [s["source"] for s in mv.get("shares", [])]
+        return [self.path / p for p in paths if (self.path / p).exists() and (self.path / p).is_relative_to(self.path)]
+
+    def remove(self, keep_data: bool) -> list[Path]:
+        """Delete the state directory, except volumes and share sources when ``keep_data``; return what is kept."""
+        kept = self.data_files() if keep_data else []
+        for entry in self.path.iterdir():
+            if any(entry == k or k.is_relative_to(entry) for k in kept):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if not kept:
+            self.path.rmdir()
+        return kept
+
+
+@contextlib.contextmanager
+def locked(name: str, state_dir: Path | None = None, wait: bool = True) -> Iterator[VMState]:
+    """Hold the VM's lock while changing its state directory (other commands wait, or fail with ``wait=False``)."""
+    state = VMState.of(name, state_dir)
+    state.path.parent.mkdir(parents=True, exist_ok=True)
+    with (state.path.parent / f".lock-{name}").open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise MicrovmError(f"another microvm command is changing VM {name!r}; try again when it is done") from None
+        yield state
+
+
+def installed(state_dir: Path | None = None) -> list[VMState]:
+    """Every installed VM (a directory with a ``current`` link), by name."""
+    root = state_dir or default_state_dir()
+    if not root.is_dir():
+        return []
+    states = [VMState(p.name, p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return [s for s in states if s.installed]
+
+
 def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VMConfig]
-    """The config of every installed VM (``<stateDir>/*/current/share/microvm/vm.json``), by VM name.
+    """The config of every installed VM (its current runner's vm.json), by VM name.
 
     A VM whose recorded config no longer validates (written by another
     version) is left out rather than failing every command.
     """
-    import json
-
-    from pydantic import ValidationError
-
     from ..config.options import VMConfig
 
     found = {}
-    for record in sorted((state_dir or default_state_dir()).glob("*/current/share/microvm/vm.json")):
+    for state in installed(state_dir):
         try:
-            found[record.parents[3].name] = VMConfig.model_validate(json.loads(record.read_text()))
+            found[state.name] = VMConfig.model_validate(state.config())
         except (OSError, ValueError, ValidationError):
             continue
     return found
+
+
+def gc_roots(state_dir: Path | None = None) -> list[Path]:
+    """The store entries installed VMs use: every ``current`` and ``booted`` link's target."""
+    return [link for s in installed(state_dir) for link in (s.current, s.booted) if link is not None]

@@ -7,9 +7,13 @@ distributions; ``--shared-dir``) and the C one shipped in qemu-system-common
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -40,6 +44,18 @@ def _threads(vm: VMConfig) -> int:
     return os.cpu_count() or 1 if size == "`nproc`" else int(size)
 
 
+def _socket_group(vm: VMConfig) -> str | None:
+    """The group given the socket (so an unprivileged hypervisor can connect): only as root, if it exists."""
+    group = vm.microvm.virtiofsd.group
+    if not group or os.geteuid() != 0:
+        return None
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return None
+    return group
+
+
 def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
     """The command line serving ``share``, run in the VM's state directory ``workdir``.
 
@@ -60,7 +76,6 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
         ]
         args += ["--posix-acl"] if share.posixAcl else []
         args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
-        args += [f"--socket-group={opts.group}"] if opts.group and os.geteuid() == 0 else []
         args += ["--readonly"] if share.readOnly else []
     else:
         args = [
@@ -79,6 +94,7 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
                 f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
                 hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
             )
+    args += [f"--socket-group={group}"] if (group := _socket_group(vm)) else []
     return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
 
 
@@ -115,3 +131,43 @@ def stop(daemons: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+
+
+def _notify(message: str) -> None:
+    """sd_notify(3): tell systemd (Type=notify) how we are."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect("\0" + address[1:] if address.startswith("@") else address)
+        sock.send(message.encode())
+
+
+def serve(workdir: Path) -> int:
+    """Run the virtiofsd of every share of the VM installed in ``workdir`` until one exits or we are stopped.
+
+    What ``microvm-virtiofsd@.service`` runs: ready (sd_notify) once every socket exists.
+    """
+    from ..config.options import VMConfig
+    from .statedir import runner_config
+
+    vm = VMConfig.model_validate(runner_config(workdir / "current"))
+    daemons = start(vm, workdir)
+
+    def stopped(*_: object) -> None:
+        raise InterruptedError  # ends the wait below; the daemons are then stopped
+
+    signal.signal(signal.SIGTERM, stopped)
+    _notify("READY=1")
+    try:
+        os.wait()  # the first daemon to exit (the hypervisor disconnected) ends them all
+    except InterruptedError:
+        pass
+    finally:
+        _notify("STOPPING=1")
+        stop(daemons)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(Path(sys.argv[1])))

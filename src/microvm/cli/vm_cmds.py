@@ -1,0 +1,164 @@
+"""Installed VMs: create, update, list, start/stop/restart, status, console, logs, remove, diff."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ..build.store import Store
+from ..errors import MicrovmError
+from ..host import lifecycle, systemd
+from ..host.sources import DEFAULT_SOURCE
+from ..host.statedir import VMState, default_state_dir
+from .app import app, err, out
+
+NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]
+
+
+def _progress(status):
+    return lambda step: status.update(f"building {step}")
+
+
+def _print_diff(lines: list[str]) -> None:
+    for line in lines:
+        out.print(f"  {line}", soft_wrap=True, markup=False)
+
+
+@app.command()
+def create(
+    name: NameArg,
+    source: Annotated[
+        str, typer.Option("--source", "-f", help="Directory or git+file:///path?ref=branch defining the VM.")
+    ] = DEFAULT_SOURCE,
+) -> None:
+    """Build a VM from a source and install it (refuses an existing one). microvm.nix: -c."""
+    with err.status(f"building {name}", spinner="dots") as status:
+        change = lifecycle.create(name, source, Store(), progress=_progress(status))
+    out.print(f"created {name} in {change.state.path}")
+    out.print(f"start it with: microvm start {name} (systemd) or microvm run {name} (foreground)")
+
+
+@app.command()
+def update(
+    names: Annotated[list[str], typer.Argument(help="The VMs to rebuild from their recorded source.")],
+    restart: Annotated[bool, typer.Option("--restart", "-R", help="Restart the VMs that changed.")] = False,
+) -> None:
+    """Rebuild VMs from their source, show what changed, switch to the new build. microvm.nix: -u [-R]."""
+    store = Store()
+    for name in names:
+        with err.status(f"building {name}", spinner="dots") as status:
+            change = lifecycle.update(name, store, progress=_progress(status))
+        out.print(f"{name}: updated" if change.changed else f"{name}: no change")
+        _print_diff(change.diff())
+        stale = change.state.booted not in (None, change.state.current)
+        if restart and (change.changed or stale):
+            systemd.control("restart", name)
+            out.print(f"{name}: restarted")
+        elif stale:
+            out.print(f"{name}: restart to boot it: microvm restart {name}")
+
+
+STATE_COLOURS = {"current": "green", "stale": "yellow", "outdated": "red", "not booted": "red"}
+
+
+@app.command(name="list")
+def list_() -> None:
+    """Each installed VM's state: current, outdated, stale or not booted, and what to do next. microvm.nix: -l."""
+    vms = lifecycle.list_vms()
+    if not vms:
+        err.print(f"no VMs installed in {default_state_dir()}", markup=False)
+    for vm in vms:
+        colour = "green" if vm.running else "yellow" if vm.booted else "red"
+        line = f"[{colour}]{vm.name}[/{colour}]: [{STATE_COLOURS[vm.state]}]{vm.state}[/{STATE_COLOURS[vm.state]}]"
+        if vm.advice:
+            line += f", {vm.advice}: [bold]{escape(vm.command or '')}[/bold]"
+        out.print(line, soft_wrap=True)
+
+
+@app.command()
+def start(name: NameArg) -> None:
+    """Start the VM through systemd (microvm@NAME.service)."""
+    systemd.control("start", name)
+
+
+@app.command()
+def stop(name: NameArg) -> None:
+    """Shut the VM down gracefully through systemd."""
+    systemd.control("stop", name)
+
+
+@app.command()
+def restart(name: NameArg) -> None:
+    """Restart the VM through systemd (it then boots the current build)."""
+    systemd.control("restart", name)
+
+
+@app.command()
+def status(name: NameArg) -> None:
+    """The VM's state (as in list), its source, and systemd's view of it."""
+    state = VMState.of(name)
+    if not state.installed:
+        raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
+    vm = lifecycle.status(state)
+    summary = f"{name}: {'running' if vm.running else 'stopped'}, {vm.state}"
+    summary += f" ({vm.next_step})" if vm.next_step else ""
+    summary += f"\ncurrent: {state.current}\nbooted:  {state.booted or '-'}\nsource:  {vm.source or '-'}"
+    out.print(summary, soft_wrap=True, markup=False)
+    if systemd.running():
+        unit = systemd.systemctl("status", "--no-pager", "--lines=5", systemd.unit(name), check=False)
+        out.print(unit, end="", soft_wrap=True, markup=False)
+
+
+@app.command()
+def console(name: NameArg) -> None:
+    """Attach to the serial console of a running VM (Ctrl-] detaches)."""
+    from ..host.console import attach
+
+    attach(name, *VMState.of(name).console_files())
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what the VM logs.")] = False,
+    journal: Annotated[bool, typer.Option("--journal", help="systemd's journal of the VM's units instead.")] = False,
+) -> None:
+    """Print the VM's console log (what the guest printed), or its journal."""
+    from .. import proc
+
+    if journal:
+        systemd.require("show the journal of", name)
+        proc.run(["journalctl", "--no-pager", "-u", systemd.unit(name), *(["-f"] if follow else [])], capture=False)
+        return
+    log = VMState.of(name).console_files()[1]
+    if not log.exists():
+        raise MicrovmError(f"{log} does not exist", hint="the VM has not run, or its hypervisor logs to the journal")
+    proc.run(["tail", "-n", "+1", *(["-f"] if follow else []), log], capture=False)
+
+
+@app.command()
+def remove(
+    name: NameArg,
+    data: Annotated[bool, typer.Option("--data", help="Also delete its volumes and share directories.")] = False,
+) -> None:
+    """Uninstall a stopped VM; its volumes and share directories are kept unless --data."""
+    kept = lifecycle.remove(name, keep_data=not data)
+    out.print(f"removed {name}")
+    for path in kept:
+        out.print(f"kept {path}", soft_wrap=True)
+
+
+@app.command()
+def diff(name: NameArg) -> None:
+    """What changed between the booted build and the current one: kernel, packages, options."""
+    state = VMState.of(name)
+    if state.current is None:
+        raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
+    if state.booted is None:
+        raise MicrovmError(f"VM {name!r} is not booted: nothing to compare with", hint=f"microvm start {name}")
+    lines = lifecycle.diff_runners(state.booted, state.current)
+    if not lines:
+        out.print(f"{name}: booted is current")
+    _print_diff(lines)

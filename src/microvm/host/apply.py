@@ -1,0 +1,287 @@
+"""``microvm host apply``: make this host what a host file declares (our ``nixos-rebuild switch``).
+
+Planning builds every fully declared VM (into the store: changes nothing
+else) and compares what is on disk with what should be; the result is a
+:class:`Plan`, a list of :class:`Change` objects that each describe themselves
+(for ``--dry-run``) and apply themselves. Nothing that is already right is in
+the plan, so applying twice changes nothing the second time. Other parts of the
+host (networking) add their own changes to the same plan.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import proc
+from ..build.store import Store
+from ..config import LoadedHost, LoadedVM
+from . import lifecycle, systemd, units
+from .statedir import VMState, owner_ids, switch_link, write_atomic
+
+DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
+
+
+class Change:
+    """One step of a plan."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def apply(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)
+
+    def add(self, change: Change) -> None:
+        self.changes.append(change)
+
+    def apply(self, report: Callable[[str], None]) -> None:
+        for change in self.changes:
+            report(change.describe())
+            change.apply()
+
+
+@dataclass
+class EnsureGroup(Change):
+    name: str
+
+    def describe(self) -> str:
+        return f"create system group {self.name}"
+
+    def apply(self) -> None:
+        proc.run(["groupadd", "--system", self.name])
+
+
+@dataclass
+class EnsureUser(Change):
+    name: str
+    group: str
+    home: Path
+
+    def describe(self) -> str:
+        return f"create system user {self.name} (group {self.group})"
+
+    def apply(self) -> None:
+        proc.run(
+            ["useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--no-create-home"]
+            + ["--shell", "/usr/sbin/nologin", self.name]
+        )
+
+
+@dataclass
+class EnsureDir(Change):
+    path: Path
+    owner: tuple[str, str]
+    mode: int = 0o755
+
+    def describe(self) -> str:
+        return f"create {self.path} (owner {':'.join(self.owner)})"
+
+    def apply(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True, mode=self.mode)
+        os.chown(self.path, *owner_ids(*self.owner))
+
+
+@dataclass
+class WriteFile(Change):
+    path: Path
+    content: str
+
+    def describe(self) -> str:
+        return f"{'update' if self.path.exists() else 'write'} {self.path}"
+
+    def apply(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, self.content)
+
+
+@dataclass
+class RemoveFile(Change):
+    path: Path
+
+    def describe(self) -> str:
+        return f"remove {self.path}"
+
+    def apply(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.path.parent.name.endswith(".d") and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+
+@dataclass
+class Link(Change):
+    path: Path
+    target: Path
+
+    def describe(self) -> str:
+        return f"link {self.path} -> {self.target}"
+
+    def apply(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        switch_link(self.path, self.target)
+
+
+@dataclass
+class InstallDeclared(Change):
+    """Switch a fully declared VM to its new build (the diff is shown first)."""
+
+    loaded: LoadedVM
+    runner: Path
+    host_file: Path
+    state_dir: Path
+    owner: tuple[str, str]
+
+    def describe(self) -> str:
+        old = VMState.of(self.loaded.name, self.state_dir).current
+        lines = [f"{'update' if old else 'install'} VM {self.loaded.name}: {self.runner}"]
+        lines += [f"    {line}" for line in (lifecycle.diff_runners(old, self.runner) if old else [])]
+        return "\n".join(lines)
+
+    def apply(self) -> None:
+        lifecycle.install_declared(self.loaded, self.runner, self.host_file, self.state_dir, owner_ids(*self.owner))
+
+
+@dataclass
+class CreateFromSource(Change):
+    """A source-deployed VM is created once; afterwards it is `microvm update`'s."""
+
+    name: str
+    source: str
+    update_source: str | None
+    store: Store
+    state_dir: Path
+    owner: tuple[str, str]
+
+    def describe(self) -> str:
+        return f"create VM {self.name} from {self.source}"
+
+    def apply(self) -> None:
+        owner = owner_ids(*self.owner)
+        lifecycle.create(
+            self.name, self.source, self.store, self.state_dir, owner=owner, update_source=self.update_source
+        )
+
+
+@dataclass
+class Systemctl(Change):
+    args: tuple[str, ...]
+    why: str = ""
+
+    def describe(self) -> str:
+        return f"systemctl {' '.join(self.args)}" + (f" ({self.why})" if self.why else "")
+
+    def apply(self) -> None:
+        systemd.systemctl(*self.args)
+
+
+def _owned(state_dir: Path) -> bool:
+    try:
+        return pwd.getpwuid(state_dir.stat().st_uid).pw_name == units.USER
+    except (FileNotFoundError, KeyError):
+        return False
+
+
+def _system_changes(state_dir: Path) -> list[Change]:
+    """The ``kvm`` group, the ``microvm`` user, and the state directory they own."""
+    changes: list[Change] = []
+    try:
+        grp.getgrnam(units.GROUP)
+    except KeyError:
+        changes.append(EnsureGroup(units.GROUP))
+    try:
+        pwd.getpwnam(units.USER)
+    except KeyError:
+        changes.append(EnsureUser(units.USER, units.GROUP, state_dir))
+    if not _owned(state_dir):
+        changes.append(EnsureDir(state_dir, (units.USER, units.GROUP)))
+    return changes
+
+
+@dataclass
+class _VMPlan:
+    changes: list[Change] = field(default_factory=list)
+    installs: dict[str, list[str]] = field(default_factory=dict)  # name -> how install-microvm-NAME installs it
+    to_restart: list[str] = field(default_factory=list)  # installed VMs that changed, with restartIfChanged
+
+
+def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[str], None]) -> _VMPlan:
+    """Build the fully declared VMs; install those that changed, create the source-deployed ones missing."""
+    from ..build.vm import build_vm
+
+    owner = (units.USER, units.GROUP)
+    result = _VMPlan()
+    for name, declared in host.config.microvm.vms.items():
+        state = VMState.of(name, state_dir)
+        if name in host.vms:
+            built = build_vm(store, host.vms[name].config, progress=lambda step, n=name: say(f"building {n}: {step}"))
+            result.installs[name] = ["--runner", str(built.runner)]
+            if state.current != built.runner or state.declared_by != str(host.loaded.file):
+                result.changes.append(InstallDeclared(host.vms[name], built.runner, host.loaded.file, state_dir, owner))
+                if state.current is not None and declared.restartIfChanged:
+                    result.to_restart.append(name)
+        else:
+            source, update = declared.source or "", declared.updateSource
+            result.installs[name] = ["--source", source, *(["--update-source", update] if update != source else [])]
+            if not state.installed:
+                result.changes.append(CreateFromSource(name, source, update, store, state_dir, owner))
+    return result
+
+
+def _unit_changes(unit_dir: Path, wanted: dict[str, str]) -> list[Change]:
+    """Write the units that differ, remove those of VMs no longer declared, enable microvms.target."""
+    changes: list[Change] = []
+    for rel, content in wanted.items():
+        path = unit_dir / rel
+        if not path.exists() or path.read_text() != content:
+            changes.append(WriteFile(path, content))
+    for path in _generated_units(unit_dir):
+        if str(path.relative_to(unit_dir)) not in wanted:
+            changes.append(RemoveFile(path))
+    enable = unit_dir / "multi-user.target.wants" / units.TARGET
+    if not enable.is_symlink() or Path(os.readlink(enable)) != unit_dir / units.TARGET:
+        changes.append(Link(enable, unit_dir / units.TARGET))
+    return changes
+
+
+def plan(
+    host: LoadedHost,
+    store: Store,
+    unit_dir: Path = DEFAULT_UNIT_DIR,
+    progress: Callable[[str], None] | None = None,
+    extra: Sequence[Change] = (),
+) -> Plan:
+    """What `apply` would change, building the declared VMs on the way.
+
+    ``extra`` are changes other parts of the host plan (networking: bridge, DHCP unit,
+    nftables); they come after the VMs' files and units, before systemd reloads and starts VMs.
+    Systemd is told only when the units go to /etc/systemd/system and it runs.
+    """
+    config = host.config.microvm
+    state_dir = Path(config.stateDir)
+    vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
+    autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
+    files = _unit_changes(unit_dir, units.all_units(state_dir, store.root, autostart, vms.installs))
+    result = Plan([*_system_changes(state_dir), *vms.changes, *files, *extra])
+    if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
+        if any(isinstance(c, (WriteFile, RemoveFile, Link)) for c in result.changes):
+            result.add(Systemctl(("daemon-reload",)))
+        if stopped := [n for n in autostart if not systemd.is_active(n)]:
+            result.add(Systemctl(("start", *map(systemd.unit, stopped)), "autostart"))
+        for name in vms.to_restart:
+            if systemd.is_active(name):
+                result.add(Systemctl(("restart", systemd.unit(name)), "restartIfChanged"))
+    return result
+
+
+def _generated_units(unit_dir: Path) -> list[Path]:
+    """Unit files an earlier apply wrote for VMs (found by their header)."""
+    candidates = [*unit_dir.glob("install-microvm-*.service"), *unit_dir.glob("microvm@*.service.d/install.conf")]
+    return [p for p in candidates if p.read_text().startswith(units.HEADER)]

@@ -1,0 +1,269 @@
+"""Installed VMs: create, update, install (declared), remove, list, diff.
+
+Every change builds first (into the store, which never changes existing
+entries), then records the build and switches ``current`` atomically last,
+all under the VM's lock: a failed or interrupted command leaves the old VM
+as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..build.store import Store
+from ..config import LoadedVM
+from ..errors import MicrovmError
+from . import sources, systemd
+from .statedir import RUNNER_PACKAGES, VMState, installed, locked, owner_ids, runner_config
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Change:
+    """What an install or update did to one VM."""
+
+    state: VMState
+    old: Path | None
+    new: Path
+
+    @property
+    def changed(self) -> bool:
+        return self.old != self.new
+
+    def diff(self) -> list[str]:
+        return diff_runners(self.old, self.new) if self.old else []
+
+
+def _build(store: Store, loaded: LoadedVM, progress: Progress | None) -> Path:
+    from ..build.vm import build_vm
+
+    return build_vm(store, loaded.config, progress=progress).runner
+
+
+def service_owner() -> tuple[int, int] | None:
+    """(uid, gid) of the ``microvm`` user and ``kvm`` group that run VMs under systemd, when we are root and they exist.
+
+    The VM's state directory belongs to them: the hypervisor writes its sockets, volumes and ``booted`` there.
+    """
+    from .units import GROUP, USER
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return owner_ids(USER, GROUP)
+    except KeyError:
+        return None
+
+
+def _install(
+    state: VMState,
+    runner: Path,
+    *,
+    source: str | None,
+    declared_by: str | None,
+    fingerprint: dict[str, Any],
+    owner: tuple[int, int] | None,
+) -> Change:
+    old = state.current
+    state.path.mkdir(parents=True, exist_ok=True)
+    if owner := owner or service_owner():
+        os.chown(state.path, *owner)
+    state.record(source=source, declared_by=declared_by, build={"runner": str(runner), "fingerprint": fingerprint})
+    state.switch_current(runner)
+    return Change(state, old, runner)
+
+
+def create(
+    name: str,
+    source_url: str,
+    store: Store,
+    state_dir: Path | None = None,
+    progress: Progress | None = None,
+    owner: tuple[int, int] | None = None,
+    update_source: str | None = None,
+) -> Change:
+    """Build VM ``name`` from a source and install it; refuses an installed VM (volumes left by remove are reused).
+
+    ``update_source`` is recorded for later updates instead of the source (microvm.nix's ``updateFlake``).
+    """
+    source = sources.Source.parse(source_url)
+    recorded = sources.Source.parse(update_source).url if update_source else source.url
+    with locked(name, state_dir) as state:
+        if state.installed:
+            raise MicrovmError(f"VM {name!r} already exists in {state.path}", hint=f"microvm update {name}")
+        with sources.evaluate(source, name) as evaluated:
+            runner = _build(store, evaluated.loaded, progress)
+        fingerprint = evaluated.fingerprint if recorded == source.url else {}  # {}: outdated until updated
+        return _install(state, runner, source=recorded, declared_by=None, fingerprint=fingerprint, owner=owner)
+
+
+def update(name: str, store: Store, state_dir: Path | None = None, progress: Progress | None = None) -> Change:
+    """Rebuild VM ``name`` from its recorded source and switch ``current`` to it."""
+    with locked(name, state_dir) as state:
+        if not state.installed:
+            raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}", hint=f"microvm create {name}")
+        if state.declared_by is not None:
+            raise MicrovmError(
+                f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",
+                hint=f"microvm host apply {state.declared_by}",
+            )
+        if state.source is None:
+            raise MicrovmError(f"VM {name!r} has no recorded source in {state.path}")
+        source = sources.Source.parse(state.source)
+        with sources.evaluate(source, name) as evaluated:
+            runner = _build(store, evaluated.loaded, progress)
+        return _install(
+            state, runner, source=source.url, declared_by=None, fingerprint=evaluated.fingerprint, owner=None
+        )
+
+
+def install_declared(
+    loaded: LoadedVM, runner: Path, host_file: Path, state_dir: Path, owner: tuple[int, int] | None = None
+) -> Change:
+    """Install a VM built from a host file's ``config`` (re-installed on every apply; update refuses it)."""
+    fingerprint = sources.files_fingerprint(loaded.files)
+    with locked(loaded.name, state_dir) as state:
+        return _install(state, runner, source=None, declared_by=str(host_file), fingerprint=fingerprint, owner=owner)
+
+
+def remove(name: str, state_dir: Path | None = None, keep_data: bool = True) -> list[Path]:
+    """Uninstall VM ``name``; refuses while it runs. Returns the data kept (volumes, share sources)."""
+    with locked(name, state_dir, wait=False) as state:
+        if not state.installed:
+            raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
+        if systemd.is_active(name) or state.running_here():
+            raise MicrovmError(f"VM {name!r} is running", hint=f"stop it first: microvm stop {name}")
+        return state.remove(keep_data)
+
+
+# --- list ---------------------------------------------------------------------
+
+
+@dataclass
+class Status:
+    """A VM's state as `microvm list` shows it (microvm.nix's states and advice)."""
+
+    name: str
+    running: bool
+    booted: bool
+    state: str  # current | outdated | stale | not booted
+    advice: str | None = None  # what to do ...
+    command: str | None = None  # ... with which command
+    source: str | None = None
+
+    @property
+    def next_step(self) -> str | None:
+        return f"{self.advice}: {self.command}" if self.advice else None
+
+
+def status(state: VMState) -> Status:
+    """Decide without building: compare links and the recorded source fingerprint."""
+    running = systemd.is_active(state.name) or state.running_here()
+    booted = state.booted is not None
+    outdated = sources.changed_since(state.source, state.build_record.get("fingerprint", {}))
+    verdict: tuple[str, str | None, str | None]
+    if outdated and state.declared_by:
+        verdict = ("outdated", "apply the host", f"microvm host apply {state.declared_by}")
+    elif outdated:
+        verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
+    elif not booted:
+        verdict = ("not booted", "start with", f"microvm start {state.name}")
+    elif state.booted != state.current:
+        verdict = ("stale", "restart with", f"microvm restart {state.name}")
+    else:
+        verdict = ("current", None, None)
+    return Status(state.name, running, booted, *verdict, source=state.source or state.declared_by)
+
+
+def list_vms(state_dir: Path | None = None) -> list[Status]:
+    return [status(s) for s in installed(state_dir)]
+
+
+# --- diff ---------------------------------------------------------------------
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, inner in value.items():
+            flat.update(_flatten(inner, f"{prefix}.{key}" if prefix else key))
+        return flat
+    return {prefix: value}
+
+
+def _kernel(runner: Path) -> str | None:
+    """The kernel store entry the runner uses, without its hash (e.g. kernel-6.1.0-56-cloud-amd64)."""
+    refs = runner / ".references"
+    names = [Path(line).name for line in refs.read_text().splitlines()] if refs.exists() else []
+    return next((n.split("-", 1)[1] for n in names if n.split("-", 1)[-1].startswith("kernel-")), None)
+
+
+def _packages(runner: Path) -> dict[str, str]:
+    path = runner / RUNNER_PACKAGES
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass
+class Diff:
+    kernel: tuple[str | None, str | None] | None = None
+    options: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    packages: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+
+def compare(old: Path, new: Path) -> Diff:
+    """What differs between two runners: kernel, options (vm.json), packages (packages.json when recorded)."""
+    diff = Diff()
+    if (k := (_kernel(old), _kernel(new)))[0] != k[1]:
+        diff.kernel = k
+    before, after = (_flatten(runner_config(r)) for r in (old, new))
+    diff.options = {
+        k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)
+    }
+    pkgs_old, pkgs_new = _packages(old), _packages(new)
+    diff.packages = {
+        p: (pkgs_old.get(p), pkgs_new.get(p))
+        for p in sorted(pkgs_old.keys() | pkgs_new.keys())
+        if pkgs_old.get(p) != pkgs_new.get(p)
+    }
+    return diff
+
+
+def diff_runners(old: Path, new: Path) -> list[str]:
+    """The diff as lines for the terminal."""
+    diff = compare(old, new)
+    lines = []
+    if diff.kernel:
+        lines.append(f"kernel: {diff.kernel[0]} -> {diff.kernel[1]}")
+    for name, (a, b) in diff.packages.items():
+        lines.append(f"package {name}: {a or '(none)'} -> {b or '(removed)'}")
+    for option, (a, b) in diff.options.items():
+        lines.append(f"{option}: {_show(a)} -> {_show(b)}")
+    return lines
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is None else json.dumps(value)
+
+
+def run_installed(name: str, state_dir: Path | None = None) -> int:
+    """Run an installed VM in the foreground (console here), with ``booted`` set while it runs."""
+    from ..config.options import VMConfig
+    from .console import run_foreground
+
+    state = VMState.of(name, state_dir)
+    if (runner := state.current) is None:
+        raise MicrovmError(f"{name!r} is neither a VM file nor a VM installed in {state.path.parent}")
+    if systemd.is_active(name) or state.running_here():
+        raise MicrovmError(f"VM {name!r} is already running", hint=f"attach to it: microvm console {name}")
+    config = VMConfig.model_validate(runner_config(runner))
+    state.mark_booted()
+    try:
+        return run_foreground(config, runner, state.path)
+    finally:
+        state.clear_booted()

@@ -1,0 +1,39 @@
+"""Talking to systemd: whether it runs the host, and the VM's units through systemctl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import proc
+from ..errors import MicrovmError
+
+
+def unit(name: str) -> str:
+    return f"microvm@{name}.service"
+
+
+def running() -> bool:
+    """systemd is PID 1 (its own test, sd_booted: /run/systemd/system exists)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def require(what: str, name: str) -> None:
+    if not running():
+        raise MicrovmError(
+            f"cannot {what} {name!r}: systemd is not running here (PID 1 is not systemd), so no unit runs VMs",
+            hint=f"run it in the foreground instead: microvm run {name}",
+        )
+
+
+def systemctl(*args: str, check: bool = True) -> str:
+    return proc.run(["systemctl", *args], check=check).stdout
+
+
+def is_active(name: str) -> bool:
+    return running() and proc.run(["systemctl", "is-active", "--quiet", unit(name)], check=False).returncode == 0
+
+
+def control(action: str, name: str) -> None:
+    """``systemctl start|stop|restart microvm@NAME.service``."""
+    require(action, name)
+    systemctl(action, unit(name))
