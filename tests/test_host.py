@@ -387,3 +387,31 @@ def test_run_an_installed_vm_in_the_foreground(tmp_path: Path) -> None:
     assert "microvm: fg stopped cleanly" in stdout
     assert booted_while_running == state.current
     assert state.booted is None
+
+
+def test_list_and_status_show_the_guests_addresses(tmp_path: Path, ns) -> None:
+    """Static addresses always; the base interface's fixed DHCP and SLAAC addresses once the host bridge is up."""
+    src = tmp_path / "src"
+    extra = """
+[guest.network.base]
+enable = true
+n = 5
+[[microvm.interfaces]]
+type = "tap"
+id = "vm-static"
+mac = "02:00:00:00:00:42"
+[guest.network.interfaces.vm-static]
+dhcp = false
+addresses = ["192.168.7.2/24"]
+"""
+    define(src, "addr", extra=extra)
+    ok("create", "addr", "-f", str(src))
+    assert list_states()["addr"] == "not booted (192.168.7.2), start with: microvm start addr"
+
+    host = write_vm(tmp_path, "[network.basic]\nenable = true\n", "host.toml")
+    up = ns.run(sys.executable, "-m", "microvm", "host", "network", "up", str(host), check=False)
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = ok("status", "addr")
+    addresses = next(line for line in status.splitlines() if line.startswith("addresses:"))
+    # VM n=5: 10.213.0.(n+2) from the bridge's DHCP table; SLAAC from its MAC 02:00:00:01:00:05
+    assert addresses == "addresses: 192.168.7.2, 10.213.0.7, fd12:3456:789a::ff:fe01:5"

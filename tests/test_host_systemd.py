@@ -25,9 +25,11 @@ pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "qemu-system-x86", "busybox-static",
-    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git",
+    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables",
 ]  # fmt: skip
-ROOTFS_HOOK = 'chmod 0711 "$1/root"'  # the hypervisor runs as user microvm and reaches the store and venv under /root
+# The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
+# machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
+ROOTFS_HOOK = 'chmod 0711 "$1/root" && echo "z /dev/net/tun 0666 - - -" > "$1/etc/tmpfiles.d/microvm-test-tun.conf"'
 ROOTFS = CACHE / f"nspawn-bookworm-{hashlib.sha256(repr((PACKAGES, ROOTFS_HOOK)).encode()).hexdigest()[:12]}.tar.zst"
 STATE = Path("/var/lib/microvms")  # the default stateDir, inside the container
 
@@ -57,6 +59,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = BOOT_TIMEOUT
         time.sleep(0.3)
 
 
+# alpha is VM 1 on the host's bridge: DHCP gives it 10.213.0.3 (n + 2), which it reports on its console
+NET = """
+[guest.network.base]
+enable = true
+n = 1
+[guest.services.address]
+type = "oneshot"
+command = 'for i in $(seq 100); do ip -4 -o addr show | grep -q 10.213. && break; sleep 0.1; done; ip -4 -o addr show'
+"""
 VM = """
 imports = ["{common}"]
 [guest]
@@ -97,7 +108,8 @@ class Host:
 
     def states(self) -> dict[str, str]:
         lines = self.microvm("list").stdout.splitlines()
-        return {line.split(": ")[0]: line.split(": ", 1)[1].split(",")[0] for line in lines}
+        # "NAME: STATE (ADDRESSES), ADVICE: COMMAND" -> {NAME: STATE}
+        return {line.split(": ")[0]: re.split(r" \(|,", line.split(": ", 1)[1])[0] for line in lines}
 
     def wait_booted(self, name: str, gen: int) -> None:
         """Wait for a boot of ``name`` at ``gen`` not seen before."""
@@ -131,7 +143,7 @@ def setup(shared_store, tmp_path: Path):
         """,
         "common.toml",
     )
-    write_vm(work, VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false"), "alpha.toml")
+    write_vm(work, VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false") + NET, "alpha.toml")
     write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256, shell="true"), "beta.toml")
     host_file = write_vm(
         work,
@@ -140,6 +152,8 @@ def setup(shared_store, tmp_path: Path):
         config = "alpha.toml"
         [microvm.vms.beta]
         source = "{work / "src"}"
+        [network.basic]
+        enable = true
         """,
         "host.toml",
     )
@@ -168,6 +182,12 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
             host.wait_booted(name, 1)
             assert host.active(name)
         assert host.microvm("host", "apply", str(host_file)).stdout.strip() == "nothing to change"
+        # the host network: bridge, its dnsmasq unit, alpha's tap on the bridge and its fixed address
+        assert "network: add bridge microvm" in applied
+        assert host.systemctl("is-active", "microvm-dnsmasq-microvm.service") == "active"
+        assert "master microvm" in host.box.run("ip", "-o", "link", "show", "vm1").stdout
+        wait_for("alpha's DHCP address", lambda: "inet 10.213.0.3/24" in host.console("alpha"))
+        assert "10.213.0.3" in host.microvm("list").stdout
         assert host.states() == {"alpha": "current", "beta": "current"}
         user = host.box.run("ps", "-o", "user=", "-p", str(host.main_pid("alpha")), check=False).stdout.strip()
         assert user in ("microvm", ""), user  # ps may be missing from minbase; then the unit says it

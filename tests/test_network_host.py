@@ -200,12 +200,14 @@ def test_macvtap_up_hands_the_device_to_the_hypervisor_user(ns, tmp_path: Path) 
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_dnsmasq_unit_verifies(tmp_path: Path) -> None:
+def test_network_units_verify(tmp_path: Path) -> None:
+    """The boot-time restoration of the bridge and the bridge's dnsmasq."""
     from microvm.host import network
 
     host = HostConfig.model_validate({"network": {"basic": {"enable": True}, "nat": {"enable": True}}})
     units = network.network_units(host, tmp_path / "state")
-    assert list(units) == ["microvm-dnsmasq-microvm.service"]
+    assert list(units) == ["microvm-network.service", "microvm-dnsmasq-microvm.service"]
+    assert f"microvm.host.network restore {tmp_path / 'state'}" in units["microvm-network.service"]
     for name, text in units.items():
         (tmp_path / name).write_text(text)
     result = subprocess.run(

@@ -12,12 +12,11 @@ from typing import Annotated
 import typer
 
 from ..config import load_host
-from .app import app, out, warn
+from .app import out, warn
+from .host_cmds import host_app
 
-host_app = typer.Typer(help="The host side: VM network.", no_args_is_help=True)
 network_app = typer.Typer(help="The VM bridge with DHCP, router advertisements and NAT.", no_args_is_help=True)
 host_app.add_typer(network_app, name="network")
-app.add_typer(host_app, name="host")
 
 HostFileArg = Annotated[Path, typer.Argument(help="A host file.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only print the plan.")]
@@ -66,7 +65,7 @@ def down(file: HostFileArg) -> None:
         out.print(str(change), soft_wrap=True)
 
 
-UNIT_DIR = Path("/etc/systemd/system")
+UNIT_DIR = Path("/etc/systemd/system")  # as `host apply`, which installs the same units
 
 
 def _install_units(units: dict[str, str]) -> None:

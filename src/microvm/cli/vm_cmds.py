@@ -72,6 +72,8 @@ def list_() -> None:
     for vm in vms:
         colour = "green" if vm.running else "yellow" if vm.booted else "red"
         line = f"[{colour}]{vm.name}[/{colour}]: [{STATE_COLOURS[vm.state]}]{vm.state}[/{STATE_COLOURS[vm.state]}]"
+        if vm.addresses:
+            line += f" ({escape(', '.join(vm.addresses))})"
         if vm.advice:
             line += f", {vm.advice}: [bold]{escape(vm.command or '')}[/bold]"
         out.print(line, soft_wrap=True)
@@ -105,6 +107,7 @@ def status(name: NameArg) -> None:
     summary = f"{name}: {'running' if vm.running else 'stopped'}, {vm.state}"
     summary += f" ({vm.next_step})" if vm.next_step else ""
     summary += f"\ncurrent: {state.current}\nbooted:  {state.booted or '-'}\nsource:  {vm.source or '-'}"
+    summary += f"\naddresses: {', '.join(vm.addresses) or '-'}"
     out.print(summary, soft_wrap=True, markup=False)
     if systemd.running():
         unit = systemd.systemctl("status", "--no-pager", "--lines=5", systemd.unit(name), check=False)

@@ -13,14 +13,15 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import proc
 from ..build.store import Store
 from ..config import LoadedHost, LoadedVM
-from . import lifecycle, systemd, units
+from ..config.options import HostConfig
+from . import lifecycle, network, systemd, units
 from .statedir import VMState, owner_ids, switch_link, write_atomic
 
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
@@ -235,8 +236,8 @@ def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[
     return result
 
 
-def _unit_changes(unit_dir: Path, wanted: dict[str, str]) -> list[Change]:
-    """Write the units that differ, remove those of VMs no longer declared, enable microvms.target."""
+def _unit_changes(unit_dir: Path, wanted: dict[str, str], enable: list[str]) -> list[Change]:
+    """Write the units that differ, remove those no longer wanted, enable ``enable`` at boot."""
     changes: list[Change] = []
     for rel, content in wanted.items():
         path = unit_dir / rel
@@ -245,10 +246,35 @@ def _unit_changes(unit_dir: Path, wanted: dict[str, str]) -> list[Change]:
     for path in _generated_units(unit_dir):
         if str(path.relative_to(unit_dir)) not in wanted:
             changes.append(RemoveFile(path))
-    enable = unit_dir / "multi-user.target.wants" / units.TARGET
-    if not enable.is_symlink() or Path(os.readlink(enable)) != unit_dir / units.TARGET:
-        changes.append(Link(enable, unit_dir / units.TARGET))
+            if (wants := unit_dir / "multi-user.target.wants" / path.name).is_symlink():
+                changes.append(RemoveFile(wants))
+    for name in enable:
+        link = unit_dir / "multi-user.target.wants" / name
+        if not link.is_symlink() or Path(os.readlink(link)) != unit_dir / name:
+            changes.append(Link(link, unit_dir / name))
     return changes
+
+
+@dataclass
+class ApplyNetwork(Change):
+    """The host network (bridge, addresses, ports, sysctls, NAT table, DHCP host table) and tap settings."""
+
+    host: HostConfig
+    state_dir: Path
+    steps: list[str]
+
+    def describe(self) -> str:
+        return "network: " + ("; ".join(self.steps) or "record the tap settings for bin/tap-up")
+
+    def apply(self) -> None:
+        network.apply_network(self.host, self.state_dir)
+
+
+def _network_changes(host: HostConfig, state_dir: Path) -> list[Change]:
+    steps = [str(change) for change in network.plan_network(host, state_dir)]
+    if steps or network.tap_settings_outdated(host, state_dir):
+        return [ApplyNetwork(host, state_dir, steps)]
+    return []
 
 
 def plan(
@@ -256,23 +282,34 @@ def plan(
     store: Store,
     unit_dir: Path = DEFAULT_UNIT_DIR,
     progress: Callable[[str], None] | None = None,
-    extra: Sequence[Change] = (),
 ) -> Plan:
     """What `apply` would change, building the declared VMs on the way.
 
-    ``extra`` are changes other parts of the host plan (networking: bridge, DHCP unit,
-    nftables); they come after the VMs' files and units, before systemd reloads and starts VMs.
-    Systemd is told only when the units go to /etc/systemd/system and it runs.
+    The host network comes after the VMs' files and units, before systemd
+    reloads and starts anything. Systemd is told only when the units go to
+    /etc/systemd/system and it runs.
     """
     config = host.config.microvm
     state_dir = Path(config.stateDir)
     vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
     autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
-    files = _unit_changes(unit_dir, units.all_units(state_dir, store.root, autostart, vms.installs))
-    result = Plan([*_system_changes(state_dir), *vms.changes, *files, *extra])
+    net_units = network.network_units(host.config, state_dir)
+    wanted = units.all_units(state_dir, store.root, autostart, vms.installs) | net_units
+    files = _unit_changes(unit_dir, wanted, enable=[units.TARGET, *net_units])
+    net = _network_changes(host.config, state_dir)
+    result = Plan([*_system_changes(state_dir), *vms.changes, *files, *net])
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
         if any(isinstance(c, (WriteFile, RemoveFile, Link)) for c in result.changes):
             result.add(Systemctl(("daemon-reload",)))
+        for change in files:
+            if isinstance(change, RemoveFile) and change.path.name.startswith("microvm-dnsmasq-"):
+                if systemd.is_active_unit(change.path.name):
+                    result.add(Systemctl(("stop", change.path.name), "no longer declared"))
+        for name in net_units:
+            if not systemd.is_active_unit(name):
+                result.add(Systemctl(("start", name), "host network"))
+            elif any(isinstance(c, WriteFile) and c.path.name == name for c in files):
+                result.add(Systemctl(("restart", name), "its unit changed"))
         if stopped := [n for n in autostart if not systemd.is_active(n)]:
             result.add(Systemctl(("start", *map(systemd.unit, stopped)), "autostart"))
         for name in vms.to_restart:
@@ -283,5 +320,9 @@ def plan(
 
 def _generated_units(unit_dir: Path) -> list[Path]:
     """Unit files an earlier apply wrote for VMs (found by their header)."""
-    candidates = [*unit_dir.glob("install-microvm-*.service"), *unit_dir.glob("microvm@*.service.d/install.conf")]
+    candidates = [
+        *unit_dir.glob("install-microvm-*.service"),
+        *unit_dir.glob("microvm@*.service.d/install.conf"),
+        *unit_dir.glob("microvm-dnsmasq-*.service"),
+    ]
     return [p for p in candidates if p.read_text().startswith(units.HEADER)]

@@ -156,6 +156,7 @@ class Status:
     advice: str | None = None  # what to do ...
     command: str | None = None  # ... with which command
     source: str | None = None
+    addresses: list[str] = field(default_factory=list)  # what the guest has or gets on this host
 
     @property
     def next_step(self) -> str | None:
@@ -178,7 +179,21 @@ def status(state: VMState) -> Status:
         verdict = ("stale", "restart with", f"microvm restart {state.name}")
     else:
         verdict = ("current", None, None)
-    return Status(state.name, running, booted, *verdict, source=state.source or state.declared_by)
+    return Status(
+        state.name, running, booted, *verdict, source=state.source or state.declared_by, addresses=_addresses(state)
+    )
+
+
+def _addresses(state: VMState) -> list[str]:
+    from pydantic import ValidationError
+
+    from ..config.options import VMConfig
+    from .network import vm_addresses
+
+    try:
+        return vm_addresses(VMConfig.model_validate(state.config()), host=None)
+    except (OSError, ValueError, ValidationError):
+        return []  # a runner written by another version: its state still shows
 
 
 def list_vms(state_dir: Path | None = None) -> list[Status]:

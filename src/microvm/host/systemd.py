@@ -30,7 +30,12 @@ def systemctl(*args: str, check: bool = True) -> str:
 
 
 def is_active(name: str) -> bool:
-    return running() and proc.run(["systemctl", "is-active", "--quiet", unit(name)], check=False).returncode == 0
+    """VM ``name``'s microvm@ unit is active."""
+    return is_active_unit(unit(name))
+
+
+def is_active_unit(unit_name: str) -> bool:
+    return running() and proc.run(["systemctl", "is-active", "--quiet", unit_name], check=False).returncode == 0
 
 
 def control(action: str, name: str) -> None:

@@ -113,6 +113,8 @@ def tap_up(runner: Path, user: str | None = None) -> list[str]:
     """
     taps, flags = runner_taps(runner)
     uid, gid = owner(runner, user)
+    if taps and (problem := _tun_access_problem(uid, gid)):
+        print(f"tap-up: warning: {problem}", file=sys.stderr)
     script = network.tap_script()
     with network.iproute() as ipr:
         masters = {tap.id: _master(ipr, tap) for tap in taps}
@@ -141,6 +143,24 @@ def tap_up(runner: Path, user: str | None = None) -> list[str]:
                 _remove_own(ipr, name, "tun")
             raise
     return [tap.id for tap in taps]
+
+
+def _tun_access_problem(uid: int, gid: int, tun: Path = Path("/dev/net/tun")) -> str | None:
+    """The hypervisor's user must open /dev/net/tun to attach to its tap; say so before qemu fails obscurely."""
+    st = tun.stat()
+    mode = st.st_mode
+    allowed = (
+        uid == 0
+        or mode & 0o006 == 0o006
+        or (st.st_gid == gid and mode & 0o060 == 0o060)
+        or (st.st_uid == uid and mode & 0o600 == 0o600)
+    )
+    if allowed:
+        return None
+    return (
+        f"{tun} is mode {mode & 0o777:o}, so the hypervisor's user (uid {uid}) cannot open its taps; "
+        f"make it read-write for everyone, as Debian does by default: chmod 0666 {tun}"
+    )
 
 
 def _master(ipr, tap: Tap) -> int | None:

@@ -89,13 +89,16 @@ def vm_service(state_dir: Path) -> str:
 ONESHOT = [("Type", "oneshot"), ("RemainAfterExit", "yes")]
 
 
-def _needed_unit(state_dir: Path, what: str, condition: str, service: list[tuple[str, str]]) -> str:
+def _needed_unit(
+    state_dir: Path, what: str, condition: str, service: list[tuple[str, str]], after: str | None = None
+) -> str:
     """A unit the VM's unit requires; ``{vm}`` in ``service`` values is the VM's state directory."""
     vm = _vm_dir(state_dir)
     return _unit(
         {
             "Unit": [
                 ("Description", f"{what} of MicroVM '%i'"),
+                *([("After", after)] if after else []),
                 ("Before", "microvm@%i.service"),
                 ("PartOf", "microvm@%i.service"),
                 ("ConditionPathExists", f"{vm}/current/{condition}"),
@@ -112,6 +115,7 @@ def interfaces_service(state_dir: Path, kind: str) -> str:
         f"{kind} interfaces",
         f"share/microvm/{kind}-interfaces",
         [*ONESHOT, ("ExecStart", f"{{vm}}/current/bin/{kind}-up"), ("ExecStop", f"{{vm}}/current/bin/{kind}-down")],
+        after="microvm-network.service",  # the bridge the taps join, restored at boot
     )
 
 
