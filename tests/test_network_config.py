@@ -23,10 +23,13 @@ def vm(name: str = "web", **guest_network) -> VMConfig:
 
 
 def install(state: Path, config: VMConfig) -> None:
-    """What an installed VM leaves in the state directory (its runner's vm.json)."""
-    record = state / config.name / "current" / "share" / "microvm" / "vm.json"
+    """What an installed VM leaves in the state directory: ``current`` links to a runner with its vm.json."""
+    runner = state.parent / "store" / f"runner-{config.name}"
+    record = runner / "share" / "microvm" / "vm.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps(config.dump()))
+    (state / config.name).mkdir(parents=True)
+    (state / config.name / "current").symlink_to(runner)
 
 
 def check(file: Path, *flags: str):
