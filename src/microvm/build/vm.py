@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.options import STORE_SHARE_TAG, VMConfig
-from ..hypervisors import GuestArtifacts, Hypervisor, get
 from ..host import accel
+from ..hypervisors import GuestArtifacts, Hypervisor, get
 from .image import build_root_image
 from .initrd import build_initrd
 from .kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel

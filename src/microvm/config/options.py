@@ -489,7 +489,9 @@ class DebianOptions(Options):
     variant: Literal["essential", "required", "minbase", "buildd", "important", "debootstrap", "standard"] = Field(
         "minbase", description="mmdebstrap variant: which priority of packages forms the base."
     )
-    mirror: str = Field("http://deb.debian.org/debian", description="Debian mirror (a snapshot.debian.org URL pins time).")
+    mirror: str = Field(
+        "http://deb.debian.org/debian", description="Debian mirror (a snapshot.debian.org URL pins time)."
+    )
     components: list[Name] = Field(["main"], description="Archive components.")
     lock: str | None = Field(
         None,
@@ -519,7 +521,8 @@ class MountVolume(Options):
 class MountShare(Options):
     enable: bool = Field(False, description="Back the mount with a host directory shared into the guest.")
     hostPath: str | None = Field(
-        None, description="Host directory. Default: `<stateDir>/<vm>/<name>` (relative paths are in the state directory)."
+        None,
+        description="Host directory. Default: `<stateDir>/<vm>/<name>` (relative paths are in the state directory).",
     )
     tag: Name | None = Field(None, description="Share tag. Default: the mount's name.")
     socket: str | None = Field(None, description="virtiofs socket. Default: as microvm.shares.")
@@ -538,7 +541,9 @@ class Mount(Options):
 
 
 class StoreReadWrite(Options):
-    enable: bool = Field(False, description="Keep a writable overlay over the system on a volume (packages can be installed).")
+    enable: bool = Field(
+        False, description="Keep a writable overlay over the system on a volume (packages can be installed)."
+    )
     size: PositiveMB = Field(5000, description="Size of the overlay volume in MB.")
 
 
@@ -580,7 +585,9 @@ class GuestOptions(Options):
     firewall: Firewall = Field(default_factory=Firewall, description="Incoming packet filter (base debian).")
     timeZone: str = Field("UTC", description="Time zone, a name from the tz database (base debian).")
     locale: str = Field("C.UTF-8", description="LANG of the guest (base debian); other locales are generated.")
-    mounts: dict[Name, Mount] = Field({}, description="Volumes and shares by name, expanded into microvm.volumes/shares.")
+    mounts: dict[Name, Mount] = Field(
+        {}, description="Volumes and shares by name, expanded into microvm.volumes/shares."
+    )
     store: StoreOptions = Field(default_factory=StoreOptions, description="Shared or writable guest system.")
 
 
@@ -652,9 +659,7 @@ def _expand_mounts(vm: VMConfig) -> None:
                 Volume(image=volume.image or f"{name}.img", mountPoint=mount.mountpoint, size=size, label=name[:16])
             )
     if (guest.store.readonly.enable or mv.storeOnDisk is False) and STORE_SHARE_TAG not in tags:
-        mv.shares.append(
-            Share(tag=STORE_SHARE_TAG, source="system", mountPoint="/", proto="virtiofs", readOnly=True)
-        )
+        mv.shares.append(Share(tag=STORE_SHARE_TAG, source="system", mountPoint="/", proto="virtiofs", readOnly=True))
     if guest.store.readwrite.enable and STORE_RW_IMAGE not in images:
         mv.volumes.append(
             Volume(

@@ -75,11 +75,21 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
             "posix_acl" if share.posixAcl else "no_posix_acl",
         ]
         if share.readOnly:
-            raise MicrovmError(
-                f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
-                hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
-            )
+            return [*_read_only_bind(share, source), *args, *opts.extraArgs, *share.virtiofsdExtraArgs]
     return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
+
+
+def _read_only_bind(share: Share, source: str) -> list[str]:
+    """A prefix running the C virtiofsd (which has no read-only mode) in a mount namespace where
+    ``source`` is a read-only bind mount, so the kernel refuses every write through the share."""
+    if os.geteuid() != 0:
+        raise MicrovmError(
+            f"microvm.shares: the C virtiofsd can serve {share.tag!r} read-only only when run as root",
+            hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
+        )
+    unshare = proc.which("unshare", purpose="for read-only virtiofs shares")
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    return [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", script, source]
 
 
 def start(vm: VMConfig, workdir: Path, timeout: float = 10.0) -> list[subprocess.Popen[bytes]]:
