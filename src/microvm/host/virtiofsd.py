@@ -92,13 +92,23 @@ def _read_only_bind(share: Share, source: str) -> list[str]:
     return [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", script, source]
 
 
-def start(vm: VMConfig, workdir: Path, timeout: float = 10.0) -> list[subprocess.Popen[bytes]]:
-    """Start a virtiofsd for every virtiofs share; return once every socket exists."""
+def runner_source(runner: Path, share: Share) -> Share:
+    """``share`` with the source the runner records (the store share's source is only known after the build)."""
+    recorded = runner / "share/microvm/virtiofs" / share.tag / "source"
+    return share.model_copy(update={"source": recorded.read_text().strip()}) if recorded.exists() else share
+
+
+def start(
+    vm: VMConfig, workdir: Path, timeout: float = 10.0, runner: Path | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Start a virtiofsd for every virtiofs share (sources as ``runner`` records them); return once every socket exists."""
     daemons = []
     try:
         for share in vm.microvm.shares:
             if share.proto != "virtiofs":
                 continue
+            if runner is not None:
+                share = runner_source(runner, share)
             socket = workdir / (share.socket or "")
             socket.unlink(missing_ok=True)
             (workdir / share.source).mkdir(parents=True, exist_ok=True)
