@@ -292,6 +292,7 @@ class Guest:
         (self.workdir / f"{self.name}-console.log").unlink(missing_ok=True)  # not the last boot's prompt
         self.log = open(state.parent / f"run-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         env = {**os.environ, "MICROVM_STATE_DIR": str(state)}
+        self.started = time.monotonic()
         self.process = ns.popen(
             [sys.executable, "-m", "microvm", "run", str(file)],
             stdin=subprocess.DEVNULL,
@@ -311,6 +312,7 @@ class Guest:
             assert self.process.poll() is None, f"the VM exited:\n{self.console}"
             assert time.monotonic() < deadline, f"no login prompt:\n{self.console}"
             time.sleep(0.5)
+        print(f"{self.name}: login prompt {time.monotonic() - self.started:.1f} s after `microvm run`")
 
     def ssh(self, user: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [
