@@ -169,26 +169,6 @@ def test_mount_cannot_be_volume_and_share(tmp_path: Path) -> None:
     assert "mounts.x" in result.stderr and "not both" in result.stderr
 
 
-def test_missing_file_source_names_the_file(tmp_path: Path, shared_store: Store) -> None:
-    file = write_vm(
-        tmp_path,
-        """
-        [guest]
-        hostName = "nofile"
-        base = "debian"
-        [guest.files."/etc/motd"]
-        source = "missing/motd.txt"
-        """,
-    )
-    before = _store_contents(shared_store)
-    with pytest.raises(ConfigErrors) as info:
-        build_file(shared_store, file)
-    message = str(info.value)
-    assert str(tmp_path / "missing/motd.txt") in message
-    assert 'guest.files."/etc/motd".source' in message and str(file) in message
-    assert _store_contents(shared_store) == before
-
-
 def test_debian_only_options_are_rejected_on_busybox(tmp_path: Path) -> None:
     file = write_vm(tmp_path, '[guest]\nhostName = "bb"\n[guest.users.alice]\nuid = 1000\n')
     result = microvm("check", str(file))
@@ -196,21 +176,30 @@ def test_debian_only_options_are_rejected_on_busybox(tmp_path: Path) -> None:
     assert "guest.users" in result.stderr and 'base = "debian"' in result.stderr
 
 
-def test_unknown_package_is_named_before_the_store_is_touched(tmp_path: Path, shared_store: Store) -> None:
-    file = write_vm(
-        tmp_path,
-        """
-        [guest]
-        hostName = "nopkg"
-        base = "debian"
-        packages = ["busybox", "no-such-package-microvm"]
-        """,
-    )
+@pytest.mark.parametrize(
+    "body, error, named",
+    [
+        (
+            '[guest.files."/etc/motd"]\nsource = "missing/motd.txt"\n',
+            ConfigErrors,
+            ["missing/motd.txt", 'guest.files."/etc/motd".source'],
+        ),
+        ('packages = ["busybox", "no-such-package-microvm"]\n', MicrovmError, ["no-such-package-microvm"]),
+    ],
+    ids=["missing-file-source", "unknown-package"],
+)
+def test_bad_input_is_named_and_nothing_is_written(
+    tmp_path: Path, shared_store: Store, body: str, error: type[Exception], named: list[str]
+) -> None:
+    file = write_vm(tmp_path, f'[guest]\nhostName = "bad"\nbase = "debian"\n{body}')
     before = _store_contents(shared_store)
-    with pytest.raises(MicrovmError) as info:
+    with pytest.raises(error) as info:
         build_file(shared_store, file)
-    assert "no-such-package-microvm" in str(info.value)
-    assert "busybox" not in str(info.value).split("not found")[0]
+    for text in named:
+        assert text in str(info.value)
+    if error is ConfigErrors:
+        assert str(file) in str(info.value)  # the file that names the source
+    assert "busybox" not in str(info.value)  # only what is wrong is named
     assert _store_contents(shared_store) == before  # no entry, no temporary directory
 
 
