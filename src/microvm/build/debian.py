@@ -15,6 +15,7 @@ Two store entries, so that a config change does not reinstall packages:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -111,6 +112,13 @@ def check_packages(store: Store, vm: VMConfig, packages: list[str]) -> None:
     apt = store.root / ".cache" / "apt" / re.sub(r"[^A-Za-z0-9.-]", "_", _sources_line(vm))[-120:]
     for sub in ("lists/partial", "cache/archives/partial", "etc/preferences.d"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
+    with (apt / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # apt's own locking is off (not root's dirs); one check at a time
+        _apt_simulate(vm, apt, packages)
+
+
+def _apt_simulate(vm: VMConfig, apt: Path, packages: list[str]) -> None:
+    """Refresh the suite's lists in ``apt`` and simulate installing ``packages`` on an empty system."""
     (apt / "status").touch()
     (apt / "sources.list").write_text(_sources_line(vm) + "\n")
     options = {
@@ -317,6 +325,11 @@ def _network(vm: VMConfig, layer: Layer) -> None:
             if route.gateway:
                 lines.append(f"Gateway={route.gateway}")
         layer.text(f"etc/systemd/network/10-{iface.id}.network", "\n".join(lines) + "\n")
+    # interfaces not declared (e.g. added by the host's network.base) use DHCP and SLAAC, as guest.network says
+    layer.text(
+        "etc/systemd/network/99-microvm-default.network",
+        "[Match]\nType=ether\n\n[Network]\nDHCP=ipv4\nIPv6AcceptRA=yes\n",
+    )
     layer.enable("systemd-networkd.service", "multi-user.target")
     layer.enable("systemd-networkd.socket", "sockets.target")
 
@@ -384,8 +397,8 @@ class Accounts:
                     while next_uid in used:
                         next_uid += 1
                     uid = next_uid
-                if any(int(e[2]) == uid for e in self.passwd):
-                    raise MicrovmError(f"guest.users.{name}.uid: {uid} is already used in the guest")
+                if uid in used:
+                    raise MicrovmError(f"guest.users.{name}.uid: {uid} is already a user or group id of the guest")
                 gid = uid
                 used |= {uid}
                 home = user.home or f"/home/{name}"
