@@ -70,6 +70,10 @@ volume.size = 64
 [guest.mounts.shared]
 share.enable = true
 
+[guest.mounts.journal]  # the guest's journal on the host (microvm.nix FAQ)
+mountpoint = "/var/log/journal"
+share.enable = true
+
 [guest.store.readwrite]
 enable = true
 size = 256
@@ -362,6 +366,14 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
     )
     assert (shared / "from-guest").read_text() == "from-guest\n"
     guest.poweroff()
+    machine_id = load_vm(file).config.guest.machineId
+    journal = subprocess.run(
+        ["journalctl", "-D", str(state / "deb-test/journal" / machine_id), "-u", "web.service", "-o", "cat"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "a small web server" in journal.stdout  # systemd's "Started web.service - a small web server."
 
     # rebuild with a changed declaration and the system shared from the host store instead of an image,
     # then boot again: the volume and the writable overlay keep their data
