@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from .. import proc
-from ..config.options import Share, VMConfig
+from ..config.options import STORE_SHARE_TAG, Share, VMConfig
 from ..errors import MicrovmError
 
 C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -43,6 +43,8 @@ def _threads(vm: VMConfig) -> int:
 def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
     """The command line serving ``share``, run in the VM's state directory ``workdir``.
 
+    The system store share never changes under the guest, so the guest may cache it fully.
+
     The socket stays relative as configured (unix socket paths are limited to
     108 bytes); the source is made absolute (virtiofsd bind-mounts it).
     """
@@ -62,6 +64,7 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
         args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
         args += [f"--socket-group={opts.group}"] if opts.group and os.geteuid() == 0 else []
         args += ["--readonly"] if share.readOnly else []
+        args += ["--cache=always"] if share.tag == STORE_SHARE_TAG else []
     else:
         args = [
             path,
@@ -74,6 +77,8 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
             "-o",
             "posix_acl" if share.posixAcl else "no_posix_acl",
         ]
+        if share.tag == STORE_SHARE_TAG:
+            args += ["-o", "cache=always"]
         if share.readOnly:
             return [*_read_only_bind(share, source), *args, *opts.extraArgs, *share.virtiofsdExtraArgs]
     return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
