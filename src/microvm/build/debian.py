@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,10 @@ def _generated_locale(locale: str) -> tuple[str, str] | None:
     return name, charset or "UTF-8"
 
 
+def _deb_arch(vm: VMConfig) -> str:
+    return DEB_ARCH[vm.guest.arch or "x86_64"]
+
+
 def _sources_line(vm: VMConfig) -> str:
     d = vm.guest.debian
     return f"deb [signed-by={KEYRING}] {d.mirror} {d.suite} {' '.join(d.components)}"
@@ -130,8 +135,8 @@ def _apt_simulate(vm: VMConfig, apt: Path, packages: list[str]) -> None:
         "Dir::Etc::SourceParts": apt / "sources.list.d",
         "Dir::Etc::Preferences": apt / "preferences",
         "Dir::Etc::PreferencesParts": apt / "etc/preferences.d",
-        "APT::Architecture": DEB_ARCH[vm.guest.arch or "x86_64"],
-        "APT::Architectures": DEB_ARCH[vm.guest.arch or "x86_64"],
+        "APT::Architecture": _deb_arch(vm),
+        "APT::Architectures": _deb_arch(vm),
         "Acquire::Languages": "none",
         "Debug::NoLocking": "1",
     }
@@ -196,7 +201,7 @@ def build_package_tree(store: Store, vm: VMConfig) -> Path:
             mmdebstrap,
             "--quiet",
             f"--variant={d.variant}",
-            f"--architectures={DEB_ARCH[vm.guest.arch or 'x86_64']}",
+            f"--architectures={_deb_arch(vm)}",
             f"--components={','.join(d.components)}",
             f"--include={','.join(packages)}",
             '--aptopt=APT::Install-Recommends "false"',
@@ -205,10 +210,9 @@ def build_package_tree(store: Store, vm: VMConfig) -> Path:
             '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
         ]
         if generated:
-            argv.append(
-                f'--customize-hook=chroot "$1" localedef -i {generated[0]} -c -f {generated[1]} {vm.guest.locale}'
-            )
-        argv += [d.suite, rootfs, f"{d.mirror}"]
+            localedef = shlex.join(["localedef", "-i", generated[0], "-c", "-f", generated[1], vm.guest.locale])
+            argv.append(f'--customize-hook=chroot "$1" {localedef}')
+        argv += [d.suite, rootfs, d.mirror]
         proc.run(argv, env={"SOURCE_DATE_EPOCH": "0"})
         versions = installed_versions(rootfs)
         drift = {n: (v, versions.get(n)) for n, v in lock.items() if versions.get(n) not in (None, v)}

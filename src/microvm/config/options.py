@@ -583,8 +583,12 @@ class GuestOptions(Options):
     users: dict[Name, User] = Field({}, description="Accounts (base debian); `root` changes the root account.")
     files: dict[AbsolutePath, GuestFile] = Field({}, description="Files written into the guest, by guest path.")
     firewall: Firewall = Field(default_factory=Firewall, description="Incoming packet filter (base debian).")
-    timeZone: str = Field("UTC", description="Time zone, a name from the tz database (base debian).")
-    locale: str = Field("C.UTF-8", description="LANG of the guest (base debian); other locales are generated.")
+    timeZone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = Field(
+        "UTC", description="Time zone, a name from the tz database like Europe/Berlin (base debian)."
+    )
+    locale: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9-]+)?(@[A-Za-z0-9]+)?$")] = Field(
+        "C.UTF-8", description="LANG of the guest, like de_DE.UTF-8 (base debian); others than C.UTF-8 are generated."
+    )
     mounts: dict[Name, Mount] = Field(
         {}, description="Volumes and shares by name, expanded into microvm.volumes/shares."
     )
