@@ -248,14 +248,10 @@ class Layer:
 
     def inputs(self) -> dict:
         return {
-            "files": {p: [file_hash(c), m, u, g] for p, (c, m, u, g) in self.files.items()},
+            "files": {p: [hashlib.sha256(c).hexdigest(), m, u, g] for p, (c, m, u, g) in self.files.items()},
             "links": self.links,
             "dirs": self.dirs,
         }
-
-
-def file_hash(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
 
 
 def _unit_value(text: str) -> str:

@@ -89,11 +89,19 @@ def _ipv6_prefix(value: str) -> str:
     return value
 
 
+def _guest_path(value: str) -> str:
+    _absolute(value)
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} must not contain '..' components")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
 Mac = Annotated[str, AfterValidator(_mac)]
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+GuestPath = Annotated[str, AfterValidator(_guest_path)]  # a path written into the guest tree at build time
 MachineId = Annotated[str, AfterValidator(_machine_id)]
 PositiveMB = Annotated[int, Field(gt=0)]
 # Marks a field whose default is computed from other options (for the reference).
@@ -448,7 +456,7 @@ class User(Options):
         None, json_schema_extra=COMPUTED, description="User id. Default: the next free id from 1000, by name."
     )
     description: str = Field("", description="Full name or purpose (the GECOS field).")
-    home: AbsolutePath | None = Field(
+    home: GuestPath | None = Field(
         None, json_schema_extra=COMPUTED, description="Home directory, created at build time. Default: /home/<name>."
     )
     shell: AbsolutePath = Field("/bin/bash", description="Login shell.")
@@ -581,7 +589,7 @@ class GuestOptions(Options):
     network: GuestNetwork = Field(default_factory=GuestNetwork, description="How the guest configures its interfaces.")
     debian: DebianOptions = Field(default_factory=DebianOptions, description="How the debian base is installed.")
     users: dict[Name, User] = Field({}, description="Accounts (base debian); `root` changes the root account.")
-    files: dict[AbsolutePath, GuestFile] = Field({}, description="Files written into the guest, by guest path.")
+    files: dict[GuestPath, GuestFile] = Field({}, description="Files written into the guest, by guest path.")
     firewall: Firewall = Field(default_factory=Firewall, description="Incoming packet filter (base debian).")
     timeZone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = Field(
         "UTC", description="Time zone, a name from the tz database like Europe/Berlin (base debian)."
