@@ -16,6 +16,8 @@ APT_PACKAGES=(
   iproute2 dnsmasq-base nftables # host networking
   systemd-container              # tests run real systemd in a container
   shellcheck                     # generated scripts are checked
+  mmdebstrap debian-archive-keyring  # debian guests (guest.base = "debian")
+  openssh-client curl            # tests reach debian guests over SSH and HTTP
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
