@@ -130,8 +130,16 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return key.with_suffix(".pub")
 
 
-def _store_contents(store: Store) -> set[str]:
-    return {p.name for p in store.root.iterdir() if not p.name.startswith((".locks", ".cache", ".roots"))}
+def _store_contents(store: Store, host: str) -> set[str]:
+    """Entries (complete or being built) that a build of VM ``host`` could add: its own and package trees.
+
+    Other entries are left out: the shared store may gain them from other tests meanwhile.
+    """
+    return {
+        p.name
+        for p in store.root.iterdir()
+        if p.name.removeprefix(".tmp-").split("-", 1)[-1].startswith("debian-") or f"-{host}" in p.name
+    }
 
 
 # --- config and bad input (no boot) ------------------------------------------------
@@ -199,7 +207,7 @@ def test_bad_input_is_named_and_nothing_is_written(
     tmp_path: Path, shared_store: Store, body: str, error: type[Exception], named: list[str]
 ) -> None:
     file = write_vm(tmp_path, f'[guest]\nhostName = "bad"\nbase = "debian"\n{body}')
-    before = _store_contents(shared_store)
+    before = _store_contents(shared_store, "bad")
     with pytest.raises(error) as info:
         build_file(shared_store, file)
     for text in named:
@@ -207,7 +215,7 @@ def test_bad_input_is_named_and_nothing_is_written(
     if error is ConfigErrors:
         assert str(file) in str(info.value)  # the file that names the source
     assert "busybox" not in str(info.value)  # only what is wrong is named
-    assert _store_contents(shared_store) == before  # no entry, no temporary directory
+    assert _store_contents(shared_store, "bad") == before  # no entry, no temporary directory
 
 
 # --- builds ------------------------------------------------------------------------
@@ -217,10 +225,10 @@ def test_rebuild_is_a_cache_hit_and_a_new_package_a_new_entry(
     tmp_path: Path, shared_store: Store, ssh_key: Path
 ) -> None:
     first = build_file(shared_store, write_debian_vm(tmp_path / "a", ssh_key))
-    before = _store_contents(shared_store)
+    before = _store_contents(shared_store, "deb-test")
     again = build_file(shared_store, write_debian_vm(tmp_path / "a", ssh_key))
     assert again.runner == first.runner and again.system == first.system
-    assert _store_contents(shared_store) == before
+    assert _store_contents(shared_store, "deb-test") == before
 
     more = build_file(shared_store, write_debian_vm(tmp_path / "b", ssh_key, packages=[*PACKAGES, "less"]))
     assert more.system != first.system
@@ -237,17 +245,17 @@ def test_lock_pins_versions_and_reports_drift(tmp_path: Path, shared_store: Stor
     lock = tmp_path / "lock" / "packages.json"
     lock.parent.mkdir()
     lock.write_text(json.dumps(versions))
-    file = write_debian_vm(tmp_path / "lock", ssh_key)
+    file = write_debian_vm(tmp_path / "lock", ssh_key, name="deb-lock")
     file.write_text(file.read_text().replace('base = "debian"', 'base = "debian"\ndebian.lock = "packages.json"'))
     locked = build_file(shared_store, file)
     assert json.loads((locked.runner / "share/microvm/packages.json").read_text()) == versions
 
     lock.write_text(json.dumps({**versions, "busybox": "1:0.0-microvm"}))
-    before = _store_contents(shared_store)
+    before = _store_contents(shared_store, "deb-lock")
     with pytest.raises(MicrovmError) as info:
         build_file(shared_store, file)
     assert "busybox=1:0.0-microvm" in str(info.value)
-    assert _store_contents(shared_store) == before
+    assert _store_contents(shared_store, "deb-lock") == before
 
 
 def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Store, ssh_key: Path) -> None:
