@@ -19,6 +19,8 @@ APT_PACKAGES=(
   mmdebstrap zstd                # ... on a Debian rootfs built once and cached as .tar.zst
   git                            # git+file:// sources of installed VMs
   shellcheck                     # generated scripts are checked
+  mmdebstrap debian-archive-keyring  # debian guests (guest.base = "debian")
+  openssh-client curl            # tests reach debian guests over SSH and HTTP
 )
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -19,19 +19,27 @@ def tool_version(kind: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def build_root_image(store: Store, system: Path, kind: str, flags: list[str], name: str) -> Path:
-    """Build (or find) the ``kind`` image of ``system``; return the image file."""
+def build_root_image(
+    store: Store, system: Path, kind: str, flags: list[str], name: str, keep_owners: bool = False
+) -> Path:
+    """Build (or find) the ``kind`` image of ``system``; return the image file.
+
+    ``keep_owners``: keep the tree's owners (a Debian system has files of other users);
+    else every file is root's, whoever built the tree.
+    """
     tool = proc.which(TOOLS[kind], purpose=f"to build {kind} root images")
     inputs = {"system": str(system), "kind": kind, "flags": flags, "tool": tool_version(kind)}
+    if keep_owners:
+        inputs["keepOwners"] = True
+    all_root = [] if keep_owners else ["--all-root" if kind == "erofs" else "-all-root"]
     filename = f"root.{kind}"
 
     def build(out: Path) -> None:
         image = out / filename
         if kind == "erofs":
-            # --all-root: the guest sees root-owned files whoever built them; -T0: reproducible
-            proc.run([tool, *flags, "--all-root", "-T0", image, system])
+            proc.run([tool, *flags, *all_root, "-T0", image, system])  # -T0: reproducible
         else:
-            proc.run([tool, system, image, "-noappend", "-all-root", "-quiet", "-no-progress", *flags])
+            proc.run([tool, system, image, "-noappend", *all_root, "-quiet", "-no-progress", *flags])
 
     entry, _ = store.add(f"rootimage-{name}", inputs, build, references=(system,))
     return entry / filename

@@ -10,7 +10,8 @@ Layout (as microvm.nix's runner package):
 - ``share/microvm/{tap-interfaces,macvtap-interfaces,pci-devices,virtiofs/<tag>/...}``:
   what the host prepares before the VM starts, one item per line
 - ``share/microvm/system``: the guest system's store path; ``share/microvm/vm.json``:
-  the evaluated config, so ``list``/``diff`` never rebuild to decide
+  the evaluated config, so ``list``/``diff`` never rebuild to decide;
+  ``share/microvm/packages.json`` (debian guests): installed package -> version
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from .. import __version__
 from ..config.options import VMConfig, Volume
 from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from .debian import guest_packages
 from .store import Store
 
 RUNNER_FORMAT = 3  # bump when the generated scripts change meaning
@@ -147,6 +149,10 @@ def runner_files(
             files[f"{share}/virtiofs/{s.tag}/source"] = (f"{s.source}\n", 0o644)
     if system is not None:
         files[f"{share}/system"] = (f"{system}\n", 0o644)
+        packages = guest_packages(system)
+        if packages is not None:
+            # name -> version of every installed package, for `microvm diff`/`update` and as a lock
+            files[f"{share}/packages.json"] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
     files[f"{share}/vm.json"] = (json.dumps(vm.dump(), indent=1, sort_keys=True) + "\n", 0o644)
     for rel, content in spec.files.items():
         files[rel] = (content.replace(RunnerSpec.RUNNER, str(runner_dir)), 0o644)

@@ -1,6 +1,6 @@
 """The guest system tree: what the read-only root image holds.
 
-One builder per ``guest.base``. The busybox base is a complete small system:
+One builder per ``guest.base``; the debian one is in :mod:`.debian`. The busybox base is a complete small system:
 busybox init with an inittab generated from the config (oneshot services at
 sysinit, simple services once or respawned, the boot commands, a console
 shell), clean shutdown on ``poweroff``, the ACPI power button (acpid) and
@@ -16,8 +16,11 @@ from pathlib import Path
 
 from ..config.options import Service, VMConfig
 from ..errors import MicrovmError
+from ..hypervisors.base import Hypervisor
 from .debarch import guest_busybox
+from .debian import build_debian_system
 from .initrd import busybox_applets
+from .kernel import KernelEntry
 from .store import Store, file_digest
 
 SYSTEM_FORMAT = 3  # bump when the generated files change meaning
@@ -218,13 +221,10 @@ def _check_busybox(vm: VMConfig) -> None:
             )
 
 
-def build_system(store: Store, vm: VMConfig) -> Path:
+def build_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> Path:
     """Build (or find) the guest system tree; return its store entry."""
-    if vm.guest.base != "busybox":
-        raise MicrovmError(
-            f'guest.base = "{vm.guest.base}" cannot be built by this version yet',
-            hint='use guest.base = "busybox"',
-        )
+    if vm.guest.base == "debian":
+        return build_debian_system(store, vm, hypervisor, kernel)
     _check_busybox(vm)
     order = _service_order(vm)
     busybox = guest_busybox(store, vm.guest.arch)

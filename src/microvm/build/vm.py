@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.options import VMConfig, host_arch
+from ..config.options import STORE_SHARE_TAG, VMConfig, host_arch
 from ..hypervisors import GuestArtifacts, Hypervisor, get
 from ..host import accel
 from .image import build_root_image
@@ -66,6 +66,16 @@ def emulation_reason(vm: VMConfig) -> str | None:
     return None
 
 
+def with_system_share(vm: VMConfig, system: Path) -> VMConfig:
+    """``vm`` with the store share (storeOnDisk = false) serving ``system`` read-only."""
+    vm = vm.model_copy(deep=True)
+    for share in vm.microvm.shares:
+        if share.tag == STORE_SHARE_TAG:
+            share.source = str(system)
+            share.readOnly = True
+    return vm
+
+
 def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress: Progress | None = None) -> BuiltVM:
     """Build every part of ``vm`` for ``hypervisor`` (default: the one it declares)."""
     say = progress or (lambda _: None)
@@ -73,14 +83,18 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
     say("kernel")
     kernel = get_kernel(store, vm)
     say("guest system")
-    system = build_system(store, vm)
+    system = build_system(store, vm, backend, kernel)
+    if not vm.microvm.storeOnDisk:
+        vm = with_system_share(vm, system)
     root_image = None
     if vm.microvm.storeOnDisk:
         say(f"{vm.microvm.storeDiskType} root image")
         flags = (
             vm.microvm.storeDiskErofsFlags if vm.microvm.storeDiskType == "erofs" else vm.microvm.storeDiskSquashfsFlags
         )
-        root_image = build_root_image(store, system, vm.microvm.storeDiskType, flags, vm.guest.hostName)
+        root_image = build_root_image(
+            store, system, vm.microvm.storeDiskType, flags, vm.guest.hostName, keep_owners=vm.guest.base == "debian"
+        )
     say("initrd")
     initrd = Path(vm.microvm.initrdPath) if vm.microvm.initrdPath else build_initrd(store, vm, backend, kernel)
     boot_image = kernel.vmlinux if backend.kernel_format == "vmlinux" else kernel.boot_image

@@ -69,12 +69,41 @@ def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = ()
         config = VMConfig.model_validate(data)
     except ValidationError as exc:
         raise validation_errors(exc, loaded, VMConfig, prefix) from None
+    _resolve_sources(config, loaded, prefix)
     explicit_socket = "socket" in (data.get("microvm") or {})
     name = name or config.guest.hostName
     installed = {other: vm for other, vm in installed_configs().items() if other != name}
     problems = check_vm(config, explicit_socket) + check_against_others(config, installed, "installed")
     warnings = _report(problems, loaded, prefix)
     return LoadedVM(name, config, loaded, warnings)
+
+
+def _resolve_sources(config: VMConfig, loaded: Loaded, prefix: OptionPath) -> None:
+    """Make host files the guest is built from absolute (relative to the file that names them); all must exist."""
+    wanted: list[tuple[OptionPath, str, object, str]] = [
+        (("guest", "files", target, "source"), f.source, f, "source")
+        for target, f in config.guest.files.items()
+        if f.source is not None
+    ]
+    if config.guest.debian.lock is not None:
+        wanted.append((("guest", "debian", "lock"), config.guest.debian.lock, config.guest.debian, "lock"))
+    errors = []
+    for path, value, owner, attr in wanted:
+        full = (*prefix, *path)
+        origin = loaded.origin(full)
+        resolved = (origin.parent / value).absolute()
+        if not resolved.is_file():
+            errors.append(
+                ConfigError(
+                    f"{resolved} does not exist or is not a file",
+                    file=str(origin),
+                    option=format_path(full),
+                    hint="relative paths are relative to the file that sets the option",
+                )
+            )
+        setattr(owner, attr, str(resolved))
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def load_vm(file: Path, name: str | None = None) -> LoadedVM:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from ..hypervisors import Feature, get
 from .loader import OptionPath, format_path
-from .options import STORE_SHARE_TAG, HostConfig, VMConfig, host_arch, nth_host_address
+from .options import HostConfig, VMConfig, host_arch, nth_host_address
 
 
 @dataclass(frozen=True)
@@ -164,11 +164,6 @@ def _storage(vm: VMConfig) -> Iterator[Problem]:
     for i, volume in enumerate(volumes):
         if volume.mountPoint == "/":
             yield Problem(("microvm", "volumes", i, "mountPoint"), "/ is the guest's root; mount the volume elsewhere")
-    if not mv.storeOnDisk and not any(s.tag == STORE_SHARE_TAG for s in shares):
-        yield Problem(
-            ("microvm", "storeOnDisk"),
-            f"storeOnDisk = false needs a share with tag {STORE_SHARE_TAG!r} carrying the guest system",
-        )
     overlay = mv.writableStoreOverlay
     if overlay is not None and not any(v.mountPoint and overlay.startswith(v.mountPoint) for v in volumes):
         yield Problem(
@@ -203,8 +198,19 @@ def _memory(vm: VMConfig) -> Iterator[Problem]:
 
 def _guest(vm: VMConfig) -> Iterator[Problem]:
     guest, mv = vm.guest, vm.microvm
-    if guest.packages and guest.base != "debian":
-        yield Problem(("guest", "packages"), 'packages need guest.base = "debian"')
+    if guest.base != "debian":
+        debian_only = {
+            "packages": bool(guest.packages),
+            "users": bool(guest.users),
+            "files": bool(guest.files),
+            "firewall": guest.firewall.enable,
+        }
+        for option, used in debian_only.items():
+            if used:
+                yield Problem(("guest", option), f'{option} need guest.base = "debian"')
+        for name, service in guest.services.items():
+            if service.startAt is not None:
+                yield Problem(("guest", "services", name, "startAt"), 'timers need guest.base = "debian"')
     if guest.kernel.modulesDir is not None and guest.kernel.image is None:
         yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
     if guest.kernel.package is not None and guest.kernel.image is not None:
@@ -227,7 +233,8 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
         )
     for name, service in guest.services.items():
         for i, dep in enumerate(service.after):
-            if dep not in guest.services:
+            # a debian guest may also order after a systemd unit of its own (network-online.target)
+            if dep not in guest.services and not (guest.base == "debian" and "." in dep):
                 yield Problem(
                     ("guest", "services", name, "after", i),
                     f"no service named {dep!r}",

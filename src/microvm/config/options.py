@@ -96,11 +96,19 @@ def host_arch() -> str:
     return "aarch64" if machine in ("aarch64", "arm64") else machine
 
 
+def _guest_path(value: str) -> str:
+    _absolute(value)
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} must not contain '..' components")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
 Mac = Annotated[str, AfterValidator(_mac)]
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+GuestPath = Annotated[str, AfterValidator(_guest_path)]  # a path written into the guest tree at build time
 MachineId = Annotated[str, AfterValidator(_machine_id)]
 PositiveMB = Annotated[int, Field(gt=0)]
 # Marks a field whose default is computed from other options (for the reference).
@@ -378,6 +386,13 @@ class Service(Options):
     after: list[Name] = Field([], description="Services to start before this one.")
     restart: bool = Field(False, description="Restart the service when it exits (simple services).")
     enable: bool = Field(True, description="Start at boot.")
+    startAt: str | None = Field(
+        None,
+        description=(
+            "Base debian: run the service on this systemd calendar schedule (a timer, `OnCalendar=`) "
+            "instead of at boot, e.g. `hourly` or `*-*-* 04:00:00`."
+        ),
+    )
 
 
 def _ip_interface(value: str) -> str:
@@ -542,6 +557,121 @@ class GuestNetwork(Options):
     nameservers: list[IPAddress] = Field([], description="DNS servers; empty means the ones DHCP gives.")
 
 
+class User(Options):
+    """A login account (NixOS ``users.users.<name>``), base debian."""
+
+    uid: Annotated[int, Field(ge=0, lt=65534)] | None = Field(
+        None, json_schema_extra=COMPUTED, description="User id. Default: the next free id from 1000, by name."
+    )
+    description: str = Field("", description="Full name or purpose (the GECOS field).")
+    home: GuestPath | None = Field(
+        None, json_schema_extra=COMPUTED, description="Home directory, created at build time. Default: /home/<name>."
+    )
+    shell: AbsolutePath = Field("/bin/bash", description="Login shell.")
+    groups: list[Name] = Field([], description="Supplementary groups (they must exist in the guest, e.g. sudo).")
+    hashedPassword: str | None = Field(
+        None,
+        description="crypt(3) hash of the password (`mkpasswd -m sha-512`); null locks password login.",
+    )
+    authorizedKeys: list[str] = Field([], description="SSH public keys allowed to log in as this user.")
+
+
+class GuestFile(Options):
+    """A file written into the guest system at build time."""
+
+    text: str | None = Field(None, description="The file's content.")
+    source: str | None = Field(
+        None, description="Host file to copy instead; relative paths are relative to the config file that sets it."
+    )
+    mode: Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")] = Field("0644", description="Octal permissions.")
+    user: Name = Field("root", description="Owner (a user of the guest).")
+    group: Name = Field("root", description="Group (a group of the guest).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GuestFile:
+        if (self.text is None) == (self.source is None):
+            raise ValueError("set exactly one of text or source")
+        return self
+
+
+class Firewall(Options):
+    enable: bool = Field(False, description="Drop incoming traffic except the allowed ports (nftables, base debian).")
+    allowedTCPPorts: list[Annotated[int, Field(gt=0, lt=65536)]] = Field([], description="TCP ports open to everyone.")
+    allowedUDPPorts: list[Annotated[int, Field(gt=0, lt=65536)]] = Field([], description="UDP ports open to everyone.")
+
+
+class DebianOptions(Options):
+    suite: Name = Field("bookworm", description="Debian release to install.")
+    variant: Literal["essential", "required", "minbase", "buildd", "important", "debootstrap", "standard"] = Field(
+        "minbase", description="mmdebstrap variant: which priority of packages forms the base."
+    )
+    mirror: str = Field(
+        "http://deb.debian.org/debian", description="Debian mirror (a snapshot.debian.org URL pins time)."
+    )
+    components: list[Name] = Field(["main"], description="Archive components.")
+    lock: str | None = Field(
+        None,
+        description=(
+            "JSON file (name -> version, like the runner's share/microvm/packages.json) pinning the declared packages; "
+            "a build whose installed versions differ from it fails. Relative to the config file that sets it."
+        ),
+    )
+    refresh: str = Field(
+        "",
+        description=(
+            "Any text (e.g. a date). Builds are cached by their inputs; change this to reinstall the packages "
+            "with the mirror's current versions."
+        ),
+    )
+
+
+class MountVolume(Options):
+    enable: bool | None = Field(
+        None, json_schema_extra=COMPUTED, description="Back the mount with a volume. Default: unless share.enable."
+    )
+    size: PositiveMB | None = Field(None, description="Size in MB (default 1024 unless sizeGB is set).")
+    sizeGB: PositiveMB | None = Field(None, description="Size in GB; alternative to size.")
+    image: str | None = Field(None, description="Image file. Default: `<name>.img` in the VM's state directory.")
+
+
+class MountShare(Options):
+    enable: bool = Field(False, description="Back the mount with a host directory shared into the guest.")
+    hostPath: str | None = Field(
+        None,
+        description="Host directory. Default: `<stateDir>/<vm>/<name>` (relative paths are in the state directory).",
+    )
+    tag: Name | None = Field(None, description="Share tag. Default: the mount's name.")
+    socket: str | None = Field(None, description="virtiofs socket. Default: as microvm.shares.")
+    proto: Literal["virtiofs", "9p"] = Field("virtiofs", description="Share protocol.")
+
+
+class Mount(Options):
+    """The wrapper module's ``mounts.<name>``: a volume or a share, expanded into microvm.volumes/shares."""
+
+    enable: bool = Field(True, description="Whether to add this mount.")
+    mountpoint: AbsolutePath | None = Field(
+        None, json_schema_extra=COMPUTED, description="Guest path. Default: /var/lib/<name>."
+    )
+    volume: MountVolume = Field(default_factory=MountVolume, description="As a volume (the default).")
+    share: MountShare = Field(default_factory=MountShare, description="As a share.")
+
+
+class StoreReadWrite(Options):
+    enable: bool = Field(
+        False, description="Keep a writable overlay over the system on a volume (packages can be installed)."
+    )
+    size: PositiveMB = Field(5000, description="Size of the overlay volume in MB.")
+
+
+class StoreOptions(Options):
+    """The wrapper module's ``store``: where the guest system comes from and whether it is writable."""
+
+    readonly: Enable = Field(
+        default_factory=Enable, description="Share the system tree from the host store (virtiofs) instead of an image."
+    )
+    readwrite: StoreReadWrite = Field(default_factory=StoreReadWrite, description="A persistent writable overlay.")
+
+
 class GuestOptions(Options):
     hostName: HostName = Field(description="The guest's host name; also the VM's name on the host.", examples=["web"])
     machineId: MachineId | None = Field(
@@ -561,8 +691,24 @@ class GuestOptions(Options):
         [], description="Shell commands run once at boot, in order, after the oneshot services (base busybox)."
     )
     services: dict[Name, Service] = Field({}, description="Services started at boot.")
-    shell: bool = Field(True, description="Give a root shell on the console.")
+    shell: bool = Field(
+        True, description="Give a root shell on the console (base debian: root is logged in on the serial console)."
+    )
     network: GuestNetwork = Field(default_factory=GuestNetwork, description="How the guest configures its interfaces.")
+    debian: DebianOptions = Field(default_factory=DebianOptions, description="How the debian base is installed.")
+    users: dict[Name, User] = Field({}, description="Accounts (base debian); `root` changes the root account.")
+    files: dict[GuestPath, GuestFile] = Field({}, description="Files written into the guest, by guest path.")
+    firewall: Firewall = Field(default_factory=Firewall, description="Incoming packet filter (base debian).")
+    timeZone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = Field(
+        "UTC", description="Time zone, a name from the tz database like Europe/Berlin (base debian)."
+    )
+    locale: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9-]+)?(@[A-Za-z0-9]+)?$")] = Field(
+        "C.UTF-8", description="LANG of the guest, like de_DE.UTF-8 (base debian); others than C.UTF-8 are generated."
+    )
+    mounts: dict[Name, Mount] = Field(
+        {}, description="Volumes and shares by name, expanded into microvm.volumes/shares."
+    )
+    store: StoreOptions = Field(default_factory=StoreOptions, description="Shared or writable guest system.")
 
 
 class VMConfig(Options):
@@ -583,6 +729,7 @@ class VMConfig(Options):
             guest.arch = "aarch64" if host_arch() == "aarch64" else "x86_64"
         if guest.machineId is None:
             guest.machineId = hashlib.sha256(f"microvm:{guest.hostName}".encode()).hexdigest()[:32]
+        _expand_mounts(self)
         if mv.socket is None and _has_control_socket(mv.hypervisor):
             mv.socket = f"{guest.hostName}.sock"
         for share in mv.shares:
@@ -612,14 +759,66 @@ class VMConfig(Options):
         return self
 
 
+def _expand_mounts(vm: VMConfig) -> None:
+    """Turn ``guest.mounts`` and ``guest.store`` (the wrapper's shorthands) into microvm volumes and shares.
+
+    Idempotent: an expanded config (``microvm eval``, the runner's vm.json) validates to itself.
+    """
+    mv, guest = vm.microvm, vm.guest
+    tags = {s.tag for s in mv.shares}
+    images = {v.image for v in mv.volumes}
+    for name, mount in guest.mounts.items():
+        if not mount.enable:
+            continue
+        if mount.mountpoint is None:
+            mount.mountpoint = f"/var/lib/{name}"
+        if mount.volume.enable is None:
+            mount.volume.enable = not mount.share.enable
+        if mount.share.enable and mount.volume.enable:
+            raise ValueError(f"mounts.{name}: a mount is either a volume or a share, not both")
+        if mount.share.enable and (mount.share.tag or name) not in tags:
+            share = mount.share
+            mv.shares.append(
+                Share(
+                    tag=share.tag or name,
+                    source=share.hostPath or name,
+                    mountPoint=mount.mountpoint,
+                    proto=share.proto,
+                    socket=share.socket,
+                )
+            )
+        elif mount.volume.enable and (mount.volume.image or f"{name}.img") not in images:
+            volume = mount.volume
+            size = volume.size or (volume.sizeGB * 1024 if volume.sizeGB else 1024)
+            mv.volumes.append(
+                Volume(image=volume.image or f"{name}.img", mountPoint=mount.mountpoint, size=size, label=name[:16])
+            )
+    if (guest.store.readonly.enable or mv.storeOnDisk is False) and STORE_SHARE_TAG not in tags:
+        mv.shares.append(Share(tag=STORE_SHARE_TAG, source="system", mountPoint="/", proto="virtiofs", readOnly=True))
+    if guest.store.readwrite.enable and STORE_RW_IMAGE not in images:
+        mv.volumes.append(
+            Volume(
+                image=STORE_RW_IMAGE,
+                mountPoint=STORE_RW_MOUNTPOINT,
+                size=guest.store.readwrite.size,
+                label="store-rw",
+            )
+        )
+        mv.writableStoreOverlay = mv.writableStoreOverlay or STORE_RW_MOUNTPOINT
+
+
 def _has_control_socket(hypervisor: str) -> bool:
     from ..hypervisors import Feature, get
 
     return get(hypervisor).supports(Feature.CONTROL_SOCKET)
 
 
-# The share tag that carries the guest system when storeOnDisk is false.
+# The share tag that carries the guest system when storeOnDisk is false; its source is set to the
+# system's store entry at build time.
 STORE_SHARE_TAG = "ro-store"
+# Where guest.store.readwrite puts the volume that holds the writable overlay.
+STORE_RW_MOUNTPOINT = "/var/lib/microvm-store-rw"
+STORE_RW_IMAGE = "store-rw.img"
 
 
 # --- the host file --------------------------------------------------------------

@@ -66,7 +66,7 @@ def run_foreground(
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
-    daemons = virtiofsd.start(vm, workdir)
+    daemons = virtiofsd.start(vm, workdir, runner=runner)
     child = proc.spawn(
         [runner / "bin" / "microvm-run"],
         cwd=workdir,

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from .. import proc
-from ..config.options import Share, VMConfig
+from ..config.options import STORE_SHARE_TAG, Share, VMConfig
 from ..errors import MicrovmError
 
 C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -59,12 +59,15 @@ def _socket_group(vm: VMConfig) -> str | None:
 def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
     """The command line serving ``share``, run in the VM's state directory ``workdir``.
 
+    The system store share never changes under the guest, so the guest may cache it fully.
+
     The socket stays relative as configured (unix socket paths are limited to
     108 bytes); the source is made absolute (virtiofsd bind-mounts it).
     """
     path, rust = find()
     opts = vm.microvm.virtiofsd
     source, socket = str(workdir / share.source), share.socket or ""
+    prefix: list[str] = []  # the C virtiofsd serves read-only shares from a read-only bind mount
     if rust:
         args = [
             path,
@@ -77,6 +80,7 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
         args += ["--posix-acl"] if share.posixAcl else []
         args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
         args += ["--readonly"] if share.readOnly else []
+        args += ["--cache=always"] if share.tag == STORE_SHARE_TAG else []
     else:
         args = [
             path,
@@ -89,22 +93,44 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
             "-o",
             "posix_acl" if share.posixAcl else "no_posix_acl",
         ]
+        if share.tag == STORE_SHARE_TAG:
+            args += ["-o", "cache=always"]
         if share.readOnly:
-            raise MicrovmError(
-                f"microvm.shares: the C virtiofsd cannot serve {share.tag!r} read-only",
-                hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
-            )
+            prefix = _read_only_bind(share, source)
     args += [f"--socket-group={group}"] if (group := _socket_group(vm)) else []
-    return [*args, *opts.extraArgs, *share.virtiofsdExtraArgs]
+    return [*prefix, *args, *opts.extraArgs, *share.virtiofsdExtraArgs]
 
 
-def start(vm: VMConfig, workdir: Path, timeout: float = 10.0) -> list[subprocess.Popen[bytes]]:
-    """Start a virtiofsd for every virtiofs share; return once every socket exists."""
+def _read_only_bind(share: Share, source: str) -> list[str]:
+    """A prefix running the C virtiofsd (which has no read-only mode) in a mount namespace where
+    ``source`` is a read-only bind mount, so the kernel refuses every write through the share."""
+    if os.geteuid() != 0:
+        raise MicrovmError(
+            f"microvm.shares: the C virtiofsd can serve {share.tag!r} read-only only when run as root",
+            hint='install the Rust virtiofsd, or use proto = "9p" for a read-only share',
+        )
+    unshare = proc.which("unshare", purpose="for read-only virtiofs shares")
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    return [unshare, "--mount", "--propagation", "private", "--", "sh", "-c", script, source]
+
+
+def runner_source(runner: Path, share: Share) -> Share:
+    """``share`` with the source the runner records (the store share's source is only known after the build)."""
+    recorded = runner / "share/microvm/virtiofs" / share.tag / "source"
+    return share.model_copy(update={"source": recorded.read_text().strip()}) if recorded.exists() else share
+
+
+def start(
+    vm: VMConfig, workdir: Path, timeout: float = 10.0, runner: Path | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Start a virtiofsd for every virtiofs share (sources as ``runner`` records them); return once every socket exists."""
     daemons = []
     try:
         for share in vm.microvm.shares:
             if share.proto != "virtiofs":
                 continue
+            if runner is not None:
+                share = runner_source(runner, share)
             socket = workdir / (share.socket or "")
             socket.unlink(missing_ok=True)
             (workdir / share.source).mkdir(parents=True, exist_ok=True)

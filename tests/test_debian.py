@@ -1,0 +1,406 @@
+"""Debian guests: the package tree, the declared system, and real boots under TCG.
+
+The package tree (mmdebstrap) is a store entry in the shared test store, so
+only the first run pays for it. Boots happen inside a private network
+namespace; the guest is reached through qemu user networking's hostfwd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BOOT_TIMEOUT, build_file, microvm, write_vm
+
+from microvm.build.store import Store
+from microvm.config import load_vm
+from microvm.errors import ConfigErrors, MicrovmError
+
+WEB_PORT, SSH_PORT, CLOSED_PORT = 18080, 12222, 19000
+pytestmark = pytest.mark.xdist_group("boot")  # one worker: the package tree is built once, boots do not compete
+
+DEBIAN_VM = """
+[guest]
+hostName = "{name}"
+base = "debian"
+packages = {packages}
+timeZone = "Europe/Berlin"
+
+[guest.users.root]
+authorizedKeys = ["{key}"]
+
+[guest.users.alice]
+uid = 1234
+groups = ["users"]
+authorizedKeys = ["{key}"]
+
+[guest.files."/etc/microvm-test"]
+source = "files/marker.txt"
+mode = "0640"
+user = "alice"
+
+[guest.services.prepare]
+type = "oneshot"
+command = "mkdir -p /srv/www && echo served-by-$NAME > /srv/www/index.html"
+environment = {{ NAME = "{name}" }}
+
+[guest.services.web]
+description = "a small web server"
+command = "exec busybox httpd -f -p 8000 -h /srv/www"
+user = "www-data"
+after = ["prepare"]
+
+[guest.services.tick]
+command = "date >> /var/lib/data/ticks"
+type = "oneshot"
+startAt = "minutely"
+
+[guest.firewall]
+enable = true
+allowedTCPPorts = [22, 8000]
+
+[guest.mounts.data]
+volume.size = 64
+
+[guest.mounts.shared]
+share.enable = true
+
+[guest.mounts.journal]  # the guest's journal on the host (microvm.nix FAQ)
+mountpoint = "/var/log/journal"
+share.enable = true
+
+[guest.store.readwrite]
+enable = true
+size = 256
+
+[guest.store.readonly]
+enable = {shared_store}
+
+[microvm]
+mem = 512
+storeDiskErofsFlags = ["-zlz4"]  # a quarter of lz4hc's build time
+
+[[microvm.interfaces]]
+type = "user"
+id = "eth0"
+mac = "02:00:00:00:00:42"
+
+[[microvm.forwardPorts]]
+host.port = {web}
+guest.port = 8000
+
+[[microvm.forwardPorts]]
+host.port = {ssh}
+guest.port = 22
+
+[[microvm.forwardPorts]]
+host.port = {closed}
+guest.port = 9000
+"""
+PACKAGES = ["openssh-server", "busybox"]
+
+
+def write_debian_vm(
+    directory: Path, key: Path, name: str = "deb-test", packages: list[str] = PACKAGES, shared_store: bool = False
+) -> Path:
+    (directory / "files").mkdir(parents=True, exist_ok=True)
+    if not (directory / "files/marker.txt").exists():
+        (directory / "files/marker.txt").write_text("declared file, round 1\n")
+    text = DEBIAN_VM.format(
+        name=name,
+        packages=json.dumps(packages),
+        shared_store=json.dumps(shared_store),
+        key=key.read_text().strip(),
+        web=WEB_PORT,
+        ssh=SSH_PORT,
+        closed=CLOSED_PORT,
+    )
+    return write_vm(directory, text)
+
+
+@pytest.fixture(scope="module")
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    return key.with_suffix(".pub")
+
+
+def _store_contents(store: Store, host: str) -> set[str]:
+    """Entries (complete or being built) that a build of VM ``host`` could add: its own and package trees.
+
+    Other entries are left out: the shared store may gain them from other tests meanwhile.
+    """
+    return {
+        p.name
+        for p in store.root.iterdir()
+        if p.name.removeprefix(".tmp-").split("-", 1)[-1].startswith("debian-") or f"-{host}" in p.name
+    }
+
+
+# --- config and bad input (no boot) ------------------------------------------------
+
+
+def test_mounts_and_store_shorthands_expand_visibly(tmp_path: Path) -> None:
+    file = write_vm(
+        tmp_path,
+        """
+        [guest]
+        hostName = "mnt"
+        [guest.mounts.cni]
+        volume.sizeGB = 1
+        [guest.mounts.persist]
+        mountpoint = "/persist"
+        share.enable = true
+        share.proto = "9p"
+        [guest.store.readwrite]
+        enable = true
+        """,
+    )
+    result = microvm("eval", str(file))
+    assert result.returncode == 0, result.stderr
+    config = load_vm(file).config.microvm
+    volumes = {v.image: v for v in config.volumes}
+    assert volumes["cni.img"].mountPoint == "/var/lib/cni" and volumes["cni.img"].size == 1024
+    assert volumes["cni.img"].label == "cni"
+    assert volumes["store-rw.img"].size == 5000
+    assert config.writableStoreOverlay == volumes["store-rw.img"].mountPoint
+    (share,) = config.shares
+    assert (share.tag, share.source, share.mountPoint, share.proto) == ("persist", "persist", "/persist", "9p")
+    assert "cni.img" in result.stdout and "persist" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ("[guest.users.alice]\nuid = 1000\n", ["guest.users", 'base = "debian"']),
+        ('base = "debian"\n[guest.files."/etc/../../escape"]\ntext = "x"\n', ["guest.files", "'..'"]),
+        ("[guest.mounts.x]\nvolume.enable = true\nshare.enable = true\n", ["mounts.x", "not both"]),
+    ],
+    ids=["debian-only-on-busybox", "path-outside-the-tree", "volume-and-share"],
+)
+def test_check_rejects(tmp_path: Path, body: str, named: list[str]) -> None:
+    file = write_vm(tmp_path, f'[guest]\nhostName = "bad"\n{body}')
+    result = microvm("check", str(file))
+    assert result.returncode != 0
+    for text in named:
+        assert text in result.stderr
+
+
+@pytest.mark.parametrize(
+    "body, error, named",
+    [
+        (
+            '[guest.files."/etc/motd"]\nsource = "missing/motd.txt"\n',
+            ConfigErrors,
+            ["missing/motd.txt", 'guest.files."/etc/motd".source'],
+        ),
+        ('packages = ["busybox", "no-such-package-microvm"]\n', MicrovmError, ["no-such-package-microvm"]),
+    ],
+    ids=["missing-file-source", "unknown-package"],
+)
+def test_bad_input_is_named_and_nothing_is_written(
+    tmp_path: Path, shared_store: Store, body: str, error: type[Exception], named: list[str]
+) -> None:
+    file = write_vm(tmp_path, f'[guest]\nhostName = "bad"\nbase = "debian"\n{body}')
+    before = _store_contents(shared_store, "bad")
+    with pytest.raises(error) as info:
+        build_file(shared_store, file)
+    for text in named:
+        assert text in str(info.value)
+    if error is ConfigErrors:
+        assert str(file) in str(info.value)  # the file that names the source
+    assert "busybox" not in str(info.value)  # only what is wrong is named
+    assert _store_contents(shared_store, "bad") == before  # no entry, no temporary directory
+
+
+# --- builds ------------------------------------------------------------------------
+
+
+def test_rebuild_is_a_cache_hit_and_a_new_package_a_new_entry(
+    tmp_path: Path, shared_store: Store, ssh_key: Path
+) -> None:
+    first = build_file(shared_store, write_debian_vm(tmp_path / "a", ssh_key))
+    before = _store_contents(shared_store, "deb-test")
+    again = build_file(shared_store, write_debian_vm(tmp_path / "a", ssh_key))
+    assert again.runner == first.runner and again.system == first.system
+    assert _store_contents(shared_store, "deb-test") == before
+
+    more = build_file(shared_store, write_debian_vm(tmp_path / "b", ssh_key, packages=[*PACKAGES, "less"]))
+    assert more.system != first.system
+    old = json.loads((first.runner / "share/microvm/packages.json").read_text())
+    new = json.loads((more.runner / "share/microvm/packages.json").read_text())
+    assert "openssh-server" in old and "systemd" in old
+    assert set(new) - set(old) == {"less"}
+    assert {name: version for name, version in new.items() if name != "less"} == old
+
+
+def test_lock_pins_versions_and_reports_drift(tmp_path: Path, shared_store: Store, ssh_key: Path) -> None:
+    built = build_file(shared_store, write_debian_vm(tmp_path / "a", ssh_key))
+    versions = json.loads((built.runner / "share/microvm/packages.json").read_text())
+    lock = tmp_path / "lock" / "packages.json"
+    lock.parent.mkdir()
+    lock.write_text(json.dumps(versions))
+    file = write_debian_vm(tmp_path / "lock", ssh_key, name="deb-lock")
+    file.write_text(file.read_text().replace('base = "debian"', 'base = "debian"\ndebian.lock = "packages.json"'))
+    locked = build_file(shared_store, file)
+    assert json.loads((locked.runner / "share/microvm/packages.json").read_text()) == versions
+
+    lock.write_text(json.dumps({**versions, "busybox": "1:0.0-microvm"}))
+    before = _store_contents(shared_store, "deb-lock")
+    with pytest.raises(MicrovmError) as info:
+        build_file(shared_store, file)
+    assert "busybox=1:0.0-microvm" in str(info.value)
+    assert _store_contents(shared_store, "deb-lock") == before
+
+
+def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Store, ssh_key: Path) -> None:
+    built = build_file(shared_store, write_debian_vm(tmp_path, ssh_key))
+    root = built.system
+    assert os.readlink(root / "sbin/init").endswith("systemd")
+    assert (root / "etc/systemd/system/timers.target.wants/tick.timer").is_symlink()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/tick.service").exists()
+    assert "OnCalendar=minutely" in (root / "etc/systemd/system/tick.timer").read_text()
+    web = (root / "etc/systemd/system/web.service").read_text()
+    assert "User=www-data" in web and "After=prepare.service" in web
+    assert "MACAddress=02:00:00:00:00:42" in (root / "etc/systemd/network/10-eth0.network").read_text()
+    assert "tcp dport { 22, 8000 } accept" in (root / "etc/nftables.conf").read_text()
+    stat = (root / "etc/microvm-test").stat()
+    assert (stat.st_uid, oct(stat.st_mode & 0o777)) == (1234, "0o640")
+    assert "alice:x:1234:1234::/home/alice:/bin/bash" in (root / "etc/passwd").read_text()
+    assert (root / "home/alice/.ssh/authorized_keys").stat().st_uid == 1234
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))  # never shared between VMs through the store
+    assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", f"--root={root}", "web.service", "tick.timer", "prepare.service"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
+# --- boots -------------------------------------------------------------------------
+
+
+class Guest:
+    """A `microvm run` of a Debian VM in a namespace, driven over SSH."""
+
+    def __init__(self, ns, file: Path, state: Path, key: Path) -> None:
+        self.ns, self.key, self.name = ns, key.with_suffix(""), "deb-test"
+        self.workdir = state / self.name
+        (self.workdir / f"{self.name}-console.log").unlink(missing_ok=True)  # not the last boot's prompt
+        self.log = open(state.parent / f"run-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "MICROVM_STATE_DIR": str(state)}
+        self.started = time.monotonic()
+        self.process = ns.popen(
+            [sys.executable, "-m", "microvm", "run", str(file)],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    @property
+    def console(self) -> str:
+        log = self.workdir / f"{self.name}-console.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def wait_for_login(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while "login:" not in self.console:
+            assert self.process.poll() is None, f"the VM exited:\n{self.console}"
+            assert time.monotonic() < deadline, f"no login prompt:\n{self.console}"
+            time.sleep(0.5)
+        print(f"{self.name}: login prompt {time.monotonic() - self.started:.1f} s after `microvm run`")
+
+    def ssh(self, user: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [
+            "ssh", "-i", str(self.key), "-p", str(SSH_PORT), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            f"{user}@127.0.0.1", command,
+        ]  # fmt: skip
+        deadline = time.monotonic() + 90  # sshd may come up a little after the login prompt
+        while True:
+            result = self.ns.run(*argv, check=False, timeout=60)
+            if result.returncode != 255 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        if check:
+            assert result.returncode == 0, f"{command}: {result.stderr}\n{self.console[-3000:]}"
+        return result
+
+    def poweroff(self) -> None:
+        self.ssh("root", "systemctl poweroff --no-block")
+        try:
+            assert self.process.wait(timeout=BOOT_TIMEOUT) == 0, self.console
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.log.close()
+
+
+@pytest.mark.boot
+def test_debian_guest_serves_web_and_ssh_and_keeps_state(
+    tmp_path: Path, ns, ssh_key: Path, shared_store: Store
+) -> None:
+    directory, state = tmp_path / "vm", tmp_path / "state"
+    file = write_debian_vm(directory, ssh_key)
+    shared = state / "deb-test" / "shared"
+    shared.mkdir(parents=True)
+    (shared / "from-host").write_text("written by the host\n")
+
+    guest = Guest(ns, file, state, ssh_key)
+    guest.wait_for_login()
+    assert "root (automatic login)" in guest.console
+    assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users"]
+    assert guest.ssh("alice", "cat /etc/microvm-test").stdout == "declared file, round 1\n"
+    web = ns.run(
+        "curl", "-sf", "--retry", "30", "--retry-all-errors", "--retry-delay", "1", f"http://127.0.0.1:{WEB_PORT}/"
+    )
+    assert web.stdout == "served-by-deb-test\n"
+    out = guest.ssh("root", "systemctl is-active nftables web; cat /var/lib/shared/from-host; cat /etc/timezone").stdout
+    assert out.split("\n")[:4] == ["active", "active", "written by the host", "Europe/Berlin"]
+    # a port the firewall does not allow is dropped even though something listens there
+    guest.ssh("root", "systemd-run --unit probe busybox httpd -f -p 9000 -h /srv/www")
+    assert guest.ssh("root", "busybox wget -q -O - http://127.0.0.1:9000/").stdout == "served-by-deb-test\n"
+    blocked = ns.run("curl", "-s", "-m", "5", f"http://127.0.0.1:{CLOSED_PORT}/", check=False)
+    assert blocked.returncode != 0 and "served" not in blocked.stdout
+    guest.ssh(
+        "root",
+        "echo kept > /var/lib/data/volume-file; echo from-guest > /var/lib/shared/from-guest;"
+        " mkdir -p /opt/installed && echo overlay > /opt/installed/file; sync",
+    )
+    assert (shared / "from-guest").read_text() == "from-guest\n"
+    guest.poweroff()
+    machine_id = load_vm(file).config.guest.machineId
+    journal = subprocess.run(
+        ["journalctl", "-D", str(state / "deb-test/journal" / machine_id), "-u", "web.service", "-o", "cat"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "a small web server" in journal.stdout  # systemd's "Started web.service - a small web server."
+
+    # rebuild with a changed declaration and the system shared from the host store instead of an image,
+    # then boot again: the volume and the writable overlay keep their data
+    (directory / "files/marker.txt").write_text("declared file, round 2\n")
+    file = write_debian_vm(directory, ssh_key, shared_store=True)
+    built = build_file(shared_store, file)
+    assert built.root_image is None
+    source = built.runner / "share/microvm/virtiofs/ro-store/source"
+    assert source.read_text().strip() == str(built.system)
+    guest = Guest(ns, file, state, ssh_key)
+    guest.wait_for_login()
+    out = guest.ssh("root", "cat /etc/microvm-test /var/lib/data/volume-file /opt/installed/file").stdout
+    assert out == "declared file, round 2\nkept\noverlay\n"
+    # the shared system is read-only even for the guest's root
+    assert (
+        "Read-only file system"
+        in guest.ssh("root", "mount -t virtiofs ro-store /mnt && touch /mnt/x", check=False).stderr
+    )
+    # no clean shutdown needed: the namespace's processes are killed when the test ends
