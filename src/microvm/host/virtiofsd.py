@@ -177,8 +177,9 @@ def serve(workdir: Path) -> int:
     from ..config.options import VMConfig
     from .statedir import runner_config
 
-    vm = VMConfig.model_validate(runner_config(workdir / "current"))
-    daemons = start(vm, workdir)
+    runner = (workdir / "current").resolve()
+    vm = VMConfig.model_validate(runner_config(runner))
+    daemons = start(vm, workdir, runner=runner)
 
     def stopped(*_: object) -> None:
         raise InterruptedError  # ends the wait below; the daemons are then stopped
