@@ -132,3 +132,32 @@ def test_rejects_duplicates_and_escapes(tmp_path: Path) -> None:
         a.add_host_file("d", tmp_path)
     a.add_dir("etc", mode=0o700)  # re-moding an implicit parent is allowed
     assert "etc" in a
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
+def test_generated_init_is_shellcheck_clean(tmp_path: Path) -> None:
+    """The initrd's /init with every kind of mount: disks by serial and label, shares, the overlay volume."""
+    from microvm.build.initrd import init_script
+    from microvm.config.options import VMConfig
+    from microvm.hypervisors import get
+
+    vm = VMConfig.model_validate(
+        {
+            "guest": {"hostName": "checked"},
+            "microvm": {
+                "volumes": [
+                    {"image": "a.img", "size": 8, "mountPoint": "/a", "label": "data"},
+                    {"image": "b.img", "size": 8, "mountPoint": "/nix/.rw-store", "serial": "rw"},
+                ],
+                "writableStoreOverlay": "/nix/.rw-store",
+                "shares": [
+                    {"tag": "s9", "source": "x", "mountPoint": "/srv/9p", "proto": "9p"},
+                    {"tag": "sfs", "source": "y", "mountPoint": "/srv/fs", "proto": "virtiofs"},
+                ],
+            },
+        }
+    )
+    script = tmp_path / "init"
+    script.write_text(init_script(vm, get("qemu"), ["kernel/fs/erofs/erofs.ko"]))
+    result = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

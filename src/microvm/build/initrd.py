@@ -81,7 +81,7 @@ def _disk(hypervisor: Hypervisor, index: int, serial: str | None) -> str:
     """Shell word finding a virtio disk: by serial where the hypervisor sets it, else by order."""
     letter = chr(ord("a") + index)
     if serial and hypervisor.supports(Feature.VOLUME_SERIAL):
-        return f"$(disk {shlex.quote(serial)})"
+        return f'"$(disk {shlex.quote(serial)})"'
     return f"/dev/vd{letter}"
 
 
@@ -100,7 +100,7 @@ def mounts(vm: VMConfig, hypervisor: Hypervisor) -> tuple[Mount, list[Mount]]:
         if volume.mountPoint is None:
             continue
         source = (
-            f"$(label {shlex.quote(volume.label)})"
+            f'"$(label {shlex.quote(volume.label)})"'
             if volume.label
             else _disk(hypervisor, first_volume + i, volume.serial)
         )
@@ -132,39 +132,33 @@ fail() {{
     poweroff -f
 }}
 
+# retry MESSAGE COMMAND...: run COMMAND every 10 ms until it succeeds; fail with MESSAGE after 10 s
+retry() {{
+    msg=$1
+    shift
+    n=0
+    until "$@" 2>/dev/null; do
+        n=$((n + 1))
+        [ "$n" -gt 1000 ] && fail "$msg"
+        usleep 10000
+    done
+}}
+
+# the device with virtio serial number $1, if it is there yet
+serial_device() {{
+    for dev in /sys/block/vd*; do
+        if [ "$(cat "$dev/serial" 2>/dev/null)" = "$1" ]; then
+            echo "/dev/${{dev##*/}}"
+            return 0
+        fi
+    done
+    return 1
+}}
+
 # disk SERIAL / label LABEL: the device with that virtio serial number / filesystem label
-disk() {{
-    n=0
-    while :; do
-        for dev in /sys/block/vd*; do
-            if [ "$(cat "$dev/serial" 2>/dev/null)" = "$1" ]; then
-                echo "/dev/${{dev##*/}}"
-                return
-            fi
-        done
-        n=$((n + 1))
-        [ "$n" -gt 1000 ] && fail "no disk with serial $1"
-        usleep 10000
-    done
-}}
-
-label() {{
-    n=0
-    until findfs "LABEL=$1" 2>/dev/null; do
-        n=$((n + 1))
-        [ "$n" -gt 1000 ] && fail "no disk labelled $1"
-        usleep 10000
-    done
-}}
-
-wait_for() {{
-    n=0
-    while [ ! -e "$1" ]; do
-        n=$((n + 1))
-        [ "$n" -gt 1000 ] && fail "$1 did not appear"
-        usleep 10000
-    done
-}}
+disk() {{ retry "no disk with serial $1" serial_device "$1"; }}
+label() {{ retry "no disk labelled $1" findfs "LABEL=$1"; }}
+wait_for() {{ retry "$1 did not appear" test -e "$1"; }}
 
 mount_at() {{
     # mount_at SOURCE TARGET FSTYPE OPTIONS
