@@ -36,9 +36,10 @@ ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME
 PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def _stamp_file(store_root: Path, file: Path, hypervisor: str | None) -> Path:
+def stamp_file(file: Path, hypervisor: str | None) -> Path:
+    """Where the record for building ``file`` for ``hypervisor`` (None: the declared one) is kept."""
     key = hashlib.sha256(f"{file.absolute()}\0{hypervisor or ''}".encode()).hexdigest()[:32]
-    return store_root / STAMP_DIR / f"{key}.json"
+    return default_store_dir().absolute() / STAMP_DIR / f"{key}.json"
 
 
 def _stat(path: str) -> list[int] | None:
@@ -112,7 +113,7 @@ def record(
         "name": vm.guest.hostName,
         "notes": notes,
     }
-    target = _stamp_file(store_root, file, hypervisor)
+    target = stamp_file(file, hypervisor)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     tmp.write_text(json.dumps(stamp))
@@ -124,7 +125,7 @@ def lookup(file: Path, hypervisor: str | None) -> tuple[str, Foreground, list[st
     from ..host.console import Foreground
 
     try:
-        stamp = json.loads(_stamp_file(default_store_dir().absolute(), file, hypervisor).read_text())
+        stamp = json.loads(stamp_file(file, hypervisor).read_text())
         if stamp["fingerprint"].get("format") != STAMP_FORMAT:
             return None
         apt = stamp["fingerprint"]["apt"] is not None

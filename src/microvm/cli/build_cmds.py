@@ -39,7 +39,7 @@ def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
     return loaded, built
 
 
-def _tcg_note(vm, built) -> str | None:  # noqa: ANN001
+def _tcg_note(vm, built) -> str | None:
     """Why a VM that asked for the automatic choice runs emulated (slow), if it does."""
     if built.accel.accel == "tcg" and vm.microvm.accel == "auto":
         return f"using TCG emulation (slow): {built.accel.reason}"
