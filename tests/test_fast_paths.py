@@ -124,3 +124,16 @@ def test_fast_run_does_not_import_the_option_model(tmp_path: Path) -> None:
 def test_host_tsc_rate(tmp_path: Path, cpuinfo: str, khz: int) -> None:
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     assert host_tsc_khz(tmp_path / "cpuinfo") == khz
+
+
+def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
+    from microvm.build.kmod import SIGNATURE_MAGIC, without_signature
+
+    modules = sorted(shared_store.root.glob("*-kernel-*/lib/modules/*/kernel/fs/erofs/erofs.ko"))
+    if not modules:
+        pytest.skip("no kernel in the shared store yet (the boot tests download it)")
+    signed = modules[0].read_bytes()
+    assert signed.endswith(SIGNATURE_MAGIC)
+    unsigned = without_signature(signed)
+    assert signed.startswith(unsigned) and len(signed) - len(unsigned) > 512  # an RSA signature went
+    assert unsigned.startswith(b"\x7fELF") and without_signature(unsigned) == unsigned

@@ -291,7 +291,7 @@ class MicroVMOptions(Options):
     initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
     optimize: Enable = Field(
         default_factory=lambda: Enable(enable=True),
-        description="Trim the guest for fast boot: a quiet console, no crypto self-tests at boot (`cryptomgr.notests`).",
+        description="Trim the guest for fast boot: a quiet console, no crypto self-tests at boot (`cryptomgr.notests`), initrd modules without signatures to check (kept when `kernelParams` enforce them).",
     )
     guest: Enable = Field(
         default_factory=lambda: Enable(enable=True), description="Whether the guest side is built at all."
