@@ -1,7 +1,9 @@
 """libvirt as a peer to measure against: a private libvirtd, direct-kernel-boot domains, all removed after.
 
-libvirtd (and the virtlogd it logs through) run as the benchmark's children inside a network
-namespace of their own, so nothing they might do to networking reaches the host's; the domains
+A libvirtd that already runs (a host with systemd starts it on install) is used as it is.
+Otherwise libvirtd and the virtlogd it logs through run as the benchmark's children inside a
+network namespace of their own, so nothing they might do to networking reaches the host's, and
+are stopped at the end (nothing is left running where nothing ran before). The domains
 have no network interfaces and libvirt's default network is never started (the benchmark
 refuses when it is set to autostart). Domains are written as a user writes them for direct
 kernel boot; on the microvm machine libvirt 9 needs ``<controller type='usb' model='none'/>``,
@@ -33,8 +35,6 @@ def unavailable() -> str | None:
             return f"`{tool}` is not installed (`make bench` installs libvirt-daemon-system and virtinst)"
     if AUTOSTART.is_dir() and any(AUTOSTART.iterdir()):
         return f"a libvirt network is set to autostart ({AUTOSTART}); the benchmark never starts one"
-    if SOCKET.exists():
-        return f"a libvirtd is already running ({SOCKET}); the benchmark only uses one of its own"
     return None
 
 
@@ -83,13 +83,17 @@ class Libvirt:
     def __init__(self) -> None:
         self.namespace = f"microvm-bench-{os.getpid()}"
         self.daemons: list[subprocess.Popen[bytes]] = []
+        self.own_namespace = False
         self.domains: list[str] = []
         self.files = Path(tempfile.mkdtemp(prefix="microvm-bench-libvirt-"))
         self.files.chmod(0o755)  # qemu runs as libvirt-qemu and must reach the copies below
 
     def __enter__(self) -> Libvirt:
+        if _virsh("version", check=False).returncode == 0:
+            return self  # a running libvirtd: use it, start nothing
         try:
             subprocess.run(["ip", "netns", "add", self.namespace], check=True, capture_output=True)
+            self.own_namespace = True
             log = (self.files / "daemons.log").open("wb")
             for daemon in ("virtlogd", "libvirtd"):
                 argv = ["ip", "netns", "exec", self.namespace, daemon]
@@ -116,7 +120,8 @@ class Libvirt:
                 except subprocess.TimeoutExpired:
                     daemon.kill()
                     daemon.wait()
-        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
+        if self.own_namespace:
+            subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
         shutil.rmtree(self.files, ignore_errors=True)
 
     def copy(self, path: Path) -> Path:

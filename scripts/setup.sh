@@ -17,6 +17,13 @@ APT_PACKAGES=(
   systemd-container              # tests run real systemd in a container
   shellcheck                     # generated scripts are checked
 )
+# `--bench` (or EXTRAS=bench): what the benchmark compares against, and matplotlib for its plots
+if [ "${1:-}" = "--bench" ]; then
+  EXTRAS=${EXTRAS:+$EXTRAS,}bench
+fi
+if [[ ",${EXTRAS:-}," == *,bench,* ]]; then
+  APT_PACKAGES+=(libvirt-daemon-system virtinst)  # bench/libvirt.py uses a running libvirtd or runs its own
+fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

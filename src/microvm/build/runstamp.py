@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..host.console import Foreground
 
 STAMP_DIR = ".cache/run"
-STAMP_FORMAT = 1
+STAMP_FORMAT = 2
 ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME")
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -63,12 +63,6 @@ def _code_stamp() -> list[int]:
     return [len(stats), max((s[0] for s in stats), default=0)]
 
 
-def _apt_stamp() -> int:
-    from .kernel import _apt_stamp
-
-    return _apt_stamp()
-
-
 def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
     """Host paths whose change can change what the build of ``vm`` produces."""
     from ..host.accel import CACHE
@@ -81,10 +75,14 @@ def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
         paths.append(str(busybox_path()))
     kernel = vm.guest.kernel
     paths += [p for p in (kernel.image, kernel.modulesDir, vm.microvm.initrdPath) if p]
+    if kernel.image is None:  # the package is resolved from apt's lists: `apt-get update` changes both
+        from .kernel import APT_LISTS, APT_PKGCACHE
+
+        paths += [str(APT_LISTS), str(APT_PKGCACHE)]
     return list(dict.fromkeys(paths))
 
 
-def fingerprint(config_files: list[str], paths: list[str], apt: bool) -> dict[str, Any]:
+def fingerprint(config_files: list[str], paths: list[str]) -> dict[str, Any]:
     """Everything a build depended on besides the config's meaning, as comparable JSON."""
     return {
         "format": STAMP_FORMAT,
@@ -93,7 +91,6 @@ def fingerprint(config_files: list[str], paths: list[str], apt: bool) -> dict[st
         "cwd": os.getcwd(),  # relative paths in the config may resolve against it
         "config": {f: _content(f) for f in config_files},
         "paths": {p: _stat(p) for p in paths},
-        "apt": _apt_stamp() if apt else None,
     }
 
 
@@ -104,11 +101,10 @@ def record(
     store_root = default_store_dir().absolute()
     files = [str(f.absolute()) for f in config_files]
     paths = host_paths(vm, store_root)
-    apt = vm.guest.kernel.image is None
     stamp = {
         "files": files,
         "paths": paths,
-        "fingerprint": fingerprint(files, paths, apt),
+        "fingerprint": fingerprint(files, paths),
         "plan": plan.to_json(),
         "name": vm.guest.hostName,
         "notes": notes,
@@ -128,8 +124,7 @@ def lookup(file: Path, hypervisor: str | None) -> tuple[str, Foreground, list[st
         stamp = json.loads(stamp_file(file, hypervisor).read_text())
         if stamp["fingerprint"].get("format") != STAMP_FORMAT:
             return None
-        apt = stamp["fingerprint"]["apt"] is not None
-        if fingerprint(stamp["files"], stamp["paths"], apt) != stamp["fingerprint"]:
+        if fingerprint(stamp["files"], stamp["paths"]) != stamp["fingerprint"]:
             return None
         plan = Foreground.from_json(stamp["plan"])
     except (OSError, ValueError, KeyError, TypeError):
