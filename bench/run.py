@@ -255,26 +255,29 @@ def bench_builds(runs: int, work: Path, source: Path | None, variants: dict[str,
 
 
 def memory_kib(pid: int, guest_mb: int) -> tuple[float, float]:
-    """(resident KiB in all, resident KiB outside the guest's RAM) of a hypervisor process.
+    """(resident KiB in all, proportional KiB outside the guest's RAM) of a hypervisor process.
 
-    The guest's RAM is the mapping (or mappings) at least as large as the guest's memory.
+    The guest's RAM is the anonymous mapping of the guest's memory size (up to 2 MiB more for
+    alignment). Outside it, proportional set size: pages shared with other processes (the
+    kernel file qemu maps, libraries) count divided by how many processes map them.
     """
-    total = ram = 0.0
+    total = beyond = 0.0
     in_ram = False
+    low, high = guest_mb << 20, (guest_mb + 2) << 20
     try:
         with open(f"/proc/{pid}/smaps") as f:
             for line in f:
-                head = line.split(maxsplit=1)[0]
-                if "-" in head and not head.endswith(":"):
-                    lo, hi = (int(x, 16) for x in head.split("-"))
-                    in_ram = hi - lo >= guest_mb << 20
-                elif head == "Rss:":
-                    kib = float(line.split()[1])
-                    total += kib
-                    ram += kib if in_ram else 0.0
+                fields = line.split()
+                if "-" in fields[0] and not fields[0].endswith(":"):
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    in_ram = low <= hi - lo <= high and len(fields) < 6  # anonymous, guest-sized
+                elif fields[0] == "Rss:":
+                    total += float(fields[1])
+                elif fields[0] == "Pss:" and not in_ram:
+                    beyond += float(fields[1])
     except OSError:
         return NAN, NAN
-    return total, total - ram
+    return total, beyond
 
 
 def _exited(pid: int) -> bool:
@@ -686,11 +689,13 @@ def report(r: Results) -> str:
 
     w("## Host cost per VM\n")
     w(
-        "Resident memory of the hypervisor process when the guest printed its marker (256 MB guest): "
-        "in all, and outside the guest's RAM (the mappings at least as large as the guest's memory), "
-        "which is what each VM costs the host beyond what its guest uses.\n"
+        "Memory of the hypervisor process when the guest printed its marker (256 MB guest): resident "
+        "in all, and outside the guest's RAM as proportional set size (PSS: pages shared with other "
+        "processes, such as the kernel file our runner's qemu maps, count divided among them), which "
+        "is what each VM costs the host beyond what its guest uses. qemu's TCG translation cache is "
+        "part of that cost; with KVM it is not there.\n"
     )
-    w("| Method | RSS (median) | RSS beyond guest RAM (median) |\n|---|---|---|")
+    w("| Method | RSS (median) | PSS beyond guest RAM (median) |\n|---|---|---|")
     for m in r.boot_methods:
         if m.memory:
             xs = r.boots[m.key]
@@ -709,7 +714,7 @@ def report(r: Results) -> str:
         for name in r.pictures[1:]:
             w(f"![Density curve]({name})\n")
         w(
-            "| Guests | All booted after | Per guest | Hypervisors' RSS | beyond guest RAM, per VM | Host MemAvailable drop |"
+            "| Guests | All booted after | Per guest | Hypervisors' RSS | PSS beyond guest RAM, per VM | Host MemAvailable drop |"
         )
         w("|---|---|---|---|---|---|")
         for d in r.density:
