@@ -52,6 +52,7 @@ os.environ.setdefault("MICROVM_ACCEL", "tcg")  # before microvm is imported
 
 import libvirt  # noqa: E402  (bench/libvirt.py)
 
+from microvm.build import runstamp  # noqa: E402
 from microvm.build.store import Store  # noqa: E402
 from microvm.build.vm import BuiltVM, build_vm  # noqa: E402
 from microvm.config import load_vm  # noqa: E402
@@ -153,9 +154,9 @@ def shown(argv: list[str], store_root: Path) -> str:
 
 
 def machine() -> dict[str, str]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), "unknown")
-    mem = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    mem = meminfo_kib("MemTotal")
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     libvirt_version = "not installed"
     if shutil.which("libvirtd"):
@@ -163,7 +164,7 @@ def machine() -> dict[str, str]:
     return {
         "CPUs (nproc)": str(os.cpu_count()),
         "CPU model": cpu,
-        "Memory": f"{int(mem.split()[1]) / (1 << 20):.1f} GiB",
+        "Memory": f"{mem / (1 << 20):.1f} GiB",
         "Host kernel": platform.release(),
         "qemu": qemu,
         "libvirt": libvirt_version,
@@ -476,8 +477,8 @@ class Density:
     available_drop_kib: float  # the host's MemAvailable before minus then (other load on the host shows here)
 
 
-def mem_available_kib() -> float:
-    line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemAvailable"))
+def meminfo_kib(key: str) -> float:
+    line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith(key + ":"))
     return float(line.split()[1])
 
 
@@ -486,7 +487,7 @@ def bench_density(counts: tuple[int, ...], built: BuiltVM, work: Path) -> list[D
     results = []
     for count in counts:
         time.sleep(GAP * 3)
-        before = mem_available_kib()
+        before = meminfo_kib("MemAvailable")
         dirs = [Path(tempfile.mkdtemp(prefix=f"dense{count}-", dir=work)) for _ in range(count)]
         t0 = time.perf_counter()
         procs = [
@@ -504,7 +505,7 @@ def bench_density(counts: tuple[int, ...], built: BuiltVM, work: Path) -> list[D
                 time.sleep(0.05)
             elapsed = time.perf_counter() - t0
             mems = [memory_kib(p.pid, DENSITY_MEM) for p in procs]
-            drop = before - mem_available_kib()
+            drop = before - meminfo_kib("MemAvailable")
         finally:
             for p in procs:
                 p.terminate()
@@ -529,6 +530,14 @@ def plots(output: Path, boot_methods: list[Method], boots: dict[str, list[Boot]]
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+
+    def save(fig, what: str) -> str:  # noqa: ANN001
+        name = f"{output.with_suffix('').name}-{what}.png"
+        fig.tight_layout()
+        fig.savefig(output.parent / name, dpi=100)
+        plt.close(fig)
+        return name
+
     names = []
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(boot_methods) + 1.5))
     labels = [m.label.replace("`", "") for m in boot_methods]
@@ -544,11 +553,7 @@ def plots(output: Path, boot_methods: list[Method], boots: dict[str, list[Boot]]
     ax.set_xlabel("seconds (median, whiskers: min-max)")
     ax.legend(loc="lower right")
     ax.set_title("Boot of the busybox example")
-    fig.tight_layout()
-    name = output.with_suffix("").name + "-boot.png"
-    fig.savefig(output.parent / name, dpi=100)
-    names.append(name)
-    plt.close(fig)
+    names.append(save(fig, "boot"))
     if density:
         fig, ax1 = plt.subplots(figsize=(7, 4))
         counts = [d.count for d in density]
@@ -559,11 +564,7 @@ def plots(output: Path, boot_methods: list[Method], boots: dict[str, list[Boot]]
         ax2.plot(counts, [d.rss_kib / 1024 for d in density], "s--", color="tab:red", label="hypervisors' RSS")
         ax2.set_ylabel("MiB resident", color="tab:red")
         ax1.set_title("Density: guests started at once")
-        fig.tight_layout()
-        name = output.with_suffix("").name + "-density.png"
-        fig.savefig(output.parent / name, dpi=100)
-        names.append(name)
-        plt.close(fig)
+        names.append(save(fig, "density"))
     return names
 
 
@@ -636,7 +637,7 @@ def report(r: Results) -> str:
         ("Warm build, `microvm build FILE` command", b.cli_warm, fmt_ms),
         ("`microvm --help` (command start-up)", b.cli_help, fmt_ms),
         (f"`microvm eval --host` of a host file with {HOST_VMS} VMs", b.host_eval, fmt_ms),
-        (f"`microvm check --host` of the same file", b.host_check, fmt_ms),
+        ("`microvm check --host` of the same file", b.host_check, fmt_ms),
         ("squashfs variant, after the erofs one in the same store", b.squashfs, fmt_s),
     ]
     for label, xs, fmt in rows:
@@ -698,10 +699,8 @@ def report(r: Results) -> str:
     w("| Method | RSS (median) | PSS beyond guest RAM (median) |\n|---|---|---|")
     for m in r.boot_methods:
         if m.memory:
-            xs = r.boots[m.key]
-            w(
-                f"| {m.label} | {fmt_mib(median([x.rss_kib for x in xs]))} | {fmt_mib(median([x.overhead_kib for x in xs]))} |"
-            )
+            rss, beyond = (median([getattr(x, a) for x in r.boots[m.key]]) for a in ("rss_kib", "overhead_kib"))
+            w(f"| {m.label} | {fmt_mib(rss)} | {fmt_mib(beyond)} |")
     w("")
 
     w("## Density\n")
@@ -713,9 +712,8 @@ def report(r: Results) -> str:
         )
         for name in r.pictures[1:]:
             w(f"![Density curve]({name})\n")
-        w(
-            "| Guests | All booted after | Per guest | Hypervisors' RSS | PSS beyond guest RAM, per VM | Host MemAvailable drop |"
-        )
+        columns = ["Guests", "All booted after", "Per guest", "Hypervisors' RSS", "PSS beyond guest RAM, per VM"]
+        w("| " + " | ".join([*columns, "Host MemAvailable drop"]) + " |")
         w("|---|---|---|---|---|---|")
         for d in r.density:
             w(
@@ -790,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
             variants["q35"].write_text(f'imports = ["{EXAMPLE}"]\n[microvm.qemu]\nmachine = "q35"\n')
         builds, store, built = bench_builds(args.runs, work, sources[0] if sources else None, variants)
         os.environ["MICROVM_STORE"] = str(store.root)  # `microvm run` uses the benchmark's store
+        if runstamp.lookup(EXAMPLE, None) is None:
+            skipped["`microvm run`'s fast path"] = "the build's record did not match: the full path was measured"
         density_file = work / "dense.toml"
         density_file.write_text(DENSITY_VM)
         dense = build_vm(store, load_vm(density_file).config)
