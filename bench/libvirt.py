@@ -38,8 +38,19 @@ def unavailable() -> str | None:
     return None
 
 
+VIRSH_TIMEOUT = 180  # libvirtd re-probing qemu's capabilities was seen to hang here
+
+
 def _virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["virsh", "-q", "-c", URI, *args], capture_output=True, text=True, check=check)
+    """virsh, failing (subprocess.SubprocessError) rather than waiting forever."""
+    try:
+        return subprocess.run(
+            ["virsh", "-q", "-c", URI, *args], capture_output=True, text=True, check=check, timeout=VIRSH_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        if check:
+            raise
+        return subprocess.CompletedProcess(args, 124, "", "timeout")
 
 
 def domain_xml(

@@ -445,18 +445,28 @@ def methods(built: dict[str, BuiltVM], work: Path, lv: libvirt.Libvirt | None, q
     return found
 
 
-def bench_boots(runs: int, boot_methods: list[Method], warm_up: bool) -> dict[str, list[Boot]]:
+def bench_boots(runs: int, boot_methods: list[Method], warm_up: bool, failed: dict[str, str]) -> dict[str, list[Boot]]:
     """An untimed warm-up boot per method (page cache, libvirt's first start), then ``runs`` rounds,
-    rotating which method goes first."""
+    rotating which method goes first. A method whose command fails (libvirt) is dropped and noted in ``failed``."""
     results: dict[str, list[Boot]] = {m.key: [] for m in boot_methods}
     for m in boot_methods if warm_up else []:
         print(f"[boot] warm-up {m.key}", file=sys.stderr)
-        measure(m.start, 256, memory=False)
+        try:
+            measure(m.start, 256, memory=False)
+        except subprocess.SubprocessError as exc:
+            failed[m.key] = f"warm-up: {exc}"
     for i in range(runs):
         order = boot_methods[i % len(boot_methods) :] + boot_methods[: i % len(boot_methods)]
         for m in order:
+            if m.key in failed:
+                continue
             time.sleep(GAP)
-            b = measure(m.start, 256, m.memory)
+            try:
+                b = measure(m.start, 256, m.memory)
+            except subprocess.SubprocessError as exc:  # libvirt: the benchmark goes on without it
+                failed[m.key] = f"round {i + 1}: {exc}"
+                print(f"[boot] {m.key} failed, dropped: {exc}", file=sys.stderr)
+                continue
             results[m.key].append(b)
             print(
                 f"[boot {i + 1}/{runs}] {m.key:14} marker {b.marker:.2f} s  exit {b.exit:.2f} s  "
@@ -829,7 +839,10 @@ def main(argv: list[str] | None = None) -> int:
             skipped["libvirt"] = why_not
         with libvirt.Libvirt() if why_not is None else contextlib.nullcontext() as lv:
             boot_methods = methods(built, work, lv, args.quick)
-            boots = bench_boots(args.runs, boot_methods, warm_up=not args.quick)
+            failed: dict[str, str] = {}
+            boots = bench_boots(args.runs, boot_methods, warm_up=not args.quick, failed=failed)
+            skipped.update({f"{key} (after it failed)": why for key, why in failed.items()})
+            boot_methods = [m for m in boot_methods if boots[m.key]]
             domain_xml = {d.split("-")[-1]: (lv.files / f"{d}.xml").read_text() for d in lv.domains} if lv else {}
         counts = DENSITY_COUNTS[:1] if args.quick else DENSITY_COUNTS
         if args.quick:
