@@ -17,6 +17,6 @@ docs: setup
 	.venv/bin/microvm options --format md > docs/options.md
 	.venv/bin/python -m microvm.hypervisors.table > docs/hypervisors.md
 
-bench: setup
-	EXTRAS=bench ./scripts/setup.sh
+bench:
+	./scripts/setup.sh --bench
 	.venv/bin/python bench/run.py

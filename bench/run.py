@@ -1,53 +1,71 @@
 #!/usr/bin/env python3
-"""Benchmark microvm: build times, boot times against plain qemu, image sizes.
+"""Benchmark microvm next to what users would use instead: plain qemu and libvirt.
 
     .venv/bin/python bench/run.py [--quick] [--runs N] [--output docs/benchmarks.md]
 
-Everything runs under qemu's TCG (MICROVM_ACCEL=tcg). Measurements of different
-methods are interleaved, with the same gap before each one, and reported as
-medians. The Debian kernel is not downloaded per "cold" build: its store entry
-is hard-linked in from an existing store, so a cold build measures our own work.
+Measures builds, `microvm eval`/`check` of a host file with 50 VMs, boot time through our
+runner, `microvm run`, hand-written qemu command lines and libvirt domains (interleaved, the
+same idle gap before each), the hypervisor's memory beyond the guest's RAM, a density curve
+(N 64 MB guests started together) and image sizes; writes a markdown report with plots.
+Everything runs under qemu's TCG when KVM cannot boot guests (MICROVM_ACCEL=tcg is set unless
+you set it). The Debian kernel's store entry is hard-linked in from an existing store, so a
+"cold" build measures our own work, not an apt download.
+
+``--quick`` (what tests/test_bench.py runs) does one of each of the cheap parts and skips
+libvirt, the q35 lines and most of the density curve, saying so in the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
 EXAMPLE = REPO / "examples" / "hello" / "vm.toml"
 MARKER = "hello: booted in"
-CONSOLE_LOG = "hello-console.log"
 BOOT_TIMEOUT = 180.0
 GAP = 1.0  # seconds of idle before every measurement, the same for every method
-PLAIN_APPEND = "console=ttyS0 tsc_early_khz=2600000 panic=-1"
+PLAIN_APPEND = "console=ttyS0 tsc_early_khz=2600000 panic=-1"  # what a user copies from a TCG how-to
+DENSITY_MEM = 80  # the issue asks for 64 MB: the Debian cloud kernel runs out of memory in its own init there
+DENSITY_COUNTS = (1, 5, 10, 20)
+DENSITY_TIMEOUT = 600.0
+HOST_VMS = 50
 
-os.environ["MICROVM_ACCEL"] = "tcg"  # before microvm is imported: force TCG everywhere
+os.environ.setdefault("MICROVM_ACCEL", "tcg")  # before microvm is imported
 
+import libvirt  # noqa: E402  (bench/libvirt.py)
+
+from microvm.build import runstamp  # noqa: E402
 from microvm.build.store import Store  # noqa: E402
 from microvm.build.vm import BuiltVM, build_vm  # noqa: E402
 from microvm.config import load_vm  # noqa: E402
+
+NAN = float("nan")
 
 
 # --- helpers -------------------------------------------------------------------------
 
 
 def median(xs: list[float]) -> float:
-    xs = [x for x in xs if x == x]  # drop NaNs
-    return statistics.median(xs) if xs else float("nan")
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else NAN
 
 
 def fmt_s(x: float) -> str:
@@ -58,31 +76,32 @@ def fmt_ms(x: float) -> str:
     return "n/a" if x != x else f"{x * 1000:.0f} ms"
 
 
+def fmt_mib(kib: float) -> str:
+    return "n/a" if kib != kib else f"{kib / 1024:.1f} MiB"
+
+
 def fmt_size(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    return f"{n / (1 << 20):.2f} MiB ({n:,} B)"
+    return "n/a" if n is None else f"{n / (1 << 20):.2f} MiB"
 
 
-def spread(xs: list[float], fmt=fmt_s) -> str:
+def spread(xs: list[float], fmt: Callable[[float], str] = fmt_s) -> str:
+    xs = [x for x in xs if x == x]
     return f"{fmt(min(xs))} – {fmt(max(xs))}" if len(xs) > 1 else "–"
+
+
+def ratio(a: float, b: float) -> str:
+    return "n/a" if a != a or b != b or not b else f"{a / b:.2f}"
 
 
 def source_stores() -> list[Path]:
     """Existing stores that may hold the kernel entry, most specific first."""
-    cands = []
-    if os.environ.get("MICROVM_TEST_CACHE"):
-        cands.append(Path(os.environ["MICROVM_TEST_CACHE"]) / "store")
     home_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cands += [home_cache / "microvm" / "store", Path("/var/lib/microvm/store"), home_cache / "microvm-test" / "store"]
+    cands = [home_cache / "microvm" / "store", Path("/var/lib/microvm/store"), home_cache / "microvm-test" / "store"]
+    if os.environ.get("MICROVM_TEST_CACHE"):
+        cands.insert(0, Path(os.environ["MICROVM_TEST_CACHE"]) / "store")
     if os.environ.get("MICROVM_STORE"):
         cands.insert(0, Path(os.environ["MICROVM_STORE"]))
-    seen, out = set(), []
-    for c in cands:
-        if c not in seen and c.is_dir() and any(c.glob("*-kernel-*")):
-            seen.add(c)
-            out.append(c)
-    return out
+    return [c for c in dict.fromkeys(cands) if c.is_dir() and any(c.glob("*-kernel-*"))]
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -96,7 +115,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 def fresh_store(parent: Path, source: Path | None) -> Store:
-    """A new empty store, seeded with the kernel entries and .cache/ of ``source``."""
+    """A new empty store, seeded with the kernel entries and the caches of ``source``."""
     root = Path(tempfile.mkdtemp(prefix="store-", dir=parent))
     if source is not None:
         for entry in source.glob("*-kernel-*"):
@@ -104,10 +123,11 @@ def fresh_store(parent: Path, source: Path | None) -> Store:
                 _link_tree(entry, root / entry.name)
         if (source / ".cache").is_dir():
             _link_tree(source / ".cache", root / ".cache")
+            shutil.rmtree(root / ".cache" / "run", ignore_errors=True)  # `microvm run` records: made here
     return Store(root)
 
 
-def timed(fn) -> tuple[float, object]:
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
     time.sleep(GAP)
     t0 = time.perf_counter()
     result = fn()
@@ -119,241 +139,454 @@ def microvm_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "microvm"]
 
 
+def run_checked(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd)
+    if result.returncode != 0:
+        raise SystemExit(f"{shlex.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def shown(argv: list[str], store_root: Path) -> str:
+    return shlex.join(argv).replace(str(store_root), "$STORE")
+
+
 # --- machine -------------------------------------------------------------------------
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[
-            0
-        ]
-    except (OSError, IndexError):
-        qemu = "unknown"
-    try:
-        mem = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-        mem_gib = f"{int(mem.split()[1]) / (1 << 20):.1f} GiB"
-    except (OSError, StopIteration):
-        mem_gib = "unknown"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
+    mem = meminfo_kib("MemTotal")
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    libvirt_version = "not installed"
+    if shutil.which("libvirtd"):
+        libvirt_version = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True).stdout.strip()
     return {
         "CPUs (nproc)": str(os.cpu_count()),
         "CPU model": cpu,
-        "Memory": mem_gib,
+        "Memory": f"{mem / (1 << 20):.1f} GiB",
         "Host kernel": platform.release(),
         "qemu": qemu,
-        "Accelerator": "TCG (MICROVM_ACCEL=tcg; KVM is not usable on this host)",
+        "libvirt": libvirt_version,
+        "Accelerator": f"{os.environ['MICROVM_ACCEL']} (MICROVM_ACCEL)",
         "Python": platform.python_version(),
-        "Load average at start": load,
+        "Load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
-# --- builds --------------------------------------------------------------------------
+# --- builds and evaluation -----------------------------------------------------------
 
 
 @dataclass
-class BuildResults:
+class Builds:
     cold: list[float] = field(default_factory=list)
     warm: list[float] = field(default_factory=list)
     cli_warm: list[float] = field(default_factory=list)
     cli_help: list[float] = field(default_factory=list)
-    squashfs_cold: list[float] = field(default_factory=list)
+    squashfs: list[float] = field(default_factory=list)
+    host_eval: list[float] = field(default_factory=list)
+    host_check: list[float] = field(default_factory=list)
 
 
-def bench_builds(
-    runs: int, work: Path, source: Path | None, squashfs_file: Path
-) -> tuple[BuildResults, Store, BuiltVM, BuiltVM]:
-    res = BuildResults()
+def host_file(work: Path) -> Path:
+    """A host file declaring HOST_VMS VMs, half in files of their own, half inline."""
+    lines = []
+    for i in range(HOST_VMS):
+        name = f"vm{i:02d}"
+        if i % 2:
+            (work / f"{name}.toml").write_text(
+                f'imports = ["{EXAMPLE}"]\n[guest]\nhostName = "{name}"\n[microvm]\nmem = {128 + i}\n'
+            )
+            lines += [f"[microvm.vms.{name}]", f'config = "{name}.toml"']
+        else:
+            lines += [
+                f"[microvm.vms.{name}.config.guest]",
+                f'commands = ["echo {name} up"]',
+                f"[microvm.vms.{name}.config.microvm]",
+                f"mem = {128 + i}",
+                f"[[microvm.vms.{name}.config.microvm.volumes]]",
+                f'image = "{name}-var.img"',
+                'mountPoint = "/var"',
+                "size = 64",
+            ]
+    path = work / "host.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bench_builds(runs: int, work: Path, source: Path | None, variants: dict[str, Path]) -> tuple[Builds, Store, dict]:
+    """Cold and warm builds of the example; the variants (squashfs, q35) built once per store after it."""
+    res = Builds()
     config = load_vm(EXAMPLE).config
-    sq_config = load_vm(squashfs_file).config
-    store = built = sq_built = None
+    host = host_file(work)
+    store: Store | None = None
+    built: dict[str, BuiltVM] = {}
     for i in range(runs):
         if store is not None:
             shutil.rmtree(store.root, ignore_errors=True)
         store = fresh_store(work, source)
-        env = {**os.environ, "MICROVM_STORE": str(store.root), "MICROVM_ACCEL": "tcg"}
+        env = {**os.environ, "MICROVM_STORE": str(store.root)}
         print(f"[build {i + 1}/{runs}] store {store.root}", file=sys.stderr)
-
-        t, built = timed(lambda: build_vm(store, config))
+        t, built["hello"] = timed(lambda: build_vm(store, config))
         res.cold.append(t)
         t, _ = timed(lambda: build_vm(store, config))
         res.warm.append(t)
-        t, proc = timed(
-            lambda: subprocess.run([*microvm_cmd(), "build", str(EXAMPLE)], env=env, capture_output=True, text=True)
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"microvm build failed:\n{proc.stdout}\n{proc.stderr}")
+        t, _ = timed(lambda: run_checked([*microvm_cmd(), "build", str(EXAMPLE)], env))
         res.cli_warm.append(t)
-        t, _ = timed(lambda: subprocess.run([*microvm_cmd(), "--help"], env=env, capture_output=True))
+        t, _ = timed(lambda: run_checked([*microvm_cmd(), "--help"], env))
         res.cli_help.append(t)
-        # the squashfs variant after the erofs one: kernel, system tree and the rest are cache hits
-        t, sq_built = timed(lambda: build_vm(store, sq_config))
-        res.squashfs_cold.append(t)
+        t, _ = timed(lambda: run_checked([*microvm_cmd(), "eval", "--host", str(host)], env))
+        res.host_eval.append(t)
+        t, _ = timed(lambda: run_checked([*microvm_cmd(), "check", "--host", str(host)], env))
+        res.host_check.append(t)
+        for name, file in variants.items():
+            t, built[name] = timed(lambda file=file: build_vm(store, load_vm(file).config))
+            if name == "squashfs":
+                res.squashfs.append(t)
         print(
             f"  cold {res.cold[-1]:.2f}  warm {res.warm[-1]:.3f}  cli-warm {res.cli_warm[-1]:.3f}  "
-            f"squashfs {res.squashfs_cold[-1]:.2f}",
+            f"help {res.cli_help[-1]:.3f}  eval {res.host_eval[-1]:.2f}  check {res.host_check[-1]:.2f}",
             file=sys.stderr,
         )
-    assert store is not None and built is not None and sq_built is not None
-    return res, store, built, sq_built
+    assert store is not None
+    return res, store, built
 
 
 # --- boots ---------------------------------------------------------------------------
 
 
+def memory_kib(pid: int, guest_mb: int) -> tuple[float, float]:
+    """(resident KiB in all, proportional KiB outside the guest's RAM) of a hypervisor process.
+
+    The guest's RAM is the anonymous mapping of the guest's memory size (up to 2 MiB more for
+    alignment). Outside it, proportional set size: pages shared with other processes (the
+    kernel file qemu maps, libraries) count divided by how many processes map them.
+    """
+    total = beyond = 0.0
+    in_ram = False
+    low, high = guest_mb << 20, (guest_mb + 2) << 20
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                fields = line.split()
+                if "-" in fields[0] and not fields[0].endswith(":"):
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    in_ram = low <= hi - lo <= high and len(fields) < 6  # anonymous, guest-sized
+                elif fields[0] == "Rss:":
+                    total += float(fields[1])
+                elif fields[0] == "Pss:" and not in_ram:
+                    beyond += float(fields[1])
+    except OSError:
+        return NAN, NAN
+    return total, beyond
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return NAN
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _exited(pid: int) -> bool:
+    """Gone or a zombie (PID 1 here reaps orphans late)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 @dataclass
 class Boot:
-    marker: float  # seconds from spawn to the marker line
-    exit: float  # seconds from spawn to process exit
-    guest_uptime: float  # what the guest printed (its /proc/uptime at the marker)
-    returncode: int
+    marker: float  # launch to the marker line
+    exit: float  # launch to the hypervisor's exit
+    rss_kib: float = NAN  # hypervisor's resident memory at the marker
+    overhead_kib: float = NAN  # ... outside the guest's RAM
+    start_cmd: float = NAN  # libvirt: how long `virsh start` took
+    cpu: float = NAN  # the hypervisor's CPU time (user + system) at the marker
 
 
-def _uptime(line: str) -> float:
-    m = re.search(re.escape(MARKER) + r"\s+([0-9.]+)", line)
-    return float(m.group(1)) if m else float("nan")
+class Launch:
+    """One running boot: where its console text is, and which process is the hypervisor."""
 
+    def __init__(self, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+        self.proc, self.log = proc, log
+        self.chunks: list[str] = []
+        self.pid: int | None = proc.pid if proc else None
+        if proc is not None and proc.stdout is not None:
+            threading.Thread(target=self._drain, daemon=True).start()
 
-def boot_ours(built: BuiltVM, work: Path) -> Boot:
-    wd = Path(tempfile.mkdtemp(prefix="ours-", dir=work))
-    log = wd / CONSOLE_LOG
-    with (wd / "stderr.txt").open("wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(built.run)], cwd=wd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
-        )
-        marker = float("nan")
-        line = ""
-        deadline = t0 + BOOT_TIMEOUT
-        while time.perf_counter() < deadline:
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.chunks.append(raw.decode(errors="replace"))
+
+    def text(self) -> str:
+        if self.log is not None:
             try:
-                text = log.read_text(errors="replace")
+                return self.log.read_text(errors="replace")
             except FileNotFoundError:
-                text = ""
-            # the whole line, not just the marker: a read can land mid-line
-            if m := re.search(re.escape(MARKER) + r"[^\n]*\n", text):
-                marker = time.perf_counter() - t0
-                line = m.group(0)
-                break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        try:
-            rc = proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        end = time.perf_counter() - t0
-    if marker != marker and MARKER in log.read_text(errors="replace"):
-        marker = end  # the line was only completed as the guest powered off
+                return ""
+        return "".join(self.chunks)
+
+    def exited(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        return self.pid is None or _exited(self.pid)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+        elif self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def measure(start: Callable[[], Launch], guest_mb: int, memory: bool = True) -> Boot:
+    """Launch, wait for the marker line (polled every 10 ms), note the memory, wait for the exit."""
+    t0 = time.perf_counter()
+    launch = start()
+    start_cmd = time.perf_counter() - t0 if launch.proc is None else NAN
+    marker, rss, overhead, cpu = NAN, NAN, NAN, NAN
+    deadline = t0 + BOOT_TIMEOUT
+    while time.perf_counter() < deadline:
+        if re.search(re.escape(MARKER) + r"[^\n]*\n", launch.text()):
+            marker = time.perf_counter() - t0
+            if memory and launch.pid is not None:
+                rss, overhead = memory_kib(launch.pid, guest_mb)
+                cpu = cpu_seconds(launch.pid)
+            break
+        if launch.exited():
+            break
+        time.sleep(0.01)
+    while not launch.exited():
+        if time.perf_counter() > deadline:
+            launch.kill()
+        time.sleep(0.01)
+    end = time.perf_counter() - t0
+    if launch.proc is not None:
+        launch.proc.wait()
     if marker != marker:
-        raise SystemExit(f"our runner never printed the marker (rc {rc}); see {wd}")
-    # the marker may have been written only just before exit: re-read for the uptime
-    if not line:
-        line = next((l for l in log.read_text(errors="replace").splitlines() if MARKER in l), "")
-    shutil.rmtree(wd, ignore_errors=True)
-    return Boot(marker, end, _uptime(line), rc)
+        raise SystemExit(f"no marker within {BOOT_TIMEOUT:.0f} s; console:\n{launch.text()[-3000:]}")
+    return Boot(marker, end, rss, overhead, start_cmd, cpu)
 
 
-def plain_command(built: BuiltVM, cpu_max: bool = False) -> list[str]:
-    """The command line a user would write by hand; ``cpu_max`` adds ``-cpu max``."""
-    assert built.initrd is not None and built.root_image is not None
+def plain_command(machine: str, kernel: Path, initrd: Path, disk: Path) -> list[str]:
+    """The qemu command line a user would write by hand for this kernel, initrd and disk."""
+    blk = "virtio-blk-device" if machine == "microvm" else "virtio-blk-pci"
     return [
-        "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg", *(["-cpu", "max"] if cpu_max else []), "-m", "256M",
+        "qemu-system-x86_64", "-M", machine, "-accel", os.environ["MICROVM_ACCEL"], "-m", "256M",
         "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio",
-        "-kernel", str(built.kernel.image), "-initrd", str(built.initrd),
-        "-append", PLAIN_APPEND,
-        "-drive", f"id=root,format=raw,file={built.root_image},if=none,read-only=on",
-        "-device", "virtio-blk-device,drive=root,serial=microvm-root",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", PLAIN_APPEND,
+        "-drive", f"id=root,format=raw,file={disk},if=none,read-only=on",
+        "-device", f"{blk},drive=root,serial=microvm-root",
         "-no-reboot",
     ]  # fmt: skip
 
 
-class PlainFailed(Exception):
-    def __init__(self, rc: int, tail: list[str]) -> None:
-        super().__init__(f"plain qemu never printed the marker (rc {rc}):\n{''.join(tail)}")
-        self.tail = tail
+@dataclass
+class Method:
+    key: str
+    label: str
+    start: Callable[[], Launch]
+    memory: bool = True  # whether the launched process is the hypervisor worth measuring
 
 
-def boot_plain(built: BuiltVM, work: Path, cpu_max: bool = False) -> Boot:
-    wd = Path(tempfile.mkdtemp(prefix="plain-", dir=work))
-    found: dict[str, object] = {}
-    out: list[str] = []
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        plain_command(built, cpu_max),
-        cwd=wd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def methods(built: dict[str, BuiltVM], work: Path, lv: libvirt.Libvirt | None, quick: bool) -> list[Method]:
+    """Every way to boot the example, in report order."""
+    hello = built["hello"]
 
-    def reader() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace")
-            if "marker" not in found and MARKER in line:
-                found["marker"] = time.perf_counter() - t0
-                found["line"] = line
-            out.append(line)
+    def in_dir(prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=work))
 
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
-    try:
-        rc = proc.wait(timeout=BOOT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    end = time.perf_counter() - t0
-    th.join(timeout=5)
-    shutil.rmtree(wd, ignore_errors=True)
-    if "marker" not in found:
-        raise PlainFailed(rc, out[-30:])
-    return Boot(found["marker"], end, _uptime(found["line"]), rc)  # type: ignore[arg-type]
+    def ours() -> Launch:
+        wd = in_dir("ours-")
+        proc = subprocess.Popen([str(hello.run)], cwd=wd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return Launch(proc, wd / "hello-console.log")
+
+    def command() -> Launch:
+        argv = [*microvm_cmd(), "run", "--state-dir", str(in_dir("cmd-")), str(EXAMPLE)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        return Launch(proc)
+
+    def plain(machine: str, b: BuiltVM) -> Callable[[], Launch]:
+        def start() -> Launch:
+            argv = plain_command(machine, b.kernel.image, b.initrd, b.root_image)
+            proc = subprocess.Popen(
+                argv, cwd=in_dir("plain-"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            return Launch(proc)
+
+        return start
+
+    def virsh(domain: libvirt.Domain) -> Callable[[], Launch]:
+        def start() -> Launch:
+            domain.start()
+            launch = Launch(log=domain.log)
+            launch.pid = domain.qemu_pid()
+            return launch
+
+        return start
+
+    found = [
+        Method("ours", "microvm runner (`bin/microvm-run`)", ours),
+        Method("command", "`microvm run FILE` (built before)", command, memory=False),
+        Method("plain-microvm", "plain qemu `-M microvm`", plain("microvm", hello)),
+    ]
+    if not quick:
+        found.append(Method("plain-q35", "plain qemu `-M q35`", plain("q35", built["q35"])))
+    if lv is not None:
+        for machine in libvirt.MACHINES:
+            b = hello if machine == "microvm" else built["q35"]
+            domain = lv.define(machine, b.kernel.image, b.initrd, b.root_image, PLAIN_APPEND, 256)
+            default = " (libvirt's default machine)" if machine == "pc" else ""
+            found.append(Method(f"libvirt-{machine}", f"libvirt `{machine}`{default}", virsh(domain)))
+    return found
 
 
-def probe_plain(built: BuiltVM, work: Path) -> tuple[bool, list[str]]:
-    """Boot the exact hand-written line once (untimed). If it cannot reach the marker,
-    fall back to adding ``-cpu max``; return (cpu_max, the failing run's telling lines)."""
-    try:
-        boot_plain(built, work)
-        return False, []
-    except PlainFailed as e:
-        tail = [l.rstrip() for l in e.tail if not l.startswith("[") and l.strip()]
-        print(f"[boot] the plain line as written fails; retrying with -cpu max:\n" + "\n".join(tail), file=sys.stderr)
-        boot_plain(built, work, cpu_max=True)  # raises if this fails too
-        return True, tail
-
-
-def bench_boots(runs: int, built: BuiltVM, work: Path, cpu_max: bool) -> tuple[list[Boot], list[Boot]]:
-    ours: list[Boot] = []
-    plain: list[Boot] = []
-
-    def plain_fn(b: BuiltVM, w: Path) -> Boot:
-        return boot_plain(b, w, cpu_max)
-
+def bench_boots(runs: int, boot_methods: list[Method], warm_up: bool, failed: dict[str, str]) -> dict[str, list[Boot]]:
+    """An untimed warm-up boot per method (page cache, libvirt's first start), then ``runs`` rounds,
+    rotating which method goes first. A method whose command fails (libvirt) is dropped and noted in ``failed``."""
+    results: dict[str, list[Boot]] = {m.key: [] for m in boot_methods}
+    for m in boot_methods if warm_up else []:
+        print(f"[boot] warm-up {m.key}", file=sys.stderr)
+        try:
+            measure(m.start, 256, memory=False)
+        except subprocess.SubprocessError as exc:
+            failed[m.key] = f"warm-up: {exc}"
     for i in range(runs):
-        # alternate which goes first so that drift in the machine's load hits both alike
-        order = [("ours", boot_ours, ours), ("plain", plain_fn, plain)]
-        if i % 2:
-            order.reverse()
-        for name, fn, acc in order:
+        order = boot_methods[i % len(boot_methods) :] + boot_methods[: i % len(boot_methods)]
+        for m in order:
+            if m.key in failed:
+                continue
             time.sleep(GAP)
-            b = fn(built, work)
-            acc.append(b)
+            try:
+                b = measure(m.start, 256, m.memory)
+            except subprocess.SubprocessError as exc:  # libvirt: the benchmark goes on without it
+                failed[m.key] = f"round {i + 1}: {exc}"
+                print(f"[boot] {m.key} failed, dropped: {exc}", file=sys.stderr)
+                continue
+            results[m.key].append(b)
             print(
-                f"[boot {i + 1}/{runs}] {name:5} marker {b.marker:.2f} s  exit {b.exit:.2f} s  "
-                f"guest uptime {b.guest_uptime:.2f} s  rc {b.returncode}",
+                f"[boot {i + 1}/{runs}] {m.key:14} marker {b.marker:.2f} s  exit {b.exit:.2f} s  "
+                f"overhead {fmt_mib(b.overhead_kib)}",
                 file=sys.stderr,
             )
-    return ours, plain
+    return results
+
+
+# --- density -------------------------------------------------------------------------
+
+
+DENSITY_VM = f"""
+[guest]
+hostName = "dense"
+shell = false
+commands = ['echo "{MARKER} $(cut -d" " -f1 /proc/uptime) s"']
+[microvm]
+mem = {DENSITY_MEM}
+"""
+
+
+@dataclass
+class Density:
+    count: int
+    all_booted: float  # launch of all to the last marker
+    rss_kib: float  # sum of the hypervisors' resident memory then
+    overhead_kib: float  # ... outside the guests' RAM
+    available_drop_kib: float  # the host's MemAvailable before minus then (other load on the host shows here)
+
+
+def meminfo_kib(key: str) -> float:
+    line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith(key + ":"))
+    return float(line.split()[1])
+
+
+def bench_density(counts: tuple[int, ...], built: BuiltVM, work: Path) -> list[Density]:
+    """Start ``count`` guests of DENSITY_MEM MB at once; time until every one printed its marker."""
+    results = []
+    for count in counts:
+        time.sleep(GAP * 3)
+        before = meminfo_kib("MemAvailable")
+        dirs = [Path(tempfile.mkdtemp(prefix=f"dense{count}-", dir=work)) for _ in range(count)]
+        t0 = time.perf_counter()
+        procs = [
+            subprocess.Popen([str(built.run)], cwd=d, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL) for d in dirs
+        ]
+        pending = set(range(count))
+        try:
+            while pending and time.perf_counter() - t0 < DENSITY_TIMEOUT:
+                for i in list(pending):
+                    log = dirs[i] / "dense-console.log"
+                    if log.exists() and MARKER in log.read_text(errors="replace"):
+                        pending.discard(i)
+                    elif procs[i].poll() is not None:
+                        raise SystemExit(f"density guest {i} of {count} exited early; see {dirs[i]}")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            mems = [memory_kib(p.pid, DENSITY_MEM) for p in procs]
+            drop = before - meminfo_kib("MemAvailable")
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+        if pending:
+            elapsed = NAN
+        results.append(Density(count, elapsed, sum(m[0] for m in mems), sum(m[1] for m in mems), drop))
+        print(f"[density] {count:2} VMs: all booted after {elapsed:.2f} s", file=sys.stderr)
+    return results
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def plots(output: Path, boot_methods: list[Method], boots: dict[str, list[Boot]], density: list[Density]) -> list[str]:
+    """Write the PNGs next to ``output``; return their names (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+
+    def save(fig, what: str) -> str:  # noqa: ANN001
+        name = f"{output.with_suffix('').name}-{what}.png"
+        fig.tight_layout()
+        fig.savefig(output.parent / name, dpi=100)
+        plt.close(fig)
+        return name
+
+    names = []
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(boot_methods) + 1.5))
+    labels = [m.label.replace("`", "") for m in boot_methods]
+    for offset, what, colour in ((-0.2, "marker", "tab:blue"), (0.2, "exit", "tab:grey")):
+        values = [[getattr(b, what) for b in boots[m.key]] for m in boot_methods]
+        meds = [median(v) for v in values]
+        lo = [m - min(v) for m, v in zip(meds, values)]
+        hi = [max(v) - m for m, v in zip(meds, values)]
+        ax.barh([i + offset for i in range(len(labels))], meds, height=0.4, xerr=[lo, hi], color=colour,
+                label={"marker": "launch to booted (marker)", "exit": "launch to power-off"}[what])  # fmt: skip
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (median, whiskers: min-max)")
+    ax.legend(loc="lower right")
+    ax.set_title("Boot of the busybox example")
+    names.append(save(fig, "boot"))
+    if density:
+        fig, ax1 = plt.subplots(figsize=(7, 4))
+        counts = [d.count for d in density]
+        ax1.plot(counts, [d.all_booted for d in density], "o-", color="tab:blue", label="time until all booted")
+        ax1.set_xlabel(f"{DENSITY_MEM} MB guests started together")
+        ax1.set_ylabel("seconds", color="tab:blue")
+        ax2 = ax1.twinx()
+        ax2.plot(counts, [d.rss_kib / 1024 for d in density], "s--", color="tab:red", label="hypervisors' RSS")
+        ax2.set_ylabel("MiB resident", color="tab:red")
+        ax1.set_title("Density: guests started at once")
+        names.append(save(fig, "density"))
+    return names
 
 
 # --- report --------------------------------------------------------------------------
@@ -363,139 +596,216 @@ def size(p: Path | None) -> int | None:
     return p.stat().st_size if p is not None and p.exists() else None
 
 
-def report(
-    args,
-    argv,
-    mach,
-    source,
-    builds: BuildResults,
-    ours,
-    plain,
-    built: BuiltVM,
-    sq_built: BuiltVM,
-    store_root: Path,
-    cpu_max: bool,
-    failure: list[str],
-) -> str:
-    n = args.runs
+@dataclass
+class Results:
+    argv: list[str]
+    runs: int
+    machine: dict[str, str]
+    source: Path | None
+    builds: Builds
+    built: dict[str, BuiltVM]
+    store_root: Path
+    boot_methods: list[Method]
+    boots: dict[str, list[Boot]]
+    density: list[Density]
+    skipped: dict[str, str]  # part -> why it was skipped
+    domain_xml: dict[str, str]
+    pictures: list[str] = field(default_factory=list)
+
+
+def report(r: Results) -> str:
     now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/run.py", *argv])
-    L: list[str] = []
-    w = L.append
+    cmd = shlex.join([".venv/bin/python", "bench/run.py", *r.argv])
+    out: list[str] = []
+    w = out.append
     w("# microvm benchmarks\n")
     w(
-        f"Produced by `{cmd}` on {now}. Medians over {n} run{'s' if n != 1 else ''} per method; "
-        f"methods interleaved with a {GAP:.0f} s idle gap before every measurement.\n"
+        f"Produced by `{cmd}` on {now}. Medians over {r.runs} run{'s' if r.runs != 1 else ''}; "
+        f"methods interleaved (the first method rotates every round) with a {GAP:.0f} s idle gap "
+        "before every measurement. Regenerate with `make bench`.\n"
     )
+    if r.skipped:
+        w("Skipped in this run:\n")
+        for part, why in r.skipped.items():
+            w(f"- {part}: {why}")
+        w("")
     w("## Machine\n")
     w("| | |\n|---|---|")
-    for k, v in mach.items():
+    for k, v in r.machine.items():
         w(f"| {k} | {v} |")
     w("")
     w(
-        "Every guest here runs under qemu's TCG (software emulation): the host's KVM is a nested PVM "
-        "that cannot boot stock Debian kernels. On a host with working KVM, boots are much faster "
-        "(well under a second of guest time) and the ratios below will differ. The machine is shared; "
-        "expect about ±0.3 s of noise on boot times.\n"
+        "The guests here run under qemu's TCG (software emulation): the host's KVM is a nested PVM "
+        "that cannot boot stock Debian kernels. On a host with working KVM the benchmark uses KVM when "
+        "run with `MICROVM_ACCEL=kvm`, and boots are much faster; ratios measured here are what "
+        "compares. The machine is shared with other jobs: expect ±0.3 s of noise on single boots.\n"
     )
 
-    w("## Build\n")
-    if source is not None:
+    b = r.builds
+    w("## Build and evaluation\n")
+    if r.source is not None:
         w(
-            f"Each cold build goes into a fresh, empty temporary store (`MICROVM_STORE`), except that the "
-            f"Debian kernel entry (`*-kernel-*`) and the store's `.cache/` are hard-linked in from `{source}`: "
-            '"cold" measures microvm\'s own work (system tree, root image, initrd, runner), not the apt '
-            "download and unpacking of the kernel package.\n"
+            "Each cold build goes into a fresh, empty store, except that the Debian kernel's entry "
+            f"and the store's caches are hard-linked in from `{r.source}`: cold measures microvm's own work "
+            "(system tree, root image, initrd, runner), not downloading the kernel package.\n"
         )
     else:
-        w(
-            "No existing store with a kernel was found, so the cold builds **include downloading and "
-            "unpacking the Debian kernel package**.\n"
-        )
-    w(f"| Step (examples/hello/vm.toml) | Median | Range |\n|---|---|---|")
-    w(f"| Cold build, library API (`build_vm`) | {fmt_s(median(builds.cold))} | {spread(builds.cold)} |")
-    w(f"| Warm build (no change), library API | {fmt_ms(median(builds.warm))} | {spread(builds.warm, fmt_ms)} |")
-    w(
-        f"| Warm build, `microvm build FILE` command | {fmt_ms(median(builds.cli_warm))} | {spread(builds.cli_warm, fmt_ms)} |"
-    )
-    w(
-        f"| `microvm --help` (command start-up alone) | {fmt_ms(median(builds.cli_help))} | {spread(builds.cli_help, fmt_ms)} |"
-    )
-    w(
-        f"| squashfs variant, built after the erofs one in the same store | {fmt_s(median(builds.squashfs_cold))} | {spread(builds.squashfs_cold)} |"
-    )
+        w("No store with a kernel was found: the cold builds **include downloading the kernel package**.\n")
+    w("| Step | Median | Range |\n|---|---|---|")
+    rows = [
+        ("Cold build of examples/hello, library (`build_vm`)", b.cold, fmt_s),
+        ("Warm build (no change), library", b.warm, fmt_ms),
+        ("Warm build, `microvm build FILE` command", b.cli_warm, fmt_ms),
+        ("`microvm --help` (command start-up)", b.cli_help, fmt_ms),
+        (f"`microvm eval --host` of a host file with {HOST_VMS} VMs", b.host_eval, fmt_ms),
+        ("`microvm check --host` of the same file", b.host_check, fmt_ms),
+        ("squashfs variant, after the erofs one in the same store", b.squashfs, fmt_s),
+    ]
+    for label, xs, fmt in rows:
+        if xs:
+            w(f"| {label} | {fmt(median(xs))} | {spread(xs, fmt)} |")
     w("")
-    w(
-        "The command's warm time minus the library's warm time is the cost of starting Python, "
-        "importing microvm and parsing the command line.\n"
-    )
 
     w("## Boot\n")
     w(
-        "Launch of the built runner (`bin/microvm-run`, run in an empty working directory with stdin "
-        f"from /dev/null) until the guest's line `{MARKER} …` appears in `{CONSOLE_LOG}` (polled "
-        'every 10 ms), and until the process exits after the guest\'s `poweroff` ("to power-off"). '
-        "Compared with the qemu command line a user would write by hand for the same kernel (the "
-        "bzImage), initrd and root image, reading the marker from its stdout:\n"
+        f"From launch until the guest's line `{MARKER} …` (printed by the example's first command, after "
+        "the kernel, the initrd, the root mount and busybox init's sysinit) and until the hypervisor "
+        "exits after the guest's `poweroff`. The same kernel, initrd and root image for every method; "
+        "the hand-written lines and libvirt boot the kernel package's bzImage (what a user has), our "
+        "runner boots the uncompressed vmlinux through its PVH entry. Consoles are read from a log file "
+        "(runner, libvirt) or stdout (plain qemu, `microvm run`), polled every 10 ms.\n"
     )
-
-    def shown(cmd: list[str]) -> str:
-        return " ".join(shlex.quote(a) for a in cmd).replace(str(store_root), "$STORE")
-
-    w("```\n" + shown(plain_command(built)) + "\n```\n")
-    if cpu_max:
+    for name in r.pictures[:1]:
+        w(f"![Boot time by method]({name})\n")
+    ref_plain = median([x.marker for x in r.boots.get("plain-microvm", [])])
+    ref_libvirt = median([x.marker for x in r.boots.get("libvirt-pc", [])])
+    w("| Method | To booted (median) | Range | To power-off (median) | ÷ plain qemu microvm | ÷ libvirt pc |")
+    w("|---|---|---|---|---|---|")
+    for m in r.boot_methods:
+        xs = r.boots[m.key]
+        mk = median([x.marker for x in xs])
         w(
-            "**That line, exactly as written, does not boot this guest**: with qemu's default `qemu64` CPU "
-            "the initrd fails to load a module and powers off:\n"
+            f"| {m.label} | {fmt_s(mk)} | {spread([x.marker for x in xs])} | {fmt_s(median([x.exit for x in xs]))} | "
+            f"{ratio(mk, ref_plain)} | {ratio(mk, ref_libvirt)} |"
         )
-        w("```\n" + "\n".join(failure[-6:]) + "\n```\n")
-        w(
-            "(`crc32c-intel` needs SSE4.2, which `qemu64` lacks; the runner passes `-cpu max`.) So the "
-            "plain timings below are for the same line with `-cpu max` added:\n"
-        )
-        w("```\n" + shown(plain_command(built, cpu_max=True)) + "\n```\n")
-    mo, mp = median([b.marker for b in ours]), median([b.marker for b in plain])
-    eo, ep = median([b.exit for b in ours]), median([b.exit for b in plain])
-    uo, up = median([b.guest_uptime for b in ours]), median([b.guest_uptime for b in plain])
-    w("| | microvm runner | plain qemu | ratio ours/plain |\n|---|---|---|---|")
-    w(f"| Launch to marker (median) | {fmt_s(mo)} | {fmt_s(mp)} | {mo / mp:.2f} |")
-    w(f"| Launch to marker (range) | {spread([b.marker for b in ours])} | {spread([b.marker for b in plain])} | |")
-    w(f"| Launch to power-off (median) | {fmt_s(eo)} | {fmt_s(ep)} | {eo / ep:.2f} |")
-    w(f"| Launch to power-off (range) | {spread([b.exit for b in ours])} | {spread([b.exit for b in plain])} | |")
-    w(f"| Guest's own uptime at the marker (median) | {fmt_s(uo)} | {fmt_s(up)} | {uo / up:.2f} |")
-    w(f"| Exit codes | {sorted({b.returncode for b in ours})} | {sorted({b.returncode for b in plain})} | |")
     w("")
     w(
-        "Differences between the two command lines: the runner boots the uncompressed `vmlinux` through "
-        "its PVH entry (no emulated decompression), adds `quiet` to the kernel command line, "
-        + ("" if cpu_max else "uses `-cpu max`, ")
-        + "trims the microvm machine (`x-option-roms=off,pit=off,pic=off`), writes the console "
-        "to a log file through a chardev socket, opens a QMP socket and enables `-sandbox on`; it is "
-        "started through a bash script that `exec`s qemu. The plain line boots the LZ4 bzImage and prints "
-        "every kernel message to the serial port.\n"
+        "The machine is shared with other jobs, so wall times carry their load. The hypervisor's CPU time "
+        "(user + system) until the marker is much less disturbed by it; under TCG it is the emulation work "
+        "each method needs to boot the guest:\n"
     )
+    cpu_plain = median([x.cpu for x in r.boots.get("plain-microvm", [])])
+    cpu_libvirt = median([x.cpu for x in r.boots.get("libvirt-pc", [])])
+    w("| Method | qemu CPU to booted (median) | Range | ÷ plain qemu microvm | ÷ libvirt pc |\n|---|---|---|---|---|")
+    for m in r.boot_methods:
+        if m.memory:
+            cpus = [x.cpu for x in r.boots[m.key]]
+            mc = median(cpus)
+            w(f"| {m.label} | {fmt_s(mc)} | {spread(cpus)} | {ratio(mc, cpu_plain)} | {ratio(mc, cpu_libvirt)} |")
+    w("")
+    ours, command = r.boots.get("ours", []), r.boots.get("command", [])
+    if ours and command:
+        extra_marker = median([x.marker for x in command]) - median([x.marker for x in ours])
+        extra_exit = median([x.exit for x in command]) - median([x.exit for x in ours])
+        w(
+            f"`microvm run` of the built VM (command start-up, the check that nothing changed, console relay) "
+            f"costs {extra_marker:+.2f} s to booted and {extra_exit:+.2f} s to power-off over the runner alone.\n"
+        )
+    lv_starts = [x.start_cmd for k, xs in r.boots.items() if k.startswith("libvirt") for x in xs]
+    if lv_starts:
+        after = [x.marker - x.start_cmd for k, xs in r.boots.items() if k.startswith("libvirt") for x in xs]
+        w(
+            f"`virsh start` itself returned after {fmt_s(median(lv_starts))} (median over every libvirt boot; "
+            "libvirtd starts qemu paused, sets it up over QMP, then lets it run); from its return to the "
+            f"marker took {fmt_s(median(after))}.\n"
+        )
+    hello = r.built["hello"]
+    w("Our runner's command line:\n")
+    w("```\n" + shown(runner_argv(hello), r.store_root) + "\n```\n")
+    w("The hand-written qemu line (q35: `-M q35` and `virtio-blk-pci`, with the initrd built for q35):\n")
+    w("```\n" + shown(plain_command("microvm", hello.kernel.image, hello.initrd, hello.root_image), r.store_root))
+    w("```\n")
+    for machine, xml in r.domain_xml.items():
+        w(f"<details><summary>libvirt domain ({machine})</summary>\n\n```xml\n{xml}```\n</details>\n")
+
+    w("## Host cost per VM\n")
+    w(
+        "Memory of the hypervisor process when the guest printed its marker (256 MB guest): resident "
+        "in all, and outside the guest's RAM as proportional set size (PSS: pages shared with other "
+        "processes, such as the kernel file our runner's qemu maps, count divided among them), which "
+        "is what each VM costs the host beyond what its guest uses. qemu's TCG translation cache is "
+        "part of that cost; with KVM it is not there.\n"
+    )
+    w("| Method | RSS (median) | PSS beyond guest RAM (median) |\n|---|---|---|")
+    for m in r.boot_methods:
+        if m.memory:
+            rss, beyond = (median([getattr(x, a) for x in r.boots[m.key]]) for a in ("rss_kib", "overhead_kib"))
+            w(f"| {m.label} | {fmt_mib(rss)} | {fmt_mib(beyond)} |")
+    w("")
+
+    w("## Density\n")
+    if r.density:
+        w(
+            f"N busybox guests of {DENSITY_MEM} MB (our runner, one built VM) started at the same moment on "
+            f"this {os.cpu_count()}-core machine; time until every one printed its marker, and memory then. "
+            "(64 MB guests do not boot: the Debian cloud kernel runs out of memory during its own init.)\n"
+        )
+        for name in r.pictures[1:]:
+            w(f"![Density curve]({name})\n")
+        columns = ["Guests", "All booted after", "Per guest", "Hypervisors' RSS", "PSS beyond guest RAM, per VM"]
+        w("| " + " | ".join([*columns, "Host MemAvailable drop"]) + " |")
+        w("|---|---|---|---|---|---|")
+        for d in r.density:
+            w(
+                f"| {d.count} | {fmt_s(d.all_booted)} | {fmt_s(d.all_booted / d.count)} | {fmt_mib(d.rss_kib)} | "
+                f"{fmt_mib(d.overhead_kib / d.count)} | {fmt_mib(d.available_drop_kib)} |"
+            )
+        w("")
 
     w("## Image sizes\n")
-    k = built.kernel
+    k = hello.kernel
+    sq = r.built["squashfs"]
     w("| Artifact (examples/hello) | Size |\n|---|---|")
     w(f"| Kernel bzImage (`{k.image.name}`) | {fmt_size(size(k.image))} |")
-    w(f"| Kernel vmlinux, uncompressed (`{k.vmlinux.name if k.vmlinux else '-'}`) | {fmt_size(size(k.vmlinux))} |")
-    w(f"| Initrd | {fmt_size(size(built.initrd))} |")
-    w(
-        f"| Root image, erofs (default, `{built.root_image.name if built.root_image else '-'}`) | {fmt_size(size(built.root_image))} |"
-    )
-    w(f'| Root image, squashfs (`microvm.storeDiskType = "squashfs"`) | {fmt_size(size(sq_built.root_image))} |')
-    es, ss = size(built.root_image), size(sq_built.root_image)
-    if es and ss:
-        w(f"\nThe squashfs root image is {ss / es:.2f}× the size of the erofs one.")
+    w(f"| Kernel vmlinux, uncompressed, what the runner boots | {fmt_size(size(k.vmlinux))} |")
+    w(f"| Initrd (uncompressed cpio: busybox + the modules this VM needs) | {fmt_size(size(hello.initrd))} |")
+    w(f"| Root image, erofs (default, lz4hc) | {fmt_size(size(hello.root_image))} |")
+    w(f'| Root image, squashfs (`storeDiskType = "squashfs"`) | {fmt_size(size(sq.root_image))} |')
+    total = sum(size(p) or 0 for p in (k.vmlinux or k.image, hello.initrd, hello.root_image))
+    w(f"| **Total booted by the runner** (vmlinux + initrd + erofs) | {fmt_size(total)} |")
     w("")
-    return "\n".join(L)
+
+    w("## CLI\n")
+    w(
+        "`microvm list` with 100 installed VMs, `status` and `create` of an already-built VM: not measured "
+        "yet; these commands are being written (issue 5) and get a place in `bench_cli()` in bench/run.py.\n"
+    )
+    w("## Debian guest\n")
+    w("Build, boot and image size of a Debian guest: bench/debian.py (written separately).\n")
+    notes = REPO / "bench" / "notes.md"
+    if notes.exists():
+        w(notes.read_text())
+    return "\n".join(out)
+
+
+def runner_argv(built: BuiltVM) -> list[str]:
+    """The hypervisor command line in the runner script (its last, exec'ed command)."""
+    script = built.run.read_text()
+    words = shlex.split(script[script.rindex("\nexec ") + 1 :].replace("\\\n", " "))[1:]
+    return words[2:] if words[0] == "-a" else words
+
+
+def bench_cli() -> None:
+    """Placeholder: `microvm list` (100 installed VMs), `status`, `create` of a built VM, once issue 5 lands."""
+
+
+# --- main ----------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 run of each measurement, builds only once")
+    ap.add_argument("--quick", action="store_true", help="one of each cheap part; no libvirt, q35, big density")
     ap.add_argument("--runs", type=int, default=5, help="runs per method (default 5)")
     ap.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
@@ -506,17 +816,49 @@ def main(argv: list[str] | None = None) -> int:
 
     mach = machine()
     sources = source_stores()
-    source = sources[0] if sources else None
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="microvm-bench-") as tmp:
         work = Path(tmp)
-        squashfs_file = work / "squashfs.toml"
-        squashfs_file.write_text(f'imports = ["{EXAMPLE}"]\n[microvm]\nstoreDiskType = "squashfs"\n')
-        builds, store, built, sq_built = bench_builds(args.runs, work, source, squashfs_file)
-        cpu_max, failure = probe_plain(built, work)
-        ours, plain = bench_boots(args.runs, built, work, cpu_max)
+        variants = {"squashfs": work / "squashfs.toml"}
+        variants["squashfs"].write_text(f'imports = ["{EXAMPLE}"]\n[microvm]\nstoreDiskType = "squashfs"\n')
+        if args.quick:
+            skipped["q35 (plain qemu and libvirt)"] = "quick mode"
+        else:
+            variants["q35"] = work / "q35.toml"
+            variants["q35"].write_text(f'imports = ["{EXAMPLE}"]\n[microvm.qemu]\nmachine = "q35"\n')
+        builds, store, built = bench_builds(args.runs, work, sources[0] if sources else None, variants)
+        os.environ["MICROVM_STORE"] = str(store.root)  # `microvm run` uses the benchmark's store
+        if runstamp.lookup(EXAMPLE, None) is None:
+            skipped["`microvm run`'s fast path"] = "the build's record did not match: the full path was measured"
+        density_file = work / "dense.toml"
+        density_file.write_text(DENSITY_VM)
+        dense = build_vm(store, load_vm(density_file).config)
+
+        why_not = "quick mode" if args.quick else libvirt.unavailable()
+        if why_not:
+            skipped["libvirt"] = why_not
+        with libvirt.Libvirt() if why_not is None else contextlib.nullcontext() as lv:
+            boot_methods = methods(built, work, lv, args.quick)
+            failed: dict[str, str] = {}
+            boots = bench_boots(args.runs, boot_methods, warm_up=not args.quick, failed=failed)
+            skipped.update({f"{key} (after it failed)": why for key, why in failed.items()})
+            boot_methods = [m for m in boot_methods if boots[m.key]]
+            domain_xml = {d.split("-")[-1]: (lv.files / f"{d}.xml").read_text() for d in lv.domains} if lv else {}
+        counts = DENSITY_COUNTS[:1] if args.quick else DENSITY_COUNTS
+        if args.quick:
+            skipped["density beyond 1 VM"] = "quick mode"
+        density = bench_density(counts, dense, work)
+        bench_cli()
         mach["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        text = report(args, argv, mach, source, builds, ours, plain, built, sq_built, store.root, cpu_max, failure)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+        results = Results(
+            argv, args.runs, mach, sources[0] if sources else None, builds, built, store.root,
+            boot_methods, boots, density, skipped, domain_xml,
+        )  # fmt: skip
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        results.pictures = plots(args.output, boot_methods, boots, density)
+        if not results.pictures:
+            skipped["plots"] = "matplotlib is not installed (`make bench` installs it)"
+        text = report(results)
     args.output.write_text(text)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -22,6 +22,13 @@ APT_PACKAGES=(
   mmdebstrap debian-archive-keyring  # debian guests (guest.base = "debian")
   openssh-client curl            # tests reach debian guests over SSH and HTTP
 )
+# `--bench` (or EXTRAS=bench): what the benchmark compares against, and matplotlib for its plots
+if [ "${1:-}" = "--bench" ]; then
+  EXTRAS=${EXTRAS:+$EXTRAS,}bench
+fi
+if [[ ",${EXTRAS:-}," == *,bench,* ]]; then
+  APT_PACKAGES+=(libvirt-daemon-system virtinst)  # bench/libvirt.py uses a running libvirtd or runs its own
+fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()

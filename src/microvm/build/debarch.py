@@ -47,9 +47,16 @@ class Apt:
 
     @classmethod
     def for_arch(cls, store: Store, arch: str) -> Apt:
-        if arch == host_arch():
-            return cls(arch, None)
-        return cls(arch, store.root / ".cache" / f"apt-{DEB_ARCH[arch]}")
+        return cls(arch, cls.state_dir(store.root, arch))
+
+    @staticmethod
+    def state_dir(store_root: Path, arch: str) -> Path | None:
+        """The private apt state for ``arch`` under the store, None for the host's own architecture."""
+        return None if arch == host_arch() else store_root / ".cache" / f"apt-{DEB_ARCH[arch]}"
+
+    def list_paths(self) -> list[Path]:
+        """What changes when these package lists are updated."""
+        return [HOST_APT_LISTS, HOST_APT_PKGCACHE] if self.state is None else [self.state / "lists"]
 
     @property
     def deb_arch(self) -> str:
@@ -57,9 +64,7 @@ class Apt:
 
     def stamp(self) -> int:
         """Changes whenever these package lists were updated."""
-        if self.state is None:
-            return newest_mtime(HOST_APT_LISTS, HOST_APT_PKGCACHE)
-        return newest_mtime(self.state / "lists")
+        return newest_mtime(*self.list_paths())
 
     def _options(self) -> list[str]:
         if self.state is None:

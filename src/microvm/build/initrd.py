@@ -20,7 +20,7 @@ from ..hypervisors.base import Feature, Hypervisor
 from .cpio import CpioArchive
 from .debarch import guest_busybox
 from .kernel import KernelEntry
-from .kmod import resolve_modules
+from .kmod import resolve_modules, without_signature
 from .store import Store, file_digest
 
 ROOT_SERIAL = "microvm-root"
@@ -234,6 +234,12 @@ def guest_init(vm: VMConfig) -> str:
     return "/lib/systemd/systemd" if vm.guest.base == "debian" else "/sbin/init"
 
 
+def unsigned_modules(vm: VMConfig) -> bool:
+    """Whether the initrd's modules lose their signatures (optimize, unless the kernel must enforce them)."""
+    enforced = any(p.startswith(("module.sig_enforce", "lockdown")) for p in vm.microvm.kernelParams)
+    return vm.microvm.optimize.enable and not enforced
+
+
 def build_initrd(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> Path:
     """Build (or find) the initrd for ``vm``; return the initrd file."""
     busybox = guest_busybox(store, vm.guest.arch)
@@ -243,8 +249,10 @@ def build_initrd(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
         module_files = resolve_modules(kernel.modules_dir, needed_modules(vm, hypervisor))
     modules = [str(f.relative_to(kernel.modules_dir)) for f in module_files] if kernel.modules_dir else []
     script = init_script(vm, hypervisor, modules)
+    unsigned = unsigned_modules(vm)
     inputs = {
         "format": INITRD_FORMAT,
+        "unsigned_modules": unsigned,
         "kernel": str(kernel.path),
         "modules": modules,
         "init": script,
@@ -262,7 +270,10 @@ def build_initrd(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
             if applet != "bin/busybox":
                 archive.add_symlink(applet, "/bin/busybox")
         for rel, path in zip(modules, module_files):
-            archive.add_host_file(f"lib/modules/{rel}", path, mode=0o644)
+            if unsigned and path.suffix == ".ko":
+                archive.add_file(f"lib/modules/{rel}", without_signature(path.read_bytes()), mode=0o644)
+            else:
+                archive.add_host_file(f"lib/modules/{rel}", path, mode=0o644)
         archive.add_file("init", script.encode(), mode=0o755)
         with (out / "initrd").open("wb") as f:
             archive.write(f)

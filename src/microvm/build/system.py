@@ -85,14 +85,44 @@ fi
 """
 
 RC_SHUTDOWN = """#!/bin/sh
-# Run by init on poweroff/reboot, before it kills what is left.
+# Run by init on poweroff/reboot/halt, before it kills what is left.
 echo "microvm: $(hostname) is shutting down"
+read -r action 2>/dev/null < /run/microvm/shutdown || action=  # written by /sbin/poweroff, reboot, halt
+# the processes other than init and this script (kernel threads have no exe)
+others() {
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [ "$p" = 1 ] || [ "$p" = $$ ] || [ ! -e "/proc/$p/exe" ] || return 0
+    done
+    return 1
+}
 kill -TERM -1 2>/dev/null
-sleep 0.2
+n=0
+while others && [ "$n" -lt 50 ]; do
+    usleep 20000
+    n=$((n + 1))
+done
+kill -KILL -1 2>/dev/null
 sync
 umount -a -r 2>/dev/null
 echo "microvm: $(hostname) stopped cleanly"
+# Finish what was asked now: after this script, busybox init would pause 2 s in fixed sleeps.
+case "$action" in
+    poweroff | reboot | halt) exec /bin/busybox "$action" -f ;;
+esac
 """
+
+# /sbin/poweroff, reboot and halt: note the request for rc.shutdown, then ask init as busybox would
+SHUTDOWN_REQUEST = """#!/bin/sh
+# microvm: remember what was asked, so that rc.shutdown can finish it without init's pauses
+mkdir -p /run/microvm && echo {action} > /run/microvm/shutdown
+exec /bin/busybox {action} "$@"
+"""
+SHUTDOWN_ACTIONS = ("poweroff", "reboot", "halt")
+# busybox's shell runs its own applets before looking at PATH: these make `poweroff` in the
+# commands and the login shell go through the /sbin scripts above (anything else still works,
+# it only takes init's slower way)
+SHUTDOWN_FUNCTIONS = "".join(f'{a}() {{ /sbin/{a} "$@"; }}\n' for a in SHUTDOWN_ACTIONS)
 
 
 UDHCPC_SCRIPT = """#!/bin/sh
@@ -190,11 +220,15 @@ def _busybox_files(vm: VMConfig, order: list[str]) -> dict[str, tuple[str, int]]
         "etc/inittab": (_inittab(vm, order), 0o644),
         "etc/microvm/rc.sysinit": (RC_SYSINIT, 0o755),
         "etc/microvm/rc.shutdown": (RC_SHUTDOWN, 0o755),
-        "etc/acpi/PWRF/00000080": ("#!/bin/sh\nexec poweroff\n", 0o755),
+        "etc/acpi/PWRF/00000080": ("#!/bin/sh\nexec /sbin/poweroff\n", 0o755),
+        "etc/microvm/shutdown.sh": (SHUTDOWN_FUNCTIONS, 0o644),
         "etc/passwd": ("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644),
         "etc/group": ("root:x:0:\nnogroup:x:65534:\n", 0o644),
         "etc/shadow": ("root::0:0:99999:7:::\nnobody:*:0:0:99999:7:::\n", 0o600),
-        "etc/profile": ('export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nPS1="$(hostname):\\w# "\n', 0o644),
+        "etc/profile": (
+            'export PATH=/sbin:/bin:/usr/sbin:/usr/bin\nPS1="$(hostname):\\w# "\n. /etc/microvm/shutdown.sh\n',
+            0o644,
+        ),
         "etc/hostname": (vm.guest.hostName + "\n", 0o644),
     }
     if vm.microvm.interfaces:
@@ -204,9 +238,11 @@ def _busybox_files(vm: VMConfig, order: list[str]) -> dict[str, tuple[str, int]]
         resolv = "".join(f"nameserver {server}\n" for server in vm.guest.network.nameservers)
         files["etc/resolv.conf"] = (resolv, 0o644)
         files["etc/microvm/static-resolv.conf"] = (resolv, 0o644)
+    for action in SHUTDOWN_ACTIONS:
+        files[f"sbin/{action}"] = (SHUTDOWN_REQUEST.format(action=action), 0o755)
     if vm.guest.commands:
         body = "\n".join(vm.guest.commands)
-        files["etc/microvm/commands"] = (f"#!/bin/sh\n# guest.commands\n{body}\n", 0o755)
+        files["etc/microvm/commands"] = (f"#!/bin/sh\n# guest.commands\n. /etc/microvm/shutdown.sh\n{body}\n", 0o755)
     for name, service in vm.guest.services.items():
         files[f"etc/microvm/services/{name}"] = (_service_script(name, service), 0o755)
     return files
@@ -244,6 +280,8 @@ def build_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
         for rel, (content, mode) in files.items():
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():  # a busybox applet this file replaces: never write through the link
+                path.unlink()
             path.write_text(content)
             path.chmod(mode)
 

@@ -53,7 +53,8 @@ def kernel_cmdline(vm: VMConfig, backend: Hypervisor, verdict: accel.Accel) -> l
     params = [f"console={backend.console_device(vm)}", "panic=-1"]  # a panicking guest exits (-no-reboot), not hangs
     params += backend.kernel_params(vm, verdict)
     if mv.optimize.enable:
-        params.append("quiet")  # a quiet console boots measurably faster under emulation
+        # a quiet console, and no self-tests of every crypto algorithm: both measurably faster (docs/benchmarks.md)
+        params += ["quiet", "cryptomgr.notests"]
     return [*params, *mv.kernelParams]
 
 

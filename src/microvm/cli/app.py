@@ -22,3 +22,7 @@ err = Console(stderr=True, highlight=False)
 def warn(warnings: list[ConfigError]) -> None:
     for warning in warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", markup=True, soft_wrap=True)
+
+
+# The command modules register themselves on `app`; last, as they import what is above.
+from . import build_cmds, config_cmds, host_cmds, net_cmds, vm_cmds  # noqa: F401

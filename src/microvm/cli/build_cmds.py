@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ..build.store import Store
-from ..config import load_vm
 from .app import app, err, out, warn
 
 HypervisorOpt = Annotated[
@@ -20,7 +19,11 @@ StateDirOpt = Annotated[
 
 
 def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
+    """Evaluate and build ``file``; record what the build depended on for ``run``'s fast path."""
+    from ..build import runstamp
     from ..build.vm import build_vm
+    from ..config import load_vm
+    from ..host.console import Foreground
 
     loaded = load_vm(file)
     warn(loaded.warnings)
@@ -28,7 +31,19 @@ def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
     with err.status("building", spinner="dots") as status:
         built = build_vm(store, loaded.config, hypervisor, progress=lambda step: status.update(f"building {step}"))
     store.add_root(f"build-{loaded.name}", built.runner)
+    notes = [f"warning: {warning}" for warning in loaded.warnings]
+    if (note := _tcg_note(loaded.config, built)) is not None:
+        notes.append(f"note: {note}")
+    plan = Foreground.of(loaded.config, built.runner, hypervisor)
+    runstamp.record(file, hypervisor, loaded.files, loaded.config, plan, notes)
     return loaded, built
+
+
+def _tcg_note(vm, built) -> str | None:
+    """Why a VM that asked for the automatic choice runs emulated (slow), if it does."""
+    if built.accel.accel == "tcg" and vm.microvm.accel == "auto":
+        return f"using TCG emulation (slow): {built.accel.reason}"
+    return None
 
 
 @app.command()
@@ -46,7 +61,7 @@ def run(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Build the VM and run it in the foreground with its console here (Ctrl-C shuts it down). microvm.nix: -r."""
-    from ..host.console import run_foreground
+    from ..host.console import Foreground, run_foreground
     from ..host.statedir import vm_dir
 
     file = Path(target)
@@ -55,9 +70,10 @@ def run(
 
         raise typer.Exit(run_installed(target, state_dir))
     loaded, built = _build(file, hypervisor)
-    if built.accel.accel == "tcg" and loaded.config.microvm.accel == "auto":
-        err.print(f"[yellow]note:[/yellow] using TCG emulation (slow): {built.accel.reason}", markup=True)
-    code = run_foreground(loaded.config, built.runner, vm_dir(loaded.name, state_dir), hypervisor)
+    if (note := _tcg_note(loaded.config, built)) is not None:
+        err.print(f"[yellow]note:[/yellow] {note}", markup=True)
+    plan = Foreground.of(loaded.config, built.runner, hypervisor)
+    code = run_foreground(plan, vm_dir(loaded.name, state_dir), loaded.config)
     raise typer.Exit(code)
 
 
@@ -82,6 +98,7 @@ def doctor(
 ) -> None:
     """Tell whether KVM can boot guests here, and why TCG is used otherwise."""
     from ..build.vm import get_kernel
+    from ..config import load_vm
     from ..host import accel
 
     loaded = load_vm(file)

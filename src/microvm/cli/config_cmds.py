@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from ..config import load_host, load_vm
-from ..config.reference import reference_json, reference_markdown
 from ..errors import MicrovmError
 from .app import app, out, warn
 
@@ -36,6 +34,8 @@ def eval_(
     file: FileArg, json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, host: HostFlag = False
 ) -> None:
     """Print the fully merged config with every default filled in."""
+    from ..config import load_host, load_vm
+
     if _is_host_file(file, host):
         loaded_host = load_host(file)
         data = loaded_host.config.dump()
@@ -57,6 +57,8 @@ def eval_(
 @app.command()
 def check(file: FileArg, host: HostFlag = False) -> None:
     """Validate a config file; exit non-zero with every problem found."""
+    from ..config import load_host, load_vm
+
     if _is_host_file(file, host):
         loaded_host = load_host(file)
         warn(loaded_host.warnings)
@@ -75,6 +77,8 @@ class Format(str, Enum):
 @app.command()
 def options(fmt: Annotated[Format, typer.Option("--format", help="md or json.")] = Format.md) -> None:
     """Print the options reference, generated from the option model."""
+    from ..config.reference import reference_json, reference_markdown
+
     print(reference_markdown() if fmt is Format.md else reference_json(), end="" if fmt is Format.md else "\n")
 
 

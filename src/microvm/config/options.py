@@ -312,7 +312,8 @@ class MicroVMOptions(Options):
     kernelParams: list[str] = Field([], description="Kernel command-line parameters, after the ones microvm needs.")
     initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
     optimize: Enable = Field(
-        default_factory=lambda: Enable(enable=True), description="Trim the guest for fast boot (quiet console)."
+        default_factory=lambda: Enable(enable=True),
+        description="Trim the guest for fast boot: a quiet console, no crypto self-tests at boot (`cryptomgr.notests`), initrd modules without signatures to check (kept when `kernelParams` enforce them).",
     )
     guest: Enable = Field(
         default_factory=lambda: Enable(enable=True), description="Whether the guest side is built at all."

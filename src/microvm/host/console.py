@@ -20,14 +20,15 @@ import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import proc
-from ..config.options import VMConfig
 from ..errors import MicrovmError
-from ..hypervisors import Feature, get
-from . import virtiofsd
+
+if TYPE_CHECKING:
+    from ..config.options import VMConfig
 
 
 @contextlib.contextmanager
@@ -57,18 +58,56 @@ def _connect(path: Path, alive: Callable[[], bool]) -> socket.socket | None:
     return None
 
 
-def run_foreground(
-    vm: VMConfig, runner: Path, workdir: Path, hypervisor: str | None = None, shutdown_timeout: float = 60.0
-) -> int:
-    """Run ``runner`` in ``workdir`` with the console here; return the hypervisor's exit code."""
-    backend = get(hypervisor or vm.microvm.hypervisor)
-    console = backend.console_socket(vm)
+@dataclass(frozen=True)
+class Foreground:
+    """What a foreground run needs to know of a built VM.
+
+    Small and JSON-serialisable, so that ``microvm run`` of an unchanged VM can
+    start it from a record (see :mod:`microvm.build.runstamp`) without
+    evaluating the config again.
+    """
+
+    runner: Path
+    hypervisor: str
+    console: tuple[str, str] | None  # (socket, log file) in the state directory
+    control: str | None  # the control socket in the state directory, if the hypervisor takes commands there
+    virtiofs: bool  # virtiofs shares: their daemons are started from the config
+
+    @classmethod
+    def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
+        from ..hypervisors import Feature, get
+
+        backend = get(hypervisor or vm.microvm.hypervisor)
+        control = vm.microvm.socket if backend.supports(Feature.CONTROL_SOCKET) else None
+        virtiofs = any(share.proto == "virtiofs" for share in vm.microvm.shares)
+        return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "runner": str(self.runner)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Foreground:
+        console = tuple(data["console"]) if data["console"] else None
+        return cls(Path(data["runner"]), data["hypervisor"], console, data["control"], data["virtiofs"])  # type: ignore[arg-type]
+
+
+def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, shutdown_timeout: float = 60.0) -> int:
+    """Run the VM in ``workdir`` with the console here; return the hypervisor's exit code.
+
+    ``vm`` is needed only when the plan has virtiofs shares: their daemons are started from it.
+    """
+    console = plan.console
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
-    daemons = virtiofsd.start(vm, workdir, runner=runner)
+    daemons: list[subprocess.Popen[bytes]] = []
+    if plan.virtiofs:
+        from . import virtiofsd
+
+        assert vm is not None, "a VM with virtiofs shares is run from its config"
+        daemons = virtiofsd.start(vm, workdir, runner=plan.runner)
     child = proc.spawn(
-        [runner / "bin" / "microvm-run"],
+        [plan.runner / "bin" / "microvm-run"],
         cwd=workdir,
         start_new_session=console is not None,
         stdin=subprocess.DEVNULL if console else None,
@@ -78,10 +117,12 @@ def run_foreground(
     def on_interrupt(signum: int, frame: object) -> None:
         nonlocal interrupts
         interrupts += 1
-        control = workdir / vm.microvm.socket if vm.microvm.socket else None
-        if interrupts == 1 and control and backend.supports(Feature.CONTROL_SOCKET):
+        if interrupts == 1 and plan.control:
+            from ..hypervisors import get
+
             print("\r\nmicrovm: shutting down gracefully (Ctrl-C again to stop it now)", file=sys.stderr)
-            threading.Thread(target=_shutdown, args=(backend, control, shutdown_timeout), daemon=True).start()
+            args = (get(plan.hypervisor), workdir / plan.control, shutdown_timeout)
+            threading.Thread(target=_shutdown, args=args, daemon=True).start()
         else:
             print("\r\nmicrovm: stopping the VM now", file=sys.stderr)
             child.kill()
@@ -102,10 +143,13 @@ def run_foreground(
         if child.poll() is None:
             child.kill()
             child.wait()
-        virtiofsd.stop(daemons)
+        if daemons:
+            from . import virtiofsd
+
+            virtiofsd.stop(daemons)
 
 
-def _shutdown(backend, control: Path, timeout: float) -> None:
+def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001
     try:
         backend.shutdown(control, timeout)
     except Exception as exc:  # reported, the VM is then stopped by the second Ctrl-C

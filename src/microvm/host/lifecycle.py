@@ -269,7 +269,7 @@ def _show(value: Any) -> str:
 def run_installed(name: str, state_dir: Path | None = None) -> int:
     """Run an installed VM in the foreground (console here), with ``booted`` set while it runs."""
     from ..config.options import VMConfig
-    from .console import run_foreground
+    from .console import Foreground, run_foreground
 
     state = VMState.of(name, state_dir)
     if (runner := state.current) is None:
@@ -279,6 +279,6 @@ def run_installed(name: str, state_dir: Path | None = None) -> int:
     config = VMConfig.model_validate(runner_config(runner))
     state.mark_booted()
     try:
-        return run_foreground(config, runner, state.path)
+        return run_foreground(Foreground.of(config, runner), state.path, config)
     finally:
         state.clear_booted()

@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
-from ..config.options import Name
 from ..errors import MicrovmError
 
 RUNNER_CONFIG = "share/microvm/vm.json"
@@ -96,6 +93,10 @@ class VMState:
     @classmethod
     def of(cls, name: str, state_dir: Path | None = None) -> VMState:
         """The state of VM ``name`` (a plain name: it becomes a directory and a systemd instance)."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from ..config.options import Name
+
         try:
             TypeAdapter(Name).validate_python(name)
         except ValidationError as exc:
@@ -223,6 +224,8 @@ def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VM
     A VM whose recorded config no longer validates (written by another
     version) is left out rather than failing every command.
     """
+    from pydantic import ValidationError
+
     from ..config.options import VMConfig
 
     found = {}

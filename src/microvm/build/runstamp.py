@@ -1,0 +1,137 @@
+"""A record of what building a VM depended on, so that an unchanged VM runs without evaluating it again.
+
+``microvm run FILE`` of a VM that is already built should cost little more than
+its runner. Evaluating the config needs pydantic and the whole option model
+(a few hundred milliseconds of imports alone); telling that nothing changed
+needs only the config files' contents and a few ``stat`` calls. After each
+build the command records, per (file, hypervisor), a fingerprint of everything
+the build read and the :class:`~microvm.host.console.Foreground` plan to run
+it. A later run whose fingerprint is identical uses the plan; any difference
+(a config file or one it imports, busybox, a local kernel, the apt lists, the
+tools on ``PATH``, the KVM verdict, microvm itself, the environment, the
+working directory) takes
+the normal path, which evaluates and builds again.
+
+This module is imported before anything heavy: it must stay cheap to import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from .store import default_store_dir
+
+if TYPE_CHECKING:
+    from ..config.options import VMConfig
+    from ..host.console import Foreground
+
+STAMP_DIR = ".cache/run"
+STAMP_FORMAT = 2
+ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME")
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def stamp_file(file: Path, hypervisor: str | None) -> Path:
+    """Where the record for building ``file`` for ``hypervisor`` (None: the declared one) is kept."""
+    key = hashlib.sha256(f"{file.absolute()}\0{hypervisor or ''}".encode()).hexdigest()[:32]
+    return default_store_dir().absolute() / STAMP_DIR / f"{key}.json"
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _content(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _code_stamp() -> list[int]:
+    """Changes when microvm's own code does (an editable install, an upgrade)."""
+    stats = [st for p in PACKAGE.rglob("*.py") if (st := _stat(str(p)))]
+    return [len(stats), max((s[0] for s in stats), default=0)]
+
+
+def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
+    """Host paths whose change can change what the build of ``vm`` produces."""
+    from ..host.accel import CACHE
+
+    paths = [str(store_root / CACHE), "/dev/kvm"]  # the KVM verdict
+    paths += [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]  # which tools `which` finds
+    from .debarch import Apt
+
+    # the guest's architecture's package lists: its kernel and (foreign) busybox are resolved from them
+    apt = Apt(vm.guest.arch, Apt.state_dir(store_root, vm.guest.arch))
+    if vm.guest.base == "busybox":
+        from ..build.initrd import busybox_path
+
+        paths.append(str(busybox_path()))
+        paths += [str(p) for p in apt.list_paths()]
+    kernel = vm.guest.kernel
+    paths += [p for p in (kernel.image, kernel.modulesDir, vm.microvm.initrdPath) if p]
+    if kernel.image is None:  # the package is resolved from apt's lists: `apt-get update` changes both
+        paths += [str(p) for p in apt.list_paths()]
+    return list(dict.fromkeys(paths))
+
+
+def fingerprint(config_files: list[str], paths: list[str]) -> dict[str, Any]:
+    """Everything a build depended on besides the config's meaning, as comparable JSON."""
+    return {
+        "format": STAMP_FORMAT,
+        "microvm": [__version__, *_code_stamp()],
+        "environment": {name: os.environ.get(name) for name in ENVIRONMENT},
+        "cwd": os.getcwd(),  # relative paths in the config may resolve against it
+        "config": {f: _content(f) for f in config_files},
+        "paths": {p: _stat(p) for p in paths},
+    }
+
+
+def record(
+    file: Path, hypervisor: str | None, config_files: list[Path], vm: VMConfig, plan: Foreground, notes: list[str]
+) -> None:
+    """After a successful build: remember that ``file`` builds to ``plan`` as long as nothing changes."""
+    store_root = default_store_dir().absolute()
+    files = [str(f.absolute()) for f in config_files]
+    paths = host_paths(vm, store_root)
+    stamp = {
+        "files": files,
+        "paths": paths,
+        "fingerprint": fingerprint(files, paths),
+        "plan": plan.to_json(),
+        "name": vm.guest.hostName,
+        "notes": notes,
+    }
+    target = stamp_file(file, hypervisor)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(stamp))
+    tmp.replace(target)
+
+
+def lookup(file: Path, hypervisor: str | None) -> tuple[str, Foreground, list[str]] | None:
+    """(VM name, plan, notes to print) if ``file`` was built before and nothing it depends on changed."""
+    from ..host.console import Foreground
+
+    try:
+        stamp = json.loads(stamp_file(file, hypervisor).read_text())
+        if stamp["fingerprint"].get("format") != STAMP_FORMAT:
+            return None
+        if fingerprint(stamp["files"], stamp["paths"]) != stamp["fingerprint"]:
+            return None
+        plan = Foreground.from_json(stamp["plan"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if plan.virtiofs or not (plan.runner / "bin" / "microvm-run").exists():
+        return None
+    return stamp["name"], plan, stamp["notes"]

@@ -1,0 +1,141 @@
+"""The fast paths: `microvm run` of an unchanged built VM, the busybox guest's quick power-off, the TSC rate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import BOOT_TIMEOUT, microvm, write_vm
+from microvm.build import runstamp
+from microvm.cli import fast_run
+from microvm.host.accel import host_tsc_khz
+
+VM = """
+imports = ["base.toml"]
+[guest]
+hostName = "fast"
+shell = false
+commands = ['echo "fast: up"', "{stop}"]
+"""
+BASE = """
+[microvm]
+mem = 128
+"""
+
+
+def _vm(tmp_path: Path, stop: str = "poweroff") -> Path:
+    write_vm(tmp_path, BASE, "base.toml")
+    return write_vm(tmp_path, VM.format(stop=stop))
+
+
+def _fast_run_in_child(file: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    """``fast_run`` in a fresh interpreter: prints its result and whether typer/pydantic got imported."""
+    probe = (
+        "import sys; from microvm.cli import fast_run; code = fast_run(sys.argv[1:]); "
+        "print(code, 'pydantic' in sys.modules, 'typer' in sys.modules)"
+    )
+    argv = [sys.executable, "-c", probe, "run", str(file), "--state-dir", str(state)]
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=BOOT_TIMEOUT)
+
+
+def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Path, monkeypatch) -> None:
+    file = _vm(tmp_path)
+    assert runstamp.lookup(file, None) is None  # never built with this file
+    assert microvm("build", str(file)).returncode == 0
+    found = runstamp.lookup(file, None)
+    assert found is not None
+    name, plan, notes = found
+    assert name == "fast" and plan.hypervisor == "qemu" and plan.console == ("fast-console.sock", "fast-console.log")
+    assert any("TCG" in note for note in notes)  # the same note the full path prints
+    assert runstamp.lookup(file, "firecracker") is None  # another hypervisor is another build
+
+    os.utime(file)  # touched, same content: still the same build
+    assert runstamp.lookup(file, None) is not None
+    (tmp_path / "base.toml").write_text(BASE.replace("128", "160"))  # an imported file changed
+    assert runstamp.lookup(file, None) is None
+    assert microvm("build", str(file)).returncode == 0
+    assert runstamp.lookup(file, None) is not None
+    monkeypatch.setenv("MICROVM_ACCEL", "kvm")  # the environment the build saw changed
+    assert runstamp.lookup(file, None) is None
+
+
+def test_only_a_plain_run_command_takes_the_fast_path(tmp_path: Path) -> None:
+    file = _vm(tmp_path)
+    assert microvm("build", str(file)).returncode == 0
+    for argv in (["run", str(file), "--help"], ["run"], ["build", str(file)], ["run", str(file), "--bogus"]):
+        assert fast_run(argv) is None, argv
+
+
+@pytest.mark.boot
+@pytest.mark.xdist_group("boot")
+@pytest.mark.parametrize("stop", ["poweroff", "reboot"])
+def test_fast_run_boots_and_the_guest_stops_without_inits_pauses(tmp_path: Path, stop: str) -> None:
+    file = _vm(tmp_path, stop)
+    first = microvm("run", str(file))  # evaluates, builds, records
+    assert first.returncode == 0, first.stderr
+    assert "fast: up" in first.stdout
+    # the fast path, which says so by returning the exit code instead of None
+    state = tmp_path / "state2"
+    result = _fast_run_in_child(file, state)
+    assert result.stdout.splitlines()[-1].split()[:1] == ["0"], result.stderr  # after the console
+    console = (state / "fast" / "fast-console.log").read_text()
+    assert "fast: up" in console and "fast stopped cleanly" in console
+    # rc.shutdown finished the job itself: busybox init's own (slow) way never started
+    assert "The system is going down NOW!" not in console
+
+
+def test_fast_run_does_not_import_the_option_model(tmp_path: Path) -> None:
+    """What makes it fast; checked without booting: the runner of this build is a stub that exits 3."""
+    file = _vm(tmp_path)
+    assert microvm("build", str(file)).returncode == 0
+    _, plan, _ = runstamp.lookup(file, None)
+    # a stamp whose runner is a stub: copy the record onto a runner that exits 3 at once
+    stub = tmp_path / "stub"
+    (stub / "bin").mkdir(parents=True)
+    (stub / "bin" / "microvm-run").write_text("#!/bin/sh\nexit 3\n")
+    (stub / "bin" / "microvm-run").chmod(0o755)
+    stamp_file = runstamp.stamp_file(file, None)
+    original = stamp_file.read_text()
+    try:
+        stamp_file.write_text(original.replace(str(plan.runner), str(stub)))
+        result = _fast_run_in_child(file, tmp_path / "st")
+    finally:
+        stamp_file.write_text(original)
+    assert result.stdout.split() == ["3", "False", "False"], result.stderr
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, khz",
+    [
+        (
+            "model name\t: Intel(R) Xeon(R) CPU E5-2690 v4 @ 2.60GHz\ncpu MHz\t\t: 1200.000\nflags\t\t: fpu tsc\n",
+            2600000,
+        ),
+        (
+            "model name\t: Intel(R) Xeon(R) Processor\ncpu MHz\t\t: 2000.000\nflags\t\t: fpu tsc tsc_known_freq\n",
+            2000000,
+        ),
+        # frequency scaling without a known TSC rate: the default, not a rate that changes between builds
+        ("model name\t: AMD EPYC 7B13\ncpu MHz\t\t: 1796.123\nflags\t\t: fpu tsc constant_tsc\n", 2600000),
+    ],
+)
+def test_host_tsc_rate(tmp_path: Path, cpuinfo: str, khz: int) -> None:
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert host_tsc_khz(tmp_path / "cpuinfo") == khz
+
+
+def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
+    from microvm.build.kmod import SIGNATURE_MAGIC, without_signature
+
+    modules = sorted(shared_store.root.glob("*-kernel-*/lib/modules/*/kernel/fs/erofs/erofs.ko"))
+    if not modules:
+        pytest.skip("no kernel in the shared store yet (the boot tests download it)")
+    signed = modules[0].read_bytes()
+    assert signed.endswith(SIGNATURE_MAGIC)
+    unsigned = without_signature(signed)
+    assert signed.startswith(unsigned) and len(signed) - len(unsigned) > 512  # an RSA signature went
+    assert unsigned.startswith(b"\x7fELF") and without_signature(unsigned) == unsigned
