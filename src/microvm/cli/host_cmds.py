@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ..build.store import Store
-from ..config import load_host
 from .app import app, err, out, warn
 
 host_app = typer.Typer(help="The host: units, user, state directory and declared VMs.", no_args_is_help=True)
@@ -22,6 +21,8 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build, then only show what would change.")] = False,
 ) -> None:
     """Build every declared VM, install units, user, group and state directory; restart what changed."""
+    from ..config import load_host
+
     from ..host import apply as host_apply
 
     host = load_host(file)

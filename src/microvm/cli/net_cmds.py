@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from ..config import load_host
 from .app import out, warn
 from .host_cmds import host_app
 
@@ -31,6 +30,8 @@ def _state_dir(host) -> Path:  # -> the host file's stateDir unless $MICROVM_STA
 @network_app.command("up")
 def up(file: HostFileArg, dry_run: DryRunOpt = False) -> None:
     """Create the bridge, addresses, NAT and DHCP of HOSTFILE's network; remove what it no longer asks for."""
+    from ..config import load_host
+
     from ..host import network
 
     loaded = load_host(file)
@@ -53,6 +54,8 @@ def up(file: HostFileArg, dry_run: DryRunOpt = False) -> None:
 @network_app.command("down")
 def down(file: HostFileArg) -> None:
     """Remove everything `up` added (bridge, addresses, NAT table, sysctls) and stop its dnsmasq."""
+    from ..config import load_host
+
     from ..host import network
 
     loaded = load_host(file)

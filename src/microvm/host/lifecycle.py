@@ -13,13 +13,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..build.store import Store
-from ..config import LoadedVM
 from ..errors import MicrovmError
 from . import sources, systemd
 from .statedir import RUNNER_PACKAGES, VMState, installed, locked, owner_ids, runner_config
+
+if TYPE_CHECKING:
+    from ..config import LoadedVM
 
 Progress = Callable[[str], None]
 

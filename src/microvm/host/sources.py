@@ -19,11 +19,14 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from .. import proc
-from ..config import LoadedVM, load_vm
 from ..errors import MicrovmError
+
+if TYPE_CHECKING:
+    from ..config import LoadedVM
 
 DEFAULT_SOURCE = "/etc/microvm"
 
@@ -118,6 +121,8 @@ class Evaluated:
 def evaluate(source: Source, name: str) -> Iterator[Evaluated]:
     """Load VM ``name`` from ``source``; the files stay available while the context is open (for the build)."""
     with source.checkout() as (root, commit):
+        from ..config import load_vm
+
         loaded = load_vm(vm_file(root, name, source.url), name=name)
         yield Evaluated(loaded, {"commit": commit} if commit is not None else files_fingerprint(loaded.files))
 
