@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import write_vm
 from microvm.build.system import UDHCPC_SCRIPT, _network_script
-from microvm.cli import app
+from microvm.cli.app import app
 from microvm.config import load_vm
 from microvm.config.options import HostConfig, VMConfig
 from microvm.host import network
