@@ -47,6 +47,7 @@ DENSITY_MEM = 80  # the issue asks for 64 MB: the Debian cloud kernel runs out o
 DENSITY_COUNTS = (1, 5, 10, 20)
 DENSITY_TIMEOUT = 600.0
 HOST_VMS = 50
+CLI_VMS, CLI_VMS_QUICK = 100, 3  # installed VMs `microvm list` goes through
 
 os.environ.setdefault("MICROVM_ACCEL", "tcg")  # before microvm is imported
 
@@ -608,6 +609,7 @@ class Results:
     boot_methods: list[Method]
     boots: dict[str, list[Boot]]
     density: list[Density]
+    cli: Cli
     skipped: dict[str, str]  # part -> why it was skipped
     domain_xml: dict[str, str]
     pictures: list[str] = field(default_factory=list)
@@ -775,11 +777,21 @@ def report(r: Results) -> str:
     w(f"| **Total booted by the runner** (vmlinux + initrd + erofs) | {fmt_size(total)} |")
     w("")
 
-    w("## CLI\n")
+    w("## CLI on installed VMs\n")
+    c = r.cli
     w(
-        "`microvm list` with 100 installed VMs, `status` and `create` of an already-built VM: not measured "
-        "yet; these commands are being written (issue 5) and get a place in `bench_cli()` in bench/run.py.\n"
+        f"{c.installed} VMs created from a source directory with `microvm create` (each a real build; "
+        f"{fmt_s(c.install_s)} for all) into a private state directory. `list` decides each VM's state "
+        "(current / outdated / stale / not booted) from what the build recorded, without building.\n"
     )
+    w("| Command | Median | Spread |\n|---|---|---|")
+    for what, xs in (
+        (f"`microvm list` ({c.installed} VMs)", c.list_s),
+        ("`microvm status NAME`", c.status_s),
+        ("`microvm create NAME` of an already-built VM", c.create_s),
+    ):
+        w(f"| {what} | {fmt_ms(median(xs))} | {spread(xs, fmt_ms)} |")
+    w("")
     w("## Debian guest\n")
     w("Build, boot and image size of a Debian guest: bench/debian.py (written separately).\n")
     notes = REPO / "bench" / "notes.md"
@@ -795,8 +807,45 @@ def runner_argv(built: BuiltVM) -> list[str]:
     return words[2:] if words[0] == "-a" else words
 
 
-def bench_cli() -> None:
-    """Placeholder: `microvm list` (100 installed VMs), `status`, `create` of a built VM, once issue 5 lands."""
+@dataclass
+class Cli:
+    installed: int = 0
+    install_s: float = 0.0  # creating all of them (each a real build into the benchmark's store)
+    list_s: list[float] = field(default_factory=list)
+    status_s: list[float] = field(default_factory=list)
+    create_s: list[float] = field(default_factory=list)  # a VM whose build is already in the store
+
+
+def bench_cli(runs: int, count: int, work: Path) -> Cli:
+    """`microvm list` over ``count`` installed VMs, `status` of one, `create` of an already-built VM.
+
+    The VMs are created from a source directory into a private state directory
+    with the real command, so `list` reads what it reads on a host.
+    """
+    res = Cli(installed=count)
+    source, state = work / "cli-source", work / "cli-state"
+    source.mkdir()
+    for i in range(count):
+        (source / f"cli{i:03d}.toml").write_text(
+            f'imports = ["{EXAMPLE}"]\n[guest]\nhostName = "cli{i:03d}"\n[microvm]\nmem = {128 + i}\n'
+        )
+    env = {**os.environ, "MICROVM_STATE_DIR": str(state), "MICROVM_NO_FAST_RUN": "1"}
+    cmd = microvm_cmd()
+    t0 = time.perf_counter()
+    for i in range(count):
+        run_checked([*cmd, "create", f"cli{i:03d}", "-f", str(source)], env)
+    res.install_s = time.perf_counter() - t0
+    for _ in range(runs):
+        t, listed = timed(lambda: run_checked([*cmd, "list"], env))
+        assert len(listed.stdout.splitlines()) == count, listed.stdout
+        res.list_s.append(t)
+        t, _ = timed(lambda: run_checked([*cmd, "status", "cli000"], env))
+        res.status_s.append(t)
+        run_checked([*cmd, "remove", "cli000"], env)
+        t, _ = timed(lambda: run_checked([*cmd, "create", "cli000", "-f", str(source)], env))
+        res.create_s.append(t)
+    print(f"  cli: list {median(res.list_s):.3f}  status {median(res.status_s):.3f}", file=sys.stderr)
+    return res
 
 
 # --- main ----------------------------------------------------------------------------
@@ -848,11 +897,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             skipped["density beyond 1 VM"] = "quick mode"
         density = bench_density(counts, dense, work)
-        bench_cli()
+        cli = bench_cli(args.runs, CLI_VMS_QUICK if args.quick else CLI_VMS, work)
         mach["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         results = Results(
             argv, args.runs, mach, sources[0] if sources else None, builds, built, store.root,
-            boot_methods, boots, density, skipped, domain_xml,
+            boot_methods, boots, density, cli, skipped, domain_xml,
         )  # fmt: skip
         args.output.parent.mkdir(parents=True, exist_ok=True)
         results.pictures = plots(args.output, boot_methods, boots, density)

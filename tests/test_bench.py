@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Machine", "## Build and evaluation", "## Boot", "## Host cost per VM", "## Density", "## Image sizes")
+SECTIONS = (
+    "## Machine",
+    "## Build and evaluation",
+    "## Boot",
+    "## Host cost per VM",
+    "## Density",
+    "## Image sizes",
+    "## CLI on installed VMs",
+)
 
 
 def section(text: str, heading: str) -> str:
@@ -56,3 +64,7 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
     sizes = section(text, "## Image sizes")
     for row in ("bzImage", "vmlinux", "Initrd", "erofs", "squashfs", "Total"):
         assert re.search(rf"{row}.*\| \d+\.\d+ MiB", sizes), row
+
+    cli = section(text, "## CLI on installed VMs")
+    for row in ("`microvm list` (3 VMs)", "`microvm status NAME`", "`microvm create NAME` of an already-built VM"):
+        assert re.search(rf"{re.escape(row)} \| \d+ ms \|", cli), row
