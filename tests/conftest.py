@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,27 @@ def boot(
     logs = list(workdir.glob("*-console.log"))
     console = logs[0].read_text(errors="replace") if logs else result.stdout.decode(errors="replace")
     return Booted(built, workdir, result.returncode, console + result.stderr.decode(errors="replace"))
+
+
+@contextmanager
+def started(store: Store, file: Path, workdir: Path) -> Iterator[tuple[BuiltVM, subprocess.Popen[bytes]]]:
+    """Build ``file`` and start its runner in ``workdir``; the hypervisor is killed afterwards if still there."""
+    built = build_file(store, file)
+    workdir.mkdir(parents=True, exist_ok=True)
+    vm = subprocess.Popen([built.run], cwd=workdir, stdin=subprocess.DEVNULL)
+    try:
+        yield built, vm
+    finally:
+        vm.kill()
+
+
+def shut_down(built: BuiltVM, workdir: Path, vm: subprocess.Popen[bytes]) -> None:
+    """``bin/microvm-shutdown``, which returns only once the hypervisor has exited (with status 0)."""
+    result = subprocess.run(
+        [built.runner / "bin/microvm-shutdown"], cwd=workdir, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert vm.wait(timeout=5) == 0
 
 
 def microvm(*args: str, timeout: float = BOOT_TIMEOUT, **kwargs) -> subprocess.CompletedProcess[str]:

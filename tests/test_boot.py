@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOOT_TIMEOUT, REPO, boot, build_file, microvm, write_vm
+from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, write_vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
@@ -103,19 +103,10 @@ mem = 256
 
 def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -> None:
     file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="stopme"))
-    built = build_file(shared_store, file)
     state = tmp_path / "state"
-    state.mkdir()
-    vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
-    try:
+    with started(shared_store, file, state) as (built, vm):
         _wait_for(state / "stopme-console.log", "ready: stopme", vm)
-        result = subprocess.run(
-            [built.runner / "bin/microvm-shutdown"], cwd=state, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        assert vm.wait(timeout=5) == 0  # microvm-shutdown returns only once the hypervisor has exited
-    finally:
-        vm.kill()
+        shut_down(built, state, vm)
     console = (state / "stopme-console.log").read_text()
     assert "stopme is shutting down" in console
     assert "stopped cleanly" in console
@@ -124,22 +115,13 @@ def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -
 def test_shutdown_requested_during_boot_is_not_lost(shared_store, tmp_path: Path) -> None:
     """A power-button press before the guest listens for it is repeated until the guest reacts."""
     file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="early"))
-    built = build_file(shared_store, file)
     state = tmp_path / "state"
-    state.mkdir()
-    vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
-    try:
+    with started(shared_store, file, state) as (built, vm):
         while not (state / "early.sock").exists():  # QMP is up long before the guest's acpid
             assert vm.poll() is None
             time.sleep(0.01)
         assert "ready: early" not in (state / "early-console.log").read_text(errors="replace")
-        result = subprocess.run(
-            [built.runner / "bin/microvm-shutdown"], cwd=state, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        assert vm.wait(timeout=5) == 0
-    finally:
-        vm.kill()
+        shut_down(built, state, vm)
     console = (state / "early-console.log").read_text(errors="replace")
     assert "early stopped cleanly" in console, console
 

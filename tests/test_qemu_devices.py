@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_file, microvm, write_vm
+from conftest import microvm, shut_down, started, write_vm
 from test_boot import _wait_for
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
@@ -61,11 +61,8 @@ def test_balloon_is_set_and_read_back_with_privileges_dropped(shared_store, tmp_
         user = "nobody"
     """,
     )
-    built = build_file(shared_store, file)
     state = tmp_path / "state"
-    state.mkdir()
-    vm = subprocess.Popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
-    try:
+    with started(shared_store, file, state) as (built, vm):
         _wait_for(state / "balloon-console.log", "ready: balloon", vm)
         uids = next(line for line in Path(f"/proc/{vm.pid}/status").read_text().splitlines() if line.startswith("Uid:"))
         assert set(uids.split()[1:]) == {str(pwd.getpwnam("nobody").pw_uid)}, uids
@@ -74,7 +71,4 @@ def test_balloon_is_set_and_read_back_with_privileges_dropped(shared_store, tmp_
         )
         assert result.returncode == 0, result.stderr
         assert int(result.stdout) == 64
-        subprocess.run([built.runner / "bin/microvm-shutdown"], cwd=state, check=True, timeout=120)
-        assert vm.wait(timeout=10) == 0
-    finally:
-        vm.kill()
+        shut_down(built, state, vm)
