@@ -68,25 +68,24 @@ def down(file: HostFileArg) -> None:
         out.print(str(change), soft_wrap=True)
 
 
-UNIT_DIR = Path("/etc/systemd/system")  # as `host apply`, which installs the same units
-
-
 def _install_units(units: dict[str, str]) -> None:
-    from .. import proc
+    from ..host.apply import DEFAULT_UNIT_DIR
+    from ..host.systemd import systemctl
 
     for name, text in units.items():
-        (UNIT_DIR / name).write_text(text)
+        (DEFAULT_UNIT_DIR / name).write_text(text)
     if units:
-        proc.run(["systemctl", "daemon-reload"])
-        proc.run(["systemctl", "enable", "--now", *units])
-        proc.run(["systemctl", "restart", *units])
+        systemctl("daemon-reload")
+        systemctl("enable", "--now", *units)
+        systemctl("restart", *units)
 
 
 def _remove_units(units: dict[str, str]) -> None:
-    from .. import proc
+    from ..host.apply import DEFAULT_UNIT_DIR
+    from ..host.systemd import systemctl
 
     for name in units:
-        proc.run(["systemctl", "disable", "--now", name], check=False)
-        (UNIT_DIR / name).unlink(missing_ok=True)
+        systemctl("disable", "--now", name, check=False)
+        (DEFAULT_UNIT_DIR / name).unlink(missing_ok=True)
     if units:
-        proc.run(["systemctl", "daemon-reload"])
+        systemctl("daemon-reload")

@@ -46,7 +46,8 @@ from ..config.options import (
     nth_host_address,
 )
 from ..errors import MicrovmError
-from .statedir import default_state_dir
+from . import systemd
+from .statedir import default_state_dir, write_atomic
 from .units import HEADER
 
 RECORD = ".network.json"
@@ -119,9 +120,7 @@ def read_record(state_dir: Path | None = None) -> dict[str, Any]:
 def _write_record(record: dict[str, Any], state_dir: Path | None) -> None:
     path = record_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")  # item order is the undo order
-    tmp.replace(path)
+    write_atomic(path, json.dumps(record, indent=1) + "\n")  # item order is the undo order
 
 
 def _recorded_basic(state_dir: Path | None = None) -> BasicNetwork | None:
@@ -723,7 +722,7 @@ def systemd_running() -> bool:
         same_namespace = os.stat("/proc/self/ns/net").st_ino == os.stat("/proc/1/ns/net").st_ino
     except OSError:
         same_namespace = False
-    return os.path.isdir("/run/systemd/system") and same_namespace
+    return systemd.running() and same_namespace
 
 
 def main(argv: list[str] | None = None) -> int:
