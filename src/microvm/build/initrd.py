@@ -24,6 +24,11 @@ from .kmod import resolve_modules, without_signature
 from .store import Store, file_digest
 
 ROOT_SERIAL = "microvm-root"
+# Read-ahead on the read-only system disk, in KiB (the kernel's default is 128). A program's
+# first page faults then read it in one go instead of one 128 KiB window at a time: under TCG
+# busybox init started 0.25-0.3 s sooner with 4096 than with the default, and 1024 kept about
+# half of that cost (see bench/notes.md).
+SYSTEM_READ_AHEAD_KIB = 4096
 INITRD_FORMAT = 4  # bump when the generated /init changes meaning
 
 
@@ -160,6 +165,9 @@ disk() {{ retry "no disk with serial $1" serial_device "$1"; }}
 label() {{ retry "no disk labelled $1" findfs "LABEL=$1"; }}
 wait_for() {{ retry "$1 did not appear" test -e "$1"; }}
 
+# read_ahead DEVICE KIB: how much the kernel reads ahead on that disk
+read_ahead() {{ echo "$2" > "/sys/block/${{1##*/}}/queue/read_ahead_kb" || echo "microvm initrd: cannot set the read-ahead of $1" >&2; }}
+
 mount_at() {{
     # mount_at SOURCE TARGET FSTYPE OPTIONS
     case "$1" in /dev/*) wait_for "$1" ;; esac
@@ -184,7 +192,16 @@ def init_script(vm: VMConfig, hypervisor: Hypervisor, modules: list[str]) -> str
             f"insmod /lib/modules/{shlex.quote(module)} || echo {shlex.quote('microvm initrd: cannot load ' + module)} >&2"
         )
     system, others = mounts(vm, hypervisor)
-    lines += ["", "# the read-only system", f"mount_at {system.source} /sysroot/ro {system.fstype} {system.options}"]
+    lines += ["", "# the read-only system"]
+    if mv.storeOnDisk:
+        lines += [
+            f"system={system.source}",
+            'wait_for "$system"',
+            f'read_ahead "$system" {SYSTEM_READ_AHEAD_KIB}',
+            f'mount_at "$system" /sysroot/ro {system.fstype} {system.options}',
+        ]
+    else:
+        lines.append(f"mount_at {system.source} /sysroot/ro {system.fstype} {system.options}")
     overlay_volume = None
     if mv.writableStoreOverlay is not None:
         overlay_volume = next(
