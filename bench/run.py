@@ -867,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one of each cheap part; no libvirt, q35, big density")
-    ap.add_argument("--runs", type=int, default=5, help="runs per method (default 5)")
+    ap.add_argument("--runs", type=int, default=7, help="runs per method (default 7: single boots vary by ±20%% here)")
     ap.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     if args.quick:

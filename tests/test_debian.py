@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import BOOT_TIMEOUT, build_file, microvm, write_vm
+from notify import FakeSystemd
 
 from microvm.build.store import Store
 from microvm.config import load_vm
@@ -83,6 +85,7 @@ enable = {shared_store}
 
 [microvm]
 mem = 512
+readiness = true
 storeDiskErofsFlags = ["-zlz4"]  # a quarter of lz4hc's build time
 
 [[microvm.interfaces]]
@@ -290,12 +293,14 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
 class Guest:
     """A `microvm run` of a Debian VM in a namespace, driven over SSH."""
 
-    def __init__(self, ns, file: Path, state: Path, key: Path) -> None:
+    def __init__(self, ns, file: Path, state: Path, key: Path, notify: Path | None = None) -> None:
         self.ns, self.key, self.name = ns, key.with_suffix(""), "deb-test"
         self.workdir = state / self.name
         (self.workdir / f"{self.name}-console.log").unlink(missing_ok=True)  # not the last boot's prompt
         self.log = open(state.parent / f"run-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         env = {**os.environ, "MICROVM_STATE_DIR": str(state)}
+        if notify is not None:
+            env["NOTIFY_SOCKET"] = str(notify)  # as systemd runs a Type=notify service
         self.started = time.monotonic()
         self.process = ns.popen(
             [sys.executable, "-m", "microvm", "run", str(file)],
@@ -354,9 +359,13 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
     shared.mkdir(parents=True)
     (shared / "from-host").write_text("written by the host\n")
 
-    guest = Guest(ns, file, state, ssh_key)
+    systemd = FakeSystemd(tmp_path / "notify")
+    guest = Guest(ns, file, state, ssh_key, notify=systemd.path)
     guest.wait_for_login()
     assert "root (automatic login)" in guest.console
+    # microvm.readiness: the guest's unit after multi-user.target said so, through the runner
+    assert systemd.wait_for("READY=1", BOOT_TIMEOUT), systemd.messages
+    assert guest.ssh("root", "systemctl show -p Result --value microvm-ready").stdout == "success\n"
     assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users"]
     assert guest.ssh("alice", "cat /etc/microvm-test").stdout == "declared file, round 1\n"
     web = ns.run(

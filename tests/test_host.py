@@ -252,13 +252,14 @@ binScripts = {tap-up = "true", tap-down = "true", macvtap-up = "true", macvtap-d
 """
 
 
-def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("notify", [False, True], ids=["simple", "notify"])
+def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path, notify: bool) -> None:
     src = tmp_path / "src"
     define(src, "full", extra=NEEDS_EVERYTHING)
     ok("create", "full", "-f", str(src))
     unit_dir = tmp_path / "units"
     installs = {"full": ["--source", str(src)]}
-    for rel, content in units.all_units(state_dir(), CACHE / "store", ["full"], installs).items():
+    for rel, content in units.all_units(state_dir(), CACHE / "store", ["full"], installs, notify).items():
         (unit_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (unit_dir / rel).write_text(content)
     checked = [
@@ -275,6 +276,8 @@ def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
             ["systemd-analyze", "verify", "--man=no", str(unit_dir / unit)], capture_output=True, text=True, check=False
         )
         assert (unit, result.returncode, result.stderr) == (unit, 0, "")
+    service = (unit_dir / "microvm@.service").read_text()
+    assert ("Type=notify\nNotifyAccess=all\n" in service) == notify
 
 
 def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,7 +143,8 @@ def setup(shared_store, tmp_path: Path):
         """,
         "common.toml",
     )
-    write_vm(work, VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false") + NET, "alpha.toml")
+    alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false") + "readiness = true\n" + NET
+    write_vm(work, alpha, "alpha.toml")
     write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256, shell="true"), "beta.toml")
     host_file = write_vm(
         work,
@@ -154,6 +155,8 @@ def setup(shared_store, tmp_path: Path):
         source = "{work / "src"}"
         [network.basic]
         enable = true
+        [microvm.host]
+        useNotifySockets = true  # alpha says when it has booted; beta is ready as its hypervisor starts
         """,
         "host.toml",
     )
@@ -210,7 +213,11 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert "microvm: alpha is shutting down" in log and "microvm: alpha stopped cleanly" in log
         assert not (rootfs / "var/lib/microvms/alpha/booted").is_symlink()
         assert host.states()["alpha"] == "not booted"
+        # Type=notify: start returns once alpha's guest said READY=1, after its oneshot services, so
+        # its DHCP address is on this boot's console already
+        assert host.systemctl("show", "-P", "Type", "microvm@alpha.service") == "notify"
         host.microvm("start", "alpha")
+        assert "inet 10.213.0.3/24" in host.console("alpha")
         host.wait_booted("alpha", 1)
 
         # the console of a VM systemd runs: type into its shell, read the answer, detach with Ctrl-]

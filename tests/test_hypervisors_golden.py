@@ -81,6 +81,8 @@ def full_options(hypervisor: str) -> dict[str, Any]:
         mv["vsock"] = {"cid": 5}
     if has(Feature.PCI_DEVICES):
         mv["devices"] = [{"bus": "pci", "path": "0000:01:00.0"}]
+    if has(Feature.NOTIFY_READINESS):
+        mv["readiness"] = True
     mv[key] = {"extraArgs": ["--extra", "arg"]}
     if hypervisor == "crosvm":
         mv[key]["pivotRoot"] = "/var/empty"
@@ -141,6 +143,8 @@ def render(spec: RunnerSpec) -> str:
         lines += ["# fds"] + [f'exec {fd}<>"{target}"' for fd, target in spec.fds]
     if spec.pre_exec:
         lines += ["# pre_exec"] + spec.pre_exec
+    if spec.ready_socket:
+        lines += ["# ready_socket", spec.ready_socket]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +183,8 @@ def all_cases(hypervisor: str) -> list[str]:
 # + -device vhost-user-fs-*,chardev=,tag=; -device vhost-vsock-*,guest-cid=; -device vfio-pci,host=;
 # -device qemu-xhci + usb-host,vendorid=,productid=; -device virtio-balloon-*,deflate-on-oom=,
 # free-page-reporting=; -object memory-backend-ram + -device virtio-mem-pci,memdev=,requested-size=;
-# -runas; -sandbox on; -qmp unix:PATH,server=on,wait=off; -chardev socket,...,logfile=,logappend=)
+# -runas; -sandbox on; -qmp unix:PATH,server=on,wait=off; -chardev socket,...,logfile=,logappend=;
+# -device virtio-serial-device|pci + virtconsole,chardev= / virtserialport,chardev=,name=)
 # and docs/system/i386/microvm.rst (virtio-mmio devices, pcie=on).
 @pytest.mark.parametrize("case", all_cases("qemu"))
 def test_qemu(case: str) -> None:

@@ -32,6 +32,7 @@ from ..hypervisors.base import Hypervisor
 from .initrd import needed_modules
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
+from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
 from .store import Store
 
 DEBIAN_FORMAT = 1  # bump when the package tree changes meaning
@@ -493,6 +494,10 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
         )
         layer.enable("microvm-ssh-host-keys.service", "multi-user.target", "/etc/systemd/system")
         layer.enable("microvm-ssh-host-keys.service", "ssh.service", "/etc/systemd/system")
+    if vm.microvm.readiness:
+        layer.text(READY_SCRIPT_PATH, READY_SCRIPT, mode=0o755)
+        layer.text("etc/systemd/system/microvm-ready.service", READY_UNIT)
+        layer.enable("microvm-ready.service", "multi-user.target", "/etc/systemd/system")
     if vm.microvm.optimize.enable:
         for unit in OPTIMIZE_MASK:
             layer.links[f"etc/systemd/system/{unit}"] = "/dev/null"

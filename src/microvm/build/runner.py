@@ -81,6 +81,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
+    lines += _readiness(spec)
     for fd, target in spec.fds:
         # targets are our own generated words (a tap device by ifindex), quoted but expanded
         lines.append(f'exec {fd}<>"{target}"')
@@ -89,6 +90,26 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     body = " \\\n  ".join(shlex.quote(a) for a in argv)
     lines += ["", exec_prefix + body]
     return "\n".join(lines) + "\n"
+
+
+def _readiness(spec: RunnerSpec) -> list[str]:
+    """Under systemd's Type=notify (host.useNotifySockets), say when the VM is ready.
+
+    With a readiness port that is when the guest says so (forwarded in the
+    background while the hypervisor runs); without one, as the hypervisor starts.
+    """
+    helper = [sys.executable, "-m", "microvm.host.ready"]
+    if spec.ready_socket:
+        action = shlex.join([*helper, "forward", spec.ready_socket]) + ' --pid "$$" &'  # $$ becomes the hypervisor
+    else:
+        action = shlex.join([*helper, "now"])
+    return [
+        "",
+        "# readiness for systemd (Type=notify with host.useNotifySockets)",
+        'if [ -n "${NOTIFY_SOCKET:-}" ]; then',
+        f"  {action}",
+        "fi",
+    ]
 
 
 def _python_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:

@@ -21,6 +21,7 @@ from .debarch import guest_busybox
 from .debian import build_debian_system
 from .initrd import busybox_applets
 from .kernel import KernelEntry
+from .readiness import READY_SCRIPT, READY_SCRIPT_PATH
 from .store import Store, file_digest
 
 SYSTEM_FORMAT = 3  # bump when the generated files change meaning
@@ -56,6 +57,8 @@ def _inittab(vm: VMConfig, order: list[str]) -> str:
             lines.append(f"::wait:/etc/microvm/services/{name}")
         else:
             lines.append(f"::{'respawn' if service.restart else 'once'}:/etc/microvm/services/{name}")
+    if vm.microvm.readiness:
+        lines.append(f"::once:/{READY_SCRIPT_PATH}")  # after sysinit and the oneshot services
     if vm.guest.commands:
         lines.append("::once:/etc/microvm/commands")
     if vm.guest.shell:
@@ -240,6 +243,8 @@ def _busybox_files(vm: VMConfig, order: list[str]) -> dict[str, tuple[str, int]]
         files["etc/microvm/static-resolv.conf"] = (resolv, 0o644)
     for action in SHUTDOWN_ACTIONS:
         files[f"sbin/{action}"] = (SHUTDOWN_REQUEST.format(action=action), 0o755)
+    if vm.microvm.readiness:
+        files[READY_SCRIPT_PATH] = (READY_SCRIPT, 0o755)
     if vm.guest.commands:
         body = "\n".join(vm.guest.commands)
         files["etc/microvm/commands"] = (f"#!/bin/sh\n# guest.commands\n. /etc/microvm/shutdown.sh\n{body}\n", 0o755)

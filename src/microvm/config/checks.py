@@ -65,6 +65,8 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
         yield (Feature.PCI_DEVICES if device.bus == "pci" else Feature.USB_DEVICES), ("microvm", "devices", i, "bus")
     if mv.graphics.enable:
         yield Feature.GRAPHICS, ("microvm", "graphics", "enable")
+    if mv.readiness:
+        yield Feature.NOTIFY_READINESS, ("microvm", "readiness")
     if mv.cpu is not None:
         yield Feature.CPU_EMULATION, ("microvm", "cpu")
     if vm.guest.arch != host_arch():

@@ -308,6 +308,14 @@ class MicroVMOptions(Options):
         description="Control socket (relative to the state directory). Default: `<hostName>.sock` where the hypervisor has one.",
     )
     preStart: str = Field("", description="Shell commands run before the hypervisor starts.")
+    readiness: bool = Field(
+        False,
+        description=(
+            "The guest tells the host when it has booted (busybox: its system init is done; Debian: "
+            "multi-user.target is reached), on a virtio-serial port. Under systemd with "
+            "`microvm.host.useNotifySockets`, `systemctl start microvm@NAME` returns only then."
+        ),
+    )
     prettyProcnames: bool = Field(True, description="Name the hypervisor process `microvm@<hostName>`.")
     kernelParams: list[str] = Field([], description="Kernel command-line parameters, after the ones microvm needs.")
     initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
@@ -827,7 +835,13 @@ STORE_RW_IMAGE = "store-rw.img"
 
 class HostOptions(Options):
     enable: bool = Field(True, description="Whether to enable the host part.")
-    useNotifySockets: bool = Field(False, description="VMs notify readiness over vsock (microvm@ is Type=notify).")
+    useNotifySockets: bool = Field(
+        False,
+        description=(
+            "`microvm@` is `Type=notify`: starting a VM with `microvm.readiness` waits until its guest "
+            "has booted; every other VM is ready as soon as its hypervisor starts."
+        ),
+    )
     tapScript: str = Field(
         'ip link set "$id" up',
         description="Shell commands run after a tap `$id` is created.",

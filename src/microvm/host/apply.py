@@ -294,7 +294,8 @@ def plan(
     vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
     autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
     net_units = network.network_units(host.config, state_dir)
-    wanted = units.all_units(state_dir, store.root, autostart, vms.installs) | net_units
+    wanted = units.all_units(state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets)
+    wanted |= net_units
     files = _unit_changes(unit_dir, wanted, enable=[units.TARGET, *net_units])
     net = _network_changes(host.config, state_dir)
     result = Plan([*_system_changes(state_dir), *vms.changes, *files, *net])

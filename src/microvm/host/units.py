@@ -1,7 +1,8 @@
 """The systemd units that run installed VMs (microvm.nix's host module, as unit files).
 
 - ``microvm@.service``: runs ``<stateDir>/%i/current/bin/microvm-run`` as user
-  ``microvm`` (group ``kvm``) in the VM's state directory; sets ``booted`` before
+  ``microvm`` (group ``kvm``) in the VM's state directory (Type=notify with
+  ``host.useNotifySockets``: ready when the guest says so, see microvm.host.ready); sets ``booted`` before
   it starts and removes it after it stopped; stops with ``booted/bin/microvm-shutdown``,
   which asks the guest to power off and returns only once the hypervisor exited
   (the original returns at once, so systemd kills the guest mid-shutdown).
@@ -52,8 +53,11 @@ def _unit(sections: dict[str, list[tuple[str, str]]]) -> str:
     return text
 
 
-def vm_service(state_dir: Path) -> str:
-    """``microvm@.service``."""
+def vm_service(state_dir: Path, notify: bool = False) -> str:
+    """``microvm@.service``; ``notify`` (host.useNotifySockets): started once the VM says it is ready.
+
+    The runner sends that from a helper process (see microvm.host.ready), hence NotifyAccess=all.
+    """
     vm = _vm_dir(state_dir)
     booted_link = 'ln -sfn "$$(readlink current)" .booted.tmp && mv -T .booted.tmp booted'
     return _unit(
@@ -66,7 +70,7 @@ def vm_service(state_dir: Path) -> str:
                 ("StartLimitIntervalSec", "0"),
             ],
             "Service": [
-                ("Type", "simple"),
+                *([("Type", "notify"), ("NotifyAccess", "all")] if notify else [("Type", "simple")]),
                 ("User", USER),
                 ("Group", GROUP),
                 ("WorkingDirectory", f"{vm}"),
@@ -178,10 +182,12 @@ def target(autostart: list[str]) -> str:
     )
 
 
-def all_units(state_dir: Path, store: Path, autostart: list[str], installs: dict[str, list[str]]) -> dict[str, str]:
+def all_units(
+    state_dir: Path, store: Path, autostart: list[str], installs: dict[str, list[str]], notify: bool = False
+) -> dict[str, str]:
     """Every unit file (path relative to the unit directory -> content) for a host."""
     units = {
-        "microvm@.service": vm_service(state_dir),
+        "microvm@.service": vm_service(state_dir, notify),
         "microvm-tap-interfaces@.service": interfaces_service(state_dir, "tap"),
         "microvm-macvtap-interfaces@.service": interfaces_service(state_dir, "macvtap"),
         "microvm-pci-devices@.service": pci_service(state_dir),

@@ -45,11 +45,15 @@ class Feature(enum.Enum):
     USB_DEVICES = "USB pass-through"
     GRAPHICS = "graphics"
     CPU_EMULATION = "CPU emulation (TCG)"
-    NOTIFY_READINESS = "readiness notification"
+    NOTIFY_READINESS = "readiness notification (microvm.readiness)"
     MULTI_QUEUE_TAP = "multi-queue taps"
     READ_ONLY_VOLUMES = "read-only volumes"
     VOLUME_SERIAL = "volume serial numbers"
     DIRECT_IO = "direct I/O volumes"
+
+
+# The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
+READINESS_PORT = "org.microvm.ready"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,9 @@ class RunnerSpec:
     pre_exec: list[str] = field(default_factory=list)
     # File descriptors the runner opens, as (fd, shell redirection target); argv refers to them.
     fds: list[tuple[int, str]] = field(default_factory=list)
+    # The unix socket the hypervisor serves for the guest's readiness port (microvm.readiness),
+    # relative to the state directory; the runner passes what arrives there on to systemd.
+    ready_socket: str | None = None
 
 
 class Hypervisor(ABC):

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # Guest systemd finds the host's notify socket in this SMBIOS credential and connects
 # to CID 2 (the host), port 8888; cloud-hypervisor forwards that to "<vsock socket>_8888".
+# Only systemd 254 and later do this (Debian bookworm has 252, busybox guests have no
+# systemd), so microvm.readiness, which our guests implement, is not offered here.
 NOTIFY_VSOCK = "notify.vsock"
 NOTIFY_PORT = 8888
 NOTIFY_CREDENTIAL = f"io.systemd.credential:vmm.notify_socket=vsock-stream:2:{NOTIFY_PORT}"
@@ -49,7 +51,6 @@ class Backend(Hypervisor):
             Feature.VIRTIO_MEM,
             Feature.HUGEPAGES,
             Feature.VSOCK,
-            Feature.NOTIFY_READINESS,
             Feature.PCI_DEVICES,
             Feature.READ_ONLY_VOLUMES,
             Feature.VOLUME_SERIAL,

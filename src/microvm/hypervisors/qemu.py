@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
-from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from .base import READINESS_PORT, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import open_macvtap
 
 if TYPE_CHECKING:
@@ -33,6 +33,10 @@ def console_log(vm: VMConfig) -> str:
     return f"{vm.guest.hostName}-console.log"
 
 
+def ready_socket(vm: VMConfig) -> str:
+    return f"{vm.guest.hostName}-ready.sock"
+
+
 def _opts(head: str, **options: object) -> str:
     """``head,key=value,...`` skipping None; True/False as on/off; ``_`` in keys becomes ``-``."""
     parts = [head]
@@ -48,7 +52,7 @@ def _opts(head: str, **options: object) -> str:
 class Backend(Hypervisor):
     name = "qemu"
     binary = "qemu-system-x86_64"
-    features = frozenset(Feature) - {Feature.NOTIFY_READINESS, Feature.INITIAL_BALLOON}
+    features = frozenset(Feature) - {Feature.INITIAL_BALLOON}
     kernel_format = "bzImage"
     console = "ttyS0"
 
@@ -80,15 +84,25 @@ class Backend(Hypervisor):
         return params
 
     def console_device(self, vm: VMConfig) -> str:
+        if not vm.microvm.qemu.serialConsole:
+            return "hvc0"  # the virtconsole
         return "ttyAMA0" if vm.guest.arch == "aarch64" else "ttyS0"  # the virt machine's PL011
 
     def console_socket(self, vm: VMConfig) -> tuple[str, str]:
         return console_socket(vm), console_log(vm)
 
     def guest_modules(self, vm: VMConfig) -> list[str]:
-        if vm.microvm.qemu.machine == "microvm" and not self.needs_pci(vm):
-            return ["virtio_mmio"]
-        return ["virtio_mmio", "virtio_pci"]
+        modules = ["virtio_mmio"]
+        if vm.microvm.qemu.machine != "microvm" or self.needs_pci(vm):
+            modules.append("virtio_pci")
+        if self._virtio_serial(vm):
+            modules.append("virtio_console")
+        return modules
+
+    @staticmethod
+    def _virtio_serial(vm: VMConfig) -> bool:
+        """Whether the VM has a virtio-serial device: for the console (serialConsole off) or the readiness port."""
+        return not vm.microvm.qemu.serialConsole or vm.microvm.readiness
 
     def _machine(self, vm: VMConfig, guest: GuestArtifacts, shared_memory: bool) -> list[str]:
         mv = vm.microvm
@@ -262,16 +276,17 @@ class Backend(Hypervisor):
                 logappend=False,
             ),
         ]
-        argv += (
-            ["-serial", "chardev:console"]
-            if mv.qemu.serialConsole
-            else [
+        if self._virtio_serial(vm):
+            argv += ["-device", self._device(vm, "serial")]
+        argv += ["-serial", "chardev:console"] if mv.qemu.serialConsole else ["-device", "virtconsole,chardev=console"]
+        if mv.readiness:
+            spec.ready_socket = ready_socket(vm)
+            argv += [
+                "-chardev",
+                _opts("socket,id=ready", path=spec.ready_socket, server=True, wait=False),
                 "-device",
-                self._device(vm, "serial"),
-                "-device",
-                "virtconsole,chardev=console",
+                _opts("virtserialport,chardev=ready", name=READINESS_PORT),
             ]
-        )
         if mv.socket:
             argv += ["-qmp", f"unix:{mv.socket},server=on,wait=off"]
         argv += self._disks(vm, guest)
