@@ -7,6 +7,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,6 +21,19 @@ def peer_pid(path: Path) -> int | None:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, _, _ = struct.unpack("3i", creds)
     return pid or None
+
+
+def connect_when_there(path: Path, waiting: Callable[[], bool], interval: float = 0.01) -> socket.socket | None:
+    """Connect to the unix socket ``path`` once a starting hypervisor serves it; None once ``waiting()`` is false."""
+    while waiting():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(os.fspath(path))
+            return sock
+        except OSError:
+            sock.close()
+            time.sleep(interval)
+    return None
 
 
 def alive(pid: int) -> bool:

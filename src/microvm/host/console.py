@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import proc
+from ..control.process import connect_when_there
 from ..errors import MicrovmError
 
 if TYPE_CHECKING:
@@ -44,18 +45,6 @@ def _terminal_passthrough() -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def _connect(path: Path, alive: Callable[[], bool]) -> socket.socket | None:
-    while alive():
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(os.fspath(path))
-            return sock
-        except OSError:
-            sock.close()
-            time.sleep(0.01)
-    return None
 
 
 @dataclass(frozen=True)
@@ -139,7 +128,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
                     return child.poll() is None
 
                 def connect() -> socket.socket | None:
-                    return _connect(workdir / console[0], alive)
+                    return connect_when_there(workdir / console[0], alive)
 
                 with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
                     _relay(alive, None, log, connect=connect)

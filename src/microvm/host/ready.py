@@ -16,7 +16,7 @@ Each message is followed by ``BARRIER=1`` and we wait until systemd has read
 it: systemd attributes a message to a unit by its sender's PID, so a sender
 that exits too soon is not heard (``systemd-notify``'s race).
 
-Imported by the runner on every start under systemd: standard library only.
+Run by the runner on every start under systemd: keep its imports small.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import os
 import select
 import socket
 import sys
-import time
 from array import array
 from pathlib import Path
 
+from ..control.process import connect_when_there
+
 BARRIER_TIMEOUT = 5.0  # seconds to wait for systemd to read a message
-CONNECT_INTERVAL = 0.01
 MAX_STATUS = 200
 
 
@@ -64,22 +64,9 @@ def accepted(line: bytes) -> str | None:
     return None
 
 
-def _connect(path: Path, parent: int) -> socket.socket | None:
-    """Connect to the hypervisor's socket once it is there; None if the hypervisor (our parent) is gone first."""
-    while os.getppid() == parent:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(os.fspath(path))
-            return sock
-        except OSError:
-            sock.close()
-            time.sleep(CONNECT_INTERVAL)
-    return None
-
-
 def forward(path: Path, notify_socket: str, parent: int) -> None:
     """Pass the guest's lines from ``path`` on to systemd until the hypervisor (``parent``) closes it."""
-    sock = _connect(path, parent)
+    sock = connect_when_there(path, lambda: os.getppid() == parent)  # None: the hypervisor is gone
     if sock is None:
         return
     pending = b""
