@@ -1,4 +1,4 @@
-"""qemu devices booted for real under TCG: virtiofs and 9p shares, the balloon."""
+"""qemu devices booted for real under TCG: virtiofs and 9p shares, the balloon, the virtio console."""
 
 from __future__ import annotations
 
@@ -43,6 +43,25 @@ def test_share_is_read_write_both_ways(tmp_path: Path, proto: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "host says: hello-from-host" in result.stdout
     assert (shared / "from-guest").read_text() == "guest-was-here\n"
+
+
+def test_virtio_console_instead_of_the_serial_port(tmp_path: Path) -> None:
+    """``qemu.serialConsole = false``: the console is hvc0, from the initrd on, in the same log."""
+    file = write_vm(
+        tmp_path,
+        """
+        [guest]
+        hostName = "hvc"
+        shell = false
+        commands = ['echo "console: $(cat /sys/class/tty/console/active)"', "poweroff"]
+        [microvm]
+        mem = 256
+        qemu.serialConsole = false
+        """,
+    )
+    result = microvm("run", str(file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "console: hvc0" in result.stdout
 
 
 def test_balloon_is_set_and_read_back_with_privileges_dropped(shared_store, tmp_path: Path) -> None:

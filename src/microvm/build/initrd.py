@@ -191,6 +191,12 @@ def init_script(vm: VMConfig, hypervisor: Hypervisor, modules: list[str]) -> str
         lines.append(
             f"insmod /lib/modules/{shlex.quote(module)} || echo {shlex.quote('microvm initrd: cannot load ' + module)} >&2"
         )
+    console = hypervisor.console_device(vm)
+    if console.startswith("hvc"):
+        # a virtio console exists only now that virtio_console is loaded: the kernel could not give
+        # it to us as /dev/console, so take it ourselves; the guest's init inherits it
+        device = shlex.quote(f"/dev/{console}")
+        lines += ["", f"wait_for {device}", f"exec 0<>{device} 1>&0 2>&0"]
     system, others = mounts(vm, hypervisor)
     lines += ["", "# the read-only system"]
     if mv.storeOnDisk:
