@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
@@ -92,6 +93,20 @@ def spread(xs: list[float], fmt: Callable[[float], str] = fmt_s) -> str:
 
 def ratio(a: float, b: float) -> str:
     return "n/a" if a != a or b != b or not b else f"{a / b:.2f}"
+
+
+def ratio_interval(xs: list[float], refs: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """The middle 90 % of the ratio of medians over bootstrap resamples of both samples.
+
+    Single boots vary by about ±20 % on a shared machine; this says how far
+    the ratio of a handful of runs can be trusted. Seeded: the same runs give the same interval.
+    """
+    rng = random.Random(0)
+    ratios = sorted(
+        statistics.median(rng.choices(xs, k=len(xs))) / statistics.median(rng.choices(refs, k=len(refs)))
+        for _ in range(resamples)
+    )
+    return ratios[int(0.05 * resamples)], ratios[int(0.95 * resamples) - 1]
 
 
 def source_stores() -> list[Path]:
@@ -699,6 +714,15 @@ def report(r: Results) -> str:
             f"{ratio(mk, ref_plain)} | {ratio(mk, ref_libvirt)} |"
         )
     w("")
+    ours = [x.marker for x in r.boots.get("ours", [])]
+    for key, name in (("plain-microvm", "plain qemu `-M microvm`"), ("libvirt-pc", "libvirt `pc`")):
+        refs = [x.marker for x in r.boots.get(key, [])]
+        if len(refs) > 1 and len(ours) > 1:
+            low, high = ratio_interval(ours, refs)
+            w(
+                f"Our runner ÷ {name}: {ratio(median(ours), median(refs))}; the middle 90 % of 2000 "
+                f"bootstrap resamples of these runs lies between {low:.2f} and {high:.2f}.\n"
+            )
     w(
         "The machine is shared with other jobs, so wall times carry their load. The hypervisor's CPU time "
         "(user + system) until the marker is much less disturbed by it; under TCG it is the emulation work "

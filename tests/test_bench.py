@@ -68,3 +68,14 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
     cli = section(text, "## CLI on installed VMs")
     for row in ("`microvm list` (3 VMs)", "`microvm status NAME`", "`microvm create NAME` of an already-built VM"):
         assert re.search(rf"{re.escape(row)} \| \d+ ms \|", cli), row
+
+
+def test_ratio_interval_of_the_report() -> None:
+    """The bootstrap interval: exact for noiseless samples, around the ratio of medians otherwise."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from run import ratio_interval
+
+    assert ratio_interval([2.0] * 5, [4.0] * 5) == (0.5, 0.5)
+    low, high = ratio_interval([2.8, 3.0, 3.2, 3.4, 4.4], [3.9, 4.0, 4.2, 4.4, 5.5])
+    assert low < 3.2 / 4.2 < high
+    assert ratio_interval([2.8, 3.0, 3.2, 3.4, 4.4], [3.9, 4.0, 4.2, 4.4, 5.5]) == (low, high)  # seeded
