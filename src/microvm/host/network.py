@@ -350,9 +350,7 @@ class File(Item):
     def add(self, ipr) -> None:
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.content)
-        tmp.replace(path)
+        write_atomic(path, self.content)
 
     def remove(self, ipr, undo: Any) -> None:
         Path(self.path).unlink(missing_ok=True)

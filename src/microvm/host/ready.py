@@ -6,9 +6,10 @@ gave it a ``$NOTIFY_SOCKET``:
 ``now``
     The VM has no readiness port: it is ready as its hypervisor starts.
 ``forward SOCKET --pid PID``
-    In the background (PID: the runner's shell, which becomes the hypervisor): connect to the hypervisor's end of the guest's
-    readiness port (a unix socket that qemu serves) and pass on what the guest
-    writes there, one message per line. Only ``READY=1`` and ``STATUS=...``
+    In the background (PID: the runner's shell, which becomes the
+    hypervisor): connect to the hypervisor's end of the guest's readiness
+    port (a unix socket that qemu serves) and pass on what the guest writes
+    there, one message per line. Only ``READY=1`` and ``STATUS=...``
     go through: a guest must not set the unit's main PID or anything else.
     Ends when the hypervisor closes the socket, or exits before serving it.
 

@@ -2,10 +2,11 @@
 
 - ``microvm@.service``: runs ``<stateDir>/%i/current/bin/microvm-run`` as user
   ``microvm`` (group ``kvm``) in the VM's state directory (Type=notify with
-  ``host.useNotifySockets``: ready when the guest says so, see microvm.host.ready); sets ``booted`` before
-  it starts and removes it after it stopped; stops with ``booted/bin/microvm-shutdown``,
-  which asks the guest to power off and returns only once the hypervisor exited
-  (the original returns at once, so systemd kills the guest mid-shutdown).
+  ``host.useNotifySockets``: ready when the guest says so, see microvm.host.ready);
+  sets ``booted`` before it starts and removes it after it stopped; stops with
+  ``booted/bin/microvm-shutdown``, which asks the guest to power off and returns
+  only once the hypervisor exited (the original returns at once, so systemd kills
+  the guest mid-shutdown).
 - ``microvm-{tap,macvtap}-interfaces@``, ``microvm-pci-devices@``,
   ``microvm-virtiofsd@``: what the VM needs before it starts, each conditioned on
   the runner declaring it, part of the VM's unit.
