@@ -210,11 +210,11 @@ def macvtap_up(runner: Path, user: str | None = None) -> list[str]:
     with network.iproute() as ipr:
         for mv in runner_macvtaps(runner):
             _remove_own(ipr, mv.id, "macvtap")
-            link = ipr.link_lookup(ifname=mv.link)
-            if not link:
+            link = network.link_index(ipr, mv.link)
+            if link is None:
                 raise MicrovmError(f"macvtap {mv.id}: its link {mv.link} does not exist on this host")
-            ipr.link("add", ifname=mv.id, kind="macvtap", link=link[0], macvtap_mode=mv.mode, address=mv.mac)
-            index = ipr.link_lookup(ifname=mv.id)[0]
+            ipr.link("add", ifname=mv.id, kind="macvtap", link=link, macvtap_mode=mv.mode, address=mv.mac)
+            index = network.link_index(ipr, mv.id)
             ipr.link("set", index=index, state="up")
             device = Path(f"/dev/tap{index}")
             if not device.exists():  # devtmpfs makes it; make it where /dev is static
