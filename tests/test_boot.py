@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, write_vm
+from microvm.build.vm import kernel_cmdline
+from microvm.config import load_vm
+from microvm.hypervisors import get
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
@@ -47,6 +50,34 @@ def test_machine_and_image_variants_boot(shared_store, tmp_path: Path, name: str
     assert booted.returncode == 0, booted.console
     assert f"marker: {name} up" in booted.console
     assert "stopped cleanly" in booted.console
+
+
+def test_one_cpu_guest_boots_trimmed_for_emulation(shared_store, tmp_path: Path) -> None:
+    """optimize keeps a one-vCPU kernel's lock prefixes (noreplace-smp); under TCG the CPU has no ERMS."""
+    file = write_vm(
+        tmp_path,
+        """
+        [guest]
+        hostName = "trim"
+        shell = false
+        commands = [
+          'echo "cmdline: $(cat /proc/cmdline)"',
+          'grep -qw erms /proc/cpuinfo && echo "cpu: erms" || echo "cpu: no erms"',
+          "poweroff",
+        ]
+        [microvm]
+        vcpu = 1
+        mem = 256
+        """,
+    )
+    booted = boot(shared_store, file, tmp_path / "state")
+    assert booted.returncode == 0, booted.console
+    assert "noreplace-smp" in booted.console.split("cmdline: ")[1].splitlines()[0]
+    if booted.built.accel.accel == "tcg":
+        assert "cpu: no erms" in booted.console
+    two_cpus = load_vm(file).config.model_copy(deep=True)
+    two_cpus.microvm.vcpu = 2
+    assert "noreplace-smp" not in kernel_cmdline(two_cpus, get("qemu"), "tcg")
 
 
 def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> None:

@@ -6,11 +6,19 @@ import subprocess
 import sys
 
 from conftest import REPO
-from microvm.config.reference import reference_markdown
+from microvm.config.reference import FILES, options_of, reference_markdown
 
 
 def test_options_reference_is_current() -> None:
     assert (REPO / "docs/options.md").read_text() == reference_markdown()
+
+
+def test_every_option_is_described() -> None:
+    """An on/off table's ``enable`` takes the description of the field that holds the table."""
+    undescribed = [row.path for model in FILES.values() for row in options_of(model) if not row.description]
+    assert undescribed == []
+    optimize = next(row for row in options_of(FILES["VM file"]) if row.path == "microvm.optimize.enable")
+    assert "noreplace-smp" in optimize.description
 
 
 def test_hypervisor_table_is_current() -> None:

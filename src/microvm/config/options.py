@@ -130,7 +130,9 @@ class Options(BaseModel):
 
 
 class Enable(Options):
-    enable: bool = Field(False, description="Whether to enable this.")
+    """An on/off table (``optimize.enable``): the field holding it says what it turns on."""
+
+    enable: bool = False
 
 
 # --- interfaces ----------------------------------------------------------------
@@ -321,7 +323,7 @@ class MicroVMOptions(Options):
     initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
     optimize: Enable = Field(
         default_factory=lambda: Enable(enable=True),
-        description="Trim the guest for fast boot: a quiet console, no crypto self-tests at boot (`cryptomgr.notests`), initrd modules without signatures to check (kept when `kernelParams` enforce them).",
+        description="Trim the guest for fast boot: a quiet console, no crypto self-tests at boot (`cryptomgr.notests`), no rewriting of `lock` prefixes on a one-vCPU x86 guest (`noreplace-smp`), initrd modules without signatures to check (kept when `kernelParams` enforce them).",
     )
     guest: Enable = Field(
         default_factory=lambda: Enable(enable=True), description="Whether the guest side is built at all."

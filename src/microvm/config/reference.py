@@ -64,11 +64,15 @@ def _table(annotation: Any) -> tuple[type[BaseModel], str] | None:
     return None
 
 
-def options_of(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[OptionDoc]:
+def options_of(
+    model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None, described_by: str = ""
+) -> list[OptionDoc]:
     """Every option below ``model``, depth first in declaration order.
 
     ``defaults`` is the parent's default instance of ``model``, whose values
     override the model's own field defaults (``optimize.enable`` is true).
+    ``described_by`` is the parent field's description, for options without
+    one of their own (the ``enable`` of an on/off table).
     """
     rows: list[OptionDoc] = []
     for name, field in model.model_fields.items():
@@ -80,7 +84,9 @@ def options_of(model: type[BaseModel], prefix: str = "", defaults: BaseModel | N
             default = getattr(defaults, name)
         table = _table(field.annotation)
         if table and typing.get_origin(field.annotation) is not list and table[1] == "":
-            rows += options_of(table[0], path, default if isinstance(default, BaseModel) else None)
+            rows += options_of(
+                table[0], path, default if isinstance(default, BaseModel) else None, field.description or ""
+            )
             continue
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -92,7 +98,7 @@ def options_of(model: type[BaseModel], prefix: str = "", defaults: BaseModel | N
                 default=default,
                 required=required,
                 computed=bool(extra.get("computed")),
-                description=field.description or "",
+                description=field.description or described_by,
                 example=field.examples[0] if field.examples else None,
             )
         )

@@ -37,6 +37,16 @@ def ready_socket(vm: VMConfig) -> str:
     return f"{vm.guest.hostName}-ready.sock"
 
 
+def _emulated_cpu(vm: VMConfig) -> str:
+    """The CPU model under TCG: everything qemu emulates, less what only makes emulation slower.
+
+    With ERMS the kernel clears and copies pages with ``rep stosb``/``rep movsb``, and TCG runs each
+    iteration of a ``rep`` on its own: a byte at a time against eight with ``rep stosq``. No program
+    needs ERMS; it is a hint that byte-wise string instructions are fast, which here they are not.
+    """
+    return "max,-erms" if vm.guest.arch == "x86_64" else "max"
+
+
 def _opts(head: str, **options: object) -> str:
     """``head,key=value,...`` skipping None; True/False as on/off; ``_`` in keys becomes ``-``."""
     parts = [head]
@@ -120,7 +130,7 @@ class Backend(Hypervisor):
             opts["memory-backend"] = "mem"
         args = ["-M", ",".join([machine, *(f"{k}={v}" for k, v in opts.items())])]
         args += ["-accel", guest.accel]
-        cpu = mv.cpu or ("host" if guest.accel == "kvm" else "max")
+        cpu = mv.cpu or ("host" if guest.accel == "kvm" else _emulated_cpu(vm))
         args += ["-cpu", cpu, "-smp", str(mv.vcpu)]
         return args
 
