@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, write_vm
+from microvm.build.cpio import CpioArchive
+from microvm.build.initrd import busybox_path
 from microvm.build.vm import kernel_cmdline
 from microvm.config import load_vm
 from microvm.hypervisors import get
@@ -78,6 +80,34 @@ def test_one_cpu_guest_boots_trimmed_for_emulation(shared_store, tmp_path: Path)
     two_cpus = load_vm(file).config.model_copy(deep=True)
     two_cpus.microvm.vcpu = 2
     assert "noreplace-smp" not in kernel_cmdline(two_cpus, get("qemu"), "tcg")
+
+
+def test_own_guest_boots_its_initramfs_alone(shared_store, tmp_path: Path) -> None:
+    """microvm.guest.enable = false: no system, root image or initrd of ours; the user's initramfs boots."""
+    archive = CpioArchive()
+    archive.add_dir("dev")
+    archive.add_char_device("dev/console", 5, 1)
+    archive.add_host_file("bin/busybox", busybox_path(), mode=0o755)
+    archive.add_file("init", b"#!/bin/busybox sh\n/bin/busybox echo 'own guest: up'\n/bin/busybox poweroff -f\n", 0o755)
+    (tmp_path / "own.cpio").write_bytes(archive.to_bytes())
+    file = write_vm(
+        tmp_path,
+        """
+        [guest]
+        hostName = "own"
+        [microvm]
+        mem = 256
+        initrdPath = "own.cpio"
+        [microvm.guest]
+        enable = false
+        """,
+    )
+    booted = boot(shared_store, file, tmp_path / "state")
+    assert booted.returncode == 0, booted.console
+    assert "own guest: up" in booted.console
+    assert (booted.built.system, booted.built.root_image) == (None, None)
+    assert booted.built.initrd is not None and booted.built.initrd.read_bytes() == archive.to_bytes()
+    assert "-drive" not in booted.built.run.read_text()
 
 
 def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> None:

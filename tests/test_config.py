@@ -169,6 +169,15 @@ BAD = {
     "unknown top level": (MINIMAL + "[guset]\n", ["guset", "did you mean guest"]),
     "bad hypervisor": (MINIMAL + '[microvm]\nhypervisor = "vbox"\n', ["microvm.hypervisor", "'qemu'", "'vbox'"]),
     "zero mem": (MINIMAL + "[microvm]\nmem = 0\n", ["microvm.mem", "greater than 0"]),
+    "own guest with nothing to boot": (
+        MINIMAL + "[microvm.guest]\nenable = false\n",
+        ["microvm.guest.enable", "nothing to boot", "microvm.initrdPath"],
+    ),
+    "own guest with readiness": (
+        MINIMAL + '[microvm]\nreadiness = true\nkernelParams = ["root=/dev/vda"]\n[microvm.guest]\nenable = false\n',
+        ["microvm.readiness", "microvm.guest.enable = false"],
+    ),
+    "missing initrd": (MINIMAL + '[microvm]\ninitrdPath = "no-such.cpio"\n', ["microvm.initrdPath", "no-such.cpio"]),
     "negative vcpu": (MINIMAL + "[microvm]\nvcpu = -1\n", ["microvm.vcpu", "greater than 0"]),
     "bad mac": (
         MINIMAL + '[[microvm.interfaces]]\nid = "vm-a"\nmac = "02:00:00:00:00"\n',

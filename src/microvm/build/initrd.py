@@ -11,11 +11,13 @@ script, so the guest does no probing.
 from __future__ import annotations
 
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
 from ..config.options import STORE_SHARE_TAG, VMConfig
+from ..errors import MicrovmError
 from ..hypervisors.base import Feature, Hypervisor
 from .cpio import CpioArchive
 from .debarch import guest_busybox
@@ -261,6 +263,19 @@ def unsigned_modules(vm: VMConfig) -> bool:
     """Whether the initrd's modules lose their signatures (optimize, unless the kernel must enforce them)."""
     enforced = any(p.startswith(("module.sig_enforce", "lockdown")) for p in vm.microvm.kernelParams)
     return vm.microvm.optimize.enable and not enforced
+
+
+def use_local_initrd(store: Store, initrd: Path) -> Path:
+    """Put a user's initrd (``microvm.initrdPath``) into the store, keyed by content: the runner
+    then refers to a file no later edit of the original can change under it."""
+    if not initrd.is_file():
+        raise MicrovmError(f"initrd {initrd} does not exist")
+
+    def build(out: Path) -> None:
+        shutil.copyfile(initrd, out / "initrd")
+
+    entry, _ = store.add("initrd-local", {"initrd": file_digest(initrd)}, build)
+    return entry / "initrd"
 
 
 def build_initrd(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> Path:

@@ -15,7 +15,7 @@ from ..config.options import STORE_SHARE_TAG, VMConfig, host_arch
 from ..hypervisors import GuestArtifacts, Hypervisor, get
 from ..host import accel
 from .image import build_root_image
-from .initrd import build_initrd
+from .initrd import build_initrd, use_local_initrd
 from .debarch import Apt
 from .kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
 from .runner import build_runner
@@ -31,7 +31,7 @@ class BuiltVM:
     kernel: KernelEntry
     initrd: Path | None
     root_image: Path | None
-    system: Path
+    system: Path | None  # None with microvm.guest.enable = false: the user brings the guest
     accel: accel.Verdict
 
     @property
@@ -87,12 +87,14 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
     backend = get(hypervisor or vm.microvm.hypervisor)
     say("kernel")
     kernel = get_kernel(store, vm)
-    say("guest system")
-    system = build_system(store, vm, backend, kernel)
-    if not vm.microvm.storeOnDisk:
-        vm = with_system_share(vm, system)
+    system = None
+    if vm.microvm.guest.enable:
+        say("guest system")
+        system = build_system(store, vm, backend, kernel)
+        if not vm.microvm.storeOnDisk:
+            vm = with_system_share(vm, system)
     root_image = None
-    if vm.microvm.storeOnDisk:
+    if system is not None and vm.microvm.storeOnDisk:
         say(f"{vm.microvm.storeDiskType} root image")
         flags = (
             vm.microvm.storeDiskErofsFlags if vm.microvm.storeDiskType == "erofs" else vm.microvm.storeDiskSquashfsFlags
@@ -100,8 +102,12 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
         root_image = build_root_image(
             store, system, vm.microvm.storeDiskType, flags, vm.guest.hostName, keep_owners=vm.guest.base == "debian"
         )
-    say("initrd")
-    initrd = Path(vm.microvm.initrdPath) if vm.microvm.initrdPath else build_initrd(store, vm, backend, kernel)
+    initrd = None
+    if vm.microvm.initrdPath:
+        initrd = use_local_initrd(store, Path(vm.microvm.initrdPath))
+    elif system is not None:
+        say("initrd")
+        initrd = build_initrd(store, vm, backend, kernel)
     boot_image = kernel.vmlinux if backend.kernel_format == "vmlinux" else kernel.boot_image
     if boot_image is None:
         from ..errors import MicrovmError

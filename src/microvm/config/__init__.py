@@ -87,6 +87,8 @@ def _resolve_sources(config: VMConfig, loaded: Loaded, prefix: OptionPath) -> No
     ]
     if config.guest.debian.lock is not None:
         wanted.append((("guest", "debian", "lock"), config.guest.debian.lock, config.guest.debian, "lock"))
+    if config.microvm.initrdPath is not None:
+        wanted.append((("microvm", "initrdPath"), config.microvm.initrdPath, config.microvm, "initrdPath"))
     errors = []
     for path, value, owner, attr in wanted:
         full = (*prefix, *path)

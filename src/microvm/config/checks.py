@@ -267,6 +267,30 @@ def check_against_others(vm: VMConfig, others: dict[str, VMConfig], where: str) 
     return problems
 
 
+def _own_guest(vm: VMConfig) -> Iterator[Problem]:
+    """microvm.guest.enable = false: nothing of microvm runs in the guest, so nothing may rely on it."""
+    guest, mv = vm.guest, vm.microvm
+    if mv.guest.enable:
+        return
+    if mv.initrdPath is None and not any(p.startswith("root=") for p in mv.kernelParams):
+        yield Problem(
+            ("microvm", "guest", "enable"),
+            "no guest is built, and none is given: the kernel would have nothing to boot",
+            hint="set microvm.initrdPath, or a root= in microvm.kernelParams",
+        )
+    if mv.readiness:
+        yield Problem(
+            ("microvm", "readiness"),
+            "readiness is reported by microvm's guest side, which microvm.guest.enable = false leaves out",
+        )
+    if mv.storeOnDisk is False:
+        yield Problem(("microvm", "storeOnDisk"), "there is no system tree to share: microvm.guest.enable is false")
+    unused = {"commands": guest.commands, "services": guest.services, "packages": guest.packages}
+    for option, value in unused.items():
+        if value:
+            yield Problem(("guest", option), "is not used: microvm.guest.enable is false", severity="warning")
+
+
 def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
     """Every problem of one VM."""
     return [
@@ -274,6 +298,7 @@ def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
         *_storage(vm),
         *_memory(vm),
         *_guest(vm),
+        *_own_guest(vm),
         *_capabilities(vm, explicit_socket),
     ]
 

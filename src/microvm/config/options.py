@@ -320,13 +320,21 @@ class MicroVMOptions(Options):
     )
     prettyProcnames: bool = Field(True, description="Name the hypervisor process `microvm@<hostName>`.")
     kernelParams: list[str] = Field([], description="Kernel command-line parameters, after the ones microvm needs.")
-    initrdPath: str | None = Field(None, description="Use this initrd instead of building one.")
+    initrdPath: str | None = Field(
+        None,
+        description="Use this initrd instead of building one (relative to the file that sets it; copied into the store).",
+    )
     optimize: Enable = Field(
         default_factory=lambda: Enable(enable=True),
         description="Trim the guest for fast boot: a quiet console, no crypto self-tests at boot (`cryptomgr.notests`), no rewriting of `lock` prefixes on a one-vCPU x86 guest (`noreplace-smp`), initrd modules without signatures to check (kept when `kernelParams` enforce them).",
     )
     guest: Enable = Field(
-        default_factory=lambda: Enable(enable=True), description="Whether the guest side is built at all."
+        default_factory=lambda: Enable(enable=True),
+        description=(
+            "Build microvm's guest side: the system tree, its root image and the initrd. Off, you bring the "
+            "guest: the runner boots `guest.kernel` with `microvm.initrdPath` and `microvm.kernelParams` "
+            "(e.g. an initramfs, or `root=` on one of `microvm.volumes`), and the other `guest` options are unused."
+        ),
     )
     interfaces: list[Interface] = Field([], description="Network interfaces.")
     forwardPorts: list[ForwardPort] = Field([], description="Ports forwarded through qemu user networking.")
