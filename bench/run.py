@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Benchmark microvm next to what users would use instead: plain qemu and libvirt.
 
-    .venv/bin/python bench/run.py [--quick] [--runs N] [--output docs/benchmarks.md]
+    .venv/bin/python bench/run.py [--quick] [--runs N] [--debian-runs N] [--output docs/benchmarks.md]
 
 Measures builds, `microvm eval`/`check` of a host file with 50 VMs, boot time through our
 runner, `microvm run`, hand-written qemu command lines and libvirt domains (interleaved, the
 same idle gap before each), the hypervisor's memory beyond the guest's RAM, a density curve
-(N 64 MB guests started together) and image sizes; writes a markdown report with plots.
+(N 80 MB guests started together), image sizes, and a Debian guest's builds, boot to login
+and images (bench/debian.py); writes a markdown report with plots.
 Everything runs under qemu's TCG when KVM cannot boot guests (MICROVM_ACCEL=tcg is set unless
 you set it). The Debian kernel's store entry is hard-linked in from an existing store, so a
 "cold" build measures our own work, not an apt download.
 
 ``--quick`` (what tests/test_bench.py runs) does one of each of the cheap parts and skips
-libvirt, the q35 lines and most of the density curve, saying so in the report.
+libvirt, the q35 lines, most of the density curve and the Debian guest, saying so in the report.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -635,6 +637,7 @@ class Results:
     cli: Cli
     skipped: dict[str, str]  # part -> why it was skipped
     domain_xml: dict[str, str]
+    debian: Any = None  # debian.DebianResults, unless skipped
     pictures: list[str] = field(default_factory=list)
 
 
@@ -828,8 +831,10 @@ def report(r: Results) -> str:
     ):
         w(f"| {what} | {fmt_ms(median(xs))} | {spread(xs, fmt_ms)} |")
     w("")
-    w("## Debian guest\n")
-    w("Build, boot and image size of a Debian guest: bench/debian.py (written separately).\n")
+    if r.debian is not None:
+        from debian import report_section
+
+        out += report_section(r.debian)
     notes = REPO / "bench" / "notes.md"
     if notes.exists():
         w(notes.read_text())
@@ -892,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one of each cheap part; no libvirt, q35, big density")
     ap.add_argument("--runs", type=int, default=7, help="runs per method (default 7: single boots vary by ±20%% here)")
+    ap.add_argument("--debian-runs", type=int, default=2, help="Debian guest builds and boots (0: skip; slow)")
     ap.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     if args.quick:
@@ -934,10 +940,17 @@ def main(argv: list[str] | None = None) -> int:
             skipped["density beyond 1 VM"] = "quick mode"
         density = bench_density(counts, dense, work)
         cli = bench_cli(args.runs, CLI_VMS_QUICK if args.quick else CLI_VMS, work)
+        debian_results = None
+        if args.quick or args.debian_runs < 1:
+            skipped["Debian guest"] = "quick mode" if args.quick else "--debian-runs 0"
+        else:
+            from debian import bench_debian  # bench/debian.py, which imports this module's helpers
+
+            debian_results = bench_debian(args.debian_runs, work)
         mach["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         results = Results(
             argv, args.runs, mach, sources[0] if sources else None, builds, built, store.root,
-            boot_methods, boots, density, cli, skipped, domain_xml,
+            boot_methods, boots, density, cli, skipped, domain_xml, debian_results,
         )  # fmt: skip
         args.output.parent.mkdir(parents=True, exist_ok=True)
         results.pictures = plots(args.output, boot_methods, boots, density)

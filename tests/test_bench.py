@@ -43,6 +43,7 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
         assert heading in text, heading
     assert "bench/run.py --quick" in text
     assert re.search(r"- libvirt: quick mode", text)  # skipped parts say why
+    assert re.search(r"- Debian guest: quick mode", text)
 
     build = section(text, "## Build and evaluation")
     assert re.search(r"Cold build.*\| \d+\.\d+ s \|", build)
@@ -79,3 +80,29 @@ def test_ratio_interval_of_the_report() -> None:
     low, high = ratio_interval([2.8, 3.0, 3.2, 3.4, 4.4], [3.9, 4.0, 4.2, 4.4, 5.5])
     assert low < 3.2 / 4.2 < high
     assert ratio_interval([2.8, 3.0, 3.2, 3.4, 4.4], [3.9, 4.0, 4.2, 4.4, 5.5]) == (low, high)  # seeded
+
+
+def test_debian_section_of_the_report(tmp_path: Path) -> None:
+    """The Debian part: every step's median and range, and each artifact's size (the squashfs one may be missing)."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from debian import DebianResults, report_section
+
+    files = {name: tmp_path / name for name in ("vmlinux", "initrd", "root.erofs")}
+    for i, path in enumerate(files.values()):
+        path.write_bytes(b"x" * ((i + 1) << 20))
+    built = SimpleNamespace(
+        kernel=SimpleNamespace(vmlinux=files["vmlinux"]), initrd=files["initrd"], root_image=files["root.erofs"]
+    )
+    times = {
+        "cold build": [80.0, 90.0],
+        "warm build": [0.5, 0.7],
+        "one-file rebuild": [9.0, 11.0],
+        "boot to login": [20.0],
+    }
+    text = "\n".join(report_section(DebianResults(times, built, None)))
+    assert "| cold build | 85.00 s | 80.00 s – 90.00 s |" in text
+    assert "| boot to login | 20.00 s | – |" in text
+    assert "| Root image, erofs (default, lz4hc) | 3.00 MiB |" in text
+    assert re.search(r"squashfs.*\| n/a \|", text)
