@@ -301,7 +301,8 @@ class MicroVMOptions(Options):
     initialBalloonMem: Annotated[int, Field(ge=0)] = Field(0, description="Balloon size in MB at start.")
     deflateOnOOM: bool = Field(True, description="Let the guest deflate the balloon on OOM.")
     cpu: str | None = Field(
-        None, description="Emulate this CPU model with TCG (e.g. `cortex-a53`); null means the host CPU."
+        None,
+        description="Emulate this CPU model with TCG (e.g. `cortex-a53`); null means the host CPU under KVM, and under TCG qemu's `max` (on x86 without ERMS, which only slows emulation down).",
     )
     user: Name | None = Field(None, description="User the hypervisor drops to when started as root.")
     socket: str | None = Field(
