@@ -77,10 +77,10 @@ def bench_debian(runs: int, parent: Path) -> DebianResults:
     for run in range(runs):
         store = fresh_store(parent, sources[0] if sources else None)
         print(f"[debian {run + 1}/{runs}] store {store.root}", file=sys.stderr)
-        seconds, built = timed(lambda s=store: build(s, directory, "cold"))
+        seconds, built = timed(build, store, directory, "cold")
         times["cold build"].append(seconds)
-        times["warm build"].append(timed(lambda s=store: build(s, directory, "cold"))[0])
-        seconds, built = timed(lambda s=store, motd=f"changed {run}": build(s, directory, motd))
+        times["warm build"].append(timed(build, store, directory, "cold")[0])
+        seconds, built = timed(build, store, directory, f"changed {run}")
         times["one-file rebuild"].append(seconds)
     assert built is not None and store is not None
     for _ in range(runs):
@@ -98,9 +98,11 @@ def report_section(res: DebianResults) -> list[str]:
 
     lines = [
         "## Debian guest\n",
-        'A Debian bookworm guest with `openssh-server` (mmdebstrap, `guest.base = "debian"`, 512 MB, no network '
-        "interface). Cold: an empty store (the kernel entry hard-linked in, as above); warm: the same build again; "
-        "one-file: `/etc/motd` changed. Boot: launch to the serial console's `login:` prompt.\n",
+        (
+            'A Debian bookworm guest with `openssh-server` (mmdebstrap, `guest.base = "debian"`, 512 MB, no network '
+            "interface). Cold: an empty store (the kernel entry hard-linked in, as above); warm: the same build "
+            "again; one-file: `/etc/motd` changed. Boot: launch to the serial console's `login:` prompt.\n"
+        ),
         "| Step | Median | Range |",
         "|---|---|---|",
     ]

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 from xml.sax.saxutils import escape, quoteattr
 
 URI = "qemu:///system"
@@ -99,7 +100,7 @@ class Libvirt:
         self.files = Path(tempfile.mkdtemp(prefix="microvm-bench-libvirt-"))
         self.files.chmod(0o755)  # qemu runs as libvirt-qemu and must reach the copies below
 
-    def __enter__(self) -> Libvirt:
+    def __enter__(self) -> Self:
         if _virsh("version", check=False).returncode == 0:
             return self  # a running libvirtd: use it, start nothing
         try:
@@ -132,7 +133,7 @@ class Libvirt:
                     daemon.kill()
                     daemon.wait()
         if self.own_namespace:
-            subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True, check=False)
         shutil.rmtree(self.files, ignore_errors=True)
 
     def copy(self, path: Path) -> Path:

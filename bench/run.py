@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import math
 import os
 import platform
 import random
@@ -36,8 +37,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
@@ -54,12 +55,12 @@ CLI_VMS, CLI_VMS_QUICK = 100, 3  # installed VMs `microvm list` goes through
 
 os.environ.setdefault("MICROVM_ACCEL", "tcg")  # before microvm is imported
 
-import libvirt  # noqa: E402  (bench/libvirt.py)
+import libvirt
 
-from microvm.build import runstamp  # noqa: E402
-from microvm.build.store import Store  # noqa: E402
-from microvm.build.vm import BuiltVM, build_vm  # noqa: E402
-from microvm.config import load_vm  # noqa: E402
+from microvm.build import runstamp
+from microvm.build.store import Store
+from microvm.build.vm import BuiltVM, build_vm
+from microvm.config import load_vm
 
 NAN = float("nan")
 
@@ -68,20 +69,20 @@ NAN = float("nan")
 
 
 def median(xs: list[float]) -> float:
-    xs = [x for x in xs if x == x]
+    xs = [x for x in xs if not math.isnan(x)]
     return statistics.median(xs) if xs else NAN
 
 
 def fmt_s(x: float) -> str:
-    return "n/a" if x != x else f"{x:.2f} s"
+    return "n/a" if math.isnan(x) else f"{x:.2f} s"
 
 
 def fmt_ms(x: float) -> str:
-    return "n/a" if x != x else f"{x * 1000:.0f} ms"
+    return "n/a" if math.isnan(x) else f"{x * 1000:.0f} ms"
 
 
 def fmt_mib(kib: float) -> str:
-    return "n/a" if kib != kib else f"{kib / 1024:.1f} MiB"
+    return "n/a" if math.isnan(kib) else f"{kib / 1024:.1f} MiB"
 
 
 def fmt_size(n: int | None) -> str:
@@ -89,12 +90,12 @@ def fmt_size(n: int | None) -> str:
 
 
 def spread(xs: list[float], fmt: Callable[[float], str] = fmt_s) -> str:
-    xs = [x for x in xs if x == x]
+    xs = [x for x in xs if not math.isnan(x)]
     return f"{fmt(min(xs))} – {fmt(max(xs))}" if len(xs) > 1 else "–"
 
 
 def ratio(a: float, b: float) -> str:
-    return "n/a" if a != a or b != b or not b else f"{a / b:.2f}"
+    return "n/a" if math.isnan(a) or math.isnan(b) or not b else f"{a / b:.2f}"
 
 
 def ratio_interval(xs: list[float], refs: list[float], resamples: int = 2000) -> tuple[float, float]:
@@ -145,10 +146,11 @@ def fresh_store(parent: Path, source: Path | None) -> Store:
     return Store(root)
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+def timed(fn: Callable[..., object], *args: object) -> tuple[float, object]:
+    """Seconds ``fn(*args)`` took (after a pause so one measurement does not slow the next), and its result."""
     time.sleep(GAP)
     t0 = time.perf_counter()
-    result = fn()
+    result = fn(*args)
     return time.perf_counter() - t0, result
 
 
@@ -158,7 +160,7 @@ def microvm_cmd() -> list[str]:
 
 
 def run_checked(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{shlex.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -175,10 +177,14 @@ def machine() -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown")
     mem = meminfo_kib("MemTotal")
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[0]
     libvirt_version = "not installed"
     if shutil.which("libvirtd"):
-        libvirt_version = subprocess.run(["libvirtd", "--version"], capture_output=True, text=True).stdout.strip()
+        libvirt_version = subprocess.run(
+            ["libvirtd", "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     return {
         "CPUs (nproc)": str(os.cpu_count()),
         "CPU model": cpu,
@@ -245,20 +251,20 @@ def bench_builds(runs: int, work: Path, source: Path | None, variants: dict[str,
         store = fresh_store(work, source)
         env = {**os.environ, "MICROVM_STORE": str(store.root)}
         print(f"[build {i + 1}/{runs}] store {store.root}", file=sys.stderr)
-        t, built["hello"] = timed(lambda: build_vm(store, config))
+        t, built["hello"] = timed(build_vm, store, config)
         res.cold.append(t)
-        t, _ = timed(lambda: build_vm(store, config))
+        t, _ = timed(build_vm, store, config)
         res.warm.append(t)
-        t, _ = timed(lambda: run_checked([*microvm_cmd(), "build", str(EXAMPLE)], env))
+        t, _ = timed(run_checked, [*microvm_cmd(), "build", str(EXAMPLE)], env)
         res.cli_warm.append(t)
-        t, _ = timed(lambda: run_checked([*microvm_cmd(), "--help"], env))
+        t, _ = timed(run_checked, [*microvm_cmd(), "--help"], env)
         res.cli_help.append(t)
-        t, _ = timed(lambda: run_checked([*microvm_cmd(), "eval", "--host", str(host)], env))
+        t, _ = timed(run_checked, [*microvm_cmd(), "eval", "--host", str(host)], env)
         res.host_eval.append(t)
-        t, _ = timed(lambda: run_checked([*microvm_cmd(), "check", "--host", str(host)], env))
+        t, _ = timed(run_checked, [*microvm_cmd(), "check", "--host", str(host)], env)
         res.host_check.append(t)
         for name, file in variants.items():
-            t, built[name] = timed(lambda file=file: build_vm(store, load_vm(file).config))
+            t, built[name] = timed(build_vm, store, load_vm(file).config)
             if name == "squashfs":
                 res.squashfs.append(t)
         print(
@@ -374,7 +380,7 @@ def measure(start: Callable[[], Launch], guest_mb: int, memory: bool = True) -> 
     marker, rss, overhead, cpu, started = NAN, NAN, NAN, NAN, NAN
     deadline = t0 + BOOT_TIMEOUT
     while time.perf_counter() < deadline:
-        if started != started and launch.started is not None and launch.started.exists():
+        if math.isnan(started) and launch.started is not None and launch.started.exists():
             started = time.perf_counter() - t0
         if re.search(re.escape(MARKER) + r"[^\n]*\n", launch.text()):
             marker = time.perf_counter() - t0
@@ -384,7 +390,7 @@ def measure(start: Callable[[], Launch], guest_mb: int, memory: bool = True) -> 
             break
         if launch.exited():
             break
-        time.sleep(0.001 if started != started else 0.01)
+        time.sleep(0.001 if math.isnan(started) else 0.01)
     while not launch.exited():
         if time.perf_counter() > deadline:
             launch.kill()
@@ -392,7 +398,7 @@ def measure(start: Callable[[], Launch], guest_mb: int, memory: bool = True) -> 
     end = time.perf_counter() - t0
     if launch.proc is not None:
         launch.proc.wait()
-    if marker != marker:
+    if math.isnan(marker):
         raise SystemExit(f"no marker within {BOOT_TIMEOUT:.0f} s; console:\n{launch.text()[-3000:]}")
     return Boot(marker, end, rss, overhead, start_cmd, cpu, started)
 
@@ -578,7 +584,7 @@ def plots(output: Path, boot_methods: list[Method], boots: dict[str, list[Boot]]
     except ImportError:
         return []
 
-    def save(fig, what: str) -> str:  # noqa: ANN001
+    def save(fig, what: str) -> str:
         name = f"{output.with_suffix('').name}-{what}.png"
         fig.tight_layout()
         fig.savefig(output.parent / name, dpi=100)
@@ -877,13 +883,13 @@ def bench_cli(runs: int, count: int, work: Path) -> Cli:
         run_checked([*cmd, "create", f"cli{i:03d}", "-f", str(source)], env)
     res.install_s = time.perf_counter() - t0
     for _ in range(runs):
-        t, listed = timed(lambda: run_checked([*cmd, "list"], env))
+        t, listed = timed(run_checked, [*cmd, "list"], env)
         assert len(listed.stdout.splitlines()) == count, listed.stdout
         res.list_s.append(t)
-        t, _ = timed(lambda: run_checked([*cmd, "status", "cli000"], env))
+        t, _ = timed(run_checked, [*cmd, "status", "cli000"], env)
         res.status_s.append(t)
         run_checked([*cmd, "remove", "cli000"], env)
-        t, _ = timed(lambda: run_checked([*cmd, "create", "cli000", "-f", str(source)], env))
+        t, _ = timed(run_checked, [*cmd, "create", "cli000", "-f", str(source)], env)
         res.create_s.append(t)
     print(f"  cli: list {median(res.list_s):.3f}  status {median(res.status_s):.3f}", file=sys.stderr)
     return res

@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,12 +22,37 @@ from microvm.config import load_vm
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MICROVM_TEST_CACHE") or Path.home() / ".cache" / "microvm-test")
 BOOT_TIMEOUT = 180  # TCG on a loaded 2-core machine; a hung guest fails, it never passes
+UNUSED_DAYS = 3  # shared-store entries no test run used for this long are deleted
+
+
+class _TouchingStore(Store):
+    """The shared store, marking every entry a test uses (new or a cache hit) as used now."""
+
+    def add(
+        self, name: str, inputs: Any, build: Callable[[Path], None], references: tuple[Path, ...] = ()
+    ) -> tuple[Path, bool]:
+        path, built = super().add(name, inputs, build, references)
+        os.utime(path)
+        return path, built
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the shared store from growing without end: every change to the code makes new entries.
+
+    Entries used within UNUSED_DAYS stay, with what they reference. Done once by the
+    controlling process, before any xdist worker starts.
+    """
+    store = Store(CACHE / "store")
+    if hasattr(config, "workerinput") or not store.root.is_dir():
+        return
+    cutoff = time.time() - UNUSED_DAYS * 86400
+    store.gc([entry for entry in store.entries() if entry.stat().st_mtime > cutoff])
 
 
 @pytest.fixture(scope="session")
 def shared_store() -> Store:
     """The store the tests build into; kept between runs so builds are cache hits."""
-    return Store(CACHE / "store")
+    return _TouchingStore(CACHE / "store")
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +61,12 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROVM_STORE", str(CACHE / "store"))
     monkeypatch.setenv("MICROVM_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("MICROVM_ACCEL", "tcg")
+
+
+def entries_built_for(store_root: Path, host_name: str) -> set[str]:
+    """Store entries of the VM ``host_name`` (xdist workers share the store: compare these, not all entries)."""
+    kinds = ("system", "rootimage", "initrd", "microvm-qemu")
+    return {e for e in os.listdir(store_root) if e.endswith(tuple(f"-{kind}-{host_name}" for kind in kinds))}
 
 
 def write_vm(directory: Path, text: str, name: str = "vm.toml") -> Path:
@@ -61,7 +94,9 @@ def boot(
     """Build ``file`` and run its runner to completion; return the console output."""
     built = build_file(store, file, hypervisor)
     workdir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([built.run], cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    result = subprocess.run(
+        [built.run], cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
+    )
     logs = list(workdir.glob("*-console.log"))
     console = logs[0].read_text(errors="replace") if logs else result.stdout.decode(errors="replace")
     return Booted(built, workdir, result.returncode, console + result.stderr.decode(errors="replace"))
@@ -82,7 +117,7 @@ def started(store: Store, file: Path, workdir: Path) -> Iterator[tuple[BuiltVM, 
 def shut_down(built: BuiltVM, workdir: Path, vm: subprocess.Popen[bytes]) -> None:
     """``bin/microvm-shutdown``, which returns only once the hypervisor has exited (with status 0)."""
     result = subprocess.run(
-        [built.runner / "bin/microvm-shutdown"], cwd=workdir, capture_output=True, text=True, timeout=120
+        [built.runner / "bin/microvm-shutdown"], cwd=workdir, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
     assert vm.wait(timeout=5) == 0
@@ -91,7 +126,7 @@ def shut_down(built: BuiltVM, workdir: Path, vm: subprocess.Popen[bytes]) -> Non
 def microvm(*args: str, timeout: float = BOOT_TIMEOUT, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the real `microvm` command."""
     return subprocess.run(
-        [sys.executable, "-m", "microvm", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, "-m", "microvm", *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
 
 

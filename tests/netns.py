@@ -33,7 +33,7 @@ class NetNS:
         return subprocess.Popen(self.argv(cmd), **kwargs)
 
     def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout
+        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False).stdout
         return [int(pid) for pid in out.split()]
 
     def _kill_all(self) -> None:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, write_vm
+
 from microvm.build.cpio import CpioArchive
 from microvm.build.initrd import busybox_path
 from microvm.build.vm import kernel_cmdline

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from conftest import REPO, write_vm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -15,8 +16,7 @@ from microvm.cli import translate_legacy
 from microvm.cli.app import app
 from microvm.config import load_host, load_vm
 from microvm.config.options import VMConfig
-from microvm.errors import ConfigErrors, ConfigError
-from conftest import REPO, write_vm
+from microvm.errors import ConfigError, ConfigErrors
 
 MINIMAL = '[guest]\nhostName = "web"\n'
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BOOT_TIMEOUT, build_file, microvm, write_vm
 from notify import FakeSystemd
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+
 from microvm.config.reference import FILES, options_of, reference_markdown
 
 

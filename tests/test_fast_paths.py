@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import BOOT_TIMEOUT, microvm, write_vm
+
 from microvm.build import runstamp
 from microvm.cli import fast_run
 from microvm.host.accel import host_tsc_khz
@@ -39,7 +39,9 @@ def _fast_run_in_child(file: Path, state: Path) -> subprocess.CompletedProcess[s
         "print(code, 'pydantic' in sys.modules, 'typer' in sys.modules)"
     )
     argv = [sys.executable, "-c", probe, "run", str(file), "--state-dir", str(state)]
-    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=BOOT_TIMEOUT)
+    return subprocess.run(
+        argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=BOOT_TIMEOUT, check=False
+    )
 
 
 def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Path, monkeypatch) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, build_file, microvm, write_vm
+from conftest import CACHE, build_file, entries_built_for, microvm, write_vm
 
 from microvm.build.store import Store
 from microvm.cli import translate_legacy
@@ -75,9 +75,9 @@ def test_create_list_update_diff_remove(tmp_path: Path) -> None:
 
     # the source changes: list says outdated without building anything
     define(src, "web", mem=320, layout="nested")
-    entries = set(os.listdir(CACHE / "store"))
+    entries = entries_built_for(CACHE / "store", "web")
     assert list_states()["web"] == "outdated, rebuild and reboot: microvm -Ru web"
-    assert set(os.listdir(CACHE / "store")) == entries
+    assert entries_built_for(CACHE / "store", "web") == entries
 
     # booted = what runs; an update makes it stale, diff shows what the restart would change
     state.mark_booted()

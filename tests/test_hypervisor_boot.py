@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, boot
+
 from microvm.hypervisors import available
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]

@@ -34,8 +34,10 @@ ASKS: dict[Feature, tuple[str, str]] = {
         "microvm.interfaces[0].type",
     ),
     Feature.MACVTAP: (
-        '[[microvm.interfaces]]\ntype = "macvtap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
-        '[microvm.interfaces.macvtap]\nlink = "eth0"\nmode = "bridge"\n',
+        (
+            '[[microvm.interfaces]]\ntype = "macvtap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\n'
+            '[microvm.interfaces.macvtap]\nlink = "eth0"\nmode = "bridge"\n'
+        ),
         "microvm.interfaces[0].type",
     ),
     Feature.BRIDGE: (

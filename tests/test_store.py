@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import build_file, entries_built_for, write_vm
 
 from microvm.build.store import Store
 from microvm.errors import CommandError
-from conftest import build_file, write_vm
 
 VM = """
 [guest]
@@ -84,7 +84,7 @@ def _own_entries(store: Store, runner: Path, host_name: str) -> dict[Path, int]:
         if entry not in closure:
             closure.add(entry)
             todo += store.references(entry)
-    named = {p for p in store.entries() if p.name.endswith(f"-{host_name}")}
+    named = {store.root / name for name in entries_built_for(store.root, host_name)}
     return {p: p.stat().st_ino for p in closure | named}
 
 

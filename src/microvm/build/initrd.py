@@ -232,8 +232,10 @@ def init_script(vm: VMConfig, hypervisor: Hypervisor, modules: list[str]) -> str
         lines += ["# the writable layer is a tmpfs", "mount_at rw /sysroot/rw tmpfs mode=0755", "rw=/sysroot/rw"]
     lines += [
         'mkdir -p "$rw/upper" "$rw/work" /sysroot/root',
-        'mount -t overlay -o "lowerdir=/sysroot/ro,upperdir=$rw/upper,workdir=$rw/work" overlay /sysroot/root'
-        ' || fail "cannot mount the overlay root"',
+        (
+            'mount -t overlay -o "lowerdir=/sysroot/ro,upperdir=$rw/upper,workdir=$rw/work" overlay /sysroot/root'
+            ' || fail "cannot mount the overlay root"'
+        ),
     ]
     if overlay_volume is not None:
         target = shlex.quote("/sysroot/root" + overlay_volume.target)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.options import STORE_SHARE_TAG, VMConfig, host_arch
-from ..hypervisors import GuestArtifacts, Hypervisor, get
 from ..host import accel
+from ..hypervisors import GuestArtifacts, Hypervisor, get
+from .debarch import Apt
 from .image import build_root_image
 from .initrd import build_initrd, use_local_initrd
-from .debarch import Apt
 from .kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
 from .runner import build_runner
 from .store import Store

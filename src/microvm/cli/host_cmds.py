@@ -22,7 +22,6 @@ def apply(
 ) -> None:
     """Build every declared VM, install units, user, group and state directory; restart what changed."""
     from ..config import load_host
-
     from ..host import apply as host_apply
 
     host = load_host(file)

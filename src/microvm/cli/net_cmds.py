@@ -31,7 +31,6 @@ def _state_dir(host) -> Path:  # -> the host file's stateDir unless $MICROVM_STA
 def up(file: HostFileArg, dry_run: DryRunOpt = False) -> None:
     """Create the bridge, addresses, NAT and DHCP of HOSTFILE's network; remove what it no longer asks for."""
     from ..config import load_host
-
     from ..host import network
 
     loaded = load_host(file)
@@ -55,7 +54,6 @@ def up(file: HostFileArg, dry_run: DryRunOpt = False) -> None:
 def down(file: HostFileArg) -> None:
     """Remove everything `up` added (bridge, addresses, NAT table, sysctls) and stop its dnsmasq."""
     from ..config import load_host
-
     from ..host import network
 
     loaded = load_host(file)

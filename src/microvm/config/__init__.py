@@ -120,7 +120,7 @@ def load_host(file: Path) -> LoadedHost:
     config: HostConfig = validate(loaded, HostConfig)
     warnings = _report(check_host(config), loaded)
     vms: dict[str, LoadedVM] = {}
-    for name, declared in config.microvm.vms.items():
+    for name in config.microvm.vms:
         raw = loaded.data["microvm"]["vms"][name].get("config")
         if isinstance(raw, str):
             vms[name] = load_vm(loaded.origin(("microvm", "vms", name, "config")).parent / raw, name=name)

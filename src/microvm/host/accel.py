@@ -156,10 +156,10 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
         text = cpuinfo.read_text()
     except OSError:
         return 2600000
-    if m := re.search(r"^model name\s*:.*@\s*([0-9.]+)\s*GHz", text, re.M):
+    if m := re.search(r"^model name\s*:.*@\s*([0-9.]+)\s*GHz", text, re.MULTILINE):
         return round(float(m.group(1)) * 1_000_000)
-    known = re.search(r"^flags\s*:.*\btsc_known_freq\b", text, re.M)
-    if known and (m := re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)):
+    known = re.search(r"^flags\s*:.*\btsc_known_freq\b", text, re.MULTILINE)
+    if known and (m := re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.MULTILINE)):
         return round(float(m.group(1)) * 1000)
     return 2600000
 

@@ -303,9 +303,12 @@ def plan(
         if any(isinstance(c, (WriteFile, RemoveFile, Link)) for c in result.changes):
             result.add(Systemctl(("daemon-reload",)))
         for change in files:
-            if isinstance(change, RemoveFile) and change.path.name.startswith("microvm-dnsmasq-"):
-                if systemd.is_active_unit(change.path.name):
-                    result.add(Systemctl(("stop", change.path.name), "no longer declared"))
+            if (
+                isinstance(change, RemoveFile)
+                and change.path.name.startswith("microvm-dnsmasq-")
+                and systemd.is_active_unit(change.path.name)
+            ):
+                result.add(Systemctl(("stop", change.path.name), "no longer declared"))
         for name in net_units:
             if not systemd.is_active_unit(name):
                 result.add(Systemctl(("start", name), "host network"))

@@ -144,10 +144,10 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
             virtiofsd.stop(daemons)
 
 
-def _shutdown(backend, control: Path, timeout: float) -> None:  # noqa: ANN001
+def _shutdown(backend, control: Path, timeout: float) -> None:
     try:
         backend.shutdown(control, timeout)
-    except Exception as exc:  # reported, the VM is then stopped by the second Ctrl-C
+    except Exception as exc:  # noqa: BLE001 - whatever failed is reported; a second Ctrl-C stops the VM
         print(f"\r\nmicrovm: graceful shutdown failed: {exc}", file=sys.stderr)
 
 

@@ -339,12 +339,12 @@ MiB = 1024 * 1024
 
 
 async def _connect(socket: Path):  # -> qemu.qmp.QMPClient
-    from qemu.qmp import QMPClient
+    from qemu.qmp import QMPClient, QMPError
 
     client = QMPClient("microvm")
     try:
         await client.connect(str(socket))
-    except Exception as exc:
+    except (OSError, QMPError) as exc:
         raise MicrovmError(f"cannot connect to the QMP socket {socket}: {exc}", hint="is the VM running?") from None
     return client
 

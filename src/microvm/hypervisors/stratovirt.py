@@ -83,8 +83,10 @@ class Backend(Hypervisor):
         for disk in disks(vm, guest):
             argv += [
                 "-drive",
-                f"id={disk.name},file={plain(disk.path, 'disk image', self.name)},if=none,format=raw,"
-                f"readonly={on_off(disk.read_only)},direct={on_off(disk.direct)}",
+                (
+                    f"id={disk.name},file={plain(disk.path, 'disk image', self.name)},if=none,format=raw,"
+                    f"readonly={on_off(disk.read_only)},direct={on_off(disk.direct)}"
+                ),
                 "-device",
                 f"virtio-blk-device,drive={disk.name},id=blk_{disk.name}"
                 + (f",serial={plain(disk.serial, 'volume serial', self.name)}" if disk.serial else ""),
