@@ -15,7 +15,7 @@ from conftest import CACHE, build_file, entries_built_for, microvm, write_vm
 
 from microvm.build.store import Store
 from microvm.cli import translate_legacy
-from microvm.host import lifecycle, units
+from microvm.host import lifecycle, statedir, units
 from microvm.host.statedir import VMState, gc_roots, locked
 
 VM = """
@@ -278,6 +278,18 @@ def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path, notify: bool) 
         assert (unit, result.returncode, result.stderr) == (unit, 0, "")
     service = (unit_dir / "microvm@.service").read_text()
     assert ("Type=notify\nNotifyAccess=all\n" in service) == notify
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the record is for root's commands")
+def test_commands_find_the_state_dir_host_apply_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = tmp_path / "default-microvm"
+    monkeypatch.setattr(statedir, "HOST_DEFAULTS", record)
+    monkeypatch.delenv("MICROVM_STATE_DIR")
+    assert statedir.default_state_dir() == statedir.SYSTEM_STATE_DIR  # nothing recorded
+    record.write_text(statedir.host_defaults(Path("/srv/vms"), Path("/etc/host.toml")))
+    assert statedir.default_state_dir() == Path("/srv/vms")
+    monkeypatch.setenv("MICROVM_STATE_DIR", str(tmp_path / "mine"))
+    assert statedir.default_state_dir() == tmp_path / "mine"  # the environment wins
 
 
 def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,7 @@ PACKAGES = [
 # machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
 ROOTFS_HOOK = 'chmod 0711 "$1/root" && echo "z /dev/net/tun 0666 - - -" > "$1/etc/tmpfiles.d/microvm-test-tun.conf"'
 ROOTFS = CACHE / f"nspawn-bookworm-{hashlib.sha256(repr((PACKAGES, ROOTFS_HOOK)).encode()).hexdigest()[:12]}.tar.zst"
-STATE = Path("/var/lib/microvms")  # the default stateDir, inside the container
+STATE = Path("/srv/microvms")  # the host file moves stateDir: the commands find it in /etc/default/microvm
 
 
 def rootfs_tarball() -> Path:
@@ -100,7 +100,7 @@ class Host:
         return self.systemctl("is-active", f"microvm@{name}.service", check=False) == "active"
 
     def console(self, name: str) -> str:
-        log = self.rootfs / str(STATE).lstrip("/") / name / f"{name}-console.log"
+        log = self.rootfs / STATE.relative_to("/") / name / f"{name}-console.log"
         return log.read_text(errors="replace") if log.exists() else ""
 
     def main_pid(self, name: str) -> int:
@@ -149,6 +149,8 @@ def setup(shared_store, tmp_path: Path):
     host_file = write_vm(
         work,
         f"""
+        [microvm]
+        stateDir = "{STATE}"
         [microvm.vms.alpha]
         config = "alpha.toml"
         [microvm.vms.beta]
@@ -180,6 +182,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.box.wait_running()
         applied = host.microvm("host", "apply", str(host_file)).stdout
         assert "create system user microvm" in applied and "install VM alpha" in applied
+        assert f"MICROVM_STATE_DIR={STATE}\n" in (rootfs / "etc/default/microvm").read_text()
         assert f"create VM beta from {work / 'src'}" in applied
         for name in ("alpha", "beta"):
             host.wait_booted(name, 1)
@@ -211,7 +214,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.systemctl("stop", "microvm@alpha.service")
         log = host.console("alpha")
         assert "microvm: alpha is shutting down" in log and "microvm: alpha stopped cleanly" in log
-        assert not (rootfs / "var/lib/microvms/alpha/booted").is_symlink()
+        assert not (rootfs / STATE.relative_to("/") / "alpha/booted").is_symlink()
         assert host.states()["alpha"] == "not booted"
         # Type=notify: start returns once alpha's guest said READY=1, after its oneshot services, so
         # its DHCP address is on this boot's console already
@@ -267,7 +270,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert refused.returncode == 1 and "is running" in refused.stderr
         host.microvm("stop", "beta")
         host.microvm("remove", "beta")
-        assert not (rootfs / "var/lib/microvms/beta").exists()
+        assert not (rootfs / STATE.relative_to("/") / "beta").exists()
         assert set(host.states()) == {"alpha"}
         assert re.search(r"inactive|failed", host.systemctl("is-active", "microvm@beta.service", check=False))
 
@@ -284,4 +287,6 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.systemctl("start", "microvm@beta.service")
         host.wait_booted("beta", 2)
         assert host.states()["beta"] == "current"
-        assert (rootfs / "var/lib/microvms/beta").stat().st_uid == (rootfs / "var/lib/microvms").stat().st_uid
+        assert (rootfs / STATE.relative_to("/") / "beta").stat().st_uid == (
+            rootfs / STATE.relative_to("/")
+        ).stat().st_uid

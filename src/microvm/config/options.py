@@ -891,7 +891,10 @@ class DeclaredVM(Options):
 
 
 class HostMicroVMOptions(Options):
-    stateDir: AbsolutePath = Field("/var/lib/microvms", description="Directory holding one directory per VM.")
+    stateDir: AbsolutePath = Field(
+        "/var/lib/microvms",
+        description="Directory holding one directory per VM; `host apply` records it in `/etc/default/microvm`, where the `microvm` command finds it.",
+    )
     autostart: list[Name] = Field([], description="VMs started at boot (microvms.target).")
     host: HostOptions = Field(default_factory=HostOptions, description="Host module settings.")
     vms: dict[Name, DeclaredVM] = Field({}, description="VMs declared with the host.")

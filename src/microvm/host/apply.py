@@ -21,7 +21,7 @@ from .. import proc
 from ..build.store import Store
 from ..config import LoadedHost, LoadedVM
 from ..config.options import HostConfig
-from . import lifecycle, network, systemd, units
+from . import lifecycle, network, statedir, systemd, units
 from .statedir import VMState, owner_ids, switch_link, write_atomic
 
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
@@ -298,9 +298,10 @@ def plan(
     wanted |= net_units
     files = _unit_changes(unit_dir, wanted, enable=[units.TARGET, *net_units])
     net = _network_changes(host.config, state_dir)
-    result = Plan([*_system_changes(state_dir), *vms.changes, *files, *net])
+    record = _record_changes(state_dir, host.loaded.file) if unit_dir == DEFAULT_UNIT_DIR else []
+    result = Plan([*_system_changes(state_dir), *record, *vms.changes, *files, *net])
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
-        if any(isinstance(c, (WriteFile, RemoveFile, Link)) for c in result.changes):
+        if files:
             result.add(Systemctl(("daemon-reload",)))
         for change in files:
             if (
@@ -320,6 +321,13 @@ def plan(
             if systemd.is_active(name):
                 result.add(Systemctl(("restart", systemd.unit(name)), "restartIfChanged"))
     return result
+
+
+def _record_changes(state_dir: Path, host_file: Path) -> list[Change]:
+    """Record stateDir for the commands run later (only beside the real units: a staged root has its own /etc)."""
+    text = statedir.host_defaults(state_dir, host_file)
+    path = statedir.HOST_DEFAULTS
+    return [] if path.exists() and path.read_text() == text else [WriteFile(path, text)]
 
 
 def _generated_units(unit_dir: Path) -> list[Path]:

@@ -38,14 +38,43 @@ def runner_config(runner: Path) -> dict[str, Any]:
     return json.loads((runner / RUNNER_CONFIG).read_text())
 
 
+HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
+SYSTEM_STATE_DIR = Path("/var/lib/microvms")
+
+
 def default_state_dir() -> Path:
-    """``$MICROVM_STATE_DIR``, else /var/lib/microvms for root, else ~/.local/state/microvms."""
+    """``$MICROVM_STATE_DIR``; for root the stateDir `host apply` recorded, else /var/lib/microvms;
+    for other users ~/.local/state/microvms.
+
+    The record lets a host file move ``stateDir`` without every later command needing to be told.
+    """
     if env := os.environ.get("MICROVM_STATE_DIR"):
         return Path(env)
     if os.geteuid() == 0:
-        return Path("/var/lib/microvms")
+        return recorded_state_dir() or SYSTEM_STATE_DIR
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "microvms"
+
+
+def host_defaults(state_dir: Path, host_file: Path) -> str:
+    """The text of HOST_DEFAULTS (a systemd EnvironmentFile, also readable by sh) for ``state_dir``."""
+    return (
+        f"# Written by `microvm host apply {host_file}`: where the microvm command finds the VMs.\n"
+        f"MICROVM_STATE_DIR={state_dir}\n"
+    )
+
+
+def recorded_state_dir() -> Path | None:
+    """MICROVM_STATE_DIR from HOST_DEFAULTS, if the file sets it."""
+    try:
+        lines = HOST_DEFAULTS.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        if key == "MICROVM_STATE_DIR" and value:
+            return Path(value)
+    return None
 
 
 def vm_dir(name: str, state_dir: Path | None = None) -> Path:
