@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -402,6 +403,74 @@ def test_run_an_installed_vm_in_the_foreground(tmp_path: Path) -> None:
     assert "microvm: fg stopped cleanly" in stdout
     assert booted_while_running == state.current
     assert state.booted is None
+
+
+TICKING = """
+[guest]
+hostName = "{name}"
+shell = false
+commands = ['i=0; while true; do i=$((i+1)); echo "tick $i $(cat /proc/sys/kernel/random/boot_id)"; sleep 0.2; done']
+[microvm]
+mem = 256
+"""
+
+
+def _ticks(log: Path) -> list[tuple[int, str]]:
+    """The guest's numbered ticks with its boot id, from the console log (what this boot of qemu wrote)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [(int(n), boot) for n, boot in re.findall(r"^tick (\d+) (\S+)\r?$", text, re.MULTILINE)]
+
+
+def _run_until_ticks(name: str, out: Path, count: int) -> tuple[subprocess.Popen, list[tuple[int, str]]]:
+    """`microvm run NAME` in the background until the guest has ticked ``count`` times in this run."""
+    log = vm_state(name).console_files()[1]
+    log.unlink(missing_ok=True)  # the last run's (qemu starts it afresh)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "microvm", "run", name],
+        stdin=subprocess.DEVNULL,
+        stdout=out.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while len(ticks := _ticks(log)) < count:
+        assert run.poll() is None and time.monotonic() < deadline, out.read_text()
+        time.sleep(0.1)
+    return run, ticks
+
+
+@pytest.mark.boot
+@pytest.mark.xdist_group("boot")
+def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None:
+    write_vm(tmp_path / "src", TICKING.format(name="susp"), "susp.toml")
+    ok("create", "susp", "-f", str(tmp_path / "src"))
+    state = vm_state("susp")
+    saved, saver = state.saved_state
+    assert "is not running" in failing("suspend", "susp")
+
+    first, _ = _run_until_ticks("susp", tmp_path / "run1.out", 3)
+    assert "suspended to" in ok("suspend", "susp")
+    assert first.wait(timeout=60) == 0
+    last, boot = _ticks(state.console_files()[1])[-1]
+    assert saved.stat().st_size > 1 << 20 and saver.read_text() == f"{state.current}\n"
+    assert list_states()["susp"] == "suspended, resume with: microvm start susp"
+
+    # the same guest goes on counting: same boot, no reboot; the state is gone once loaded
+    second, ticks = _run_until_ticks("susp", tmp_path / "run2.out", 2)
+    assert last < ticks[0][0] <= last + 2 and {b for _, b in ticks} == {boot}, (last, ticks)
+    assert not saved.exists() and not saver.exists()
+    assert list_states()["susp"] == "current"
+
+    # a state saved by another build is kept aside, and the VM boots afresh
+    assert "suspended to" in ok("suspend", "susp")
+    assert second.wait(timeout=60) == 0
+    assert "resuming susp" in (tmp_path / "run2.out").read_text()
+    saver.write_text("/elsewhere/another-runner\n")
+    third, ticks = _run_until_ticks("susp", tmp_path / "run3.out", 1)
+    assert ticks[0][0] == 1 and ticks[0][1] != boot
+    assert saved.with_name(saved.name + ".old").exists() and not saved.exists()
+    shutdown = subprocess.run([state.path / "current/bin/microvm-shutdown"], cwd=state.path, check=False, timeout=120)
+    assert shutdown.returncode == 0 and third.wait(timeout=30) == 0
+    assert "saved by another build; booting afresh" in (tmp_path / "run3.out").read_text()
 
 
 def test_list_and_status_show_the_guests_addresses(tmp_path: Path, ns) -> None:

@@ -103,6 +103,17 @@ class Host:
         log = self.rootfs / STATE.relative_to("/") / name / f"{name}-console.log"
         return log.read_text(errors="replace") if log.exists() else ""
 
+    def console_answer(self, name: str, command: str, answer: str) -> str:
+        """Type ``command`` into the VM's console shell, wait for ``answer``, detach (Ctrl-]); what the attach showed."""
+        attached = self.box.popen("microvm", "console", name, env=self.env)
+        attached.stdin.write(command + "\n")
+        attached.stdin.flush()
+        wait_for(f"{answer!r} on {name}'s console", lambda: answer in self.console(name))
+        attached.stdin.write("\x1d")
+        attached.stdin.flush()
+        assert attached.wait(timeout=30) == 0, attached.stderr.read()
+        return attached.stdout.read()
+
     def main_pid(self, name: str) -> int:
         return int(self.systemctl("show", "-P", "MainPID", f"microvm@{name}.service"))
 
@@ -224,16 +235,18 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.wait_booted("alpha", 1)
 
         # the console of a VM systemd runs: type into its shell, read the answer, detach with Ctrl-]
-        attached = host.box.popen("microvm", "console", "beta", env=host.env)
-        attached.stdin.write("echo console-$((6 * 7))\n")
-        attached.stdin.flush()
-        wait_for("the console's answer", lambda: "console-42" in host.console("beta"))
-        attached.stdin.write("\x1d")
-        attached.stdin.flush()
-        assert attached.wait(timeout=30) == 0, attached.stderr.read()
-        assert "console-42" in attached.stdout.read()
+        assert "console-42" in host.console_answer("beta", "echo console-$((6 * 7))", "console-42")
         assert "marker: beta gen 1" in host.microvm("logs", "beta").stdout
         assert "beta: running, current" in host.microvm("status", "beta").stdout
+
+        # suspend to disk: the unit stops at once; start resumes the same boot (no new marker)
+        boot = re.findall(r"marker: beta gen 1 boot (\S+)", host.console("beta"))[-1]
+        assert "suspended to" in host.microvm("suspend", "beta").stdout
+        assert not host.active("beta") and host.states()["beta"] == "suspended"
+        host.microvm("start", "beta")
+        assert host.active("beta") and host.states()["beta"] == "current"
+        host.console_answer("beta", "echo resumed-$(cat /proc/sys/kernel/random/boot_id)", f"resumed-{boot}")
+        assert "marker:" not in host.console("beta")
 
         # Restart=always: a killed hypervisor comes back
         before = host.main_pid("beta")

@@ -68,7 +68,14 @@ ASKS: dict[Feature, tuple[str, str]] = {
 }
 # Features no option asks for directly (the host asks), or asked for with a companion option.
 # Multi-queue taps are used where the hypervisor has them, single-queue elsewhere.
-NOT_ASKED = {Feature.NOTIFY_READINESS, Feature.CONTROL_SOCKET, Feature.FORWARD_PORTS, Feature.MULTI_QUEUE_TAP}
+# Suspending is a command (`microvm suspend` refuses it), not an option.
+NOT_ASKED = {
+    Feature.NOTIFY_READINESS,
+    Feature.CONTROL_SOCKET,
+    Feature.FORWARD_PORTS,
+    Feature.MULTI_QUEUE_TAP,
+    Feature.SUSPEND,
+}
 
 
 def write_vm(tmp_path: Path, hypervisor: str, body: str) -> Path:

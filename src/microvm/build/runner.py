@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config.options import VMConfig, Volume
-from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec, saved_state_files
 from .debian import guest_packages
 from .store import Store
 
@@ -81,22 +81,60 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
-    lines += _readiness(spec)
+    resumable = bool(mv.socket) and hypervisor.supports(Feature.SUSPEND)
+    if resumable:
+        lines += _resume(vm, hypervisor, runner_dir)
+    lines += _readiness(spec, skip_if_resuming=resumable)
     for fd, target in spec.fds:
         # targets are our own generated words (a tap device by ifindex), quoted but expanded
         lines.append(f'exec {fd}<>"{target}"')
-    argv = [a.replace(RunnerSpec.RUNNER, str(runner_dir)) for a in spec.argv]
+    argv = [shlex.quote(a.replace(RunnerSpec.RUNNER, str(runner_dir))) for a in spec.argv]
+    if resumable:
+        argv.append('"${resume[@]}"')
     exec_prefix = f"exec -a {shlex.quote('microvm@' + vm.guest.hostName)} " if mv.prettyProcnames else "exec "
-    body = " \\\n  ".join(shlex.quote(a) for a in argv)
-    lines += ["", exec_prefix + body]
+    lines += ["", exec_prefix + " \\\n  ".join(argv)]
     return "\n".join(lines) + "\n"
 
 
-def _readiness(spec: RunnerSpec) -> list[str]:
+RESUME_FD = 8  # the saved state, opened by the runner for the hypervisor to read
+
+
+def _resume(vm: VMConfig, hypervisor: Hypervisor, runner_dir: Path) -> list[str]:
+    """Resume from the state `microvm suspend` saved, if this build saved it.
+
+    A helper waits for the hypervisor to load the state, deletes the files before the VM runs
+    again (a second resume of one state would not match the disks any more), then lets it run.
+    A state saved by another build is moved aside, and the VM boots afresh.
+    """
+    files = saved_state_files(vm.guest.hostName)
+    state, saver = (shlex.quote(f) for f in files)
+    helper = [sys.executable, "-m", "microvm.control", "resume", "--hypervisor", hypervisor.name]
+    helper += ["--socket", str(vm.microvm.socket), "--state", files[0], "--saved-by", files[1]]
+    return [
+        "",
+        "# resume from `microvm suspend`",
+        "resume=()",
+        f"if [ -e {state} ]; then",
+        f'  if [ "$(cat {saver} 2>/dev/null)" = {shlex.quote(str(runner_dir))} ]; then',
+        f"    echo {shlex.quote(f'microvm: resuming {vm.guest.hostName} from {state}')} >&2",
+        f"    exec {RESUME_FD}<{state}",
+        "    resume=(" + shlex.join(hypervisor.resume_args(RESUME_FD)) + ")",
+        f'    {shlex.join(helper)} --pid "$$" &',
+        "  else",
+        f"    echo {shlex.quote(f'microvm: {state} was saved by another build; booting afresh (kept as {state}.old)')} >&2",
+        f"    mv -f {state} {state}.old",
+        f"    rm -f {saver}",
+        "  fi",
+        "fi",
+    ]
+
+
+def _readiness(spec: RunnerSpec, skip_if_resuming: bool) -> list[str]:
     """Under systemd's Type=notify (host.useNotifySockets), say when the VM is ready.
 
     With a readiness port that is when the guest says so (forwarded in the
     background while the hypervisor runs); without one, as the hypervisor starts.
+    A resumed VM is ready once it runs again: the resume helper says so.
     """
     helper = [sys.executable, "-m", "microvm.host.ready"]
     if spec.ready_socket:
@@ -106,7 +144,7 @@ def _readiness(spec: RunnerSpec) -> list[str]:
     return [
         "",
         "# readiness for systemd (Type=notify with host.useNotifySockets)",
-        'if [ -n "${NOTIFY_SOCKET:-}" ]; then',
+        'if [ -n "${NOTIFY_SOCKET:-}" ]' + (" && [ ${#resume[@]} -eq 0 ]" if skip_if_resuming else "") + "; then",
         f"  {action}",
         "fi",
     ]

@@ -60,7 +60,7 @@ def update(
             out.print(f"{name}: restart to boot it: microvm restart {name}")
 
 
-STATE_COLOURS = {"current": "green", "stale": "yellow", "outdated": "red", "not booted": "red"}
+STATE_COLOURS = {"current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red"}
 
 
 @app.command(name="list")
@@ -95,6 +95,15 @@ def stop(name: NameArg) -> None:
 def restart(name: NameArg) -> None:
     """Restart the VM through systemd (it then boots the current build)."""
     systemd.control("restart", name)
+
+
+@app.command()
+def suspend(name: NameArg) -> None:
+    """Save the running VM's state to disk and stop it; `start` resumes it where it was (qemu)."""
+    with err.status(f"saving {name}", spinner="dots"):
+        saved = lifecycle.suspend(name)
+    size = saved.stat().st_size / (1 << 20)
+    out.print(f"{name}: suspended to {saved} ({size:.0f} MiB); resume with: microvm start {name}", markup=False)
 
 
 @app.command()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..build.store import Store
 from ..errors import MicrovmError
 from . import sources, systemd
-from .statedir import RUNNER_PACKAGES, VMState, installed, locked, owner_ids, runner_config
+from .statedir import RUNNER_PACKAGES, VMState, installed, locked, owner_ids, runner_config, write_atomic
 
 if TYPE_CHECKING:
     from ..config import LoadedVM
@@ -154,7 +154,7 @@ class Status:
     name: str
     running: bool
     booted: bool
-    state: str  # current | outdated | stale | not booted
+    state: str  # current | outdated | stale | suspended | not booted
     advice: str | None = None  # what to do ...
     command: str | None = None  # ... with which command
     source: str | None = None
@@ -175,6 +175,8 @@ def status(state: VMState) -> Status:
         verdict = ("outdated", "apply the host", f"microvm host apply {state.declared_by}")
     elif outdated:
         verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
+    elif not booted and state.saved_state[0].exists():
+        verdict = ("suspended", "resume with", f"microvm start {state.name}")
     elif not booted:
         verdict = ("not booted", "start with", f"microvm start {state.name}")
     elif state.booted != state.current:
@@ -266,6 +268,44 @@ def diff_runners(old: Path, new: Path) -> list[str]:
 
 def _show(value: Any) -> str:
     return "(unset)" if value is None else json.dumps(value)
+
+
+def suspend(name: str, state_dir: Path | None = None) -> Path:
+    """Save a running VM's whole state to disk and stop it; its next start resumes it where it was
+    (libvirt's managed save). The disks stay as they were: nothing runs between the two.
+
+    Returns the saved state. On failure the VM runs on and nothing is saved.
+    """
+    from ..hypervisors import get
+    from ..hypervisors.base import Feature
+
+    with locked(name, state_dir) as state:
+        booted = state.booted
+        if booted is None or not (systemd.is_active(name) or state.running_here()):
+            raise MicrovmError(f"VM {name!r} is not running", hint=f"microvm start {name}")
+        mv = runner_config(booted)["microvm"]
+        backend = get(mv["hypervisor"])
+        if not backend.supports(Feature.SUSPEND):
+            raise MicrovmError(
+                f"VM {name!r}: {backend.name} cannot suspend a VM to disk", hint=backend.suggestion(Feature.SUSPEND)
+            )
+        if not mv.get("socket"):
+            raise MicrovmError(f"VM {name!r} has no control socket to suspend it through", hint="set microvm.socket")
+        saved, saver = state.saved_state
+        write_atomic(saver, f"{booted}\n")
+        try:
+            backend.suspend(state.path / mv["socket"], saved)
+        except BaseException:
+            saver.unlink(missing_ok=True)
+            raise
+        owner = state.path.stat()
+        for path in (saved, saver):  # the runner reads them as the state directory's owner
+            os.chown(path, owner.st_uid, owner.st_gid)
+        if systemd.is_active(name):
+            systemd.control("stop", name)  # microvm-shutdown ends a saved VM at once
+        else:
+            backend.shutdown(state.path / mv["socket"], timeout=10)
+    return saved
 
 
 def run_installed(name: str, state_dir: Path | None = None) -> int:

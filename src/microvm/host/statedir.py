@@ -172,6 +172,14 @@ class VMState:
             raise MicrovmError(f"VM {self.name!r} is not installed in {self.path.parent}")
         return runner_config(runner)
 
+    @property
+    def saved_state(self) -> tuple[Path, Path]:
+        """`microvm suspend`'s saved state, and its record of the runner that saved it."""
+        from ..hypervisors.base import saved_state_files
+
+        state, saver = saved_state_files(self.name)
+        return self.path / state, self.path / saver
+
     def console_files(self) -> tuple[Path, Path]:
         return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -50,10 +51,17 @@ class Feature(enum.Enum):
     READ_ONLY_VOLUMES = "read-only volumes"
     VOLUME_SERIAL = "volume serial numbers"
     DIRECT_IO = "direct I/O volumes"
+    SUSPEND = "suspend to disk, resume on start (microvm suspend)"
 
 
 # The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
 READINESS_PORT = "org.microvm.ready"
+
+
+def saved_state_files(name: str) -> tuple[str, str]:
+    """`microvm suspend`'s files in VM ``name``'s state directory: the saved state, and the
+    runner that saved it (only that runner resumes it: another build has other devices and disks)."""
+    return f"{name}.vmstate", f"{name}.vmstate.runner"
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,24 @@ class Hypervisor(ABC):
     def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
         """Inflate the balloon to ``size_mb`` of the guest's ``mem_mb``; return the balloon size reached."""
         raise MicrovmError(f"{self.name} has no balloon control")
+
+    # --- suspend to disk (Feature.SUSPEND) ------------------------------------------
+
+    def suspend(self, socket: Path, state: Path) -> None:
+        """Pause the VM and save its whole state (devices and RAM) to ``state``; it stays paused.
+
+        On failure the VM runs on and ``state`` does not exist.
+        """
+        raise MicrovmError(f"{self.name} cannot suspend a VM to disk")
+
+    def resume_args(self, fd: int) -> list[str]:
+        """Hypervisor arguments that load the saved state from the open file descriptor ``fd``."""
+        raise MicrovmError(f"{self.name} cannot resume a VM from disk")
+
+    def finish_resume(self, socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
+        """Wait until the hypervisor has loaded the saved state, call ``loaded()``, then let the VM
+        run; False if it did not load (it failed, or the hypervisor exited: ``alive()`` turned false)."""
+        raise MicrovmError(f"{self.name} cannot resume a VM from disk")
 
     def suggestion(self, feature: Feature) -> str | None:
         """What to use instead of a feature this hypervisor lacks."""

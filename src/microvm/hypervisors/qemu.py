@@ -10,7 +10,10 @@ Control is QMP on ``microvm.socket`` through the ``qemu.qmp`` package.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -324,7 +327,7 @@ class Backend(Hypervisor):
     # --- control -------------------------------------------------------------------
 
     def request_shutdown(self, socket: Path) -> None:
-        asyncio.run(_qmp(socket, "system_powerdown"))
+        asyncio.run(_request_shutdown(socket))
 
     def stop_hard(self, socket: Path, pid: int) -> None:
         asyncio.run(_qmp(socket, "quit"))
@@ -334,8 +337,18 @@ class Backend(Hypervisor):
         actual = asyncio.run(_balloon(socket, (mem_mb - size_mb) * MiB))
         return mem_mb - actual // MiB
 
+    def suspend(self, socket: Path, state: Path) -> None:
+        asyncio.run(_suspend(socket, state))
+
+    def resume_args(self, fd: int) -> list[str]:
+        return ["-incoming", f"fd:{fd}"]
+
+    def finish_resume(self, socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
+        return asyncio.run(_finish_resume(socket, alive, loaded))
+
 
 MiB = 1024 * 1024
+SUSPEND_FD = "microvm-suspend"  # the name qemu knows the passed state file by (QMP getfd)
 
 
 async def _connect(socket: Path):  # -> qemu.qmp.QMPClient
@@ -354,7 +367,90 @@ async def _qmp(socket: Path, command: str) -> None:
     try:
         await client.execute(command)
     finally:
+        with contextlib.suppress(EOFError):  # after `quit`, qemu closes the socket first
+            await client.disconnect()
+
+
+async def _request_shutdown(socket: Path) -> None:
+    """The power button; a paused guest is continued first so it can react. A saved VM
+    (`microvm suspend`) must not run on: its state is on disk, so qemu just ends."""
+    client = await _connect(socket)
+    try:
+        status = (await client.execute("query-status"))["status"]
+        if status == "postmigrate":
+            await client.execute("quit")
+            return
+        if status == "paused":
+            await client.execute("cont")
+        await client.execute("system_powerdown")
+    finally:
+        with contextlib.suppress(EOFError):
+            await client.disconnect()
+
+
+async def _suspend(socket: Path, state: Path) -> None:
+    """Stop the vCPUs, then migrate to the file (through a descriptor we pass: qemu, which may run
+    as another user, never opens it). The migration stream keeps the paused run state, so
+    the resumed VM waits for `cont` (see _finish_resume)."""
+    from qemu.qmp import ExecuteError
+
+    client = await _connect(socket)
+    partial = state.with_name(f".{state.name}.partial")
+    try:
+        if (await client.execute("query-status"))["status"] != "running":
+            raise MicrovmError(f"the VM on {socket} is not running (paused or already saved)")
+        await client.execute("stop")
+        try:
+            # qemu's default cap (128 MiB/s) is for live migration over a network, not for a file
+            await client.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                client.send_fd_scm(fd)
+                await client.execute("getfd", {"fdname": SUSPEND_FD})
+                await client.execute("migrate", {"uri": f"fd:{SUSPEND_FD}"})
+                while (info := await client.execute("query-migrate"))["status"] not in (
+                    "completed",
+                    "failed",
+                    "cancelled",
+                ):
+                    await asyncio.sleep(0.05)
+                if info["status"] != "completed":
+                    raise MicrovmError(f"qemu could not save the VM: {info.get('error-desc', 'migration failed')}")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(partial, state)
+        except (MicrovmError, ExecuteError) as exc:
+            partial.unlink(missing_ok=True)
+            await client.execute("cont")  # as it was: running
+            if isinstance(exc, ExecuteError):
+                raise MicrovmError(f"qemu could not save the VM: {exc.error.desc}") from None
+            raise
+    finally:
         await client.disconnect()
+
+
+async def _finish_resume(socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
+    """Wait for the incoming migration to complete, then continue the paused VM."""
+    while alive():
+        try:
+            client = await _connect(socket)
+        except MicrovmError:  # not serving its socket yet
+            await asyncio.sleep(0.02)
+            continue
+        try:
+            while alive():
+                status = (await client.execute("query-migrate")).get("status")
+                if status == "completed":
+                    loaded()
+                    await client.execute("cont")
+                    return True
+                if status == "failed":
+                    return False
+                await asyncio.sleep(0.02)
+        finally:
+            await client.disconnect()
+    return False
 
 
 async def _balloon(socket: Path, target: int) -> int:
