@@ -473,6 +473,27 @@ def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None
     assert "saved by another build; booting afresh" in (tmp_path / "run3.out").read_text()
 
 
+@pytest.mark.boot
+@pytest.mark.xdist_group("boot")
+def test_a_vm_qemu_cannot_save_runs_on(tmp_path: Path) -> None:
+    share = '[[microvm.shares]]\ntag = "data"\nsource = "data"\nmountPoint = "/data"\nproto = "9p"\n'
+    write_vm(tmp_path / "src", TICKING.format(name="nosave") + share, "nosave.toml")
+    ok("create", "nosave", "-f", str(tmp_path / "src"))
+    state = vm_state("nosave")
+    run, _ = _run_until_ticks("nosave", tmp_path / "run.out", 1)
+    message = failing("suspend", "nosave")
+    assert "qemu could not save the VM: Migration is disabled when VirtFS export path" in message, message
+    assert not state.saved_state[0].exists() and not state.saved_state[1].exists()
+    assert not list(state.path.glob(".*.partial"))
+    count = len(_ticks(state.console_files()[1]))
+    deadline = time.monotonic() + 60
+    while len(_ticks(state.console_files()[1])) == count:  # still running, not paused
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    shutdown = subprocess.run([state.path / "current/bin/microvm-shutdown"], cwd=state.path, check=False, timeout=120)
+    assert shutdown.returncode == 0 and run.wait(timeout=30) == 0
+
+
 def test_list_and_status_show_the_guests_addresses(tmp_path: Path, ns) -> None:
     """Static addresses always; the base interface's fixed DHCP and SLAAC addresses once the host bridge is up."""
     src = tmp_path / "src"

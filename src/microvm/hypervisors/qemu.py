@@ -424,7 +424,7 @@ async def _suspend(socket: Path, state: Path) -> None:
             partial.unlink(missing_ok=True)
             await client.execute("cont")  # as it was: running
             if isinstance(exc, ExecuteError):
-                raise MicrovmError(f"qemu could not save the VM: {exc.error.desc}") from None
+                raise MicrovmError(f"qemu could not save the VM: {exc}") from None
             raise
     finally:
         await client.disconnect()
