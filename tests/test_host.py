@@ -465,6 +465,7 @@ def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None
     assert second.wait(timeout=60) == 0
     assert "resuming susp" in (tmp_path / "run2.out").read_text()
     saver.write_text("/elsewhere/another-runner\n")
+    assert list_states()["susp"] == "not booted, start with: microvm start susp"  # what the start will do
     third, ticks = _run_until_ticks("susp", tmp_path / "run3.out", 1)
     assert ticks[0][0] == 1 and ticks[0][1] != boot
     assert saved.with_name(saved.name + ".old").exists() and not saved.exists()

@@ -116,7 +116,7 @@ def _resume(vm: VMConfig, hypervisor: Hypervisor, runner_dir: Path) -> list[str]
         "resume=()",
         f"if [ -e {state} ]; then",
         f'  if [ "$(cat {saver} 2>/dev/null)" = {shlex.quote(str(runner_dir))} ]; then',
-        f"    echo {shlex.quote(f'microvm: resuming {vm.guest.hostName} from {state}')} >&2",
+        f"    echo {shlex.quote(f'microvm: resuming {vm.guest.hostName} from {state} (delete it to boot afresh)')} >&2",
         f"    exec {RESUME_FD}<{state}",
         "    resume=(" + shlex.join(hypervisor.resume_args(RESUME_FD)) + ")",
         f'    {shlex.join(helper)} --pid "$$" &',

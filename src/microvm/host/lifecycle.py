@@ -175,7 +175,7 @@ def status(state: VMState) -> Status:
         verdict = ("outdated", "apply the host", f"microvm host apply {state.declared_by}")
     elif outdated:
         verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
-    elif not booted and state.saved_state[0].exists():
+    elif not booted and state.resumable:
         verdict = ("suspended", "resume with", f"microvm start {state.name}")
     elif not booted:
         verdict = ("not booted", "start with", f"microvm start {state.name}")

@@ -180,6 +180,15 @@ class VMState:
         state, saver = saved_state_files(self.name)
         return self.path / state, self.path / saver
 
+    @property
+    def resumable(self) -> bool:
+        """A saved state that the current build resumes on its next start (another build boots afresh)."""
+        saved, saver = self.saved_state
+        try:
+            return saved.exists() and saver.read_text().strip() == str(self.current)
+        except FileNotFoundError:
+            return False
+
     def console_files(self) -> tuple[Path, Path]:
         return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
 
