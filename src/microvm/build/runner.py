@@ -85,6 +85,11 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if resumable:
         lines += _resume(vm, hypervisor, runner_dir)
     lines += _readiness(spec, skip_if_resuming=resumable)
+    if console := hypervisor.console_socket(vm):
+        # the console log is this boot's: emptied here, appended to by the hypervisor, so a resumed
+        # VM keeps what it printed before, and logrotate's copytruncate is safe
+        truncate = f": > {shlex.quote(console[1])}"
+        lines += ["", f"if [ ${{#resume[@]}} -eq 0 ]; then {truncate}; fi" if resumable else truncate]
     for fd, target in spec.fds:
         # targets are our own generated words (a tap device by ifindex), quoted but expanded
         lines.append(f'exec {fd}<>"{target}"')

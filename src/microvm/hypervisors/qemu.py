@@ -286,7 +286,7 @@ class Backend(Hypervisor):
                 server=True,
                 wait=False,
                 logfile=console_log(vm),
-                logappend=False,
+                logappend=True,  # the runner empties it when the guest boots afresh
             ),
         ]
         if self._virtio_serial(vm):
