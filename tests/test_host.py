@@ -460,11 +460,12 @@ def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None
     assert not saved.exists() and not saver.exists()
     assert list_states()["susp"] == "current"
 
-    # a state saved by another build is kept aside, and the VM boots afresh
+    # after an update the saved state is the old build's: kept aside, and the VM boots afresh
     assert "suspended to" in ok("suspend", "susp")
     assert second.wait(timeout=60) == 0
     assert "resuming susp" in (tmp_path / "run2.out").read_text()
-    saver.write_text("/elsewhere/another-runner\n")
+    write_vm(tmp_path / "src", TICKING.format(name="susp").replace("mem = 256", "mem = 300"), "susp.toml")
+    assert "the next start boots afresh" in ok("update", "susp")
     assert list_states()["susp"] == "not booted, start with: microvm start susp"  # what the start will do
     third, ticks = _run_until_ticks("susp", tmp_path / "run3.out", 1)
     assert ticks[0][0] == 1 and ticks[0][1] != boot

@@ -58,6 +58,8 @@ def update(
             out.print(f"{name}: restarted")
         elif stale:
             out.print(f"{name}: restart to boot it: microvm restart {name}")
+        if change.changed and change.state.saved_state[0].exists():
+            out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
 
 
 STATE_COLOURS = {"current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red"}
