@@ -22,6 +22,8 @@ from .base import READINESS_PORT, Feature, GuestArtifacts, Hypervisor, RunnerSpe
 from .common import open_macvtap
 
 if TYPE_CHECKING:
+    from qemu.qmp import QMPClient
+
     from ..config.options import Interface, VMConfig
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
@@ -351,7 +353,7 @@ MiB = 1024 * 1024
 SUSPEND_FD = "microvm-suspend"  # the name qemu knows the passed state file by (QMP getfd)
 
 
-async def _connect(socket: Path):  # -> qemu.qmp.QMPClient
+async def _connect(socket: Path) -> QMPClient:
     from qemu.qmp import QMPClient, QMPError
 
     client = QMPClient("microvm")
@@ -408,14 +410,8 @@ async def _suspend(socket: Path, state: Path) -> None:
                 client.send_fd_scm(fd)
                 await client.execute("getfd", {"fdname": SUSPEND_FD})
                 await client.execute("migrate", {"uri": f"fd:{SUSPEND_FD}"})
-                while (info := await client.execute("query-migrate"))["status"] not in (
-                    "completed",
-                    "failed",
-                    "cancelled",
-                ):
-                    await asyncio.sleep(0.05)
-                if info["status"] != "completed":
-                    raise MicrovmError(f"qemu could not save the VM: {info.get('error-desc', 'migration failed')}")
+                if error := await _migration_error(client):
+                    raise MicrovmError(f"qemu could not save the VM: {error}")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -428,6 +424,13 @@ async def _suspend(socket: Path, state: Path) -> None:
             raise
     finally:
         await client.disconnect()
+
+
+async def _migration_error(client: QMPClient) -> str | None:
+    """Wait for the running migration to end; None when it completed, else qemu's reason."""
+    while (info := await client.execute("query-migrate"))["status"] not in ("completed", "failed", "cancelled"):
+        await asyncio.sleep(0.05)
+    return None if info["status"] == "completed" else info.get("error-desc", f"migration {info['status']}")
 
 
 async def _finish_resume(socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
@@ -449,7 +452,8 @@ async def _finish_resume(socket: Path, alive: Callable[[], bool], loaded: Callab
                     return False
                 await asyncio.sleep(0.02)
         finally:
-            await client.disconnect()
+            with contextlib.suppress(EOFError):  # qemu exited
+                await client.disconnect()
     return False
 
 
