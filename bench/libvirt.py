@@ -26,6 +26,7 @@ URI = "qemu:///system"
 SOCKET = Path("/run/libvirt/libvirt-sock")
 AUTOSTART = Path("/etc/libvirt/qemu/networks/autostart")
 PIDS = Path("/run/libvirt/qemu")
+SAVES = Path("/var/lib/libvirt/qemu/save")  # `virsh managedsave` writes <domain>.save here
 MACHINES = ("microvm", "q35", "pc")
 
 
@@ -144,8 +145,11 @@ class Libvirt:
             target.chmod(0o644)
         return target
 
-    def define(self, machine: str, kernel: Path, initrd: Path, disk: Path, cmdline: str, mem_mb: int) -> Domain:
-        name = f"microvm-bench-{machine}"
+    def define(
+        self, machine: str, kernel: Path, initrd: Path, disk: Path, cmdline: str, mem_mb: int, guest: str = ""
+    ) -> Domain:
+        """Domain ``microvm-bench-<machine>`` (``-<guest>`` appended when the guest is not the example)."""
+        name = f"microvm-bench-{machine}" + (f"-{guest}" if guest else "")
         log = self.files / f"{name}-console.log"
         xml = self.files / f"{name}.xml"
         parts = (self.copy(kernel), self.copy(initrd), self.copy(disk))
@@ -165,6 +169,17 @@ class Domain:
         t0 = time.perf_counter()
         _virsh("start", self.name)
         return time.perf_counter() - t0
+
+    def managedsave(self) -> None:
+        """Save the running domain to disk and stop it; the next ``start`` restores it."""
+        _virsh("managedsave", self.name)
+
+    def destroy(self) -> None:
+        _virsh("destroy", self.name, check=False)
+
+    @property
+    def saved(self) -> Path:
+        return SAVES / f"{self.name}.save"
 
     def qemu_pid(self) -> int | None:
         try:

@@ -6,8 +6,9 @@
 Measures builds, `microvm eval`/`check` of a host file with 50 VMs, boot time through our
 runner, `microvm run`, hand-written qemu command lines and libvirt domains (interleaved, the
 same idle gap before each), the hypervisor's memory beyond the guest's RAM, a density curve
-(N 80 MB guests started together), image sizes, and a Debian guest's builds, boot to login
-and images (bench/debian.py); writes a markdown report with plots.
+(N 80 MB guests started together), image sizes, suspend to disk and resume against libvirt's
+managedsave (bench/suspend.py), and a Debian guest's builds, boot to login and images
+(bench/debian.py); writes a markdown report with plots.
 Everything runs under qemu's TCG when KVM cannot boot guests (MICROVM_ACCEL=tcg is set unless
 you set it). The Debian kernel's store entry is hard-linked in from an existing store, so a
 "cold" build measures our own work, not an apt download.
@@ -644,6 +645,7 @@ class Results:
     skipped: dict[str, str]  # part -> why it was skipped
     domain_xml: dict[str, str]
     debian: Any = None  # debian.DebianResults, unless skipped
+    suspend: Any = None  # suspend.SuspendResults, unless skipped
     pictures: list[str] = field(default_factory=list)
 
 
@@ -837,6 +839,10 @@ def report(r: Results) -> str:
     ):
         w(f"| {what} | {fmt_ms(median(xs))} | {spread(xs, fmt_ms)} |")
     w("")
+    if r.suspend is not None:
+        from suspend import report_section as suspend_section
+
+        out += suspend_section(r.suspend)
     if r.debian is not None:
         from debian import report_section
 
@@ -904,6 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one of each cheap part; no libvirt, q35, big density")
     ap.add_argument("--runs", type=int, default=7, help="runs per method (default 7: single boots vary by ±20%% here)")
     ap.add_argument("--debian-runs", type=int, default=2, help="Debian guest builds and boots (0: skip; slow)")
+    ap.add_argument("--suspend-runs", type=int, default=3, help="suspend and resume rounds (0: skip; quick: 1)")
     ap.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     if args.quick:
@@ -940,7 +947,18 @@ def main(argv: list[str] | None = None) -> int:
             boots = bench_boots(args.runs, boot_methods, warm_up=not args.quick, failed=failed)
             skipped.update({f"{key} (after it failed)": why for key, why in failed.items()})
             boot_methods = [m for m in boot_methods if boots[m.key]]
-            domain_xml = {d.split("-")[-1]: (lv.files / f"{d}.xml").read_text() for d in lv.domains} if lv else {}
+            suspend_results = None
+            if args.suspend_runs < 1:
+                skipped["suspend and resume"] = "--suspend-runs 0"
+            else:
+                from suspend import bench_suspend  # bench/suspend.py, which imports this module's helpers
+
+                suspend_results = bench_suspend(1 if args.quick else args.suspend_runs, work, store, lv)
+            domain_xml = (
+                {d.removeprefix("microvm-bench-"): (lv.files / f"{d}.xml").read_text() for d in lv.domains}
+                if lv
+                else {}
+            )
         counts = DENSITY_COUNTS[:1] if args.quick else DENSITY_COUNTS
         if args.quick:
             skipped["density beyond 1 VM"] = "quick mode"
@@ -956,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
         mach["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         results = Results(
             argv, args.runs, mach, sources[0] if sources else None, builds, built, store.root,
-            boot_methods, boots, density, cli, skipped, domain_xml, debian_results,
+            boot_methods, boots, density, cli, skipped, domain_xml, debian_results, suspend_results,
         )  # fmt: skip
         args.output.parent.mkdir(parents=True, exist_ok=True)
         results.pictures = plots(args.output, boot_methods, boots, density)

@@ -18,6 +18,7 @@ SECTIONS = (
     "## Density",
     "## Image sizes",
     "## CLI on installed VMs",
+    "## Suspend to disk and resume",
 )
 
 
@@ -70,6 +71,10 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
     cli = section(text, "## CLI on installed VMs")
     for row in ("`microvm list` (3 VMs)", "`microvm status NAME`", "`microvm create NAME` of an already-built VM"):
         assert re.search(rf"{re.escape(row)} \| \d+ ms \|", cli), row
+
+    suspend = section(text, "## Suspend to disk and resume")
+    row = r"\| microvm \(`microvm suspend`.*\| \d+\.\d+ s \| \d+\.\d+ s \| \d+ MiB \| \d+\.\d+ s \(–\) \|"
+    assert re.search(row, suspend), suspend
 
 
 def test_ratio_interval_of_the_report() -> None:
