@@ -753,8 +753,8 @@ def report(r: Results) -> str:
         extra_marker = median([x.marker for x in command]) - median([x.marker for x in ours])
         start_ours, start_cmd = median([x.started for x in ours]), median([x.started for x in command])
         w(
-            f"`microvm run` of the built VM: from launch until qemu has started (its console log exists) took "
-            f"{fmt_ms(start_cmd)} ({spread([x.started for x in command], fmt_ms)}) against "
+            "`microvm run` of the built VM: from launch until the runner is about to start qemu (it empties "
+            f"the console log then) took {fmt_ms(start_cmd)} ({spread([x.started for x in command], fmt_ms)}) against "
             f"{fmt_ms(start_ours)} for the runner alone: the command's start-up and its check that nothing "
             f"changed cost **{(start_cmd - start_ours) * 1000:+.0f} ms**. That difference is measured before the "
             f"guest runs, so the machine's noise barely touches it; the difference to booted in the table "
