@@ -77,15 +77,8 @@ def test_second_build_is_a_cache_hit_and_a_change_is_a_new_entry(shared_store, t
 
 def _own_entries(store: Store, runner: Path, host_name: str) -> dict[Path, int]:
     """The runner's closure and every entry named for ``host_name``, each with its inode (a rebuild makes a new one)."""
-    closure: set[Path] = set()
-    todo = [runner]
-    while todo:
-        entry = todo.pop()
-        if entry not in closure:
-            closure.add(entry)
-            todo += store.references(entry)
     named = {store.root / name for name in entries_built_for(store.root, host_name)}
-    return {p: p.stat().st_ino for p in closure | named}
+    return {p: p.stat().st_ino for p in store.closure([runner]) | named}
 
 
 def test_failed_image_build_leaves_no_partial_entry(shared_store, tmp_path: Path) -> None:

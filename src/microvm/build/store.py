@@ -137,15 +137,19 @@ class Store:
 
     def live(self, extra_roots: list[Path]) -> set[Path]:
         """Every entry reachable from the recorded roots and ``extra_roots``."""
-        live: set[Path] = set()
-        todo = [owner for r in [*self.roots(), *extra_roots] if (owner := self.owner_of(r))]
+        return self.closure([owner for r in [*self.roots(), *extra_roots] if (owner := self.owner_of(r))])
+
+    def closure(self, entries: list[Path]) -> set[Path]:
+        """``entries`` and every entry they reference, directly or not."""
+        found: set[Path] = set()
+        todo = list(entries)
         while todo:
             entry = todo.pop()
-            if entry in live or not entry.exists():
+            if entry in found or not entry.exists():
                 continue
-            live.add(entry)
+            found.add(entry)
             todo += self.references(entry)
-        return live
+        return found
 
     def gc(self, extra_roots: list[Path], dry_run: bool = False) -> list[Path]:
         """Delete every entry no root reaches; return what was (or would be) deleted."""

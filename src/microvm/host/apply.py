@@ -240,9 +240,7 @@ def _unit_changes(unit_dir: Path, wanted: dict[str, str], enable: list[str]) -> 
     """Write the units that differ, remove those no longer wanted, enable ``enable`` at boot."""
     changes: list[Change] = []
     for rel, content in wanted.items():
-        path = unit_dir / rel
-        if not path.exists() or path.read_text() != content:
-            changes.append(WriteFile(path, content))
+        changes += _write_if_changed(unit_dir / rel, content)
     for path in _generated_units(unit_dir):
         if str(path.relative_to(unit_dir)) not in wanted:
             changes.append(RemoveFile(path))
@@ -325,9 +323,12 @@ def plan(
 
 def _record_changes(state_dir: Path, host_file: Path) -> list[Change]:
     """Record stateDir for the commands run later (only beside the real units: a staged root has its own /etc)."""
-    text = statedir.host_defaults(state_dir, host_file)
-    path = statedir.HOST_DEFAULTS
-    return [] if path.exists() and path.read_text() == text else [WriteFile(path, text)]
+    return _write_if_changed(statedir.HOST_DEFAULTS, statedir.host_defaults(state_dir, host_file))
+
+
+def _write_if_changed(path: Path, content: str) -> list[Change]:
+    """Writing ``content`` to ``path``, unless it holds that already."""
+    return [] if path.exists() and path.read_text() == content else [WriteFile(path, content)]
 
 
 def _generated_units(unit_dir: Path) -> list[Path]:

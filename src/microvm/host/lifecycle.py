@@ -280,8 +280,8 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
     from ..hypervisors.base import Feature
 
     with locked(name, state_dir) as state:
-        booted = state.booted
-        if booted is None or not (systemd.is_active(name) or state.running_here()):
+        booted, under_systemd = state.booted, systemd.is_active(name)
+        if booted is None or not (under_systemd or state.running_here()):
             raise MicrovmError(f"VM {name!r} is not running", hint=f"microvm start {name}")
         mv = runner_config(booted)["microvm"]
         backend = get(mv["hypervisor"])
@@ -301,7 +301,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
         owner = state.path.stat()
         for path in (saved, saver):  # the runner reads them as the state directory's owner
             os.chown(path, owner.st_uid, owner.st_gid)
-        if systemd.is_active(name):
+        if under_systemd:
             systemd.control("stop", name)  # microvm-shutdown ends a saved VM at once
         else:
             backend.shutdown(state.path / mv["socket"], timeout=10)
