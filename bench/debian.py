@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import BOOT_TIMEOUT, fmt_s, fmt_size, fresh_store, machine, median, source_stores, spread, timed
 
-from microvm.build.store import Store
-from microvm.build.vm import BuiltVM, build_vm
 from microvm.config import load_vm
+from microvm.runner.build import BuiltVM, build_vm
+from microvm.store import Store
 
 VM = """
 [guest]

@@ -58,10 +58,10 @@ os.environ.setdefault("MICROVM_ACCEL", "tcg")  # before microvm is imported
 
 import libvirt
 
-from microvm.build import runstamp
-from microvm.build.store import Store
-from microvm.build.vm import BuiltVM, build_vm
 from microvm.config import load_vm
+from microvm.runner import fastpath
+from microvm.runner.build import BuiltVM, build_vm
+from microvm.store import Store
 
 NAN = float("nan")
 
@@ -932,7 +932,7 @@ def main(argv: list[str] | None = None) -> int:
             variants["q35"].write_text(f'imports = ["{EXAMPLE}"]\n[microvm.qemu]\nmachine = "q35"\n')
         builds, store, built = bench_builds(args.runs, work, sources[0] if sources else None, variants)
         os.environ["MICROVM_STORE"] = str(store.root)  # `microvm run` uses the benchmark's store
-        if runstamp.lookup(EXAMPLE, None) is None:
+        if fastpath.lookup(EXAMPLE, None) is None:
             skipped["`microvm run`'s fast path"] = "the build's record did not match: the full path was measured"
         density_file = work / "dense.toml"
         density_file.write_text(DENSITY_VM)

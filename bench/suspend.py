@@ -24,9 +24,9 @@ from pathlib import Path
 import libvirt
 from run import BOOT_TIMEOUT, GAP, PLAIN_APPEND, fmt_s, median, microvm_cmd, run_checked, spread, timed
 
-from microvm.build.store import Store
-from microvm.build.vm import build_vm
 from microvm.config import load_vm
+from microvm.runner.build import build_vm
+from microvm.store import Store
 
 NAME = "bench-tick"
 TICKING = f"""

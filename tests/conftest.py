@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from microvm.build.store import Store
-from microvm.build.vm import BuiltVM, build_vm
 from microvm.config import load_vm
+from microvm.runner.build import BuiltVM, build_vm
+from microvm.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MICROVM_TEST_CACHE") or Path.home() / ".cache" / "microvm-test")

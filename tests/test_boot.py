@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, write_vm
 
-from microvm.build.cpio import CpioArchive
-from microvm.build.initrd import busybox_path
-from microvm.build.vm import kernel_cmdline
 from microvm.config import load_vm
+from microvm.guest.cpio import CpioArchive
+from microvm.guest.initrd import busybox_path
 from microvm.hypervisors import get
+from microvm.runner.build import kernel_cmdline
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 

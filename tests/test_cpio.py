@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from microvm.build.cpio import CpioArchive
 from microvm.errors import MicrovmError
+from microvm.guest.cpio import CpioArchive
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio(1) not installed (apt-get install cpio)")
 
@@ -137,8 +137,8 @@ def test_rejects_duplicates_and_escapes(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
 def test_generated_init_is_shellcheck_clean(tmp_path: Path) -> None:
     """The initrd's /init with every kind of mount: disks by serial and label, shares, the overlay volume."""
-    from microvm.build.initrd import init_script
     from microvm.config.options import VMConfig
+    from microvm.guest.initrd import init_script
     from microvm.hypervisors import get
 
     vm = VMConfig.model_validate(

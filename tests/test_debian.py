@@ -18,9 +18,9 @@ import pytest
 from conftest import BOOT_TIMEOUT, build_file, microvm, write_vm
 from notify import FakeSystemd
 
-from microvm.build.store import Store
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
+from microvm.store import Store
 
 WEB_PORT, SSH_PORT, CLOSED_PORT = 18080, 12222, 19000
 pytestmark = pytest.mark.xdist_group("boot")  # one worker: the package tree is built once, boots do not compete

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import BOOT_TIMEOUT, microvm, write_vm
 
-from microvm.build import runstamp
 from microvm.cli import fast_run
-from microvm.host.accel import host_tsc_khz
+from microvm.hypervisors.qemu import host_tsc_khz
+from microvm.runner import fastpath
 
 VM = """
 imports = ["base.toml"]
@@ -46,23 +46,23 @@ def _fast_run_in_child(file: Path, state: Path) -> subprocess.CompletedProcess[s
 
 def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Path, monkeypatch) -> None:
     file = _vm(tmp_path)
-    assert runstamp.lookup(file, None) is None  # never built with this file
+    assert fastpath.lookup(file, None) is None  # never built with this file
     assert microvm("build", str(file)).returncode == 0
-    found = runstamp.lookup(file, None)
+    found = fastpath.lookup(file, None)
     assert found is not None
     name, plan, notes = found
     assert name == "fast" and plan.hypervisor == "qemu" and plan.console == ("fast-console.sock", "fast-console.log")
     assert any("TCG" in note for note in notes)  # the same note the full path prints
-    assert runstamp.lookup(file, "firecracker") is None  # another hypervisor is another build
+    assert fastpath.lookup(file, "firecracker") is None  # another hypervisor is another build
 
     os.utime(file)  # touched, same content: still the same build
-    assert runstamp.lookup(file, None) is not None
+    assert fastpath.lookup(file, None) is not None
     (tmp_path / "base.toml").write_text(BASE.replace("128", "160"))  # an imported file changed
-    assert runstamp.lookup(file, None) is None
+    assert fastpath.lookup(file, None) is None
     assert microvm("build", str(file)).returncode == 0
-    assert runstamp.lookup(file, None) is not None
+    assert fastpath.lookup(file, None) is not None
     monkeypatch.setenv("MICROVM_ACCEL", "kvm")  # the environment the build saw changed
-    assert runstamp.lookup(file, None) is None
+    assert fastpath.lookup(file, None) is None
 
 
 def test_only_a_plain_run_command_takes_the_fast_path(tmp_path: Path) -> None:
@@ -94,13 +94,13 @@ def test_fast_run_does_not_import_the_option_model(tmp_path: Path) -> None:
     """What makes it fast; checked without booting: the runner of this build is a stub that exits 3."""
     file = _vm(tmp_path)
     assert microvm("build", str(file)).returncode == 0
-    _, plan, _ = runstamp.lookup(file, None)
+    _, plan, _ = fastpath.lookup(file, None)
     # a stamp whose runner is a stub: copy the record onto a runner that exits 3 at once
     stub = tmp_path / "stub"
     (stub / "bin").mkdir(parents=True)
     (stub / "bin" / "microvm-run").write_text("#!/bin/sh\nexit 3\n")
     (stub / "bin" / "microvm-run").chmod(0o755)
-    stamp_file = runstamp.stamp_file(file, None)
+    stamp_file = fastpath.stamp_file(file, None)
     original = stamp_file.read_text()
     try:
         stamp_file.write_text(original.replace(str(plan.runner), str(stub)))
@@ -131,7 +131,7 @@ def test_host_tsc_rate(tmp_path: Path, cpuinfo: str, khz: int) -> None:
 
 
 def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
-    from microvm.build.kmod import SIGNATURE_MAGIC, without_signature
+    from microvm.guest.kmod import SIGNATURE_MAGIC, without_signature
 
     modules = sorted(shared_store.root.glob("*-kernel-*/lib/modules/*/kernel/fs/erofs/erofs.ko"))
     if not modules:

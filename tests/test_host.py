@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import CACHE, build_file, entries_built_for, microvm, write_vm
 
-from microvm.build.store import Store
 from microvm.cli import translate_legacy
 from microvm.host import lifecycle, statedir, units
 from microvm.host.statedir import VMState, gc_roots, locked
+from microvm.store import Store
 
 VM = """
 [guest]
@@ -338,7 +338,7 @@ def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: P
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(60)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "microvm.host.virtiofsd", str(state.path)],
+        [sys.executable, "-m", "microvm.runner.virtiofsd", str(state.path)],
         cwd=state.path,
         env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
     )

@@ -311,7 +311,7 @@ def test_kernel_params_are_a_list(hypervisor: str) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
 @pytest.mark.parametrize("hypervisor", BACKENDS)
 def test_whole_run_script_is_shellcheck_clean(hypervisor: str, tmp_path: Path) -> None:
-    from microvm.build.runner import run_script
+    from microvm.runner.script import run_script
 
     options = full_options(hypervisor)
     vm = VMConfig.model_validate({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
@@ -379,7 +379,7 @@ def test_qemu_interfaces(case: str) -> None:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
 def test_qemu_macvtap_run_script_is_shellcheck_clean(tmp_path: Path) -> None:
-    from microvm.build.runner import run_script
+    from microvm.runner.script import run_script
 
     vm = VMConfig.model_validate(
         {"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from microvm.build.kmod import ModuleIndex, module_name, resolve_modules
 from microvm.errors import MicrovmError
+from microvm.guest.kmod import ModuleIndex, module_name, resolve_modules
 
 RELEASE = "6.1.0-test-amd64"
 
@@ -102,9 +102,9 @@ def _cache_dir() -> Path:
 def cloud_kernel():
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get not available to fetch the Debian cloud kernel")
-    from microvm.build.debarch import Apt, host_arch
-    from microvm.build.kernel import fetch_kernel, resolve_kernel_package
-    from microvm.build.store import Store
+    from microvm.guest.debarch import Apt, host_arch
+    from microvm.guest.kernel import fetch_kernel, resolve_kernel_package
+    from microvm.store import Store
 
     store = Store(_cache_dir() / "store")
     apt = Apt.for_arch(store, host_arch())
@@ -132,9 +132,9 @@ def test_real_cloud_kernel_order(cloud_kernel) -> None:
 
 def test_warm_kernel_resolution_starts_no_process(cloud_kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     from microvm import proc
-    from microvm.build.debarch import Apt, host_arch
-    from microvm.build.kernel import resolve_kernel_package
-    from microvm.build.store import Store
+    from microvm.guest.debarch import Apt, host_arch
+    from microvm.guest.kernel import resolve_kernel_package
+    from microvm.store import Store
 
     store = Store(_cache_dir() / "store")
     apt = Apt.for_arch(store, host_arch())

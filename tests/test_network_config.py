@@ -11,10 +11,10 @@ import pytest
 from conftest import write_vm
 from typer.testing import CliRunner
 
-from microvm.build.system import UDHCPC_SCRIPT, _network_script
 from microvm.cli.app import app
 from microvm.config import load_vm
 from microvm.config.options import HostConfig, VMConfig
+from microvm.guest.system import UDHCPC_SCRIPT, _network_script
 from microvm.host import network
 
 

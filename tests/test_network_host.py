@@ -18,9 +18,9 @@ import pytest
 from conftest import write_vm
 from test_hypervisors_golden import guest_for
 
-from microvm.build.runner import runner_files
 from microvm.config.options import HostConfig, VMConfig
 from microvm.hypervisors import get
+from microvm.runner.script import runner_files
 
 HOST = """
 [network.basic]

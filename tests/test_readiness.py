@@ -19,7 +19,7 @@ import pytest
 from conftest import BOOT_TIMEOUT, build_file, write_vm
 from notify import FakeSystemd
 
-from microvm.host.ready import accepted
+from microvm.runner.ready import accepted
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def helper(*args: str, notify: Path | None, **kwargs) -> subprocess.Popen[str]:
     if notify is not None:
         env["NOTIFY_SOCKET"] = str(notify)
     return subprocess.Popen(
-        [sys.executable, "-m", "microvm.host.ready", *args],
+        [sys.executable, "-m", "microvm.runner.ready", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -79,7 +79,7 @@ def test_forward_passes_on_ready_and_status_and_nothing_else(tmp_path: Path, fak
 def test_forward_gives_up_when_the_hypervisor_is_gone_before_its_socket(tmp_path: Path) -> None:
     # the runner's shell (the helper's parent, which becomes the hypervisor) exits at once
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    argv = [sys.executable, "-m", "microvm.host.ready", "forward", str(tmp_path / "never.sock")]
+    argv = [sys.executable, "-m", "microvm.runner.ready", "forward", str(tmp_path / "never.sock")]
     script = f'{shlex.join(argv)} --pid "$$" &'
     # run() returns once every process holding its output pipes is gone, the helper too; a helper
     # still waiting for the socket makes it time out

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from conftest import build_file, entries_built_for, write_vm
 
-from microvm.build.store import Store
 from microvm.errors import CommandError
+from microvm.store import Store
 
 VM = """
 [guest]

@@ -72,18 +72,18 @@ def fast_run(argv: list[str]) -> int | None:
     """``microvm run FILE`` of a built VM whose inputs did not change: run it, return its exit code.
 
     None when the command is anything else or the VM must be evaluated (and
-    maybe built) again; see :mod:`microvm.build.runstamp`.
+    maybe built) again; see :mod:`microvm.runner.fastpath`.
     """
     if os.environ.get("MICROVM_NO_FAST_RUN") or (parsed := _run_arguments(argv)) is None:
         return None
-    from ..build import runstamp
+    from ..runner import fastpath
 
     file, hypervisor, state_dir = parsed
-    if (found := runstamp.lookup(file, hypervisor)) is None:
+    if (found := fastpath.lookup(file, hypervisor)) is None:
         return None
     name, plan, notes = found
-    from ..host.console import run_foreground
     from ..host.statedir import vm_dir
+    from ..runner.foreground import run_foreground
 
     for note in notes:
         print(note, file=sys.stderr)

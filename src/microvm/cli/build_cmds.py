@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..build.store import Store
+from ..store import Store
 from .app import app, err, out, warn
 
 HypervisorOpt = Annotated[
@@ -20,10 +20,10 @@ StateDirOpt = Annotated[
 
 def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
     """Evaluate and build ``file``; record what the build depended on for ``run``'s fast path."""
-    from ..build import runstamp
-    from ..build.vm import build_vm
     from ..config import load_vm
-    from ..host.console import Foreground
+    from ..runner import fastpath
+    from ..runner.build import build_vm
+    from ..runner.foreground import Foreground
 
     loaded = load_vm(file)
     warn(loaded.warnings)
@@ -35,7 +35,7 @@ def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
     if (note := _tcg_note(loaded.config, built)) is not None:
         notes.append(f"note: {note}")
     plan = Foreground.of(loaded.config, built.runner, hypervisor)
-    runstamp.record(file, hypervisor, loaded.files, loaded.config, plan, notes)
+    fastpath.record(file, hypervisor, loaded.files, loaded.config, plan, notes)
     return loaded, built
 
 
@@ -61,8 +61,8 @@ def run(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Build the VM and run it in the foreground with its console here (Ctrl-C shuts it down). microvm.nix: -r."""
-    from ..host.console import Foreground, run_foreground
     from ..host.statedir import vm_dir
+    from ..runner.foreground import Foreground, run_foreground
 
     file = Path(target)
     if not file.exists() and "/" not in target and not target.endswith(".toml"):
@@ -97,9 +97,9 @@ def doctor(
     ] = False,
 ) -> None:
     """Tell whether KVM can boot guests here, and why TCG is used otherwise."""
-    from ..build.vm import get_kernel
     from ..config import load_vm
-    from ..host import accel
+    from ..runner import accel
+    from ..runner.build import get_kernel
 
     loaded = load_vm(file)
     store = Store()

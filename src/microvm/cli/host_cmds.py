@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..build.store import Store
+from ..store import Store
 from .app import app, err, out, warn
 
 host_app = typer.Typer(help="The host: units, user, state directory and declared VMs.", no_args_is_help=True)

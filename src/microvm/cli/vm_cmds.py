@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..build.store import Store
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.sources import DEFAULT_SOURCE
 from ..host.statedir import VMState, default_state_dir
+from ..store import Store
 from .app import app, err, out
 
 NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]

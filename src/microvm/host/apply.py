@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import proc
-from ..build.store import Store
 from ..config import LoadedHost, LoadedVM
 from ..config.options import HostConfig
+from ..store import Store
 from . import lifecycle, network, statedir, systemd, units
 from .statedir import VMState, owner_ids, switch_link, write_atomic
 
@@ -215,7 +215,7 @@ class _VMPlan:
 
 def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[str], None]) -> _VMPlan:
     """Build the fully declared VMs; install those that changed, create the source-deployed ones missing."""
-    from ..build.vm import build_vm
+    from ..runner.build import build_vm
 
     owner = (units.USER, units.GROUP)
     result = _VMPlan()

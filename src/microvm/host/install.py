@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..build.store import Store
 from ..errors import MicrovmError
+from ..store import Store
 from . import lifecycle
 from .statedir import locked, owner_ids
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..build.store import Store
 from ..errors import MicrovmError
+from ..layout import RUNNER_PACKAGES, runner_config
+from ..store import Store
 from . import sources, systemd
-from .statedir import RUNNER_PACKAGES, VMState, installed, locked, owner_ids, runner_config, write_atomic
+from .statedir import VMState, installed, locked, owner_ids, write_atomic
 
 if TYPE_CHECKING:
     from ..config import LoadedVM
@@ -43,7 +44,7 @@ class Change:
 
 
 def _build(store: Store, loaded: LoadedVM, progress: Progress | None) -> Path:
-    from ..build.vm import build_vm
+    from ..runner.build import build_vm
 
     return build_vm(store, loaded.config, progress=progress).runner
 
@@ -311,7 +312,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 def run_installed(name: str, state_dir: Path | None = None) -> int:
     """Run an installed VM in the foreground (console here), with ``booted`` set while it runs."""
     from ..config.options import VMConfig
-    from .console import Foreground, run_foreground
+    from ..runner.foreground import Foreground, run_foreground
 
     state = VMState.of(name, state_dir)
     if (runner := state.current) is None:

@@ -28,15 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-
-RUNNER_CONFIG = "share/microvm/vm.json"
-RUNNER_PACKAGES = "share/microvm/packages.json"
-
-
-def runner_config(runner: Path) -> dict[str, Any]:
-    """The evaluated config a runner was built from (its vm.json): no rebuild needed to show it."""
-    return json.loads((runner / RUNNER_CONFIG).read_text())
-
+from ..layout import runner_config, saved_state_files
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
 SYSTEM_STATE_DIR = Path("/var/lib/microvms")
@@ -175,7 +167,6 @@ class VMState:
     @property
     def saved_state(self) -> tuple[Path, Path]:
         """`microvm suspend`'s saved state, and its record of the runner that saved it."""
-        from ..hypervisors.base import saved_state_files
 
         state, saver = saved_state_files(self.name)
         return self.path / state, self.path / saver

@@ -26,9 +26,8 @@ from pathlib import Path
 from .. import proc
 from ..config.options import RoutedNetwork, VMConfig
 from ..errors import MicrovmError
+from ..layout import RUNNER_CONFIG, SHARE
 from . import network
-
-SHARE = Path("share/microvm")
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def _lines(runner: Path, name: str) -> list[str]:
 
 
 def _vm(runner: Path) -> VMConfig:
-    return VMConfig.model_validate(json.loads((runner / SHARE / "vm.json").read_text()))
+    return VMConfig.model_validate(json.loads((runner / RUNNER_CONFIG).read_text()))
 
 
 def runner_taps(runner: Path) -> tuple[list[Tap], set[str]]:

@@ -54,16 +54,6 @@ class Feature(enum.Enum):
     SUSPEND = "suspend to disk, resume on start (microvm suspend)"
 
 
-# The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
-READINESS_PORT = "org.microvm.ready"
-
-
-def saved_state_files(name: str) -> tuple[str, str]:
-    """`microvm suspend`'s files in VM ``name``'s state directory: the saved state, and the
-    runner that saved it (only that runner resumes it: another build has other devices and disks)."""
-    return f"{name}.vmstate", f"{name}.vmstate.runner"
-
-
 @dataclass(frozen=True)
 class GuestArtifacts:
     """What the guest builder produced, as the runner sees it."""

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..control import http
 from ..errors import MicrovmError
+from ..layout import SHARE
 from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import cmdline, disks, remove_stale_socket
 
 if TYPE_CHECKING:
     from ..config.options import VMConfig
 
-CONFIG_FILE = "share/microvm/firecracker.json"
+CONFIG_FILE = f"{SHARE}/firecracker.json"
 VSOCK_SOCKET = "notify.vsock"
 
 

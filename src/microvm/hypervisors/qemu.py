@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
-from .base import READINESS_PORT, Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from ..layout import READINESS_PORT, ROOT_SERIAL
+from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import open_macvtap
 
 if TYPE_CHECKING:
@@ -64,6 +66,25 @@ def _opts(head: str, **options: object) -> str:
     return ",".join(parts)
 
 
+def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
+    """The host's TSC rate in kHz, which TCG guests see as their own (2.6 GHz when it cannot be told).
+
+    The nominal rate in the CPU's model name is the TSC's on Intel; else the kernel's ``cpu MHz``
+    when the kernel was told the TSC rate (``tsc_known_freq``, as on virtual machines): elsewhere
+    ``cpu MHz`` follows frequency scaling, and a runner must not change with it.
+    """
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return 2600000
+    if m := re.search(r"^model name\s*:.*@\s*([0-9.]+)\s*GHz", text, re.MULTILINE):
+        return round(float(m.group(1)) * 1_000_000)
+    known = re.search(r"^flags\s*:.*\btsc_known_freq\b", text, re.MULTILINE)
+    if known and (m := re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.MULTILINE)):
+        return round(float(m.group(1)) * 1000)
+    return 2600000
+
+
 class Backend(Hypervisor):
     name = "qemu"
     binary = "qemu-system-x86_64"
@@ -87,7 +108,6 @@ class Backend(Hypervisor):
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         if accel != "tcg":
             return []
-        from ..host.accel import host_tsc_khz
 
         # TCG does not speculate: the guest's mitigations against speculative-execution attacks
         # protect nothing there and only cost time.
@@ -166,7 +186,6 @@ class Backend(Hypervisor):
     # --- devices -------------------------------------------------------------------
 
     def _disks(self, vm: VMConfig, guest: GuestArtifacts) -> list[str]:
-        from ..build.initrd import ROOT_SERIAL
 
         args: list[str] = []
         device = self._device(vm, "blk")

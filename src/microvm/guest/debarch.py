@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import proc
 from ..config.options import host_arch
 from ..errors import MicrovmError
-from .store import Store
+from ..store import Store
 
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 HOST_APT_LISTS = Path("/var/lib/apt/lists")

@@ -1,4 +1,4 @@
-"""``python -m microvm.control``: what the runner's bin/microvm-shutdown and -balloon run.
+"""``python -m microvm.runner.control``: what the runner's bin/microvm-shutdown and -balloon run.
 
 Kept free of the CLI's imports so the scripts start fast.
 """
@@ -16,7 +16,7 @@ from ..hypervisors.base import Hypervisor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="microvm.control")
+    parser = argparse.ArgumentParser(prog="microvm.runner.control")
     sub = parser.add_subparsers(dest="command", required=True)
     shutdown = sub.add_parser("shutdown", help="shut the VM down gracefully, then hard after a timeout")
     shutdown.add_argument("--timeout", type=float, default=60.0)
@@ -57,7 +57,7 @@ def _resume(backend: Hypervisor, socket: Path, files: tuple[Path, Path], hypervi
         print(f"microvm: the VM did not resume from {files[0]}", file=sys.stderr)
         return 1
     if notify_socket := os.environ.get("NOTIFY_SOCKET"):
-        from ..host.ready import notify
+        from ..runner.ready import notify
 
         notify("READY=1", notify_socket)
     return 0

@@ -19,13 +19,13 @@ from .. import proc
 from ..config.options import STORE_SHARE_TAG, VMConfig
 from ..errors import MicrovmError
 from ..hypervisors.base import Feature, Hypervisor
+from ..layout import ROOT_SERIAL
+from ..store import Store, file_digest
 from .cpio import CpioArchive
 from .debarch import guest_busybox
 from .kernel import KernelEntry
 from .kmod import resolve_modules, without_signature
-from .store import Store, file_digest
 
-ROOT_SERIAL = "microvm-root"
 # Read-ahead on the read-only system disk, in KiB (the kernel's default is 128). A program's
 # first page faults then read it in one go instead of one 128 KiB window at a time: under TCG
 # busybox init started 0.25-0.3 s sooner with 4096 than with the default, and 1024 kept about

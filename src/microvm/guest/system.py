@@ -17,12 +17,12 @@ from pathlib import Path
 from ..config.options import Service, VMConfig
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..store import Store, file_digest
 from .debarch import guest_busybox
 from .debian import build_debian_system
 from .initrd import busybox_applets
 from .kernel import KernelEntry
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH
-from .store import Store, file_digest
 
 SYSTEM_FORMAT = 3  # bump when the generated files change meaning
 BUSYBOX_USERS = {"root": 0, "nobody": 65534}

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.options import STORE_SHARE_TAG, VMConfig, host_arch
-from ..host import accel
+from ..guest.debarch import Apt
+from ..guest.image import build_root_image
+from ..guest.initrd import build_initrd, use_local_initrd
+from ..guest.kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
+from ..guest.system import build_system
 from ..hypervisors import GuestArtifacts, Hypervisor, get
-from .debarch import Apt
-from .image import build_root_image
-from .initrd import build_initrd, use_local_initrd
-from .kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
-from .runner import build_runner
-from .store import Store
-from .system import build_system
+from ..store import Store
+from . import accel
+from .script import build_runner
 
 Progress = Callable[[str], None]
 

@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 
 from .. import proc
-from .store import Store
+from ..store import Store
 
 TOOLS = {"erofs": "mkfs.erofs", "squashfs": "mksquashfs"}
 PACKAGES = {"erofs": "erofs-utils", "squashfs": "squashfs-tools"}

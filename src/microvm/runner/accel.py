@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from .. import proc
-from ..build.cpio import CpioArchive
-from ..build.store import Store
+from ..guest.cpio import CpioArchive
+from ..store import Store
 
 Accel = Literal["kvm", "tcg"]
 PROBE_MARKER = "MICROVM-KVM-PROBE-OK"
@@ -48,7 +47,7 @@ def kvm_usable_device() -> str | None:
 
 
 def _probe_initrd(store: Store) -> Path:
-    from ..build.initrd import busybox_path
+    from ..guest.initrd import busybox_path
 
     busybox = busybox_path()
 
@@ -143,25 +142,6 @@ def auto(store: Store, kernel: Path, *, refresh: bool = False) -> Verdict:
     tmp.write_text(json.dumps(cached, indent=1))
     tmp.replace(cache_file)
     return verdict
-
-
-def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
-    """The host's TSC rate in kHz, which TCG guests see as their own (2.6 GHz when it cannot be told).
-
-    The nominal rate in the CPU's model name is the TSC's on Intel; else the kernel's ``cpu MHz``
-    when the kernel was told the TSC rate (``tsc_known_freq``, as on virtual machines): elsewhere
-    ``cpu MHz`` follows frequency scaling, and a runner must not change with it.
-    """
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return 2600000
-    if m := re.search(r"^model name\s*:.*@\s*([0-9.]+)\s*GHz", text, re.MULTILINE):
-        return round(float(m.group(1)) * 1_000_000)
-    known = re.search(r"^flags\s*:.*\btsc_known_freq\b", text, re.MULTILINE)
-    if known and (m := re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.MULTILINE)):
-        return round(float(m.group(1)) * 1000)
-    return 2600000
 
 
 def resolve(setting: str, store: Store, kernel: Path, *, emulated: str | None = None) -> Verdict:

@@ -5,7 +5,7 @@ its runner. Evaluating the config needs pydantic and the whole option model
 (a few hundred milliseconds of imports alone); telling that nothing changed
 needs only the config files' contents and a few ``stat`` calls. After each
 build the command records, per (file, hypervisor), a fingerprint of everything
-the build read and the :class:`~microvm.host.console.Foreground` plan to run
+the build read and the :class:`~microvm.runner.foreground.Foreground` plan to run
 it. A later run whose fingerprint is identical uses the plan; any difference
 (a config file or one it imports, busybox, a local kernel, the apt lists, the
 tools on ``PATH``, the KVM verdict, microvm itself, the environment, the
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from .store import default_store_dir
+from ..store import default_store_dir
 
 if TYPE_CHECKING:
     from ..config.options import VMConfig
-    from ..host.console import Foreground
+    from .foreground import Foreground
 
 STAMP_DIR = ".cache/run"
 STAMP_FORMAT = 2
@@ -65,16 +65,16 @@ def _code_stamp() -> list[int]:
 
 def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
     """Host paths whose change can change what the build of ``vm`` produces."""
-    from ..host.accel import CACHE
+    from .accel import CACHE
 
     paths = [str(store_root / CACHE), "/dev/kvm"]  # the KVM verdict
     paths += [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]  # which tools `which` finds
-    from .debarch import Apt
+    from ..guest.debarch import Apt
 
     # the guest's architecture's package lists: its kernel and (foreign) busybox are resolved from them
     apt = Apt(vm.guest.arch, Apt.state_dir(store_root, vm.guest.arch))
     if vm.guest.base == "busybox":
-        from ..build.initrd import busybox_path
+        from ..guest.initrd import busybox_path
 
         paths.append(str(busybox_path()))
         paths += [str(p) for p in apt.list_paths()]
@@ -121,7 +121,7 @@ def record(
 
 def lookup(file: Path, hypervisor: str | None) -> tuple[str, Foreground, list[str]] | None:
     """(VM name, plan, notes to print) if ``file`` was built before and nothing it depends on changed."""
-    from ..host.console import Foreground
+    from .foreground import Foreground
 
     try:
         stamp = json.loads(stamp_file(file, hypervisor).read_text())

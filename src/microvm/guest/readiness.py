@@ -9,7 +9,7 @@ unit ordered after multi-user.target.
 
 from __future__ import annotations
 
-from ..hypervisors.base import READINESS_PORT
+from ..layout import READINESS_PORT
 
 READY_SCRIPT_PATH = "etc/microvm/ready"
 READY_SCRIPT = f"""#!/bin/sh

@@ -82,7 +82,7 @@ def forward(path: Path, notify_socket: str, parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microvm.host.ready", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m microvm.runner.ready", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("now", help="the VM is ready now")
     fwd = sub.add_parser("forward", help="pass on what the guest says on its readiness port")

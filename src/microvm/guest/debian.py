@@ -29,11 +29,11 @@ from .. import proc
 from ..config.options import Service, VMConfig
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..store import Store
 from .initrd import needed_modules
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
-from .store import Store
 
 DEBIAN_FORMAT = 1  # bump when the package tree changes meaning
 LAYER_FORMAT = 1  # bump when the generated files change meaning

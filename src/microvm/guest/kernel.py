@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
+from ..store import Store, file_digest
 from .debarch import Apt
-from .store import Store, file_digest
 
 # Debian's meta packages per flavor; {arch} is the Debian architecture (amd64, arm64).
 FLAVORS = {"cloud": "linux-image-cloud-{arch}", "generic": "linux-image-{arch}"}

@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import proc
 from ..config.options import STORE_SHARE_TAG, Share, VMConfig
 from ..errors import MicrovmError
+from ..layout import VIRTIOFS, runner_config
 
 C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
@@ -116,7 +117,7 @@ def _read_only_bind(share: Share, source: str) -> list[str]:
 
 def runner_source(runner: Path, share: Share) -> Share:
     """``share`` with the source the runner records (the store share's source is only known after the build)."""
-    recorded = runner / "share/microvm/virtiofs" / share.tag / "source"
+    recorded = runner / VIRTIOFS / share.tag / "source"
     return share.model_copy(update={"source": recorded.read_text().strip()}) if recorded.exists() else share
 
 
@@ -175,7 +176,6 @@ def serve(workdir: Path) -> int:
     What ``microvm-virtiofsd@.service`` runs: ready (sd_notify) once every socket exists.
     """
     from ..config.options import VMConfig
-    from .statedir import runner_config
 
     runner = (workdir / "current").resolve()
     vm = VMConfig.model_validate(runner_config(runner))

@@ -1,1 +1,0 @@
-"""Guest builders: kernel, initrd, root images and runners, all in the store."""

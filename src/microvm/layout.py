@@ -1,0 +1,39 @@
+"""Names shared between the layers: the files inside a runner, in a state directory, in the guest.
+
+The runner builder writes these, the host side and the runner's helpers read
+them, the guest's init looks for the serial names: one place for each name, so
+the writer and its readers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Inside a runner (a store entry): bin/microvm-run and friends, and what they read.
+SHARE = "share/microvm"
+RUNNER_CONFIG = f"{SHARE}/vm.json"  # the evaluated VM config the runner was built from
+RUNNER_PACKAGES = f"{SHARE}/packages.json"  # debian guests: installed package -> version
+RUNNER_SYSTEM = f"{SHARE}/system"  # the guest system's store path
+TAP_INTERFACES = f"{SHARE}/tap-interfaces"
+MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
+PCI_DEVICES = f"{SHARE}/pci-devices"
+VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
+
+# The virtio-blk serial of the read-only system disk; the guest's init mounts it as /.
+ROOT_SERIAL = "microvm-root"
+
+# The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
+READINESS_PORT = "org.microvm.ready"
+
+
+def saved_state_files(name: str) -> tuple[str, str]:
+    """`microvm suspend`'s files in VM ``name``'s state directory: the saved state, and the
+    runner that saved it (only that runner resumes it: another build has other devices and disks)."""
+    return f"{name}.vmstate", f"{name}.vmstate.runner"
+
+
+def runner_config(runner: Path) -> dict[str, Any]:
+    """The evaluated config a runner was built from (its vm.json): no rebuild needed to show it."""
+    return json.loads((runner / RUNNER_CONFIG).read_text())

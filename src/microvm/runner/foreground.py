@@ -1,0 +1,131 @@
+"""Running a VM in the foreground with its console in the terminal.
+
+The hypervisor runs in its own session so the terminal's Ctrl-C reaches only
+us: the first Ctrl-C shuts the guest down gracefully, a second stops it
+hard. qemu's console is a unix socket with a log file: we print the log as it
+grows (nothing is lost before we connect) and send keystrokes to the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import proc
+from ..control.process import connect_when_there
+from .terminal import relay, terminal_passthrough
+
+if TYPE_CHECKING:
+    from ..config.options import VMConfig
+
+
+@dataclass(frozen=True)
+class Foreground:
+    """What a foreground run needs to know of a built VM.
+
+    Small and JSON-serialisable, so that ``microvm run`` of an unchanged VM can
+    start it from a record (see :mod:`microvm.runner.fastpath`) without
+    evaluating the config again.
+    """
+
+    runner: Path
+    hypervisor: str
+    console: tuple[str, str] | None  # (socket, log file) in the state directory
+    control: str | None  # the control socket in the state directory, if the hypervisor takes commands there
+    virtiofs: bool  # virtiofs shares: their daemons are started from the config
+
+    @classmethod
+    def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
+        from ..hypervisors import Feature, get
+
+        backend = get(hypervisor or vm.microvm.hypervisor)
+        control = vm.microvm.socket if backend.supports(Feature.CONTROL_SOCKET) else None
+        virtiofs = any(share.proto == "virtiofs" for share in vm.microvm.shares)
+        return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "runner": str(self.runner)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Foreground:
+        console = tuple(data["console"]) if data["console"] else None
+        return cls(Path(data["runner"]), data["hypervisor"], console, data["control"], data["virtiofs"])  # type: ignore[arg-type]
+
+
+def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, shutdown_timeout: float = 60.0) -> int:
+    """Run the VM in ``workdir`` with the console here; return the hypervisor's exit code.
+
+    ``vm`` is needed only when the plan has virtiofs shares: their daemons are started from it.
+    """
+    console = plan.console
+    workdir.mkdir(parents=True, exist_ok=True)
+    if console:
+        (workdir / console[1]).unlink(missing_ok=True)
+    daemons: list[subprocess.Popen[bytes]] = []
+    if plan.virtiofs:
+        from ..runner import virtiofsd
+
+        assert vm is not None, "a VM with virtiofs shares is run from its config"
+        daemons = virtiofsd.start(vm, workdir, runner=plan.runner)
+    child = proc.spawn(
+        [plan.runner / "bin" / "microvm-run"],
+        cwd=workdir,
+        start_new_session=console is not None,
+        stdin=subprocess.DEVNULL if console else None,
+    )
+    interrupts = 0
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1 and plan.control:
+            from ..hypervisors import get
+
+            print("\r\nmicrovm: shutting down gracefully (Ctrl-C again to stop it now)", file=sys.stderr)
+            args = (get(plan.hypervisor), workdir / plan.control, shutdown_timeout)
+            threading.Thread(target=_shutdown, args=args, daemon=True).start()
+        else:
+            print("\r\nmicrovm: stopping the VM now", file=sys.stderr)
+            child.kill()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        if console:
+            log_path = workdir / console[1]
+            with terminal_passthrough():
+                while not log_path.exists() and child.poll() is None:
+                    time.sleep(0.005)
+
+                def alive() -> bool:
+                    return child.poll() is None
+
+                def connect() -> socket.socket | None:
+                    return connect_when_there(workdir / console[0], alive)
+
+                with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
+                    relay(alive, None, log, connect=connect)
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if daemons:
+            from ..runner import virtiofsd
+
+            virtiofsd.stop(daemons)
+
+
+def _shutdown(backend, control: Path, timeout: float) -> None:
+    try:
+        backend.shutdown(control, timeout)
+    except Exception as exc:  # noqa: BLE001 - whatever failed is reported; a second Ctrl-C stops the VM
+        print(f"\r\nmicrovm: graceful shutdown failed: {exc}", file=sys.stderr)
