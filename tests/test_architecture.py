@@ -11,5 +11,5 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_layers_point_down():
     lint = Path(sys.executable).parent / "lint-imports"
-    result = subprocess.run([lint, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([lint, "--no-cache"], check=False, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

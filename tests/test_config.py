@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from microvm.cli import translate_legacy
 from microvm.cli.app import app
 from microvm.config import load_host, load_vm
-from microvm.config.options import VMConfig
 from microvm.errors import ConfigError, ConfigErrors
+from microvm.model.options import VMConfig
 
 MINIMAL = '[guest]\nhostName = "web"\n'
 

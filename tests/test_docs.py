@@ -7,7 +7,7 @@ import sys
 
 from conftest import REPO
 
-from microvm.config.reference import FILES, options_of, reference_markdown
+from microvm.model.reference import FILES, options_of, reference_markdown
 
 
 def test_options_reference_is_current() -> None:

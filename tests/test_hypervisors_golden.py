@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from microvm.config.options import VMConfig
 from microvm.hypervisors import Feature, GuestArtifacts, RunnerSpec, get
+from microvm.model.options import VMConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"

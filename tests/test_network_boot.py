@@ -21,8 +21,8 @@ from test_boot import _wait_for
 from test_network_host import microvm_in, snapshot
 
 from microvm.config import load_host
-from microvm.config.options import VMConfig
 from microvm.host.network import vm_addresses
+from microvm.model.options import VMConfig
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 

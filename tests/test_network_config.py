@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from microvm.cli.app import app
 from microvm.config import load_vm
-from microvm.config.options import HostConfig, VMConfig
 from microvm.guest.system import UDHCPC_SCRIPT, _network_script
 from microvm.host import network
+from microvm.model.options import HostConfig, VMConfig
 
 
 def vm(name: str = "web", **guest_network) -> VMConfig:

@@ -18,8 +18,8 @@ import pytest
 from conftest import write_vm
 from test_hypervisors_golden import guest_for
 
-from microvm.config.options import HostConfig, VMConfig
 from microvm.hypervisors import get
+from microvm.model.options import HostConfig, VMConfig
 from microvm.runner.script import runner_files
 
 HOST = """

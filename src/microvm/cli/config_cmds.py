@@ -77,7 +77,7 @@ class Format(str, Enum):
 @app.command()
 def options(fmt: Annotated[Format, typer.Option("--format", help="md or json.")] = Format.md) -> None:
     """Print the options reference, generated from the option model."""
-    from ..config.reference import reference_json, reference_markdown
+    from ..model.reference import reference_json, reference_markdown
 
     print(reference_markdown() if fmt is Format.md else reference_json(), end="" if fmt is Format.md else "\n")
 
@@ -121,7 +121,7 @@ def init(
     name: Annotated[str | None, typer.Option(help="Host name; default the directory's name.")] = None,
 ) -> None:
     """Write a commented starter VM file (like `nix flake init -t microvm`)."""
-    from ..config.options import valid_hostname
+    from ..model.options import valid_hostname
 
     directory = directory.absolute()
     target = directory / "vm.toml"

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigErrors
 from ..host.statedir import installed_configs
+from ..model.options import HostConfig, VMConfig
 from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
 from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
-from .options import HostConfig, VMConfig
 
 
 @dataclass

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..hypervisors import Feature, get
+from ..model.options import HostConfig, VMConfig, host_arch, nth_host_address
 from .loader import OptionPath, format_path
-from .options import HostConfig, VMConfig, host_arch, nth_host_address
 
 
 @dataclass(frozen=True)

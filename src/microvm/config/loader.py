@@ -284,7 +284,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
 
 
 def _option_model_names() -> set[str]:
-    from . import options
+    from ..model import options
 
     return {name for name, obj in vars(options).items() if isinstance(obj, type) and issubclass(obj, BaseModel)}
 

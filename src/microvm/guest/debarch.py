@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
-from ..config.options import host_arch
 from ..errors import MicrovmError
+from ..model.options import host_arch
 from ..store import Store
 
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import proc
-from ..config.options import Service, VMConfig
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..model.options import Service, VMConfig
 from ..store import Store
 from .initrd import needed_modules
 from .kernel import KernelEntry
@@ -304,7 +304,7 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
 
 def _network(vm: VMConfig, layer: Layer) -> None:
     """systemd-networkd files for ``microvm.interfaces``, matched by MAC, settings from ``guest.network``."""
-    from ..config.options import InterfaceNetwork
+    from ..model.options import InterfaceNetwork
 
     network = vm.guest.network
     for iface in vm.microvm.interfaces:

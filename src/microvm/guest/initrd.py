@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
-from ..config.options import STORE_SHARE_TAG, VMConfig
 from ..errors import MicrovmError
 from ..hypervisors.base import Feature, Hypervisor
 from ..layout import ROOT_SERIAL
+from ..model.options import STORE_SHARE_TAG, VMConfig
 from ..store import Store, file_digest
 from .cpio import CpioArchive
 from .debarch import guest_busybox

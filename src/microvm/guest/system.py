@@ -14,9 +14,9 @@ import shlex
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-from ..config.options import Service, VMConfig
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..model.options import Service, VMConfig
 from ..store import Store, file_digest
 from .debarch import guest_busybox
 from .debian import build_debian_system
@@ -183,7 +183,7 @@ by_mac() {
 
 def _network_script(vm: VMConfig) -> str:
     """The commands that configure every interface of ``vm`` the way ``guest.network`` says."""
-    from ..config.options import InterfaceNetwork
+    from ..model.options import InterfaceNetwork
 
     net = vm.guest.network
     lines = [NETWORK_HEAD]

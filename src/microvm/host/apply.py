@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import proc
 from ..config import LoadedHost, LoadedVM
-from ..config.options import HostConfig
+from ..model.options import HostConfig
 from ..store import Store
 from . import lifecycle, network, statedir, systemd, units
 from .statedir import VMState, owner_ids, switch_link, write_atomic

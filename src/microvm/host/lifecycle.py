@@ -192,7 +192,7 @@ def status(state: VMState) -> Status:
 def _addresses(state: VMState) -> list[str]:
     from pydantic import ValidationError
 
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
     from .network import vm_addresses
 
     try:
@@ -311,7 +311,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 
 def run_installed(name: str, state_dir: Path | None = None) -> int:
     """Run an installed VM in the foreground (console here), with ``booted`` set while it runs."""
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
     from ..runner.foreground import Foreground, run_foreground
 
     state = VMState.of(name, state_dir)

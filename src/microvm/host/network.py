@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import proc
-from ..config.options import (
+from ..errors import MicrovmError
+from ..model.options import (
     BASE_N_MAX,
     BasicNetwork,
     HostConfig,
@@ -45,7 +46,6 @@ from ..config.options import (
     ipv6_host_interface,
     nth_host_address,
 )
-from ..errors import MicrovmError
 from . import systemd
 from .statedir import default_state_dir, write_atomic
 from .units import HEADER

@@ -116,7 +116,7 @@ class VMState:
         """The state of VM ``name`` (a plain name: it becomes a directory and a systemd instance)."""
         from pydantic import TypeAdapter, ValidationError
 
-        from ..config.options import Name
+        from ..model.options import Name
 
         try:
             TypeAdapter(Name).validate_python(name)
@@ -263,7 +263,7 @@ def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VM
     """
     from pydantic import ValidationError
 
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
     found = {}
     for state in installed(state_dir):

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import proc
-from ..config.options import RoutedNetwork, VMConfig
 from ..errors import MicrovmError
 from ..layout import RUNNER_CONFIG, SHARE
+from ..model.options import RoutedNetwork, VMConfig
 from . import network
 
 

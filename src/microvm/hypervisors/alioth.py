@@ -24,7 +24,7 @@ from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import cmdline, disks, open_macvtap, plain, signal_shutdown, true_false
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 MTU = 1500
 

@@ -23,7 +23,7 @@ from ..control.process import peer_pid, stop_hard, wait_exit
 from ..errors import MicrovmError
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 
 class Feature(enum.Enum):

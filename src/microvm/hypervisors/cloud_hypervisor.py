@@ -24,7 +24,7 @@ from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, on_off, open_macvtap, plain, remove_stale_socket
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 # Guest systemd finds the host's notify socket in this SMBIOS credential and connects
 # to CID 2 (the host), port 8888; cloud-hypervisor forwards that to "<vsock socket>_8888".

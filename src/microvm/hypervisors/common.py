@@ -20,7 +20,7 @@ from ..errors import MicrovmError
 from .base import GuestArtifacts, RunnerSpec
 
 if TYPE_CHECKING:
-    from ..config.options import Interface, VMConfig
+    from ..model.options import Interface, VMConfig
 
 MIB = 1024 * 1024
 # First file descriptor the runner opens for macvtap queues (as the qemu backend: clear of stdio

@@ -24,7 +24,7 @@ from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, open_macvtap, plain, remove_stale_socket, true_false
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 
 class Backend(Hypervisor):

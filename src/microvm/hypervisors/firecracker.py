@@ -22,7 +22,7 @@ from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import cmdline, disks, remove_stale_socket
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 CONFIG_FILE = f"{SHARE}/firecracker.json"
 VSOCK_SOCKET = "notify.vsock"

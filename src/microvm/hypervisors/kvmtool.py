@@ -23,7 +23,7 @@ from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import cmdline, disks, open_macvtap, plain, signal_shutdown
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 HUGETLBFS = "/dev/hugepages"
 

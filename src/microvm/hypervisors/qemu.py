@@ -26,7 +26,7 @@ from .common import open_macvtap
 if TYPE_CHECKING:
     from qemu.qmp import QMPClient
 
-    from ..config.options import Interface, VMConfig
+    from ..model.options import Interface, VMConfig
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"

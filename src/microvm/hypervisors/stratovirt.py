@@ -24,7 +24,7 @@ from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, on_off, open_macvtap, plain, remove_stale_socket
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 log = logging.getLogger("microvm.hypervisors.stratovirt")
 HUGETLBFS = "/dev/hugepages"

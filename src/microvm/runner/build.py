@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config.options import STORE_SHARE_TAG, VMConfig, host_arch
 from ..guest.debarch import Apt
 from ..guest.image import build_root_image
 from ..guest.initrd import build_initrd, use_local_initrd
 from ..guest.kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
 from ..guest.system import build_system
 from ..hypervisors import GuestArtifacts, Hypervisor, get
+from ..model.options import STORE_SHARE_TAG, VMConfig, host_arch
 from ..store import Store
 from . import accel
 from .script import build_runner

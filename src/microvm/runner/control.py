@@ -57,7 +57,7 @@ def _resume(backend: Hypervisor, socket: Path, files: tuple[Path, Path], hypervi
         print(f"microvm: the VM did not resume from {files[0]}", file=sys.stderr)
         return 1
     if notify_socket := os.environ.get("NOTIFY_SOCKET"):
-        from ..runner.ready import notify
+        from .ready import notify
 
         notify("READY=1", notify_socket)
     return 0

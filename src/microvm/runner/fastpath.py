@@ -27,7 +27,7 @@ from .. import __version__
 from ..store import default_store_dir
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
     from .foreground import Foreground
 
 STAMP_DIR = ".cache/run"

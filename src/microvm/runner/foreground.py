@@ -24,7 +24,7 @@ from ..control.process import connect_when_there
 from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         (workdir / console[1]).unlink(missing_ok=True)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
-        from ..runner import virtiofsd
+        from . import virtiofsd
 
         assert vm is not None, "a VM with virtiofs shares is run from its config"
         daemons = virtiofsd.start(vm, workdir, runner=plan.runner)
@@ -119,7 +119,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
             child.kill()
             child.wait()
         if daemons:
-            from ..runner import virtiofsd
+            from . import virtiofsd
 
             virtiofsd.stop(daemons)
 

@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config.options import VMConfig, Volume
 from ..guest.debian import guest_packages
 from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from ..layout import SHARE, saved_state_files
+from ..model.options import VMConfig, Volume
 from ..store import Store
 
 RUNNER_FORMAT = 3  # bump when the generated scripts change meaning

@@ -19,9 +19,9 @@ from functools import cache
 from pathlib import Path
 
 from .. import proc
-from ..config.options import STORE_SHARE_TAG, Share, VMConfig
 from ..errors import MicrovmError
 from ..layout import VIRTIOFS, runner_config
+from ..model.options import STORE_SHARE_TAG, Share, VMConfig
 
 C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 
@@ -175,7 +175,7 @@ def serve(workdir: Path) -> int:
 
     What ``microvm-virtiofsd@.service`` runs: ready (sd_notify) once every socket exists.
     """
-    from ..config.options import VMConfig
+    from ..model.options import VMConfig
 
     runner = (workdir / "current").resolve()
     vm = VMConfig.model_validate(runner_config(runner))
