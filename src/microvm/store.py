@@ -4,22 +4,38 @@ Each build output is a directory ``<hash>-<name>`` whose hash covers every
 input that went into it. Outputs are built under a temporary name and renamed
 into place, so an entry either exists complete or not at all, and is never
 changed afterwards. The same inputs are a cache hit and do no work.
+
+A finished entry is sealed (as Nix canonicalises its store paths): root's, no
+group or other write bit, no set-id or sticky bit anywhere inside, so no other
+user can change what later builds and guests use. What sealing took away (a
+guest's 1777 /tmp, its setuid programs, files of its users) is recorded in the
+entry's ``.permissions`` for the image builder to give back inside the image.
+Entries holding a guest system (which may hold secrets: password hashes, private
+files) are *private*: readable only by root and the ``microvm`` group.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 HASH_LEN = 32
+# The group that may read private entries: the VM units run with it (see microvm.host.units).
+PRIVATE_GROUP = "microvm"
+PERMISSIONS = ".permissions"
+METADATA = (".inputs.json", ".references", PERMISSIONS)  # the store's own files in an entry, never part of a guest
+UNSAFE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWGRP | stat.S_IWOTH
+Permissions = dict[str, list[int]]  # relative path -> [mode, uid, gid]
 
 
 def default_store_dir() -> Path:
@@ -47,6 +63,67 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def seal(tree: Path) -> Permissions:
+    """Make everything below ``tree`` immutable to all but root; return what was taken away.
+
+    Every inode becomes root's (when we are root) and loses its set-id, sticky
+    and group/other write bits. Symlinks are never followed.
+    """
+    as_root = os.geteuid() == 0
+    taken: Permissions = {}
+    for dirpath, dirnames, filenames in os.walk(tree):  # os.walk does not descend into symlinked dirs
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            mode = stat.S_IMODE(st.st_mode)
+            foreign = as_root and (st.st_uid, st.st_gid) != (0, 0)
+            link = stat.S_ISLNK(st.st_mode)
+            if not foreign and (link or not mode & UNSAFE_BITS):
+                continue
+            taken[os.path.relpath(path, tree)] = [mode, st.st_uid, st.st_gid]
+            if foreign:
+                os.chown(path, 0, 0, follow_symlinks=False)  # clears set-id bits: chmod after
+            if not link:
+                os.chmod(path, mode & ~UNSAFE_BITS)
+    return taken
+
+
+def restore(tree: Path, taken: Permissions, under: str = "") -> None:
+    """Give back inside ``tree`` (a private copy) what :func:`seal` took from the paths ``under`` a prefix."""
+    for rel, (mode, uid, gid) in sorted(taken.items()):
+        if not rel.startswith(under):
+            continue
+        path = tree / rel.removeprefix(under)
+        if os.geteuid() == 0:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        if not path.is_symlink():
+            path.chmod(mode)
+
+
+def _private_gid() -> int | None:
+    """The group that may read private entries, if this host has it and we may give entries to it."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return grp.getgrnam(PRIVATE_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def protect(entry: Path, private: bool) -> None:
+    """The mode of an entry's top directory: everyone may read a public entry; a private one only root
+    and the ``microvm`` group (or only its owner where that group does not exist)."""
+    st = entry.stat()
+    if st.st_uid != os.geteuid():
+        return  # root's entry used by another user: not theirs to change
+    gid = _private_gid() if private else None
+    if gid is not None and st.st_gid != gid:
+        os.chown(entry, -1, gid)
+    mode = 0o755 if not private else 0o750 if gid is not None else 0o700
+    if stat.S_IMODE(st.st_mode) != mode:
+        entry.chmod(mode)
+
+
 class Store:
     """A directory of immutable, hash-named build outputs."""
 
@@ -62,15 +139,20 @@ class Store:
         inputs: Any,
         build: Callable[[Path], None],
         references: tuple[Path, ...] = (),
+        private: bool = False,
     ) -> tuple[Path, bool]:
         """Return the entry for ``inputs``, building it with ``build(tmpdir)`` if missing.
 
         ``references`` are the store entries this one uses (kept alive by gc
-        as long as this one is). Returns ``(path, built)``; ``built`` is False
+        as long as this one is). ``private``: the entry may hold secrets (see
+        :func:`protect`); a cache hit is given to the ``microvm`` group if it
+        has appeared since the build. Returns ``(path, built)``; ``built`` is False
         on a cache hit. A build that raises leaves nothing behind.
         """
         final = self.path_for(name, inputs)
         if final.exists():
+            if private:
+                protect(final, private)
             return final, False
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock(final.name):
@@ -79,11 +161,16 @@ class Store:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.root))
             try:
                 build(tmp)
+                if taken := seal(tmp):
+                    (tmp / PERMISSIONS).write_text(json.dumps(taken, indent=0, sort_keys=True))
                 (tmp / ".inputs.json").write_text(
                     json.dumps({"name": name, "inputs": inputs}, indent=1, sort_keys=True, default=str)
                 )
                 (tmp / ".references").write_text("".join(f"{self.owner_of(r) or r}\n" for r in references))
-                tmp.chmod(0o755)
+                for meta in METADATA:
+                    if (tmp / meta).exists():
+                        (tmp / meta).chmod(0o644)
+                protect(tmp, private)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -102,6 +189,11 @@ class Store:
         if not self.root.is_dir():
             return []
         return sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
+
+    def permissions(self, entry: Path) -> Permissions:
+        """What sealing took from ``entry`` (see :func:`seal`)."""
+        path = entry / PERMISSIONS
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def references(self, entry: Path) -> list[Path]:
         refs = entry / ".references"

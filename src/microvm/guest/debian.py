@@ -29,14 +29,14 @@ from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
 from ..model.options import Service, VMConfig
-from ..store import Store
+from ..store import Store, restore
 from .initrd import needed_modules
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
 
-DEBIAN_FORMAT = 1  # bump when the package tree changes meaning
-LAYER_FORMAT = 1  # bump when the generated files change meaning
+DEBIAN_FORMAT = 2  # bump when the package tree changes meaning
+LAYER_FORMAT = 2  # bump when the generated files change meaning
 PACKAGES_FILE = "usr/lib/microvm/packages.json"  # inside the system tree: name -> version
 # What every debian guest needs: systemd as init, udev (networkd waits for it), DNS, ip, modprobe.
 BASE_PACKAGES = ["systemd-sysv", "udev", "dbus", "systemd-resolved", "iproute2", "kmod"]
@@ -537,8 +537,11 @@ def build_debian_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kern
     }
 
     def build(out: Path) -> None:
-        # the tree keeps its owners; copy into the (empty) temporary entry
+        # the tree keeps its owners and modes (the store took them from the package tree: give them back);
+        # copy into the (empty, private) temporary entry
         proc.run(["cp", "-a", "--reflink=auto", f"{tree}/.", out])
+        out.chmod(0o700)  # cp gave it the tree's 0755: keep it unreachable while it has the guest's modes
+        restore(out, store.permissions(base), under="rootfs/")
         for rel, (mode, uid, gid) in sorted(layer.dirs.items()):
             path = out / rel
             path.mkdir(parents=True, exist_ok=True)
@@ -559,7 +562,7 @@ def build_debian_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kern
         if modules and kernel.modules_dir is not None:
             _install_modules(kernel.modules_dir, modules, out)
 
-    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path))
+    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path), private=True)
     return entry
 
 

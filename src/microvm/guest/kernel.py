@@ -125,8 +125,9 @@ def fetch_kernel(store: Store, package: KernelPackage, apt: Apt) -> KernelEntry:
 
     def build(out: Path) -> None:
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack the guest kernel")
-        with tempfile.TemporaryDirectory(prefix="microvm-kernel-") as tmp:
-            work = Path(tmp)  # private to root: apt warns it downloads unsandboxed, which is fine
+        # inside the entry's private build directory, not a name in /tmp; apt warns it downloads unsandboxed: fine
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=out) as tmp:
+            work = Path(tmp)
             deb = apt.download(package.name, package.version, work)
             unpacked = work / "root"
             proc.run([dpkg_deb, "-x", deb, unpacked])

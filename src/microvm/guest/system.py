@@ -24,7 +24,7 @@ from .initrd import busybox_applets
 from .kernel import KernelEntry
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH
 
-SYSTEM_FORMAT = 3  # bump when the generated files change meaning
+SYSTEM_FORMAT = 4  # bump when the generated files change meaning
 BUSYBOX_USERS = {"root": 0, "nobody": 65534}
 
 
@@ -275,7 +275,7 @@ def build_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
     def build(out: Path) -> None:
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "var/log", "root", "mnt"):
             (out / d).mkdir(parents=True, exist_ok=True)
-        (out / "tmp").chmod(0o1777)
+        (out / "tmp").chmod(0o1777)  # in the image; the store keeps it 0755 (see microvm.store.seal)
         (out / "bin/busybox").write_bytes(busybox.read_bytes())
         (out / "bin/busybox").chmod(0o755)
         for applet in busybox_applets(busybox):
@@ -290,5 +290,5 @@ def build_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
             path.write_text(content)
             path.chmod(mode)
 
-    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build)
+    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, private=True)
     return entry

@@ -741,6 +741,23 @@ class VMConfig(Options):
     def name(self) -> str:
         return self.guest.hostName
 
+    def public_dump(self) -> dict:
+        """``dump()`` without secret values, for files others may read (the runner's vm.json).
+
+        A password hash becomes a digest of it (it is salted: the digest tells nothing, and a
+        change still shows in `microvm diff`); the text of a guest file that others may not
+        read in the guest becomes a placeholder (a digest of a short text could be guessed).
+        """
+        data = self.dump()
+        for user in data["guest"].get("users", {}).values():
+            if "hashedPassword" in user:
+                digest = hashlib.sha256(user["hashedPassword"].encode()).hexdigest()[:16]
+                user["hashedPassword"] = f"<secret sha256:{digest}>"
+        for spec in data["guest"].get("files", {}).values():
+            if "text" in spec and not int(spec["mode"], 8) & 0o004:
+                spec["text"] = "<secret>"
+        return data
+
     @model_validator(mode="after")
     def _computed_defaults(self) -> VMConfig:
         """Fill defaults that depend on other options."""
