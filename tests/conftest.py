@@ -70,11 +70,15 @@ def entries_built_for(store_root: Path, host_name: str) -> set[str]:
 
 def exposure(roots: list[Path], secret: bytes) -> tuple[list[Path], list[Path]]:
     """What other users could change or read below ``roots``: (everything every user may write,
-    the files every user may read - the file and each directory above it - that hold ``secret``)."""
+    the files every user may read - the file and each directory above it up to its root - that hold ``secret``).
+
+    Where the roots are (the tests' cache is under root's private home) does not count: on a host the
+    store and the state directory are where every user may look.
+    """
     writable, readable = [], []
 
-    def reachable(directory: Path) -> bool:
-        return all(d.stat().st_mode & 0o001 for d in (directory, *directory.parents))
+    def reachable(directory: Path, root: Path) -> bool:
+        return all(d.stat().st_mode & 0o001 for d in (directory, *directory.parents) if d.is_relative_to(root))
 
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -85,7 +89,12 @@ def exposure(roots: list[Path], secret: bytes) -> tuple[list[Path], list[Path]]:
                     continue
                 if mode & 0o002:
                     writable.append(here / name)
-                if stat.S_ISREG(mode) and mode & 0o004 and reachable(here) and secret in (here / name).read_bytes():
+                if (
+                    stat.S_ISREG(mode)
+                    and mode & 0o004
+                    and reachable(here, root)
+                    and secret in (here / name).read_bytes()
+                ):
                     readable.append(here / name)
     return writable, readable
 
