@@ -20,6 +20,7 @@ from notify import FakeSystemd
 
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
+from microvm.runner.build import build_vm
 from microvm.store import Store
 
 WEB_PORT, SSH_PORT, CLOSED_PORT = 18080, 12222, 19000
@@ -442,8 +443,11 @@ def test_secrets_reach_the_guest_and_no_other_user(tmp_path: Path) -> None:
     """A password hash and a private file are in the guest's image, and no other user of the host can
     read them or change what the VM uses: not in the store, not in the state directory (issue 15: 2, 3)."""
     write_vm(tmp_path / "src" / "deb-secret", SECRET_VM)
-    created = microvm("create", "deb-secret", "--source", str(tmp_path / "src"), timeout=1800)
+    debug = {**os.environ, "MICROVM_DEBUG": "1"}  # logs every command it runs
+    created = microvm("create", "deb-secret", "--source", str(tmp_path / "src"), timeout=1800, env=debug)
     assert created.returncode == 0, created.stderr
+    assert "run: " in created.stderr
+    assert SECRET_HASH not in created.stdout + created.stderr and SECRET_TEXT not in created.stdout + created.stderr
     runner = (tmp_path / "state" / "deb-secret" / "current").resolve()
     vm_json = (runner / "share/microvm/vm.json").read_text()
     assert SECRET_HASH not in vm_json and SECRET_TEXT not in vm_json
@@ -462,3 +466,16 @@ def test_secrets_reach_the_guest_and_no_other_user(tmp_path: Path) -> None:
             f"{len(closure)} store entries: {len(writable)} world-writable, {len(readable)} hold {secret!r} readable by all"
         )
         assert (writable, readable) == ([], [])
+
+
+def test_a_declared_file_is_never_written_through_a_symlink_out_of_the_tree(tmp_path: Path) -> None:
+    """/var/run is a symlink to /run in Debian: writing there at build time would write the host's /run (15: 3)."""
+    host_file = Path("/run/microvm-test-escape")
+    escape = SECRET_VM.replace('"/etc/microvm-private"', f'"/var{host_file}"').replace("deb-secret", "deb-escape")
+    file = write_vm(tmp_path, escape)
+    try:
+        with pytest.raises(MicrovmError, match="/var/run is a symlink"):
+            build_vm(Store(Path(os.environ["MICROVM_STORE"])), load_vm(file).config)
+        assert not host_file.exists()
+    finally:
+        host_file.unlink(missing_ok=True)

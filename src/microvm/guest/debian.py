@@ -543,19 +543,19 @@ def build_debian_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kern
         out.chmod(0o700)  # cp gave it the tree's 0755: keep it unreachable while it has the guest's modes
         restore(out, store.permissions(base), under="rootfs/")
         for rel, (mode, uid, gid) in sorted(layer.dirs.items()):
-            path = out / rel
+            path = _in_tree(out, rel, rel)
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, uid, gid)
             path.chmod(mode)
         for rel, (content, mode, uid, gid) in layer.files.items():
-            path = out / rel
+            path = _in_tree(out, rel, str(Path(rel).parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.write_bytes(content)
             os.chown(path, uid, gid)
             path.chmod(mode)
         for rel, target in layer.links.items():
-            path = out / rel
+            path = _in_tree(out, rel, str(Path(rel).parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.symlink_to(target)
@@ -564,6 +564,17 @@ def build_debian_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kern
 
     entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path), private=True)
     return entry
+
+
+def _in_tree(root: Path, rel: str, through: str) -> Path:
+    """``root/rel``, refused if the symlinks on the way to ``through`` (``rel`` or its directory) lead out
+    of the tree: the package tree has absolute ones (/var/run -> /run) that would reach the host's own files."""
+    if not (root / through).resolve().is_relative_to(root.resolve()):
+        raise MicrovmError(
+            f"/{rel}: /{through} is a symlink in the guest that leads out of the system tree",
+            hint="declare the file where the guest's symlink points to",
+        )
+    return root / rel
 
 
 def _install_modules(modules_dir: Path, modules: list[str], root: Path) -> None:
