@@ -107,11 +107,13 @@ def test_finished_entry_is_immutable_to_others(tmp_path: Path) -> None:
         (out / "suid").write_text("#!/bin/sh\n")
         (out / "suid").chmod(0o4755)
         (out / "link").symlink_to("/etc/passwd")
+        os.mknod(out / "console", 0o666 | stat.S_IFCHR, os.makedev(5, 1))  # as mmdebstrap leaves in a tree
 
     entry, _ = store.add("sealed", {}, build)
     assert exposure([entry], b"")[0] == []
     modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in entry.iterdir() if not p.is_symlink()}
     assert not [name for name, mode in modes.items() if mode & 0o7022], modes
+    assert modes["console"] == 0o600  # nobody else opens the host's console through the store
     assert os.readlink(entry / "link") == "/etc/passwd"  # kept, never followed
 
 

@@ -67,7 +67,7 @@ def seal(tree: Path) -> Permissions:
     """Make everything below ``tree`` immutable to all but root; return what was taken away.
 
     Every inode becomes root's (when we are root) and loses its set-id, sticky
-    and group/other write bits. Symlinks are never followed.
+    and group/other write bits; a device node is root's alone. Symlinks are never followed.
     """
     as_root = os.geteuid() == 0
     taken: Permissions = {}
@@ -78,13 +78,15 @@ def seal(tree: Path) -> Permissions:
             mode = stat.S_IMODE(st.st_mode)
             foreign = as_root and (st.st_uid, st.st_gid) != (0, 0)
             link = stat.S_ISLNK(st.st_mode)
-            if not foreign and (link or not mode & UNSAFE_BITS):
+            device = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)  # it would open the host's own device
+            sealed = mode & (0o700 if device else ~UNSAFE_BITS)
+            if not foreign and (link or sealed == mode):
                 continue
             taken[os.path.relpath(path, tree)] = [mode, st.st_uid, st.st_gid]
             if foreign:
                 os.chown(path, 0, 0, follow_symlinks=False)  # clears set-id bits: chmod after
             if not link:
-                os.chmod(path, mode & ~UNSAFE_BITS)
+                os.chmod(path, sealed)
     return taken
 
 
