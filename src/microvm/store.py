@@ -147,14 +147,11 @@ class Store:
 
         ``references`` are the store entries this one uses (kept alive by gc
         as long as this one is). ``private``: the entry may hold secrets (see
-        :func:`protect`); a cache hit is given to the ``microvm`` group if it
-        has appeared since the build. Returns ``(path, built)``; ``built`` is False
+        :func:`protect` and :meth:`share`). Returns ``(path, built)``; ``built`` is False
         on a cache hit. A build that raises leaves nothing behind.
         """
         final = self.path_for(name, inputs)
         if final.exists():
-            if private:
-                protect(final, private)
             return final, False
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock(final.name):
@@ -196,6 +193,12 @@ class Store:
         """What sealing took from ``entry`` (see :func:`seal`)."""
         path = entry / PERMISSIONS
         return json.loads(path.read_text()) if path.exists() else {}
+
+    def share(self, entry: Path) -> None:
+        """Give the private entries ``entry`` uses to the ``microvm`` group, which may be newer than they are."""
+        for used in self.closure([entry]):
+            if not used.stat().st_mode & stat.S_IXOTH:
+                protect(used, private=True)
 
     def references(self, entry: Path) -> list[Path]:
         refs = entry / ".references"

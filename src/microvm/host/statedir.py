@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import MicrovmError
 from ..layout import runner_config, saved_state_files
+from ..store import Store
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
 SYSTEM_STATE_DIR = Path("/var/lib/microvms")
@@ -194,6 +195,7 @@ class VMState:
     # --- changes ----------------------------------------------------------------
 
     def switch_current(self, runner: Path) -> None:
+        Store(runner.parent).share(runner)  # built before `host apply` made the microvm group, perhaps
         switch_link(self.path / "current", runner)
 
     def mark_booted(self) -> None:
