@@ -6,6 +6,8 @@ argument per line, then the descriptors and shell lines the runner adds) and
 firecracker's JSON are compared with ``tests/golden/<hypervisor>/<case>.*``.
 Regenerate with ``UPDATE_GOLDEN=1 pytest tests/test_hypervisors_golden.py``
 and review the diff against the documented syntax cited at each test.
+A hypervisor found on the host's PATH (qemu) is written as ``@BINDIR@/NAME``:
+the files are the same wherever a machine keeps it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from microvm.model.options import VMConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+BINDIR = "@BINDIR@"  # stands for the host's directory of a hypervisor binary found on its PATH
 
 
 def guest_for(hypervisor: str) -> GuestArtifacts:
@@ -138,7 +141,10 @@ def qemu_cases(full: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def render(spec: RunnerSpec) -> str:
-    lines = list(spec.argv)
+    binary, *args = spec.argv
+    if Path(binary).is_absolute():
+        binary = f"{BINDIR}/{Path(binary).name}"
+    lines = [binary, *args]
     if spec.fds:
         lines += ["# fds"] + [f'exec {fd}<>"{target}"' for fd, target in spec.fds]
     if spec.pre_exec:
@@ -193,6 +199,15 @@ def test_qemu(case: str) -> None:
         assert "-sandbox" not in spec.argv and spec.argv[spec.argv.index("-runas") + 1] == "microvm"
     elif case != "minimal":
         assert spec.argv[spec.argv.index("-sandbox") + 1] == "on"
+
+
+def test_golden_files_do_not_depend_on_where_qemu_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = tmp_path / "opt-bin" / "qemu-system-x86_64"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", str(binary.parent))
+    assert check_golden("qemu", "minimal").argv[0] == str(binary)
 
 
 # cloud-hypervisor: "Commands" help (cloud-hypervisor.github.io: --cpus boot=, --memory size=,shared=,
