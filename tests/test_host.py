@@ -338,7 +338,7 @@ def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: P
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(60)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "microvm.runner.virtiofsd", str(state.path)],
+        [sys.executable, "-m", "microvm.helpers", "virtiofsd", str(state.path)],
         cwd=state.path,
         env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
     )

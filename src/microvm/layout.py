@@ -8,6 +8,7 @@ the writer and its readers cannot drift apart.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ ROOT_SERIAL = "microvm-root"
 
 # The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
 READINESS_PORT = "org.microvm.ready"
+
+# The one entry of the helper programs runners and units run (microvm/helpers.py).
+HELPERS = "microvm.helpers"
+
+
+def helper_argv(command: str, *args: str) -> list[str]:
+    """The command line of helper ``command`` run by this installation's Python."""
+    return [sys.executable, "-m", HELPERS, command, *args]
 
 
 def saved_state_files(name: str) -> tuple[str, str]:

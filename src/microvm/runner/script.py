@@ -7,6 +7,8 @@ Layout (as microvm.nix's runner package):
 - ``bin/microvm-balloon SIZE``: set the balloon (where the hypervisor has one)
 - ``bin/tap-up``/``tap-down``, ``bin/macvtap-up``/``macvtap-down``: create/remove the VM's host
   interfaces (run as root; :mod:`microvm.host.taps`)
+
+The scripts run their helpers through ``python -m microvm.helpers``.
 - ``share/microvm/{tap-interfaces,macvtap-interfaces,pci-devices,virtiofs/<tag>/...}``:
   what the host prepares before the VM starts, one item per line
 - ``share/microvm/system``: the guest system's store path; ``share/microvm/vm.json``:
@@ -24,7 +26,7 @@ from pathlib import Path
 from .. import __version__
 from ..guest.debian import guest_packages
 from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
-from ..layout import SHARE, saved_state_files
+from ..layout import SHARE, helper_argv, saved_state_files
 from ..model.options import VMConfig, Volume
 from ..store import Store
 
@@ -114,7 +116,7 @@ def _resume(vm: VMConfig, hypervisor: Hypervisor, runner_dir: Path) -> list[str]
     """
     files = saved_state_files(vm.guest.hostName)
     state, saver = (shlex.quote(f) for f in files)
-    helper = [sys.executable, "-m", "microvm.runner.control", "resume", "--hypervisor", hypervisor.name]
+    helper = helper_argv("resume", "--hypervisor", hypervisor.name)
     helper += ["--socket", str(vm.microvm.socket), "--state", files[0], "--saved-by", files[1]]
     return [
         "",
@@ -142,11 +144,11 @@ def _readiness(spec: RunnerSpec, skip_if_resuming: bool) -> list[str]:
     background while the hypervisor runs); without one, as the hypervisor starts.
     A resumed VM is ready once it runs again: the resume helper says so.
     """
-    helper = [sys.executable, "-m", "microvm.runner.ready"]
     if spec.ready_socket:
-        action = shlex.join([*helper, "forward", spec.ready_socket]) + ' --pid "$$" &'  # $$ becomes the hypervisor
+        # $$ becomes the hypervisor
+        action = shlex.join(helper_argv("ready-forward", spec.ready_socket)) + ' --pid "$$" &'
     else:
-        action = shlex.join([*helper, "now"])
+        action = shlex.join(helper_argv("ready-now"))
     return [
         "",
         "# readiness for systemd (Type=notify with host.useNotifySockets)",
@@ -156,15 +158,14 @@ def _readiness(spec: RunnerSpec, skip_if_resuming: bool) -> list[str]:
     ]
 
 
-def _python_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
-    """A small script that runs one microvm control command with this installation's Python."""
-    return _python_module_script(
-        vm, hypervisor, "microvm.runner.control", command, "--hypervisor", hypervisor.name, *args
-    )
+def _control_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
+    """A small script that runs one control command of this VM's hypervisor."""
+    return _helper_script(vm, hypervisor, command, "--hypervisor", hypervisor.name, *args)
 
 
-def _python_module_script(vm: VMConfig, hypervisor: Hypervisor, module: str, *args: str) -> str:
-    argv = [sys.executable, "-m", module, *args]
+def _helper_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
+    """A small script that runs one helper (microvm.helpers) with this installation's Python."""
+    argv = helper_argv(command, *args)
     return (
         "\n".join(
             [
@@ -184,10 +185,10 @@ def runner_files(
     mv = vm.microvm
     files: dict[str, tuple[str, int]] = {"bin/microvm-run": (run_script(vm, hypervisor, spec, runner_dir), 0o755)}
     if mv.socket and hypervisor.supports(Feature.CONTROL_SOCKET):
-        files["bin/microvm-shutdown"] = (_python_script(vm, hypervisor, "shutdown", "--socket", mv.socket), 0o755)
+        files["bin/microvm-shutdown"] = (_control_script(vm, hypervisor, "shutdown", "--socket", mv.socket), 0o755)
         if mv.balloon:
             files["bin/microvm-balloon"] = (
-                _python_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
+                _control_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
                 0o755,
             )
     for name, script in mv.binScripts.items():
@@ -205,7 +206,7 @@ def runner_files(
         if by_type[kind]:
             for action in ("up", "down"):
                 command = f"{kind}-{action}"
-                script = _python_module_script(vm, hypervisor, "microvm.host.taps", command, str(runner_dir))
+                script = _helper_script(vm, hypervisor, command, str(runner_dir))
                 files[f"bin/{command}"] = (script, 0o755)
     pci = [d.path for d in mv.devices if d.bus == "pci"]
     if pci:
