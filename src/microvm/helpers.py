@@ -12,7 +12,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MicrovmError
@@ -34,12 +33,20 @@ def _exit_code(command: str, code: int) -> int:
     return code
 
 
-@dataclass(frozen=True)
 class Helper:
-    target: str  # "module:function", imported only when this command runs
-    help: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-    report: Callable[[str, object], int] = _show  # prints the function's result, gives the exit code
+    """A command: its function, imported only when it runs; its arguments; how its result is shown.
+
+    A plain class: ``dataclasses`` would import ``inspect``, a few ms of every VM start.
+    """
+
+    def __init__(
+        self,
+        target: str,  # "module:function"
+        help: str,
+        arguments: Callable[[argparse.ArgumentParser], None],
+        report: Callable[..., int] = _show,  # prints the function's result, gives the exit code
+    ) -> None:
+        self.target, self.help, self.arguments, self.report = target, help, arguments, report
 
 
 def _control(parser: argparse.ArgumentParser) -> None:
