@@ -18,6 +18,7 @@ RUNNER_CONFIG = f"{SHARE}/vm.json"  # the evaluated VM config the runner was bui
 RUNNER_PACKAGES = f"{SHARE}/packages.json"  # debian guests: installed package -> version
 RUNNER_SYSTEM = f"{SHARE}/system"  # the guest system's store path
 TAP_INTERFACES = f"{SHARE}/tap-interfaces"
+TAP_FLAGS = f"{SHARE}/tap-flags"  # "vnet_hdr", and "multi_queue" when the hypervisor opens queues
 MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
 PCI_DEVICES = f"{SHARE}/pci-devices"
 VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
-from ..layout import RUNNER_CONFIG, SHARE
+from ..layout import MACVTAP_INTERFACES, RUNNER_CONFIG, TAP_FLAGS, TAP_INTERFACES
 from ..model.options import RoutedNetwork, VMConfig
 from . import network
 
@@ -46,7 +46,7 @@ class Macvtap:
 
 
 def _lines(runner: Path, name: str) -> list[str]:
-    path = runner / SHARE / name
+    path = runner / name
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
@@ -60,15 +60,15 @@ def runner_taps(runner: Path) -> tuple[list[Tap], set[str]]:
     base = vm.guest.network.base
     bridges = {i.id: i.bridge for i in vm.microvm.interfaces if i.type == "tap"}
     taps = []
-    for name in _lines(runner, "tap-interfaces"):
+    for name in _lines(runner, TAP_INTERFACES):
         routed = base.routed if base.enable and base.routed.enable and name == base.tap else None
         taps.append(Tap(name, bridges.get(name), routed, base.n))
-    flags = set(" ".join(_lines(runner, "tap-flags")).split())
+    flags = set(" ".join(_lines(runner, TAP_FLAGS)).split())
     return taps, flags
 
 
 def runner_macvtaps(runner: Path) -> list[Macvtap]:
-    return [Macvtap(*line.split()) for line in _lines(runner, "macvtap-interfaces")]
+    return [Macvtap(*line.split()) for line in _lines(runner, MACVTAP_INTERFACES)]
 
 
 def owner(runner: Path, user: str | None) -> tuple[int, int]:

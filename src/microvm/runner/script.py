@@ -26,7 +26,18 @@ from pathlib import Path
 from .. import __version__
 from ..guest.debian import guest_packages
 from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
-from ..layout import SHARE, helper_argv, saved_state_files
+from ..layout import (
+    MACVTAP_INTERFACES,
+    PCI_DEVICES,
+    RUNNER_CONFIG,
+    RUNNER_PACKAGES,
+    RUNNER_SYSTEM,
+    TAP_FLAGS,
+    TAP_INTERFACES,
+    VIRTIOFS,
+    helper_argv,
+    saved_state_files,
+)
 from ..model.options import VMConfig, Volume
 from ..store import Store
 
@@ -193,15 +204,14 @@ def runner_files(
             )
     for name, script in mv.binScripts.items():
         files[f"bin/{name}"] = (script if script.startswith("#!") else f"#!/bin/sh\n{script}\n", 0o755)
-    share = SHARE
     by_type = {t: [i.id for i in mv.interfaces if i.type == t] for t in ("tap", "macvtap")}
     if by_type["tap"]:
-        files[f"{share}/tap-interfaces"] = ("\n".join(by_type["tap"]) + "\n", 0o644)
+        files[TAP_INTERFACES] = ("\n".join(by_type["tap"]) + "\n", 0o644)
         multi_queue = mv.vcpu > 1 and hypervisor.supports(Feature.MULTI_QUEUE_TAP)
-        files[f"{share}/tap-flags"] = ("multi_queue vnet_hdr\n" if multi_queue else "vnet_hdr\n", 0o644)
+        files[TAP_FLAGS] = ("multi_queue vnet_hdr\n" if multi_queue else "vnet_hdr\n", 0o644)
     if by_type["macvtap"]:
         lines = [f"{i.id} {i.mac} {i.macvtap.link} {i.macvtap.mode}" for i in mv.interfaces if i.type == "macvtap"]
-        files[f"{share}/macvtap-interfaces"] = ("\n".join(lines) + "\n", 0o644)
+        files[MACVTAP_INTERFACES] = ("\n".join(lines) + "\n", 0o644)
     for kind in ("tap", "macvtap"):
         if by_type[kind]:
             for action in ("up", "down"):
@@ -210,18 +220,18 @@ def runner_files(
                 files[f"bin/{command}"] = (script, 0o755)
     pci = [d.path for d in mv.devices if d.bus == "pci"]
     if pci:
-        files[f"{share}/pci-devices"] = ("\n".join(pci) + "\n", 0o644)
+        files[PCI_DEVICES] = ("\n".join(pci) + "\n", 0o644)
     for s in mv.shares:
         if s.proto == "virtiofs":
-            files[f"{share}/virtiofs/{s.tag}/socket"] = (f"{s.socket}\n", 0o644)
-            files[f"{share}/virtiofs/{s.tag}/source"] = (f"{s.source}\n", 0o644)
+            files[f"{VIRTIOFS}/{s.tag}/socket"] = (f"{s.socket}\n", 0o644)
+            files[f"{VIRTIOFS}/{s.tag}/source"] = (f"{s.source}\n", 0o644)
     if system is not None:
-        files[f"{share}/system"] = (f"{system}\n", 0o644)
+        files[RUNNER_SYSTEM] = (f"{system}\n", 0o644)
         packages = guest_packages(system)
         if packages is not None:
             # name -> version of every installed package, for `microvm diff`/`update` and as a lock
-            files[f"{share}/packages.json"] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
-    files[f"{share}/vm.json"] = (json.dumps(vm.dump(), indent=1, sort_keys=True) + "\n", 0o644)
+            files[RUNNER_PACKAGES] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
+    files[RUNNER_CONFIG] = (json.dumps(vm.dump(), indent=1, sort_keys=True) + "\n", 0o644)
     for rel, content in spec.files.items():
         files[rel] = (content.replace(RunnerSpec.RUNNER, str(runner_dir)), 0o644)
     return files
