@@ -7,13 +7,13 @@ Layout (as microvm.nix's runner package):
 - ``bin/microvm-balloon SIZE``: set the balloon (where the hypervisor has one)
 - ``bin/tap-up``/``tap-down``, ``bin/macvtap-up``/``macvtap-down``: create/remove the VM's host
   interfaces (run as root; :mod:`microvm.host.taps`)
-
-The scripts run their helpers through ``python -m microvm.helpers``.
 - ``share/microvm/{tap-interfaces,macvtap-interfaces,pci-devices,virtiofs/<tag>/...}``:
   what the host prepares before the VM starts, one item per line
 - ``share/microvm/system``: the guest system's store path; ``share/microvm/vm.json``:
   the evaluated config, so ``list``/``diff`` never rebuild to decide;
   ``share/microvm/packages.json`` (debian guests): installed package -> version
+
+The scripts run their helpers through ``python -m microvm.helpers``.
 """
 
 from __future__ import annotations
