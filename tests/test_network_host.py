@@ -68,7 +68,7 @@ def test_up_is_idempotent_and_down_restores_the_namespace(ns, tmp_path: Path) ->
     before = snapshot(ns)
 
     first = microvm_in(ns, "host", "network", "up", str(host)).stdout
-    assert "add bridge microvm" in first and "started dnsmasq" in first
+    assert "add bridge microvm" in first and "start dnsmasq on microvm" in first
     addresses = ns.run("ip", "-o", "address", "show", "dev", "microvm").stdout
     assert "10.213.0.1/24" in addresses and "fd12:3456:789a::1/64" in addresses
     ruleset = ns.run("nft", "list", "ruleset").stdout
@@ -120,7 +120,7 @@ def test_pure_layer2_bridge_onto_a_port(ns, tmp_path: Path) -> None:
         "host.toml",
     )
     changes = microvm_in(ns, "host", "network", "up", str(host)).stdout
-    assert changes.splitlines() == ["add bridge br-lan", "add nic0 on bridge br-lan"]
+    assert changes.splitlines() == ["add bridge br-lan", "add nic0 on bridge br-lan", "record the tap settings for bin/tap-up"]
     assert "master br-lan" in ns.run("ip", "-d", "link", "show", "nic0").stdout
     assert "inet" not in ns.run("ip", "-o", "address", "show", "dev", "br-lan").stdout.replace("inet6 fe80", "")
     assert ns.pids() == []  # no dnsmasq: nothing to serve

@@ -1,0 +1,5 @@
+import sys
+
+from .restore import main
+
+sys.exit(main())
