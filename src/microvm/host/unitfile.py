@@ -30,9 +30,9 @@ def quote(word: str | Path, variables: bool = True) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def command(*argv: str | Path) -> str:
-    """A command line for ``ExecStart=`` and friends: each word taken literally."""
-    return " ".join(quote(word) for word in argv)
+def command(program: str | Path, *args: str | Path) -> str:
+    """A command line for ``ExecStart=`` and friends: each word taken literally (no variables in the program)."""
+    return " ".join([quote(program, variables=False), *(quote(arg) for arg in args)])
 
 
 def environment(values: dict[str, str]) -> str:
