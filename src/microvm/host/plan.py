@@ -160,8 +160,8 @@ def activation_changes(files: list[Change], services: Iterable[str], why: str, s
     Only for the host's own systemd (the caller knows it runs and the units are its).
     """
     changes: list[Change] = [Systemctl(("daemon-reload",))] if files else []
-    for change in files:
-        name = change.path.name if isinstance(change, RemoveFile) else ""
+    removed = dict.fromkeys(c.path.name for c in files if isinstance(c, RemoveFile))  # a unit and its wants link
+    for name in removed:
         if name.startswith(stop_prefix) and systemd.is_active_unit(name):
             changes.append(Systemctl(("stop", name), "no longer declared"))
     for name in services:
