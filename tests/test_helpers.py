@@ -85,10 +85,10 @@ def _reaches_its_function(args: list[str]) -> str:
 
 def test_every_command_line_generated_parses_and_reaches_its_function(tmp_path: Path) -> None:
     """Every command the runner and the units call parses, and its function takes exactly what the
-    parser gives it; besides, ready-now (a runner without a readiness port) and network (its unit is
+    parser gives it; besides, ready-now (a runner without a readiness port) and network-restore (its unit is
     host/network.py's)."""
     generated = [_helper_args(argv) for argv in [*_runner_commands(), *_unit_commands(tmp_path)]]
-    others = [["ready-now"], ["network", "restore", str(tmp_path)]]
+    others = [["ready-now"], ["network-restore", str(tmp_path)]]
     assert sorted(_reaches_its_function(args) for args in [*generated, *others]) == sorted(HELPERS)
 
 

@@ -304,3 +304,36 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert (rootfs / STATE.relative_to("/") / "beta").stat().st_uid == (
             rootfs / STATE.relative_to("/")
         ).stat().st_uid
+
+
+def test_host_network_up_and_down_under_systemd(tmp_path: Path) -> None:
+    """`host network up` writes, enables and starts the network's units; again it has nothing to do; down undoes all."""
+    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
+        pytest.skip("needs systemd-nspawn")
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
+    host_file = write_vm(
+        tmp_path / "work", "[network.basic]\nenable = true\n[network.nat]\nenable = true\n", "host.toml"
+    )
+    ro_binds = [str(REPO), str(host_file.parent)]
+    if not sys.base_prefix.startswith("/usr"):
+        ro_binds.append(sys.base_prefix)
+    units = rootfs / "etc/systemd/system"
+    names = ("microvm-network.service", "microvm-dnsmasq-microvm.service")
+    with container(rootfs, [], ro_binds, tmp_path / "container.log") as box:
+        host = Host(box, rootfs, set())
+        box.wait_running()
+        up = host.microvm("host", "network", "up", str(host_file)).stdout
+        assert "add bridge microvm" in up and "systemctl start microvm-dnsmasq-microvm.service (host network)" in up
+        for name in names:
+            assert host.systemctl("is-active", name) == "active"
+            assert (units / "multi-user.target.wants" / name).is_symlink()
+        assert host.microvm("host", "network", "up", "--dry-run", str(host_file)).stdout == ""
+        down = host.microvm("host", "network", "down", str(host_file)).stdout
+        assert "systemctl disable --now microvm-dnsmasq-microvm.service" in down and "remove bridge microvm" in down
+        for name in names:
+            assert not (units / name).exists() and not (units / "multi-user.target.wants" / name).exists()
+            assert host.systemctl("is-active", name, check=False) != "active"
+        assert "microvm" not in box.run("ip", "-o", "link", "show").stdout
+        assert not (rootfs / "var/lib/microvms/.network.json").exists()

@@ -29,10 +29,6 @@ def _names(command: str, names: list[str]) -> int:
     return 0
 
 
-def _exit_code(command: str, code: int) -> int:
-    return code
-
-
 class Helper:
     """A command: its function, imported only when it runs; its arguments; how its result is shown.
 
@@ -110,8 +106,8 @@ def _install(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner", type=_user_group, required=True, help="USER:GROUP owning the VM's state directory")
 
 
-def _pass_on(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("argv", nargs=argparse.REMAINDER, help="its own arguments")
+def _network_restore(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("state_dir", type=Path, nargs="?", help="the host's microvm.stateDir")
 
 
 HELPERS = {
@@ -130,7 +126,9 @@ HELPERS = {
     "macvtap-down": Helper("microvm.host.taps:macvtap_down", "remove the runner's macvtaps", _interfaces_down, _names),
     "virtiofsd": Helper("microvm.runner.virtiofsd:serve", "run the VM's virtiofs daemons", _virtiofsd),
     "install": Helper("microvm.host.install:install", "install a VM (install-microvm-NAME.service)", _install),
-    "network": Helper("microvm.host.network:main", "the host network (microvm-network.service)", _pass_on, _exit_code),
+    "network-restore": Helper(
+        "microvm.host.network.restore:restore", "restore the host network (microvm-network.service)", _network_restore
+    ),
 }
 
 
