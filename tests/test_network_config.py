@@ -12,14 +12,15 @@ from conftest import write_vm
 from typer.testing import CliRunner
 
 from microvm.cli.app import app
-from microvm.config import load_vm
+from microvm.config import load_vm, vm_config
 from microvm.guest.system import UDHCPC_SCRIPT, _network_script
 from microvm.host import network
+from microvm.model.addresses import base_ipv4
 from microvm.model.options import HostConfig, VMConfig
 
 
 def vm(name: str = "web", **guest_network) -> VMConfig:
-    return VMConfig.model_validate({"guest": {"hostName": name, "network": guest_network}})
+    return vm_config({"guest": {"hostName": name, "network": guest_network}})
 
 
 def install(state: Path, config: VMConfig) -> None:
@@ -39,7 +40,7 @@ def check(file: Path, *flags: str):
 def test_base_interface_is_derived_from_n_and_survives_a_round_trip() -> None:
     config = vm(base={"enable": True, "n": 258})
     assert [(i.type, i.id, i.mac) for i in config.microvm.interfaces] == [("tap", "vm258", "02:00:00:01:01:02")]
-    again = VMConfig.model_validate(config.dump())  # as read back from vm.json: not added twice
+    again = vm_config(config.dump())  # desugared again (microvm eval, vm.json): not added twice
     assert again.microvm.interfaces == config.microvm.interfaces
 
 
@@ -53,7 +54,7 @@ def test_vm_addresses_follow_the_bridge_scheme() -> None:
     assert network.vm_addresses(static, host) == ["192.0.2.7", "fd12:3456:789a::ff:fe01:3"]
     assert network.vm_addresses(below, HostConfig()) == []  # no host bridge: no address known
     full = HostConfig.model_validate({"network": {"basic": {"enable": True, "ipv4Subnet": "10.5.0.1/30"}}})
-    assert network.base_ipv4(full.network.basic, 0) is not None and network.base_ipv4(full.network.basic, 1) is None
+    assert base_ipv4(full.network.basic, 0) is not None and base_ipv4(full.network.basic, 1) is None
 
 
 def test_taken_n_tap_or_mac_of_an_installed_vm_is_refused(tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ def test_global_mac_is_a_warning_and_unknown_interface_settings_an_error(tmp_pat
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
 def test_guest_network_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
-    config = VMConfig.model_validate(
+    config = vm_config(
         {
             "guest": {
                 "hostName": "r",

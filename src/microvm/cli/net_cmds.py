@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ..host.statedir import installed_configs
 from .app import out, warn
 from .host_cmds import host_app
 
@@ -33,7 +34,7 @@ def up(file: HostFileArg, dry_run: DryRunOpt = False) -> None:
     from ..config import load_host
     from ..host import network
 
-    loaded = load_host(file)
+    loaded = load_host(file, installed_configs())
     warn(loaded.warnings)
     host, state_dir = loaded.config, _state_dir(loaded.config)
     if dry_run:
@@ -56,7 +57,7 @@ def down(file: HostFileArg) -> None:
     from ..config import load_host
     from ..host import network
 
-    loaded = load_host(file)
+    loaded = load_host(file, installed_configs())
     host, state_dir = loaded.config, _state_dir(loaded.config)
     if network.systemd_running():
         _remove_units(network.network_units(host, state_dir))

@@ -36,16 +36,8 @@ from typing import Any
 
 from .. import proc
 from ..errors import MicrovmError
-from ..model.options import (
-    BASE_N_MAX,
-    BasicNetwork,
-    HostConfig,
-    RoutedNetwork,
-    VMConfig,
-    base_mac,
-    ipv6_host_interface,
-    nth_host_address,
-)
+from ..model.addresses import BASE_N_MAX, base_ipv4, base_mac, bridge_ipv6, max_base_vms, slaac_ipv6
+from ..model.options import BasicNetwork, HostConfig, RoutedNetwork, VMConfig
 from . import systemd
 from .statedir import default_state_dir, write_atomic
 from .units import HEADER
@@ -59,31 +51,6 @@ LEASE_TIME = "1h"
 
 
 # --- addresses -------------------------------------------------------------------
-
-
-def bridge_ipv6(basic: BasicNetwork) -> ipaddress.IPv6Interface | None:
-    """The bridge's IPv6 address: ``<prefix>1/64``."""
-    return ipaddress.IPv6Interface(ipv6_host_interface(basic.ipv6Prefix)) if basic.ipv6Prefix else None
-
-
-def base_ipv4(basic: BasicNetwork, n: int) -> ipaddress.IPv4Address | None:
-    """VM ``n``'s fixed IPv4 address: the n+1-th host address of the subnet after the bridge's own."""
-    return nth_host_address(basic.ipv4Subnet, n) if basic.ipv4Subnet else None  # type: ignore[return-value]
-
-
-def max_base_vms(basic: BasicNetwork) -> int:
-    """How many base VMs get a fixed IPv4 address in the subnet."""
-    if not basic.ipv4Subnet:
-        return 0
-    return ipaddress.IPv4Interface(basic.ipv4Subnet).network.num_addresses - 3  # network, broadcast, bridge
-
-
-def slaac_ipv6(prefix: ipaddress.IPv6Network, mac: str) -> ipaddress.IPv6Address:
-    """The EUI-64 address the kernel forms from ``mac`` in ``prefix`` (its default ``addr_gen_mode``)."""
-    octets = [int(b, 16) for b in mac.split(":")]
-    octets[0] ^= 0x02
-    eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
-    return ipaddress.IPv6Address(int(prefix.network_address) | int.from_bytes(bytes(eui), "big"))
 
 
 def vm_addresses(vm: VMConfig, host: HostConfig | None = None) -> list[str]:
