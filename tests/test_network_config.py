@@ -12,7 +12,8 @@ from conftest import write_vm
 from typer.testing import CliRunner
 
 from microvm.cli.app import app
-from microvm.config import load_vm, vm_config
+from microvm.config import load_host, load_vm, vm_config
+from microvm.errors import ConfigErrors
 from microvm.guest.system import UDHCPC_SCRIPT, _network_script
 from microvm.host import network
 from microvm.model.addresses import base_ipv4
@@ -72,6 +73,32 @@ def test_taken_n_tap_or_mac_of_an_installed_vm_is_refused(tmp_path: Path) -> Non
     # the same VM re-checked is not a clash with its own installation
     install(state, load_vm(write_vm(tmp_path / "x", '[guest]\nhostName = "x"\n')).config)
     assert check(write_vm(tmp_path / "x", '[guest]\nhostName = "x"\n')).exit_code == 0
+
+
+def test_the_loader_checks_against_the_installed_vms_its_caller_passes(tmp_path: Path) -> None:
+    """It reads no state directory itself: the commands pass what is installed."""
+    state = tmp_path / "state"
+    install(state, vm("other", base={"enable": True, "n": 4}))
+    file = write_vm(tmp_path / "new", '[guest]\nhostName = "new"\n[guest.network.base]\nenable = true\nn = 4\n')
+    assert load_vm(file).config.guest.network.base.n == 4
+    with pytest.raises(ConfigErrors, match="network number 4 is already used by VM 'other' \\(installed\\)"):
+        load_vm(file, installed={"other": vm("other", base={"enable": True, "n": 4})})
+    host = write_vm(tmp_path / "host", "[microvm.vms.new]\nconfig = '../new/vm.toml'\n", "host.toml")
+    with pytest.raises(ConfigErrors, match="already used by VM 'other'"):
+        load_host(host, installed={"other": vm("other", base={"enable": True, "n": 4})})
+
+
+def test_a_routed_vm_past_the_end_of_its_subnet_is_refused(tmp_path: Path) -> None:
+    file = write_vm(
+        tmp_path,
+        '[guest]\nhostName = "far"\n[guest.network.base]\nenable = true\nn = 253\nrouted.enable = true\n',
+    )
+    result = check(file)
+    assert result.exit_code != 0
+    assert "guest.network.base.n: 253 is past the end of guest.network.base.routed.ipv4Subnet 10.214.0.1/24" in str(
+        result.exception
+    )
+    assert check(write_vm(tmp_path, file.read_text().replace("253", "252"))).exit_code == 0
 
 
 def test_vms_declared_in_one_host_file_must_not_share_n(tmp_path: Path) -> None:
