@@ -19,7 +19,7 @@ from ..hypervisors import Feature, get
 from ..model.desugar import desugar_host, desugar_vm
 from ..model.options import HostConfig, VMConfig
 from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
-from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
+from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors, value_at
 
 
 @dataclass
@@ -104,16 +104,13 @@ def _resolve_sources(
 
     Returns the data with them, and an error for each that does not exist (raised after validation's own).
     """
-    guest, files = data.get("guest"), None
-    if isinstance(guest, dict) and isinstance(guest.get("files"), dict):
-        files = guest["files"]
-    wanted: list[OptionPath] = [
-        ("guest", "files", target, "source") for target, f in (files or {}).items() if isinstance(f, dict)
-    ]
+    files = value_at(data, ("guest", "files"))
+    targets = files if isinstance(files, dict) else {}
+    wanted: list[OptionPath] = [("guest", "files", target, "source") for target in targets]
     wanted += [("guest", "debian", "lock"), ("microvm", "initrdPath")]
     errors = []
     for path in wanted:
-        value = _get(data, path)
+        value = value_at(data, path)
         if not isinstance(value, str):
             continue  # unset, or validation reports it
         full = (*prefix, *path)
@@ -130,14 +127,6 @@ def _resolve_sources(
             )
         data = _replaced(data, path, str(resolved))
     return data, errors
-
-
-def _get(data: Any, path: OptionPath) -> Any:
-    for part in path:
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
 
 
 def _replaced(data: dict[str, Any], path: OptionPath, value: Any) -> dict[str, Any]:
