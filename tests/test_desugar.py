@@ -13,7 +13,9 @@ from microvm.model.options import STORE_RW_MOUNTPOINT, STORE_SHARE_TAG, HostConf
 
 
 def desugared(guest: dict[str, Any], microvm: dict[str, Any] | None = None, control_socket: bool = True) -> VMConfig:
-    return desugar_vm(VMConfig.model_validate({"guest": guest, "microvm": microvm or {}}), control_socket)
+    return desugar_vm(
+        VMConfig.model_validate({"guest": guest, "microvm": microvm or {}}), control_socket=control_socket
+    )
 
 
 def test_defaults_that_depend_on_other_options() -> None:
@@ -130,9 +132,9 @@ def test_desugaring_is_idempotent_and_leaves_its_input_alone() -> None:
     """An expanded config (microvm eval, vm.json) desugars to itself: nothing is added twice."""
     declared = VMConfig.model_validate({"guest": RICH})
     written = declared.dump()
-    once = desugar_vm(declared, True)
+    once = desugar_vm(declared, control_socket=True)
     assert declared.dump() == written
-    again = desugar_vm(VMConfig.model_validate(once.dump()), True)
+    again = desugar_vm(VMConfig.model_validate(once.dump()), control_socket=True)
     assert again == once
     assert VMConfig.model_validate(once.dump()) == once  # vm.json read back as it is
 

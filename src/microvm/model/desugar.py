@@ -34,7 +34,7 @@ from .options import (
 )
 
 
-def desugar_vm(vm: VMConfig, control_socket: bool) -> VMConfig:
+def desugar_vm(vm: VMConfig, *, control_socket: bool) -> VMConfig:
     """``vm`` complete; ``control_socket``: whether its hypervisor has one (the backends know, the model does not)."""
     mv, guest = vm.microvm, vm.guest
     arch = guest.arch or ("aarch64" if host_arch() == "aarch64" else "x86_64")
