@@ -2,7 +2,10 @@
 
 Use :func:`load_vm` and :func:`load_host`; both raise
 :class:`~microvm.errors.ConfigErrors` naming file and option path, and return
-warnings separately.
+warnings separately. Like microvm.nix's module evaluation, a VM is validated
+against the declarations, desugared (:mod:`microvm.model.desugar`, told by
+its backend whether it has a control socket), then checked; what the host
+already has (the installed VMs) is passed in by the caller, never read here.
 """
 
 from __future__ import annotations
