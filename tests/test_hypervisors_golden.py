@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from microvm.config import vm_config
 from microvm.hypervisors import Feature, GuestArtifacts, RunnerSpec, get
-from microvm.model.options import VMConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -155,7 +155,7 @@ def render(spec: RunnerSpec) -> str:
 
 
 def build(hypervisor: str, options: dict[str, Any]) -> RunnerSpec:
-    vm = VMConfig.model_validate({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
+    vm = vm_config({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
     return get(hypervisor).runner(vm, guest_for(hypervisor))
 
 
@@ -318,7 +318,7 @@ def test_shell_fragments_are_shellcheck_clean(hypervisor: str, tmp_path: Path) -
 
 @pytest.mark.parametrize("hypervisor", BACKENDS)
 def test_kernel_params_are_a_list(hypervisor: str) -> None:
-    vm = VMConfig.model_validate({"microvm": {"hypervisor": hypervisor}, "guest": {"hostName": "web"}})
+    vm = vm_config({"microvm": {"hypervisor": hypervisor}, "guest": {"hostName": "web"}})
     params = get(hypervisor).kernel_params(vm, "kvm")
     assert isinstance(params, list) and all(isinstance(p, str) and " " not in p for p in params)
 
@@ -329,7 +329,7 @@ def test_whole_run_script_is_shellcheck_clean(hypervisor: str, tmp_path: Path) -
     from microvm.runner.script import run_script
 
     options = full_options(hypervisor)
-    vm = VMConfig.model_validate({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
+    vm = vm_config({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
     spec = get(hypervisor).runner(vm, guest_for(hypervisor))
     script = tmp_path / "microvm-run"
     script.write_text(run_script(vm, get(hypervisor), spec, Path("/var/lib/microvm/runners/web")))
@@ -396,9 +396,7 @@ def test_qemu_interfaces(case: str) -> None:
 def test_qemu_macvtap_run_script_is_shellcheck_clean(tmp_path: Path) -> None:
     from microvm.runner.script import run_script
 
-    vm = VMConfig.model_validate(
-        {"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}}
-    )
+    vm = vm_config({"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}})
     spec = get("qemu").runner(vm, guest_for("qemu"))
     script = tmp_path / "microvm-run"
     script.write_text(run_script(vm, get("qemu"), spec, Path("/var/lib/microvm/runners/web")))

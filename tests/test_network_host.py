@@ -18,8 +18,9 @@ import pytest
 from conftest import write_vm
 from test_hypervisors_golden import guest_for
 
+from microvm.config import vm_config
 from microvm.hypervisors import get
-from microvm.model.options import HostConfig, VMConfig
+from microvm.model.options import HostConfig
 from microvm.runner.script import runner_files
 
 HOST = """
@@ -50,7 +51,7 @@ def snapshot(ns) -> dict[str, str]:
 
 def write_runner(directory: Path, microvm: dict, guest: dict | None = None) -> Path:
     """The runner files of a qemu VM (no store, no kernel): enough for tap-up and friends."""
-    vm = VMConfig.model_validate({"microvm": microvm, "guest": guest or {"hostName": "t", "arch": "x86_64"}})
+    vm = vm_config({"microvm": microvm, "guest": guest or {"hostName": "t", "arch": "x86_64"}})
     spec = get("qemu").runner(vm, guest_for("qemu"))
     for rel, (content, mode) in runner_files(vm, get("qemu"), spec, directory, None).items():
         path = directory / rel
@@ -262,7 +263,7 @@ def test_routed_tap_gets_host_addresses_and_a_route_per_vm_address(ns, tmp_path:
     host = write_vm(tmp_path, ROUTED_HOST, "host.toml")
     before = snapshot(ns)
     runner = tmp_path / "r"
-    vm = VMConfig.model_validate(
+    vm = vm_config(
         {"guest": {"hostName": "rt", "network": {"base": {"enable": True, "n": 3, "routed": {"enable": True}}}}}
     )
     write_runner(runner, vm.microvm.dump(), vm.guest.dump())

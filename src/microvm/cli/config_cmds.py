@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import MicrovmError
+from ..host.statedir import installed_configs
 from .app import app, out, warn
 
 FileArg = Annotated[Path, typer.Argument(help="A VM file (or a host file with --host).")]
@@ -37,13 +38,13 @@ def eval_(
     from ..config import load_host, load_vm
 
     if _is_host_file(file, host):
-        loaded_host = load_host(file)
+        loaded_host = load_host(file, installed_configs())
         data = loaded_host.config.dump()
         for name, vm in loaded_host.vms.items():
             data["microvm"]["vms"][name]["config"] = vm.config.dump()
         warnings = loaded_host.warnings
     else:
-        loaded = load_vm(file)
+        loaded = load_vm(file, installed=installed_configs())
         data, warnings = loaded.config.dump(), loaded.warnings
     warn(warnings)
     if json_:
@@ -60,11 +61,11 @@ def check(file: FileArg, host: HostFlag = False) -> None:
     from ..config import load_host, load_vm
 
     if _is_host_file(file, host):
-        loaded_host = load_host(file)
+        loaded_host = load_host(file, installed_configs())
         warn(loaded_host.warnings)
         out.print(f"{file}: ok (host with {len(loaded_host.config.microvm.vms)} declared VMs)")
     else:
-        loaded = load_vm(file)
+        loaded = load_vm(file, installed=installed_configs())
         warn(loaded.warnings)
         out.print(f"{file}: ok ({loaded.name}, {loaded.config.microvm.hypervisor})")
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from ..host.statedir import installed_configs
 from .app import out, warn
 from .host_cmds import host_app
 
@@ -27,7 +28,7 @@ def _run(file: Path, which: str, dry_run: bool) -> None:
     from ..config import load_host
     from ..host import network
 
-    loaded = load_host(file)
+    loaded = load_host(file, installed_configs())
     warn(loaded.warnings)
     host = loaded.config
     state_dir = Path(os.environ.get("MICROVM_STATE_DIR") or host.microvm.stateDir)

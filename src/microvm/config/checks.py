@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..hypervisors import Feature, get
-from ..model.options import HostConfig, VMConfig, host_arch, nth_host_address
+from ..model.addresses import nth_host_address
+from ..model.options import HostConfig, VMConfig, host_arch
 from .loader import OptionPath, format_path
 
 
@@ -138,6 +139,13 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
             ("microvm", "forwardPorts"),
             'forwarded ports need an interface of type "user"',
             hint='add [[microvm.interfaces]] with type = "user"',
+        )
+    base = vm.guest.network.base
+    if base.enable and base.routed.enable and nth_host_address(base.routed.ipv4Subnet, base.n) is None:
+        yield Problem(
+            ("guest", "network", "base", "n"),
+            f"{base.n} is past the end of guest.network.base.routed.ipv4Subnet {base.routed.ipv4Subnet}: no address",
+            hint="use a smaller n or a wider subnet",
         )
 
 

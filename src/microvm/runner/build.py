@@ -73,12 +73,11 @@ def emulation_reason(vm: VMConfig) -> str | None:
 
 def with_system_share(vm: VMConfig, system: Path) -> VMConfig:
     """``vm`` with the store share (storeOnDisk = false) serving ``system`` read-only."""
-    vm = vm.model_copy(deep=True)
-    for share in vm.microvm.shares:
-        if share.tag == STORE_SHARE_TAG:
-            share.source = str(system)
-            share.readOnly = True
-    return vm
+    shares = [
+        share.model_copy(update={"source": str(system), "readOnly": True}) if share.tag == STORE_SHARE_TAG else share
+        for share in vm.microvm.shares
+    ]
+    return vm.model_copy(update={"microvm": vm.microvm.model_copy(update={"shares": shares})})
 
 
 def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress: Progress | None = None) -> BuiltVM:

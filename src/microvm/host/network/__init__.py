@@ -10,7 +10,7 @@
 - :mod:`.restore`: what microvm-network.service runs at boot (the ``network-restore`` helper).
 """
 
-from .addresses import base_ipv4, bridge_ipv6, max_base_vms, slaac_ipv6
+from ...model.addresses import base_ipv4, bridge_ipv6, max_base_vms, slaac_ipv6
 from .netlink import add_address, iproute, link_index, link_kind
 from .planning import down_plan, plan_network, restore_plan, up_plan
 from .record import bridge_for_tap, recorded_routed, tap_script, vm_addresses

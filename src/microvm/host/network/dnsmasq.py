@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ... import proc
 from ...control.process import stop_hard
-from ...model.options import BASE_N_MAX, BasicNetwork, HostConfig, base_mac
+from ...model.addresses import BASE_N_MAX, base_ipv4, base_mac, max_base_vms
+from ...model.options import BasicNetwork, HostConfig
 from ..plan import Change
-from .addresses import base_ipv4, max_base_vms
 from .record import network_dir
 
 # dnsmasq hands these out; longer leases only delay noticing a VM that went away

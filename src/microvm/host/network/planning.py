@@ -25,6 +25,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...model.addresses import bridge_ipv6
 from ...model.options import BasicNetwork, HostConfig
 from ..plan import (
     DEFAULT_UNIT_DIR,
@@ -39,7 +40,6 @@ from ..plan import (
     unit_file_changes,
 )
 from ..unitfile import generated
-from .addresses import bridge_ipv6
 from .dnsmasq import daemon_changes, dhcp_hosts, dhcp_hosts_path, serves_dhcp, stop_daemon
 from .items import Address, Bridge, File, NftTable, Port, Sysctl
 from .netlink import iproute, link_index, link_kind

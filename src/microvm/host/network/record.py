@@ -7,10 +7,10 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
+from ...model.addresses import base_ipv4, bridge_ipv6, slaac_ipv6
 from ...model.options import BasicNetwork, HostConfig, RoutedNetwork, VMConfig
 from ..plan import Record
 from ..statedir import default_state_dir
-from .addresses import base_ipv4, bridge_ipv6, slaac_ipv6
 from .items import ITEM_TYPES
 
 RECORD = ".network.json"
