@@ -147,7 +147,7 @@ def spawn(
         stdout=stdout,
         stderr=stderr,
         start_new_session=start_new_session,
-        preexec_fn=die_with_parent(),
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - it takes no lock: two system calls
         **drop,
     )
 
