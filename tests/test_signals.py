@@ -38,9 +38,10 @@ def _stat(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[1].split()
 
 
-def comm(pid: int) -> str:
+def program(pid: int) -> str:
+    """The file name of the program ``pid`` runs (qemu names its process microvm@NAME)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return Path(os.readlink(f"/proc/{pid}/exe")).name
     except (FileNotFoundError, ProcessLookupError):
         return ""
 
@@ -60,11 +61,11 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 
 def wait_for_child(parent: subprocess.Popen, name: str, timeout: float = BOOT_TIMEOUT) -> int:
-    """The pid of ``parent``'s child whose command name starts with ``name``, once it runs."""
+    """The pid of ``parent``'s child whose program starts with ``name``, once it runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert parent.poll() is None, f"{parent.args} exited with {parent.returncode}"
-        if found := [p for p in children(parent.pid) if comm(p).startswith(name)]:
+        if found := [p for p in children(parent.pid) if program(p).startswith(name)]:
             return found[0]
         time.sleep(0.05)
     raise AssertionError(f"no {name} started by {parent.args}")
@@ -136,7 +137,7 @@ def test_a_terminating_signal_to_run_shuts_the_guest_down(tmp_path: Path, sig: s
     name = f"sig{sig.name[3:].lower()}"
     run, state, output = _run_installed(tmp_path, name)
     try:
-        hypervisor = [p for p in children(run.pid) if comm(p).startswith("qemu")]
+        hypervisor = [p for p in children(run.pid) if program(p).startswith("qemu")]
         assert hypervisor, "no qemu child"
         assert state.booted == state.current
         run.send_signal(sig)
@@ -156,7 +157,7 @@ def test_a_killed_run_leaves_no_hypervisor_or_virtiofsd(tmp_path: Path) -> None:
     share = '[[microvm.shares]]\ntag = "data"\nsource = "data"\nmountPoint = "/data"\nproto = "virtiofs"\n'
     run, _, output = _run_installed(tmp_path, "sigkill", share)
     try:
-        started = {p: comm(p) for p in children(run.pid)}
+        started = {p: program(p) for p in children(run.pid)}
         assert any(c.startswith("qemu") for c in started.values()), started
         assert any("virtiofsd" in c for c in started.values()), started
         run.kill()

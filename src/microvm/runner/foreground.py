@@ -2,8 +2,12 @@
 
 The hypervisor runs in its own session so the terminal's Ctrl-C reaches only
 us: the first Ctrl-C shuts the guest down gracefully, a second stops it
-hard. qemu's console is a unix socket with a log file: we print the log as it
-grows (nothing is lost before we connect) and send keystrokes to the socket.
+hard. Every other signal that ends a program (SIGTERM from kill or a service
+manager, SIGHUP when the terminal goes away, SIGQUIT) does the same, and if we
+are killed outright (SIGKILL) the kernel stops the hypervisor and virtiofsd
+(:func:`microvm.proc.die_with_parent`). qemu's console is a unix socket with a
+log file: we print the log as it grows (nothing is lost before we connect) and
+send keystrokes to the socket.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
+
+# The signals that end a program by default: each shuts the guest down, as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @dataclass(frozen=True)
@@ -83,20 +90,21 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
     )
     interrupts = 0
 
-    def on_interrupt(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and plan.control:
             from ..hypervisors import get
 
-            print("\r\nmicrovm: shutting down gracefully (Ctrl-C again to stop it now)", file=sys.stderr)
+            again = "Ctrl-C" if signum == signal.SIGINT else "signal"
+            _say(f"microvm: shutting down gracefully ({again} again to stop it now)")
             args = (get(plan.hypervisor), workdir / plan.control, shutdown_timeout)
             threading.Thread(target=_shutdown, args=args, daemon=True).start()
         else:
-            print("\r\nmicrovm: stopping the VM now", file=sys.stderr)
+            _say("microvm: stopping the VM now")
             child.kill()
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
         if console:
             log_path = workdir / console[1]
@@ -111,10 +119,14 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
                     return connect_when_there(workdir / console[0], alive)
 
                 with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
-                    relay(alive, None, log, connect=connect)
+                    try:
+                        relay(alive, None, log, connect=connect)
+                    except OSError:
+                        pass  # the terminal is gone (SIGHUP): the guest still shuts down, unseen
         return child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if child.poll() is None:
             child.kill()
             child.wait()
@@ -124,8 +136,14 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
             virtiofsd.stop(daemons)
 
 
+def _say(message: str) -> None:
+    """Tell the terminal, if there still is one (after SIGHUP there is not)."""
+    with contextlib.suppress(OSError):
+        print(f"\r\n{message}", file=sys.stderr, flush=True)
+
+
 def _shutdown(backend, control: Path, timeout: float) -> None:
     try:
         backend.shutdown(control, timeout)
     except Exception as exc:  # noqa: BLE001 - whatever failed is reported; a second Ctrl-C stops the VM
-        print(f"\r\nmicrovm: graceful shutdown failed: {exc}", file=sys.stderr)
+        _say(f"microvm: graceful shutdown failed: {exc}")
