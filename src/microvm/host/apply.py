@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import proc
 from ..config import LoadedHost, LoadedVM
 from ..model.options import HostConfig
+from ..runner import privileges
 from ..store import Store
 from . import lifecycle, network, statedir, systemd, units
 from .statedir import VMState, owner_ids, switch_link, write_atomic
@@ -58,7 +58,7 @@ class EnsureGroup(Change):
         return f"create system group {self.name}"
 
     def apply(self) -> None:
-        proc.run(["groupadd", "--system", self.name])
+        privileges.create_group(self.name)
 
 
 @dataclass
@@ -71,10 +71,7 @@ class EnsureUser(Change):
         return f"create system user {self.name} (group {self.group})"
 
     def apply(self) -> None:
-        proc.run(
-            ["useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--no-create-home"]
-            + ["--shell", "/usr/sbin/nologin", self.name]
-        )
+        privileges.create_user(self.name, self.group, self.home)
 
 
 @dataclass

@@ -13,6 +13,7 @@ send keystrokes to the socket.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import proc
 from ..control.process import connect_when_there
+from . import privileges
 from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class Foreground:
     console: tuple[str, str] | None  # (socket, log file) in the state directory
     control: str | None  # the control socket in the state directory, if the hypervisor takes commands there
     virtiofs: bool  # virtiofs shares: their daemons are started from the config
+    as_root: bool  # run as root when we are: microvm.runAsRoot, or qemu drops to microvm.user itself
 
     @classmethod
     def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
@@ -56,7 +59,8 @@ class Foreground:
         backend = get(hypervisor or vm.microvm.hypervisor)
         control = vm.microvm.socket if backend.supports(Feature.CONTROL_SOCKET) else None
         virtiofs = any(share.proto == "virtiofs" for share in vm.microvm.shares)
-        return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs)
+        as_root = vm.microvm.runAsRoot or vm.microvm.user is not None
+        return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs, as_root)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "runner": str(self.runner)}
@@ -64,18 +68,25 @@ class Foreground:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Foreground:
         console = tuple(data["console"]) if data["console"] else None
-        return cls(Path(data["runner"]), data["hypervisor"], console, data["control"], data["virtiofs"])  # type: ignore[arg-type]
+        return cls(
+            Path(data["runner"]), data["hypervisor"], console, data["control"], data["virtiofs"], data["as_root"]
+        )  # type: ignore[arg-type]
 
 
 def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, shutdown_timeout: float = 60.0) -> int:
     """Run the VM in ``workdir`` with the console here; return the hypervisor's exit code.
 
     ``vm`` is needed only when the plan has virtiofs shares: their daemons are started from it.
+    Started as root, the hypervisor runs as an unprivileged user unless the plan says root
+    (see :mod:`microvm.runner.privileges`); virtiofsd stays root.
     """
     console = plan.console
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
+    user = None
+    if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
+        user = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
         from . import virtiofsd
@@ -87,6 +98,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         cwd=workdir,
         start_new_session=console is not None,
         stdin=subprocess.DEVNULL if console else None,
+        user=user,
     )
     interrupts = 0
 
