@@ -211,6 +211,14 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         user = host.box.run("ps", "-o", "user=", "-p", str(host.main_pid("alpha")), check=False).stdout.strip()
         assert user in ("microvm", ""), user  # ps may be missing from minbase; then the unit says it
         assert host.systemctl("show", "-P", "User", "microvm@alpha.service") == "microvm"
+        # the hardened unit, as systemd rates it (0 safest .. 10): the VMs above booted with it
+        exposure = {
+            unit: host.box.run("systemd-analyze", "security", "--no-pager", unit).stdout
+            for unit in ("microvm@alpha.service", "microvm-tap-interfaces@alpha.service")
+        }
+        figures = {u: float(re.search(rf"exposure level for {u}: ([0-9.]+)", t).group(1)) for u, t in exposure.items()}
+        print(f"\nsystemd-analyze security: {figures}")
+        assert figures["microvm@alpha.service"] <= 4.0, exposure["microvm@alpha.service"]
     # the container's shutdown stopped the VMs gracefully
     for name in ("alpha", "beta"):
         assert f"microvm: {name} stopped cleanly" in host.console(name)
