@@ -1,4 +1,5 @@
-"""Signals and child processes: nothing microvm starts outlives it, and a killed `microvm run` stops its guest.
+"""Signals and child processes: nothing microvm starts outlives it, and a killed `microvm run` stops its guest;
+which directories the unprivileged hypervisor can reach.
 
 Real processes throughout: `microvm build` with a long-running child, `microvm run`
 of installed VMs booting under TCG, signals sent as a user, a shell or a hangup would.
@@ -7,17 +8,21 @@ of installed VMs booting under TCG, signals sent as a user, a shell or a hangup 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import BOOT_TIMEOUT, microvm, write_vm
 
 from microvm.host.statedir import VMState
+from microvm.runner.privileges import _unreachable
 
 
 def children(pid: int) -> list[int]:
@@ -165,3 +170,31 @@ def test_a_killed_run_leaves_no_hypervisor_or_virtiofsd(tmp_path: Path) -> None:
     finally:
         run.kill()
     assert wait_gone(list(started), timeout=5) == [], output.read_text()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory under /tmp any user can pass through (pytest's own are 0700)."""
+    base = Path(tempfile.mkdtemp())
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base)
+
+
+def test_a_directory_the_hypervisor_user_cannot_pass_is_found(open_dir: Path) -> None:
+    """What `microvm run` as root checks before it drops to the microvm user (e.g. a store under /root, 0700)."""
+    user, group = 65534, 65534
+    home = open_dir / "home"
+    store = home / "store"
+    store.mkdir(parents=True, mode=0o755)
+    home.chmod(0o755)
+    assert _unreachable(store, user, group) is None
+    home.chmod(0o700)
+    assert _unreachable(store, user, group) == home
+    home.chmod(0o710)
+    os.chown(home, 0, group)  # its group may pass, others not
+    assert _unreachable(store, user, group) is None
+    assert _unreachable(store, user, group + 1) == home
+    os.chown(home, user, 0)  # the owner's bits count for the owner, even when others' would let it pass
+    home.chmod(0o071)
+    assert _unreachable(store, user, group) == home
