@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BOOT_TIMEOUT, microvm, write_vm
+from test_boot import LONG_RUNNING_VM
 
 from microvm.host.statedir import VMState
 from microvm.runner.privileges import _unreachable
@@ -104,21 +105,9 @@ def test_a_killed_build_takes_its_child_programs_with_it(tmp_path: Path) -> None
         build.kill()
 
 
-LONG_RUNNING = """
-[guest]
-hostName = "{name}"
-shell = false
-[guest.services.ticker]
-command = 'echo "ready: {name}"; while :; do sleep 1; done'
-[microvm]
-mem = 256
-{extra}
-"""
-
-
 def _run_installed(tmp_path: Path, name: str, extra: str = "") -> tuple[subprocess.Popen, VMState, Path]:
     """Install VM ``name`` and `microvm run` it in the background until its guest is up; (run, state, output)."""
-    write_vm(tmp_path / "src", LONG_RUNNING.format(name=name, extra=extra), f"{name}.toml")
+    write_vm(tmp_path / "src", LONG_RUNNING_VM.format(name=name) + extra, f"{name}.toml")
     created = microvm("create", name, "-f", str(tmp_path / "src"))
     assert created.returncode == 0, created.stderr
     state = VMState.of(name, Path(os.environ["MICROVM_STATE_DIR"]))
