@@ -332,17 +332,21 @@ def test_run_as_root_drops_the_hypervisor_to_the_microvm_user(setup) -> None:
     file = write_vm(
         work,
         'imports = ["common.toml"]\n[guest]\nhostName = "drop"\n[guest.services.ticker]\n'
-        "command = 'echo ready: drop; while :; do sleep 1; done'\n[microvm]\nmem = 256\n",
+        "command = 'echo ready: drop; ls /data; while :; do sleep 1; done'\n[microvm]\nmem = 256\n"
+        # a virtiofs share: virtiofsd stays root, the unprivileged qemu uses its socket (group kvm)
+        '[[microvm.shares]]\ntag = "data"\nsource = "data"\nmountPoint = "/data"\nproto = "virtiofs"\n',
         "drop.toml",
     )
     log = rootfs / "var/lib/microvms/drop/drop-console.log"
+    (log.parent / "data").mkdir(parents=True)
+    (log.parent / "data" / "from-the-host").write_text("")
     with container(rootfs, binds, ro_binds, tmp_path / "container-drop.log") as box:
         host = Host(box, rootfs, set())
         host.box.wait_running()
         assert _passwd_uid(rootfs, "microvm") is None
         run = host.box.popen("microvm", "run", str(file), env=host.env)
         try:
-            wait_for("drop's guest", lambda: "ready: drop" in _read(log))
+            wait_for("drop's guest", lambda: "ready: drop\nfrom-the-host" in _read(log).replace("\r", ""))
             uid = _passwd_uid(rootfs, "microvm")
             qemu = next(p for p in _children(run.pid) if Path(os.readlink(f"/proc/{p}/exe")).name.startswith("qemu"))
             status = Path(f"/proc/{qemu}/status").read_text()
