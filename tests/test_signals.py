@@ -161,6 +161,22 @@ def test_a_killed_run_leaves_no_hypervisor_or_virtiofsd(tmp_path: Path) -> None:
     assert wait_gone(list(started), timeout=5) == [], output.read_text()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
+def test_a_program_started_as_another_user_still_dies_with_us() -> None:
+    """A change of uid clears the parent death signal: proc.spawn sets it after the drop."""
+    probe = "import sys, time; from microvm import proc; print(proc.spawn(['sleep', '300'], user=(65534, 65534)).pid, flush=True); time.sleep(300)"
+    parent = subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        status = Path(f"/proc/{child}/status").read_text()
+        assert "\nUid:\t65534\t65534\t65534\t65534\n" in status
+        parent.kill()
+        parent.wait()
+        assert wait_gone([child], timeout=5) == []
+    finally:
+        parent.kill()
+
+
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
     """A directory under /tmp any user can pass through (pytest's own are 0700)."""
