@@ -23,6 +23,9 @@ MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
 PCI_DEVICES = f"{SHARE}/pci-devices"
 VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
 
+# Who runs hypervisors on the host: the systemd units' User= and Group=, and `microvm run` as root.
+HYPERVISOR_USER, HYPERVISOR_GROUP = "microvm", "kvm"
+
 # The virtio-blk serial of the read-only system disk; the guest's init mounts it as /.
 ROOT_SERIAL = "microvm-root"
 

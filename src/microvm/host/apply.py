@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import proc
 from ..config import LoadedHost, LoadedVM
+from ..runner import privileges
 from ..store import Store
 from . import lifecycle, network, statedir, systemd, units
 from .network.units import DNSMASQ_PREFIX, DNSMASQ_UNITS
@@ -42,7 +42,7 @@ class EnsureGroup(Change):
         return f"create system group {self.name}"
 
     def apply(self) -> None:
-        proc.run(["groupadd", "--system", self.name])
+        privileges.create_group(self.name)
 
 
 @dataclass
@@ -55,10 +55,7 @@ class EnsureUser(Change):
         return f"create system user {self.name} (group {self.group})"
 
     def apply(self) -> None:
-        proc.run(
-            ["useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--no-create-home"]
-            + ["--shell", "/usr/sbin/nologin", self.name]
-        )
+        privileges.create_user(self.name, self.group, self.home)
 
 
 @dataclass

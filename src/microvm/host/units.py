@@ -20,10 +20,10 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
-from ..layout import PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
+from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
 from .unitfile import command, environment, escape, render
 
-USER, GROUP = "microvm", "kvm"
+USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
 NEEDS = ("microvm-tap-interfaces@%i.service", "microvm-macvtap-interfaces@%i.service",
          "microvm-pci-devices@%i.service", "microvm-virtiofsd@%i.service")  # fmt: skip
@@ -72,12 +72,59 @@ def vm_service(state_dir: Path, notify: bool = False) -> str:
                 ("TimeoutSec", "150"),
                 ("LimitMEMLOCK", "infinity"),
                 ("LimitNOFILE", "1048576"),
+                *((key, value.format(vm=vm)) for key, value in HYPERVISOR_HARDENING),
             ],
         }
     )
 
 
 ONESHOT = [("Type", "oneshot"), ("RemainAfterExit", "yes")]
+
+# What every unit of ours does without: no privilege gains, no kernel or clock changes, a private /tmp.
+BASE_HARDENING = [
+    ("NoNewPrivileges", "yes"),
+    ("PrivateTmp", "yes"),
+    ("ProtectHome", "read-only"),  # the store may be under a home directory (a user's own store)
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("LockPersonality", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("SystemCallArchitectures", "native"),
+]
+# The hypervisor: unprivileged, everything read-only but the VM's state directory, only the devices a VM
+# uses (kvm, taps, vhost, macvtaps, vfio, USB). No MemoryDenyWriteExecute: TCG writes the code it runs.
+HYPERVISOR_HARDENING = [
+    *BASE_HARDENING,
+    ("CapabilityBoundingSet", ""),
+    ("ProtectSystem", "strict"),
+    ("ReadWritePaths", "{vm}"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectProc", "invisible"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
+    ("SystemCallFilter", "@system-service seccomp"),  # seccomp: qemu -sandbox on adds its own filter
+    ("SystemCallErrorNumber", "EPERM"),
+    ("KeyringMode", "private"),
+    ("UMask", "0077"),
+    ("DevicePolicy", "closed"),
+    *(
+        ("DeviceAllow", f"{device} rw")
+        for device in ("/dev/kvm", "/dev/net/tun", "/dev/vhost-net", "/dev/vhost-vsock")
+        + ("char-macvtap", "char-vfio", "char-usb_device")
+    ),
+]
+# Tap helpers: root, but only with the network and the ownership of the devices they hand over.
+# (virtiofsd and PCI set-up keep their defaults: they mount, serve any path, write to sysfs.)
+TAP_HARDENING = [
+    *BASE_HARDENING,
+    ("CapabilityBoundingSet", "CAP_NET_ADMIN CAP_NET_RAW CAP_CHOWN CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH"),
+    ("ProtectSystem", "full"),
+    ("RestrictAddressFamilies", "AF_UNIX AF_NETLINK AF_INET AF_INET6"),
+]
 
 
 def _needed_unit(
@@ -105,7 +152,12 @@ def interfaces_service(state_dir: Path, kind: str) -> str:
         state_dir,
         f"{kind} interfaces",
         f"{SHARE}/{kind}-interfaces",
-        [*ONESHOT, ("ExecStart", f"{{vm}}/current/bin/{kind}-up"), ("ExecStop", f"{{vm}}/current/bin/{kind}-down")],
+        [
+            *ONESHOT,
+            ("ExecStart", f"{{vm}}/current/bin/{kind}-up"),
+            ("ExecStop", f"{{vm}}/current/bin/{kind}-down"),
+            *TAP_HARDENING,
+        ],
         after="microvm-network.service",  # the bridge the taps join, restored at boot
     )
 

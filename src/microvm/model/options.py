@@ -309,6 +309,14 @@ class MicroVMOptions(Options):
         description="Emulate this CPU model with TCG (e.g. `cortex-a53`); null means the host CPU under KVM, and under TCG qemu's `max` (on x86 without ERMS, which only slows emulation down).",
     )
     user: Name | None = Field(None, description="User the hypervisor drops to when started as root.")
+    runAsRoot: bool = Field(
+        False,
+        description=(
+            "Let `microvm run` started as root run the hypervisor as root. By default it runs as user `microvm`, "
+            "group `kvm` (as under systemd; created if missing), and root only prepares what needs it (virtiofsd, "
+            "the state directory). Not in microvm.nix."
+        ),
+    )
     socket: str | None = Field(
         None,
         json_schema_extra=COMPUTED,
