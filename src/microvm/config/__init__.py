@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from ..errors import ConfigError, ConfigErrors
 from ..host.statedir import installed_configs
 from ..model.options import HostConfig, VMConfig
-from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
-from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
+from ..model.problems import OptionPath, Problem, format_path
+from .checks import check_against_others, check_host, check_host_vm, check_vm
+from .loader import Loaded, load, validate, validation_errors
 
 
 @dataclass
@@ -70,10 +71,9 @@ def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = ()
     except ValidationError as exc:
         raise validation_errors(exc, loaded, VMConfig, prefix) from None
     _resolve_sources(config, loaded, prefix)
-    explicit_socket = "socket" in (data.get("microvm") or {})
     name = name or config.guest.hostName
     installed = {other: vm for other, vm in installed_configs().items() if other != name}
-    problems = check_vm(config, explicit_socket) + check_against_others(config, installed, "installed")
+    problems = check_vm(config) + check_against_others(config, installed, "installed")
     warnings = _report(problems, loaded, prefix)
     return LoadedVM(name, config, loaded, warnings)
 

@@ -13,12 +13,13 @@ import hashlib
 import ipaddress
 import platform
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-HYPERVISORS = ("qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth")
+# The one list of hypervisor names; microvm.hypervisors has a module for each (dashes as underscores).
 Hypervisor = Literal["qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
+HYPERVISORS: tuple[str, ...] = get_args(Hypervisor)
 
 # A name that is safe as a file name, a systemd instance and a shell word.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MicrovmError
-from ..hypervisors import get
-from ..hypervisors.base import Hypervisor
+from ..hypervisors import Balloon, Control, Suspend, capable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,20 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--socket", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        backend = get(args.hypervisor)
         if args.command == "shutdown":
-            backend.shutdown(args.socket, args.timeout)
+            capable(args.hypervisor, Control).shutdown(args.socket, args.timeout)
         elif args.command == "resume":
-            return _resume(backend, args.socket, (args.state, args.saved_by), args.pid)
+            return _resume(capable(args.hypervisor, Suspend), args.socket, (args.state, args.saved_by), args.pid)
         else:
-            print(backend.balloon(args.socket, args.size, args.mem))
+            print(capable(args.hypervisor, Balloon).balloon(args.socket, args.size, args.mem))
     except MicrovmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _resume(backend: Hypervisor, socket: Path, files: tuple[Path, Path], hypervisor_pid: int) -> int:
+def _resume(backend: Suspend, socket: Path, files: tuple[Path, Path], hypervisor_pid: int) -> int:
     """Delete the saved state once it is loaded (before the VM runs on: it is good for one resume
     only), let the VM run, and tell systemd it is ready when systemd waits for that."""
 
