@@ -173,6 +173,8 @@ class Hypervisor(ABC):
     console: ClassVar[str] = "ttyS0"
     # Kernel parameters every guest of this hypervisor needs (besides the console).
     guest_kernel_params: ClassVar[tuple[str, ...]] = ()
+    # The least memory (MB) it starts a VM with.
+    min_mem: ClassVar[int | None] = None
     # Features it has, but not together: (one, other, where its documentation says so).
     incompatible: ClassVar[tuple[tuple[Feature, Feature, str], ...]] = ()
     # Options it passes inside ``key=value,...`` arguments, which cannot hold a comma (see common.plain).
@@ -202,8 +204,8 @@ class Hypervisor(ABC):
     def check(self, vm: VMConfig) -> Iterator[Problem]:
         """What in ``vm`` this hypervisor cannot do, found by ``microvm check`` (as Lima's ``Driver.Validate``).
 
-        This default refuses the features it lacks, the pairs in :attr:`incompatible` and the
-        :attr:`plain_options` it cannot pass; a backend adds its own limits.
+        This default refuses the features it lacks, the pairs in :attr:`incompatible`, less memory
+        than :attr:`min_mem` and the :attr:`plain_options` it cannot pass; a backend adds its own limits.
         """
         asked: dict[Feature, OptionPath] = {}
         for feature, path in required_features(vm):
@@ -217,6 +219,12 @@ class Hypervisor(ABC):
                     f"{self.name} cannot combine {one.value} with {other.value} ({source})",
                     hint=f"set {format_path(asked[one])} = false or {format_path(asked[other])} = false",
                 )
+        if self.min_mem and vm.microvm.mem < self.min_mem:
+            yield Problem(
+                ("microvm", "mem"),
+                f"{self.name} needs at least {self.min_mem} MB of memory ({vm.microvm.mem} MB here)",
+                hint=f"set microvm.mem = {self.min_mem} or more",
+            )
         if vm.microvm.socket is not None and not self.supports(Feature.CONTROL_SOCKET):
             yield Problem(
                 ("microvm", "socket"),

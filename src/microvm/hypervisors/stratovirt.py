@@ -14,12 +14,10 @@ so it is not offered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
-from ..model.problems import Problem
 from . import qmp
 from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, on_off, open_macvtap, plain, remove_stale_socket
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("microvm.hypervisors.stratovirt")
 HUGETLBFS = "/dev/hugepages"
-MIN_MEM = 128  # MB; the guidebook's lower bound for -m
 MAX_QUEUES = 16
 
 
@@ -55,18 +52,10 @@ class Backend(Hypervisor, Balloon):
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
     guest_kernel_params = ("edd=off", "reboot=t")  # as microvm.nix: no BIOS disk probing; reboot ends the process
+    min_mem = 128  # the guidebook's lower bound for -m
     incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "config_guidebook.md"),)
     plain_options = ("socket", "disk image", "volume serial", "virtiofs socket")
     control_api = "QMP (`system_powerdown`, else `quit`)"
-
-    def check(self, vm: VMConfig) -> Iterator[Problem]:
-        yield from super().check(vm)
-        if vm.microvm.mem < MIN_MEM:
-            yield Problem(
-                ("microvm", "mem"),
-                f"stratovirt needs at least {MIN_MEM} MB of memory ({vm.microvm.mem} MB here)",
-                hint=f"set microvm.mem = {MIN_MEM} or more",
-            )
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm

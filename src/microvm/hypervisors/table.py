@@ -29,6 +29,9 @@ def restrictions(backend: Hypervisor, backends: list[Hypervisor]) -> list[str]:
             others = [b.name for b in backends if b.supports(feature)]
             hint = f"available with {', '.join(others)}" if others else "no hypervisor here has it"
         lines.append(f"no {feature.value}: {hint}")
+    lines += [f"no {one.value} together with {other.value} ({source})" for one, other, source in backend.incompatible]
+    if backend.min_mem:
+        lines.append(f"at least {backend.min_mem} MB of memory")
     return lines
 
 
