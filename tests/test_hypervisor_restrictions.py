@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from microvm.config import load_vm
-from microvm.errors import ConfigErrors
-from microvm.hypervisors import Feature, available
+from microvm.errors import ConfigErrors, MicrovmError
+from microvm.hypervisors import Feature, available, get
+from microvm.runner.build import check_for
 
 # The smallest TOML (below [microvm]) asking for one feature, and the option path the error names.
 ASKS: dict[Feature, tuple[str, str]] = {
@@ -250,3 +251,10 @@ def test_qemu_warns_about_2048_mb_and_passes(tmp_path: Path) -> None:
     result = check(write_vm(tmp_path, "qemu", "mem = 2048\n"))
     assert result.returncode == 0, result.stderr
     assert "microvm.mem" in result.stderr + result.stdout and "2048 MB" in result.stderr + result.stdout
+
+
+def test_build_for_another_hypervisor_applies_its_limits(tmp_path: Path) -> None:
+    vm = load_vm(write_vm(tmp_path, "qemu", "mem = 64\n")).config
+    with pytest.raises(MicrovmError, match="stratovirt cannot run this VM.*microvm.mem.*at least 128 MB"):
+        check_for(get("stratovirt"), vm)
+    check_for(get("kvmtool"), vm)  # qemu's control socket is just not used
