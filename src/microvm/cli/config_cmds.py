@@ -121,7 +121,8 @@ def init(
     name: Annotated[str | None, typer.Option(help="Host name; default the directory's name.")] = None,
 ) -> None:
     """Write a commented starter VM file (like `nix flake init -t microvm`)."""
-    from ..model.options import HYPERVISORS, valid_hostname
+    from ..model.names import HYPERVISORS
+    from ..model.options import valid_hostname
 
     directory = directory.absolute()
     target = directory / "vm.toml"

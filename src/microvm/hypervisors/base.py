@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..control.process import peer_pid, stop_hard, wait_exit
 from ..errors import MicrovmError
-from ..model.options import host_arch
+from ..model.names import host_arch
 from ..model.problems import OptionPath, Problem, format_path
 from . import registry
 

@@ -1,4 +1,4 @@
-"""Finding a backend by name: one module per name in :data:`microvm.model.options.HYPERVISORS`.
+"""Finding a backend by name: one module per name in :data:`microvm.model.names.HYPERVISORS`.
 
 Its own module so that the interface (:mod:`.base`) can ask for the other backends (to suggest one
 that can) without importing the package that imports it.
@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import MicrovmError
-from ..model.options import HYPERVISORS
+from ..model.names import HYPERVISORS
 
 if TYPE_CHECKING:
     from .base import Balloon, Control, Hypervisor, Suspend
