@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from microvm.model.desugar import desugar_host, desugar_vm
-from microvm.model.options import STORE_RW_MOUNTPOINT, STORE_SHARE_TAG, HostConfig, VMConfig, host_arch
+from microvm.model.names import host_arch
+from microvm.model.options import STORE_RW_MOUNTPOINT, STORE_SHARE_TAG, HostConfig, VMConfig
 
 
 def desugared(guest: dict[str, Any], microvm: dict[str, Any] | None = None, control_socket: bool = True) -> VMConfig:

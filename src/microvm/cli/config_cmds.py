@@ -97,7 +97,7 @@ commands = [
 ]
 
 [microvm]
-hypervisor = "qemu"   # or cloud-hypervisor, firecracker, crosvm, kvmtool, stratovirt, alioth
+hypervisor = "{hypervisor}"   # or {others}
 vcpu = 1
 mem = 256             # MB
 # accel = "auto"      # kvm where it works, else tcg (see `microvm doctor`)
@@ -122,6 +122,7 @@ def init(
     name: Annotated[str | None, typer.Option(help="Host name; default the directory's name.")] = None,
 ) -> None:
     """Write a commented starter VM file (like `nix flake init -t microvm`)."""
+    from ..model.names import HYPERVISORS
     from ..model.options import valid_hostname
 
     directory = directory.absolute()
@@ -134,5 +135,8 @@ def init(
     except ValueError as exc:
         raise MicrovmError(str(exc), hint="pass --name NAME") from None
     directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(STARTER.format(file=target.name, name=name, short=name[:12]))
+    starter = STARTER.format(
+        file=target.name, name=name, short=name[:12], hypervisor=HYPERVISORS[0], others=", ".join(HYPERVISORS[1:])
+    )
+    target.write_text(starter)
     out.print(f"wrote {target}\nnext: microvm run {target}")

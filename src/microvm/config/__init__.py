@@ -21,8 +21,9 @@ from ..errors import ConfigError, ConfigErrors
 from ..hypervisors import Feature, get
 from ..model.desugar import desugar_host, desugar_vm
 from ..model.options import HostConfig, VMConfig
-from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
-from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors, value_at
+from ..model.problems import OptionPath, Problem, format_path
+from .checks import check_against_others, check_host, check_host_vm, check_vm
+from .loader import Loaded, load, validate, validation_errors, value_at
 
 
 @dataclass
@@ -92,10 +93,9 @@ def vm_from_loaded(
         raise validation_errors(exc, loaded, VMConfig, prefix) from None
     if missing:
         raise ConfigErrors(missing)
-    explicit_socket = "socket" in (data.get("microvm") or {})
     name = name or config.guest.hostName
     others = {other: vm for other, vm in installed.items() if other != name}
-    problems = check_vm(config, explicit_socket) + check_against_others(config, others, "installed")
+    problems = check_vm(config) + check_against_others(config, others, "installed")
     warnings = _report(problems, loaded, prefix)
     return LoadedVM(name, config, loaded, warnings)
 

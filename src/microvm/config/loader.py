@@ -22,20 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
-
-OptionPath = tuple[str | int, ...]
-
-
-def format_path(path: OptionPath) -> str:
-    """``("microvm", "interfaces", 1, "mac")`` -> ``microvm.interfaces[1].mac``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if part.replace("-", "").replace("_", "").isalnum() else f'"{part}"'
-            out += f".{text}" if out else text
-    return out
+from ..model.problems import OptionPath, format_path
 
 
 @dataclass

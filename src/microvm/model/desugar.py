@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 
 from .addresses import nth_host_address
+from .names import host_arch
 from .options import (
     STORE_RW_IMAGE,
     STORE_RW_MOUNTPOINT,
@@ -30,7 +31,6 @@ from .options import (
     Share,
     VMConfig,
     Volume,
-    host_arch,
 )
 
 

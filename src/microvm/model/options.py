@@ -13,16 +13,13 @@ options (uniqueness, hypervisor capabilities) live in
 from __future__ import annotations
 
 import ipaddress
-import platform
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .addresses import BASE_N_MAX, base_mac, base_tap, ipv6_host_interface, nth_host_address
-
-HYPERVISORS = ("qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth")
-Hypervisor = Literal["qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
+from .names import Hypervisor
 
 # A name that is safe as a file name, a systemd instance and a shell word.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -91,12 +88,6 @@ def _ipv6_prefix(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"{value!r} is not an IPv6 /64 prefix like fd12:3456:789a::") from exc
     return value
-
-
-def host_arch() -> str:
-    """This machine's CPU architecture, spelt as ``guest.arch``."""
-    machine = platform.machine()
-    return "aarch64" if machine in ("aarch64", "arm64") else machine
 
 
 def _guest_path(value: str) -> str:

@@ -9,18 +9,18 @@ import os
 from pathlib import Path
 
 from ..errors import MicrovmError
-from ..hypervisors import get
+from ..hypervisors import Balloon, Control, Suspend, capable
 from .ready import notify
 
 
 def shutdown(hypervisor: str, socket: Path, timeout: float) -> None:
     """Shut the VM down gracefully, then hard after ``timeout`` seconds."""
-    get(hypervisor).shutdown(socket, timeout)
+    capable(hypervisor, Control).shutdown(socket, timeout)
 
 
 def balloon(hypervisor: str, socket: Path, size: int, mem: int) -> int:
     """Set the balloon of a guest of ``mem`` MB to ``size`` MB; the size reached."""
-    return get(hypervisor).balloon(socket, size, mem)
+    return capable(hypervisor, Balloon).balloon(socket, size, mem)
 
 
 def resume(hypervisor: str, socket: Path, state: Path, saved_by: Path, pid: int) -> None:
@@ -32,7 +32,7 @@ def resume(hypervisor: str, socket: Path, state: Path, saved_by: Path, pid: int)
         for path in (state, saved_by):
             path.unlink(missing_ok=True)
 
-    if not get(hypervisor).finish_resume(socket, lambda: os.getppid() == pid, loaded):
+    if not capable(hypervisor, Suspend).finish_resume(socket, lambda: os.getppid() == pid, loaded):
         raise MicrovmError(f"the VM did not resume from {state}")
     if notify_socket := os.environ.get("NOTIFY_SOCKET"):
         notify("READY=1", notify_socket)

@@ -54,10 +54,10 @@ class Foreground:
 
     @classmethod
     def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
-        from ..hypervisors import Feature, get
+        from ..hypervisors import Control, get
 
         backend = get(hypervisor or vm.microvm.hypervisor)
-        control = vm.microvm.socket if backend.supports(Feature.CONTROL_SOCKET) else None
+        control = vm.microvm.socket if isinstance(backend, Control) else None
         virtiofs = any(share.proto == "virtiofs" for share in vm.microvm.shares)
         as_root = vm.microvm.runAsRoot or vm.microvm.user is not None
         return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs, as_root)
@@ -106,11 +106,11 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and plan.control:
-            from ..hypervisors import get
+            from ..hypervisors import Control, capable
 
             again = "Ctrl-C" if signum == signal.SIGINT else "signal"
             _say(f"microvm: shutting down gracefully ({again} again to stop it now)")
-            args = (get(plan.hypervisor), workdir / plan.control, shutdown_timeout)
+            args = (capable(plan.hypervisor, Control), workdir / plan.control, shutdown_timeout)
             threading.Thread(target=_shutdown, args=args, daemon=True).start()
         else:
             _say("microvm: stopping the VM now")

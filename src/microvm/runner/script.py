@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..guest.debian import guest_packages
-from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from ..hypervisors.base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
 from ..layout import (
     MACVTAP_INTERFACES,
     PCI_DEVICES,
@@ -95,7 +95,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
-    resumable = bool(mv.socket) and hypervisor.supports(Feature.SUSPEND)
+    resumable = bool(mv.socket) and isinstance(hypervisor, Suspend)
     if resumable:
         lines += _resume(vm, hypervisor, runner_dir)
     lines += _readiness(spec, skip_if_resuming=resumable)
@@ -118,7 +118,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
 RESUME_FD = 8  # the saved state, opened by the runner for the hypervisor to read
 
 
-def _resume(vm: VMConfig, hypervisor: Hypervisor, runner_dir: Path) -> list[str]:
+def _resume(vm: VMConfig, hypervisor: Suspend, runner_dir: Path) -> list[str]:
     """Resume from the state `microvm suspend` saved, if this build saved it.
 
     A helper waits for the hypervisor to load the state, deletes the files before the VM runs
@@ -195,9 +195,9 @@ def runner_files(
     """Every file of the runner: relative path -> (content, mode)."""
     mv = vm.microvm
     files: dict[str, tuple[str, int]] = {"bin/microvm-run": (run_script(vm, hypervisor, spec, runner_dir), 0o755)}
-    if mv.socket and hypervisor.supports(Feature.CONTROL_SOCKET):
+    if mv.socket and isinstance(hypervisor, Control):
         files["bin/microvm-shutdown"] = (_control_script(vm, hypervisor, "shutdown", "--socket", mv.socket), 0o755)
-        if mv.balloon:
+        if mv.balloon and isinstance(hypervisor, Balloon):
             files["bin/microvm-balloon"] = (
                 _control_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
                 0o755,
