@@ -55,6 +55,8 @@ HOST_VMS = 50
 CLI_VMS, CLI_VMS_QUICK = 100, 3  # installed VMs `microvm list` goes through
 
 os.environ.setdefault("MICROVM_ACCEL", "tcg")  # before microvm is imported
+# the store is under root's home, which the unprivileged hypervisor user cannot reach (docs/guide.md)
+os.environ.setdefault("MICROVM_RUN_AS_ROOT", "1")
 
 import libvirt
 

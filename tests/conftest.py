@@ -56,10 +56,16 @@ def shared_store() -> Store:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CLI runs in tests use the shared store, a private state dir, and TCG."""
+    """CLI runs in tests use the shared store, a private state dir, and TCG.
+
+    They run as root, and the shared store is under /root (mode 0700), which the user `microvm run`
+    drops to cannot reach: hypervisors run as root here. The drop itself is tested in a container
+    (test_host_systemd.py), whose users and /root are its own.
+    """
     monkeypatch.setenv("MICROVM_STORE", str(CACHE / "store"))
     monkeypatch.setenv("MICROVM_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("MICROVM_ACCEL", "tcg")
+    monkeypatch.setenv("MICROVM_RUN_AS_ROOT", "1")
 
 
 def entries_built_for(store_root: Path, host_name: str) -> set[str]:

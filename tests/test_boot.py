@@ -79,8 +79,8 @@ def test_one_cpu_guest_boots_trimmed_for_emulation(shared_store, tmp_path: Path)
     assert "noreplace-smp" in booted.console.split("cmdline: ")[1].splitlines()[0]
     if booted.built.accel.accel == "tcg":
         assert "cpu: no erms" in booted.console
-    two_cpus = load_vm(file).config.model_copy(deep=True)
-    two_cpus.microvm.vcpu = 2
+    one_cpu = load_vm(file).config
+    two_cpus = one_cpu.model_copy(update={"microvm": one_cpu.microvm.model_copy(update={"vcpu": 2})})
     assert "noreplace-smp" not in kernel_cmdline(two_cpus, get("qemu"), "tcg")
 
 

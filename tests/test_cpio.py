@@ -137,11 +137,11 @@ def test_rejects_duplicates_and_escapes(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
 def test_generated_init_is_shellcheck_clean(tmp_path: Path) -> None:
     """The initrd's /init with every kind of mount: disks by serial and label, shares, the overlay volume."""
+    from microvm.config import vm_config
     from microvm.guest.initrd import init_script
     from microvm.hypervisors import get
-    from microvm.model.options import VMConfig
 
-    vm = VMConfig.model_validate(
+    vm = vm_config(
         {
             "guest": {"hostName": "checked"},
             "microvm": {

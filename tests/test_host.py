@@ -15,7 +15,7 @@ import pytest
 from conftest import CACHE, build_file, entries_built_for, microvm, write_vm
 
 from microvm.cli import translate_legacy
-from microvm.host import lifecycle, statedir, units
+from microvm.host import lifecycle, statedir, unitfile, units
 from microvm.host.statedir import VMState, gc_roots, locked
 from microvm.store import Store
 
@@ -311,7 +311,7 @@ def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatc
         "host.toml",
     )
     monkeypatch.setenv("MICROVM_UNIT_DIR", str(tmp_path / "units"))
-    undeclared = write_vm(tmp_path / "units", units.HEADER + "[Unit]\n", "install-microvm-old.service")
+    undeclared = write_vm(tmp_path / "units", unitfile.HEADER + "[Unit]\n", "install-microvm-old.service")
     out = ok("host", "apply", "--dry-run", str(host))
     assert f"would remove {undeclared}" in out
     assert f"would create {host_state} (owner microvm:kvm)" in out
@@ -338,7 +338,7 @@ def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: P
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(60)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "microvm.runner.virtiofsd", str(state.path)],
+        [sys.executable, "-m", "microvm.helpers", "virtiofsd", str(state.path)],
         cwd=state.path,
         env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BOOT_TIMEOUT, CACHE, REPO, build_file, write_vm
-from nspawn import Container, container
+from nspawn import Container, _children, container
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
@@ -209,6 +211,14 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         user = host.box.run("ps", "-o", "user=", "-p", str(host.main_pid("alpha")), check=False).stdout.strip()
         assert user in ("microvm", ""), user  # ps may be missing from minbase; then the unit says it
         assert host.systemctl("show", "-P", "User", "microvm@alpha.service") == "microvm"
+        # the hardened unit, as systemd rates it (0 safest .. 10): the VMs above booted with it
+        exposure = {
+            unit: host.box.run("systemd-analyze", "security", "--no-pager", unit).stdout
+            for unit in ("microvm@alpha.service", "microvm-tap-interfaces@alpha.service")
+        }
+        figures = {u: float(re.search(rf"exposure level for {u}: ([0-9.]+)", t).group(1)) for u, t in exposure.items()}
+        print(f"\nsystemd-analyze security: {figures}")
+        assert figures["microvm@alpha.service"] <= 4.0, exposure["microvm@alpha.service"]
     # the container's shutdown stopped the VMs gracefully
     for name in ("alpha", "beta"):
         assert f"microvm: {name} stopped cleanly" in host.console(name)
@@ -304,3 +314,84 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert (rootfs / STATE.relative_to("/") / "beta").stat().st_uid == (
             rootfs / STATE.relative_to("/")
         ).stat().st_uid
+
+
+def test_host_network_up_and_down_under_systemd(tmp_path: Path) -> None:
+    """`host network up` writes, enables and starts the network's units; again it has nothing to do; down undoes all."""
+    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
+        pytest.skip("needs systemd-nspawn")
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
+    host_file = write_vm(
+        tmp_path / "work", "[network.basic]\nenable = true\n[network.nat]\nenable = true\n", "host.toml"
+    )
+    ro_binds = [str(REPO), str(host_file.parent)]
+    if not sys.base_prefix.startswith("/usr"):
+        ro_binds.append(sys.base_prefix)
+    units = rootfs / "etc/systemd/system"
+    names = ("microvm-network.service", "microvm-dnsmasq-microvm.service")
+    with container(rootfs, [], ro_binds, tmp_path / "container.log") as box:
+        host = Host(box, rootfs, set())
+        box.wait_running()
+        up = host.microvm("host", "network", "up", str(host_file)).stdout
+        assert "add bridge microvm" in up and "systemctl start microvm-dnsmasq-microvm.service (host network)" in up
+        for name in names:
+            assert host.systemctl("is-active", name) == "active"
+            assert (units / "multi-user.target.wants" / name).is_symlink()
+        assert host.microvm("host", "network", "up", "--dry-run", str(host_file)).stdout == ""
+        down = host.microvm("host", "network", "down", str(host_file)).stdout
+        assert "systemctl disable --now microvm-dnsmasq-microvm.service" in down and "remove bridge microvm" in down
+        for name in names:
+            assert not (units / name).exists() and not (units / "multi-user.target.wants" / name).exists()
+            assert host.systemctl("is-active", name, check=False) != "active"
+        assert "microvm" not in box.run("ip", "-o", "link", "show").stdout
+        assert not (rootfs / "var/lib/microvms/.network.json").exists()
+
+
+def _passwd_uid(rootfs: Path, user: str) -> int | None:
+    entries = [line.split(":") for line in (rootfs / "etc/passwd").read_text().splitlines()]
+    return next((int(e[2]) for e in entries if e[0] == user), None)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_run_as_root_drops_the_hypervisor_to_the_microvm_user(setup) -> None:
+    """`microvm run` as root, on a host without the microvm user: it is created, the hypervisor runs
+    as it, the guest boots, and SIGTERM to `microvm run` shuts the guest down gracefully."""
+    rootfs, work, _, binds, ro_binds, tmp_path = setup
+    file = write_vm(
+        work,
+        'imports = ["common.toml"]\n[guest]\nhostName = "drop"\n[guest.services.ticker]\n'
+        "command = 'echo ready: drop; ls /data; while :; do sleep 1; done'\n[microvm]\nmem = 256\n"
+        # a virtiofs share: virtiofsd stays root, the unprivileged qemu uses its socket (group kvm)
+        '[[microvm.shares]]\ntag = "data"\nsource = "data"\nmountPoint = "/data"\nproto = "virtiofs"\n',
+        "drop.toml",
+    )
+    log = rootfs / "var/lib/microvms/drop/drop-console.log"
+    (log.parent / "data").mkdir(parents=True)
+    (log.parent / "data" / "from-the-host").write_text("")
+    with container(rootfs, binds, ro_binds, tmp_path / "container-drop.log") as box:
+        host = Host(box, rootfs, set())
+        host.box.wait_running()
+        assert _passwd_uid(rootfs, "microvm") is None
+        run = host.box.popen("microvm", "run", str(file), env=host.env)
+        try:
+            wait_for("drop's guest", lambda: "ready: drop\nfrom-the-host" in _read(log).replace("\r", ""))
+            uid = _passwd_uid(rootfs, "microvm")
+            qemu = next(p for p in _children(run.pid) if Path(os.readlink(f"/proc/{p}/exe")).name.startswith("qemu"))
+            status = Path(f"/proc/{qemu}/status").read_text()
+            uids = [int(u) for u in re.search(r"^Uid:(.*)$", status, re.MULTILINE).group(1).split()]
+            print(f"\nqemu started by `microvm run` as root runs with uids {uids} (user microvm: {uid})")
+            assert uid is not None and uids == [uid] * 4
+            assert log.parent.stat().st_uid == uid
+            runner = Path(f"/proc/{qemu}/stat").read_text().rsplit(")", 1)[1].split()[1]  # its parent: microvm run
+            os.kill(int(runner), signal.SIGTERM)
+            _, stderr = run.communicate(timeout=120)
+        finally:
+            run.kill()
+        assert run.returncode == 0, stderr
+        assert "created system user microvm" in stderr
+        assert "microvm: drop stopped cleanly" in _read(log)

@@ -1,25 +1,32 @@
-"""The control side of the backends against stand-in API servers on unix sockets.
+"""The control side of the backends against API servers on unix sockets.
 
-These serve the documented request/response shapes (cloud-hypervisor's
-OpenAPI description, firecracker's swagger, StratoVirt's docs/qmp.md) from a
-thread in this process; no hypervisor binary is involved.
+The REST ones are stand-ins serving the documented request/response shapes
+(cloud-hypervisor's OpenAPI description, firecracker's swagger) from a thread
+in this process. QMP is spoken by a real qemu: StratoVirt's QMP is qemu's
+(docs/qmp.md), so its backend is driven against qemu itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import socketserver
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+from qemu.qmp import EventListener
 
 from microvm.control import http
 from microvm.errors import MicrovmError
-from microvm.hypervisors import get
+from microvm.hypervisors import Balloon, Control, Feature, Suspend, available, capable, get, qmp
 
 MIB = 1024 * 1024
 
@@ -122,51 +129,130 @@ def test_firecracker_balloon(api: tuple[Path, Server]) -> None:
     assert ("PATCH", "/balloon", {"amount_mib": 100}) in server.seen
 
 
-class QMP(socketserver.StreamRequestHandler):
-    """A QMP server as docs/qmp.md describes: greeting, capabilities, commands."""
+@dataclass
+class Qemu:
+    """A qemu serving QMP on ``control``, and on ``watch`` for a test to see its events."""
 
-    def handle(self) -> None:
-        server: Any = self.server
-        self.wfile.write(b'{"QMP":{"version":{"qemu":{"micro":1,"minor":0,"major":5}},"capabilities":[]}}\n')
-        for line in self.rfile:
-            command = json.loads(line)
-            server.seen.append(command)
-            reply = server.replies.get(command["execute"], {"return": {}})
-            self.wfile.write(b'{"event":"STOP","data":{}}\n' + json.dumps(reply).encode() + b"\n")
+    process: subprocess.Popen[bytes]
+    control: Path
+    watch: Path
+
+    def events(self, names: tuple[str, ...], action: Any) -> list[str]:
+        """The events ``names`` (each once, in the order qemu sends them) while ``action()`` runs, or up to 5 s after."""
+
+        async def watched() -> list[str]:
+            async with qmp.session(self.watch) as client:
+                listener = EventListener(names)
+                with client.listen(listener):
+                    await asyncio.to_thread(action)
+                    return [(await asyncio.wait_for(listener.get(), 5))["event"] for _ in names]
+
+        return asyncio.run(watched())
 
 
 @pytest.fixture
-def qmp(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+def qemu(tmp_path: Path) -> Iterator[Qemu]:
+    """qemu with a balloon device and no guest running (-S): every QMP command answers, nothing boots."""
+    binary = shutil.which("qemu-system-x86_64")
+    if binary is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    control, watch = tmp_path / "qmp.sock", tmp_path / "watch.sock"
+    argv = [binary, "-M", "microvm", "-accel", "tcg", "-S", "-m", "256", "-nodefaults", "-display", "none"]
+    argv += ["-device", "virtio-balloon-device"]
+    argv += ["-qmp", f"unix:{control},server=on,wait=off", "-qmp", f"unix:{watch},server=on,wait=off"]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (control.exists() and watch.exists()):
+        assert process.poll() is None and time.monotonic() < deadline, "qemu did not start"
+        time.sleep(0.02)
+    yield Qemu(process, control, watch)
+    process.kill()
+    process.wait()
+
+
+def test_stratovirt_powerdown_reaches_qmp(qemu: Qemu) -> None:
+    assert qemu.events(("POWERDOWN",), lambda: get("stratovirt").request_shutdown(qemu.control)) == ["POWERDOWN"]
+
+
+def test_stratovirt_balloon_over_qmp(qemu: Qemu) -> None:
+    # the guest is not running, so it gives nothing back: qemu reports all 256 MB, a balloon of 0
+    assert capable("stratovirt", Balloon).balloon(qemu.control, 64, 256) == 0
+
+
+def test_stratovirt_balloon_refused_by_qmp_is_an_error(qemu: Qemu) -> None:
+    # a balloon larger than the guest is a target below zero, which qemu refuses
+    with pytest.raises(qmp.CommandError, match="balloon"):
+        capable("stratovirt", Balloon).balloon(qemu.control, 300, 256)
+
+
+def test_stratovirt_stop_hard_quits(qemu: Qemu) -> None:
+    capable("stratovirt", Control).stop_hard(qemu.control, qemu.process.pid)
+    assert qemu.process.wait(timeout=10) == 0
+
+
+def test_qemu_powerdown_continues_a_paused_guest_first(qemu: Qemu) -> None:
+    qmp.execute(qemu.control, "cont")
+    qmp.execute(qemu.control, "stop")
+    events = qemu.events(("RESUME", "POWERDOWN"), lambda: get("qemu").request_shutdown(qemu.control))
+    assert events == ["RESUME", "POWERDOWN"]
+    assert qmp.execute(qemu.control, "query-status")["status"] == "running"
+
+
+def test_qmp_unreachable_names_the_socket(tmp_path: Path) -> None:
+    with pytest.raises(qmp.Unreachable, match="none.sock"):
+        qmp.execute(tmp_path / "none.sock", "query-status")
+
+
+class RefusingQMP(socketserver.BaseRequestHandler):
+    """A StratoVirt whose machine has no power button: it refuses system_powerdown (as microvm.nix saw).
+
+    As StratoVirt's (machine_manager/src/socket.rs, qmp_response.rs): a request is the JSON that
+    arrived, with or without a newline; a reply carries the request's id.
+    """
+
+    def handle(self) -> None:
+        server: Any = self.server
+        greeting = {
+            "QMP": {"version": {"qemu": {"micro": 1, "minor": 0, "major": 5}, "package": ""}, "capabilities": []}
+        }
+        self.request.sendall(json.dumps(greeting).encode() + b"\n")
+        pending, decoder = "", json.JSONDecoder()
+        while data := self.request.recv(65536):
+            pending = (pending + data.decode()).lstrip()
+            while pending:
+                try:
+                    command, end = decoder.raw_decode(pending)
+                except ValueError:
+                    break  # the rest of the request is still on its way
+                pending = pending[end:].lstrip()
+                server.seen.append(command["execute"])
+                reply: dict[str, Any] = {"return": {}}
+                if command["execute"] == "system_powerdown":
+                    reply = {"error": {"class": "GenericError", "desc": "not supported"}}
+                self.request.sendall(json.dumps({**reply, "id": command.get("id")}).encode() + b"\n")
+
+
+def test_stratovirt_powerdown_refused_quits(tmp_path: Path) -> None:
     path = tmp_path / "qmp.sock"
-    server: Any = Server(str(path), QMP)
-    server.seen, server.replies = [], {}
+    server: Any = Server(str(path), RefusingQMP)
+    server.seen = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield path, server
-    server.shutdown()
-    server.server_close()
+    try:
+        get("stratovirt").request_shutdown(path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.seen == ["qmp_capabilities", "system_powerdown", "qmp_capabilities", "quit"]
 
 
-def test_stratovirt_powerdown(qmp: tuple[Path, Any]) -> None:
-    path, server = qmp
-    get("stratovirt").request_shutdown(path)
-    assert [c["execute"] for c in server.seen] == ["qmp_capabilities", "system_powerdown"]
-
-
-def test_stratovirt_powerdown_refused_quits(qmp: tuple[Path, Any]) -> None:
-    path, server = qmp
-    server.replies["system_powerdown"] = {"error": {"class": "GenericError", "desc": "not supported"}}
-    get("stratovirt").request_shutdown(path)
-    assert [c["execute"] for c in server.seen][-1] == "quit"
-
-
-def test_stratovirt_balloon_takes_guest_memory(qmp: tuple[Path, Any]) -> None:
-    path, server = qmp
-    server.replies["query-balloon"] = {"return": {"actual": 768 * MIB}}
-    assert get("stratovirt").balloon(path, 256, 1024) == 256
-    assert {"execute": "balloon", "arguments": {"value": 768 * MIB}} in server.seen
+@pytest.mark.parametrize("backend", available(), ids=lambda b: b.name)
+def test_control_side_is_what_the_features_say(backend: Any) -> None:
+    assert isinstance(backend, Control) == backend.supports(Feature.CONTROL_SOCKET)
+    assert isinstance(backend, Suspend) == backend.supports(Feature.SUSPEND)
 
 
 @pytest.mark.parametrize("hypervisor", ["kvmtool", "alioth"])
-def test_no_api_shutdown_without_process_is_an_error(tmp_path: Path, hypervisor: str) -> None:
-    with pytest.raises(MicrovmError, match="no shutdown API"):
-        get(hypervisor).shutdown(tmp_path / "none.sock", 1)
+def test_no_control_side_without_a_control_socket(hypervisor: str) -> None:
+    with pytest.raises(MicrovmError, match=f"{hypervisor} has no control socket") as info:
+        capable(hypervisor, Control)
+    assert "qemu" in str(info.value.hint)

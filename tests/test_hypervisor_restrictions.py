@@ -1,19 +1,23 @@
 """Every option a hypervisor cannot honour is refused by `microvm check`, naming both.
 
-The refusals come from each backend's declared features (the restriction
-table in docs/hypervisors.md); these tests write the offending option to a
-TOML file and load it the way `microvm check` does.
+The refusals come from each backend's ``check``: its declared features (the
+restriction table in docs/hypervisors.md) and its own limits. These tests
+write the offending option to a TOML file and load it the way `microvm check`
+does, or run `microvm check` itself.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from microvm.config import load_vm
-from microvm.errors import ConfigErrors
-from microvm.hypervisors import Feature, available
+from microvm.errors import ConfigErrors, MicrovmError
+from microvm.hypervisors import Feature, available, get
+from microvm.runner.build import check_for
 
 # The smallest TOML (below [microvm]) asking for one feature, and the option path the error names.
 ASKS: dict[Feature, tuple[str, str]] = {
@@ -78,15 +82,16 @@ NOT_ASKED = {
 }
 
 
-def write_vm(tmp_path: Path, hypervisor: str, body: str) -> Path:
+def write_vm(tmp_path: Path, hypervisor: str, body: str, arch: str | None = None) -> Path:
     file = tmp_path / "vm.toml"
-    file.write_text(f'[guest]\nhostName = "web"\n\n[microvm]\nhypervisor = "{hypervisor}"\n{body}')
+    guest = '[guest]\nhostName = "web"\n' + (f'arch = "{arch}"\n' if arch else "")
+    file.write_text(f'{guest}\n[microvm]\nhypervisor = "{hypervisor}"\n{body}')
     return file
 
 
-def refusal(tmp_path: Path, hypervisor: str, body: str) -> str:
+def refusal(tmp_path: Path, hypervisor: str, body: str, arch: str | None = None) -> str:
     with pytest.raises(ConfigErrors) as info:
-        load_vm(write_vm(tmp_path, hypervisor, body))
+        load_vm(write_vm(tmp_path, hypervisor, body, arch))
     return str(info.value)
 
 
@@ -171,18 +176,85 @@ def test_docs_table_has_every_feature_and_backend() -> None:
 
 
 def test_foreign_architecture_needs_cpu_emulation(tmp_path: Path) -> None:
-    file = write_vm(tmp_path, "cloud-hypervisor", "")
-    file.write_text(file.read_text().replace('hostName = "web"', 'hostName = "web"\narch = "aarch64"'))
-    with pytest.raises(ConfigErrors) as info:
-        load_vm(file)
-    message = str(info.value)
+    message = refusal(tmp_path, "cloud-hypervisor", "", "aarch64")
     assert "guest.arch" in message and "cloud-hypervisor does not support CPU emulation (TCG)" in message
     assert "qemu" in message  # the hypervisor that can
 
 
 def test_x86_machine_refused_for_aarch64_guest(tmp_path: Path) -> None:
-    file = write_vm(tmp_path, "qemu", '[microvm.qemu]\nmachine = "q35"\n')
-    file.write_text(file.read_text().replace('hostName = "web"', 'hostName = "web"\narch = "aarch64"'))
-    with pytest.raises(ConfigErrors) as info:
-        load_vm(file)
-    assert "microvm.qemu.machine" in str(info.value) and "'virt'" in str(info.value)
+    message = refusal(tmp_path, "qemu", '[microvm.qemu]\nmachine = "q35"\n', "aarch64")
+    assert "microvm.qemu.machine" in message and "'virt'" in message
+
+
+def test_arm_machine_refused_for_x86_guest(tmp_path: Path) -> None:
+    message = refusal(tmp_path, "qemu", '[microvm.qemu]\nmachine = "virt"\n', "x86_64")
+    assert "'virt' machine is aarch64 only" in message and "microvm.qemu.machine" in message
+
+
+# --- `microvm check` itself: a limit of each backend that only its build used to find -----------
+
+SHARE = '[[microvm.shares]]\ntag = "data"\nsource = "/srv"\nmountPoint = "/data"\n'
+# hypervisor -> (TOML below [microvm], guest.arch, the option path the error names, what it says)
+LIMITS: dict[str, tuple[str, str | None, str, str]] = {
+    "qemu": ('[microvm.qemu]\nmachine = "q35"\n', "aarch64", "microvm.qemu.machine", "'q35' machine is x86_64 only"),
+    "cloud-hypervisor": (
+        '[[microvm.volumes]]\nimage = "a.img"\nsize = 8\nserial = "disk,a"\n',
+        None,
+        "microvm.volumes[0].serial",
+        "cannot take volume serial 'disk,a'",
+    ),
+    "firecracker": (
+        "balloon = true\nhugepageMem = true\n",
+        None,
+        "microvm.hugepageMem",
+        "cannot combine memory balloon with huge page backed memory",
+    ),
+    "crosvm": (
+        SHARE + 'proto = "virtiofs"\nsocket = "fs,data.sock"\n',
+        None,
+        "microvm.shares[0].socket",
+        "cannot take virtiofs socket 'fs,data.sock'",
+    ),
+    "kvmtool": (SHARE + 'proto = "9p"\nreadOnly = true\n', None, "microvm.shares[0].readOnly", "read-only"),
+    "stratovirt": ("mem = 64\n", None, "microvm.mem", "needs at least 128 MB of memory"),
+    "alioth": (
+        '[[microvm.volumes]]\nimage = "data,1.img"\nsize = 8\n',
+        None,
+        "microvm.volumes[0].image",
+        "cannot take disk image 'data,1.img'",
+    ),
+}
+
+
+def check(file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "microvm", "check", str(file)], check=False, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_every_backend_has_a_limit_here() -> None:
+    assert set(LIMITS) == {b.name for b in available()}
+
+
+@pytest.mark.parametrize("hypervisor", LIMITS)
+def test_check_reports_the_backends_limit(tmp_path: Path, hypervisor: str) -> None:
+    body, arch, option, says = LIMITS[hypervisor]
+    file = write_vm(tmp_path, hypervisor, body, arch)
+    result = check(file)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    message = result.stderr + result.stdout
+    assert str(file) in message and option in message and hypervisor in message and says in message
+
+
+def test_qemu_warns_about_2048_mb_and_passes(tmp_path: Path) -> None:
+    result = check(write_vm(tmp_path, "qemu", "mem = 2048\n"))
+    assert result.returncode == 0, result.stderr
+    assert "microvm.mem" in result.stderr + result.stdout and "2048 MB" in result.stderr + result.stdout
+
+
+def test_build_for_another_hypervisor_applies_its_limits(tmp_path: Path) -> None:
+    vm = load_vm(write_vm(tmp_path, "qemu", "mem = 64\n")).config
+    with pytest.raises(MicrovmError, match="stratovirt cannot run this VM.*microvm.mem.*at least 128 MB"):
+        check_for(get("stratovirt"), vm)
+    check_for(get("kvmtool"), vm)  # qemu's control socket is just not used

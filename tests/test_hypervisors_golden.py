@@ -6,6 +6,8 @@ argument per line, then the descriptors and shell lines the runner adds) and
 firecracker's JSON are compared with ``tests/golden/<hypervisor>/<case>.*``.
 Regenerate with ``UPDATE_GOLDEN=1 pytest tests/test_hypervisors_golden.py``
 and review the diff against the documented syntax cited at each test.
+A hypervisor found on the host's PATH (qemu) is written as ``@BINDIR@/NAME``:
+the files are the same wherever a machine keeps it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from microvm.config import vm_config
 from microvm.hypervisors import Feature, GuestArtifacts, RunnerSpec, get
-from microvm.model.options import VMConfig
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+BINDIR = "@BINDIR@"  # stands for the host's directory of a hypervisor binary found on its PATH
 
 
 def guest_for(hypervisor: str) -> GuestArtifacts:
@@ -138,7 +141,10 @@ def qemu_cases(full: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def render(spec: RunnerSpec) -> str:
-    lines = list(spec.argv)
+    binary, *args = spec.argv
+    if Path(binary).is_absolute():
+        binary = f"{BINDIR}/{Path(binary).name}"
+    lines = [binary, *args]
     if spec.fds:
         lines += ["# fds"] + [f'exec {fd}<>"{target}"' for fd, target in spec.fds]
     if spec.pre_exec:
@@ -149,7 +155,7 @@ def render(spec: RunnerSpec) -> str:
 
 
 def build(hypervisor: str, options: dict[str, Any]) -> RunnerSpec:
-    vm = VMConfig.model_validate({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
+    vm = vm_config({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
     return get(hypervisor).runner(vm, guest_for(hypervisor))
 
 
@@ -193,6 +199,15 @@ def test_qemu(case: str) -> None:
         assert "-sandbox" not in spec.argv and spec.argv[spec.argv.index("-runas") + 1] == "microvm"
     elif case != "minimal":
         assert spec.argv[spec.argv.index("-sandbox") + 1] == "on"
+
+
+def test_golden_files_do_not_depend_on_where_qemu_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = tmp_path / "opt-bin" / "qemu-system-x86_64"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", str(binary.parent))
+    assert check_golden("qemu", "minimal").argv[0] == str(binary)
 
 
 # cloud-hypervisor: "Commands" help (cloud-hypervisor.github.io: --cpus boot=, --memory size=,shared=,
@@ -303,7 +318,7 @@ def test_shell_fragments_are_shellcheck_clean(hypervisor: str, tmp_path: Path) -
 
 @pytest.mark.parametrize("hypervisor", BACKENDS)
 def test_kernel_params_are_a_list(hypervisor: str) -> None:
-    vm = VMConfig.model_validate({"microvm": {"hypervisor": hypervisor}, "guest": {"hostName": "web"}})
+    vm = vm_config({"microvm": {"hypervisor": hypervisor}, "guest": {"hostName": "web"}})
     params = get(hypervisor).kernel_params(vm, "kvm")
     assert isinstance(params, list) and all(isinstance(p, str) and " " not in p for p in params)
 
@@ -314,7 +329,7 @@ def test_whole_run_script_is_shellcheck_clean(hypervisor: str, tmp_path: Path) -
     from microvm.runner.script import run_script
 
     options = full_options(hypervisor)
-    vm = VMConfig.model_validate({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
+    vm = vm_config({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
     spec = get(hypervisor).runner(vm, guest_for(hypervisor))
     script = tmp_path / "microvm-run"
     script.write_text(run_script(vm, get(hypervisor), spec, Path("/var/lib/microvm/runners/web")))
@@ -381,9 +396,7 @@ def test_qemu_interfaces(case: str) -> None:
 def test_qemu_macvtap_run_script_is_shellcheck_clean(tmp_path: Path) -> None:
     from microvm.runner.script import run_script
 
-    vm = VMConfig.model_validate(
-        {"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}}
-    )
+    vm = vm_config({"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}})
     spec = get("qemu").runner(vm, guest_for("qemu"))
     script = tmp_path / "microvm-run"
     script.write_text(run_script(vm, get("qemu"), spec, Path("/var/lib/microvm/runners/web")))

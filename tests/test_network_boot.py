@@ -20,9 +20,8 @@ from conftest import build_file, write_vm
 from test_boot import _wait_for
 from test_network_host import microvm_in, snapshot
 
-from microvm.config import load_host
+from microvm.config import load_host, vm_config
 from microvm.host.network import vm_addresses
-from microvm.model.options import VMConfig
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
@@ -129,7 +128,7 @@ def test_two_guests_on_the_bridge_with_nat_dhcp_and_forwarded_port(shared_store,
 
     addresses = {
         name: vm_addresses(
-            VMConfig.model_validate({"guest": {"hostName": name, "network": {"base": {"enable": True, "n": n}}}}), host
+            vm_config({"guest": {"hostName": name, "network": {"base": {"enable": True, "n": n}}}}), host
         )
         for name, n in (("neta", 1), ("netb", 2))
     }

@@ -12,14 +12,16 @@ from conftest import write_vm
 from typer.testing import CliRunner
 
 from microvm.cli.app import app
-from microvm.config import load_vm
+from microvm.config import load_host, load_vm, vm_config
+from microvm.errors import ConfigErrors
 from microvm.guest.system import UDHCPC_SCRIPT, _network_script
 from microvm.host import network
+from microvm.model.addresses import base_ipv4
 from microvm.model.options import HostConfig, VMConfig
 
 
 def vm(name: str = "web", **guest_network) -> VMConfig:
-    return VMConfig.model_validate({"guest": {"hostName": name, "network": guest_network}})
+    return vm_config({"guest": {"hostName": name, "network": guest_network}})
 
 
 def install(state: Path, config: VMConfig) -> None:
@@ -39,7 +41,7 @@ def check(file: Path, *flags: str):
 def test_base_interface_is_derived_from_n_and_survives_a_round_trip() -> None:
     config = vm(base={"enable": True, "n": 258})
     assert [(i.type, i.id, i.mac) for i in config.microvm.interfaces] == [("tap", "vm258", "02:00:00:01:01:02")]
-    again = VMConfig.model_validate(config.dump())  # as read back from vm.json: not added twice
+    again = vm_config(config.dump())  # desugared again (microvm eval, vm.json): not added twice
     assert again.microvm.interfaces == config.microvm.interfaces
 
 
@@ -53,7 +55,7 @@ def test_vm_addresses_follow_the_bridge_scheme() -> None:
     assert network.vm_addresses(static, host) == ["192.0.2.7", "fd12:3456:789a::ff:fe01:3"]
     assert network.vm_addresses(below, HostConfig()) == []  # no host bridge: no address known
     full = HostConfig.model_validate({"network": {"basic": {"enable": True, "ipv4Subnet": "10.5.0.1/30"}}})
-    assert network.base_ipv4(full.network.basic, 0) is not None and network.base_ipv4(full.network.basic, 1) is None
+    assert base_ipv4(full.network.basic, 0) is not None and base_ipv4(full.network.basic, 1) is None
 
 
 def test_taken_n_tap_or_mac_of_an_installed_vm_is_refused(tmp_path: Path) -> None:
@@ -71,6 +73,32 @@ def test_taken_n_tap_or_mac_of_an_installed_vm_is_refused(tmp_path: Path) -> Non
     # the same VM re-checked is not a clash with its own installation
     install(state, load_vm(write_vm(tmp_path / "x", '[guest]\nhostName = "x"\n')).config)
     assert check(write_vm(tmp_path / "x", '[guest]\nhostName = "x"\n')).exit_code == 0
+
+
+def test_the_loader_checks_against_the_installed_vms_its_caller_passes(tmp_path: Path) -> None:
+    """It reads no state directory itself: the commands pass what is installed."""
+    state = tmp_path / "state"
+    install(state, vm("other", base={"enable": True, "n": 4}))
+    file = write_vm(tmp_path / "new", '[guest]\nhostName = "new"\n[guest.network.base]\nenable = true\nn = 4\n')
+    assert load_vm(file).config.guest.network.base.n == 4
+    with pytest.raises(ConfigErrors, match="network number 4 is already used by VM 'other' \\(installed\\)"):
+        load_vm(file, installed={"other": vm("other", base={"enable": True, "n": 4})})
+    host = write_vm(tmp_path / "host", "[microvm.vms.new]\nconfig = '../new/vm.toml'\n", "host.toml")
+    with pytest.raises(ConfigErrors, match="already used by VM 'other'"):
+        load_host(host, installed={"other": vm("other", base={"enable": True, "n": 4})})
+
+
+def test_a_routed_vm_past_the_end_of_its_subnet_is_refused(tmp_path: Path) -> None:
+    file = write_vm(
+        tmp_path,
+        '[guest]\nhostName = "far"\n[guest.network.base]\nenable = true\nn = 253\nrouted.enable = true\n',
+    )
+    result = check(file)
+    assert result.exit_code != 0
+    assert "guest.network.base.n: 253 is past the end of guest.network.base.routed.ipv4Subnet 10.214.0.1/24" in str(
+        result.exception
+    )
+    assert check(write_vm(tmp_path, file.read_text().replace("253", "252"))).exit_code == 0
 
 
 def test_vms_declared_in_one_host_file_must_not_share_n(tmp_path: Path) -> None:
@@ -132,7 +160,7 @@ def test_global_mac_is_a_warning_and_unknown_interface_settings_an_error(tmp_pat
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
 def test_guest_network_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
-    config = VMConfig.model_validate(
+    config = vm_config(
         {
             "guest": {
                 "hostName": "r",

@@ -18,8 +18,9 @@ import pytest
 from conftest import write_vm
 from test_hypervisors_golden import guest_for
 
+from microvm.config import vm_config
 from microvm.hypervisors import get
-from microvm.model.options import HostConfig, VMConfig
+from microvm.model.options import HostConfig
 from microvm.runner.script import runner_files
 
 HOST = """
@@ -50,7 +51,7 @@ def snapshot(ns) -> dict[str, str]:
 
 def write_runner(directory: Path, microvm: dict, guest: dict | None = None) -> Path:
     """The runner files of a qemu VM (no store, no kernel): enough for tap-up and friends."""
-    vm = VMConfig.model_validate({"microvm": microvm, "guest": guest or {"hostName": "t", "arch": "x86_64"}})
+    vm = vm_config({"microvm": microvm, "guest": guest or {"hostName": "t", "arch": "x86_64"}})
     spec = get("qemu").runner(vm, guest_for("qemu"))
     for rel, (content, mode) in runner_files(vm, get("qemu"), spec, directory, None).items():
         path = directory / rel
@@ -68,7 +69,7 @@ def test_up_is_idempotent_and_down_restores_the_namespace(ns, tmp_path: Path) ->
     before = snapshot(ns)
 
     first = microvm_in(ns, "host", "network", "up", str(host)).stdout
-    assert "add bridge microvm" in first and "started dnsmasq" in first
+    assert "add bridge microvm" in first and "start dnsmasq on microvm" in first
     addresses = ns.run("ip", "-o", "address", "show", "dev", "microvm").stdout
     assert "10.213.0.1/24" in addresses and "fd12:3456:789a::1/64" in addresses
     ruleset = ns.run("nft", "list", "ruleset").stdout
@@ -79,9 +80,34 @@ def test_up_is_idempotent_and_down_restores_the_namespace(ns, tmp_path: Path) ->
     plan = microvm_in(ns, "host", "network", "up", "--dry-run", str(host)).stdout
     assert plan == "", plan  # nothing left to do
 
+    up = snapshot(ns)
+    plan = microvm_in(ns, "host", "network", "down", "--dry-run", str(host)).stdout
+    assert "would stop dnsmasq on microvm" in plan and "would remove bridge microvm" in plan, plan
+    # the bridge's timers (gc_timer) tick meanwhile: the rest must not change
+    assert {k: v for k, v in snapshot(ns).items() if k != "links"} == {k: v for k, v in up.items() if k != "links"}
+    assert (tmp_path / "state" / ".network.json").exists()
+
     microvm_in(ns, "host", "network", "down", str(host))
     assert snapshot(ns) == before
     assert not (tmp_path / "state" / ".network.json").exists()
+
+
+def test_restore_at_boot_applies_the_recorded_network_again(ns, tmp_path: Path) -> None:
+    """What microvm-network.service runs: after a reboot the bridge, NAT table and sysctl are back as recorded."""
+    host = write_vm(tmp_path, HOST, "host.toml")
+    before = snapshot(ns)
+    microvm_in(ns, "host", "network", "up", str(host))
+    # a reboot: the kernel's state is gone, the record in the state directory stays
+    ns.run("ip", "link", "del", "microvm")
+    ns.run("nft", "delete", "table", "inet", "microvm_nat")
+    ns.run("sysctl", "-w", "net.ipv4.ip_forward=0")
+    restored = ns.run(sys.executable, "-m", "microvm.helpers", "network-restore", str(tmp_path / "state")).stdout
+    assert "add bridge microvm" in restored and "add nftables table inet microvm_nat" in restored, restored
+    assert "10.213.0.1/24" in ns.run("ip", "-o", "address", "show", "dev", "microvm").stdout
+    assert "microvm_nat" in ns.run("nft", "list", "ruleset").stdout
+    assert ns.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    microvm_in(ns, "host", "network", "down", str(host))
+    assert snapshot(ns) == before  # the sysctl's first value is still what it goes back to
 
 
 def test_a_changed_config_removes_exactly_what_it_no_longer_asks_for(ns, tmp_path: Path) -> None:
@@ -120,7 +146,11 @@ def test_pure_layer2_bridge_onto_a_port(ns, tmp_path: Path) -> None:
         "host.toml",
     )
     changes = microvm_in(ns, "host", "network", "up", str(host)).stdout
-    assert changes.splitlines() == ["add bridge br-lan", "add nic0 on bridge br-lan"]
+    assert changes.splitlines() == [
+        "add bridge br-lan",
+        "add nic0 on bridge br-lan",
+        "record the tap settings for bin/tap-up",
+    ]
     assert "master br-lan" in ns.run("ip", "-d", "link", "show", "nic0").stdout
     assert "inet" not in ns.run("ip", "-o", "address", "show", "dev", "br-lan").stdout.replace("inet6 fe80", "")
     assert ns.pids() == []  # no dnsmasq: nothing to serve
@@ -207,7 +237,7 @@ def test_network_units_verify(tmp_path: Path) -> None:
     host = HostConfig.model_validate({"network": {"basic": {"enable": True}, "nat": {"enable": True}}})
     units = network.network_units(host, tmp_path / "state")
     assert list(units) == ["microvm-network.service", "microvm-dnsmasq-microvm.service"]
-    assert f"microvm.host.network restore {tmp_path / 'state'}" in units["microvm-network.service"]
+    assert f"microvm.helpers network-restore {tmp_path / 'state'}" in units["microvm-network.service"]
     for name, text in units.items():
         (tmp_path / name).write_text(text)
     result = subprocess.run(
@@ -233,7 +263,7 @@ def test_routed_tap_gets_host_addresses_and_a_route_per_vm_address(ns, tmp_path:
     host = write_vm(tmp_path, ROUTED_HOST, "host.toml")
     before = snapshot(ns)
     runner = tmp_path / "r"
-    vm = VMConfig.model_validate(
+    vm = vm_config(
         {"guest": {"hostName": "rt", "network": {"base": {"enable": True, "n": 3, "routed": {"enable": True}}}}}
     )
     write_runner(runner, vm.microvm.dump(), vm.guest.dump())

@@ -34,7 +34,7 @@ def helper(*args: str, notify: Path | None, **kwargs) -> subprocess.Popen[str]:
     if notify is not None:
         env["NOTIFY_SOCKET"] = str(notify)
     return subprocess.Popen(
-        [sys.executable, "-m", "microvm.runner.ready", *args],
+        [sys.executable, "-m", "microvm.helpers", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -52,7 +52,7 @@ def test_the_guest_may_only_say_ready_and_status() -> None:
 
 
 def test_now_says_ready_then_waits_for_systemd_to_read_it(fake_systemd: FakeSystemd) -> None:
-    proc = helper("now", notify=fake_systemd.path)
+    proc = helper("ready-now", notify=fake_systemd.path)
     assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     # READY=1 from the helper itself (systemd finds the unit by the sender), then the barrier with its descriptor
     assert fake_systemd.messages == [("READY=1", proc.pid, 0), ("BARRIER=1", proc.pid, 1)]
@@ -63,7 +63,7 @@ def test_forward_passes_on_ready_and_status_and_nothing_else(tmp_path: Path, fak
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # the hypervisor's end of the guest's port
     server.bind(os.fspath(port))
     server.listen(1)
-    proc = helper("forward", str(port), "--pid", str(os.getpid()), notify=fake_systemd.path)
+    proc = helper("ready-forward", str(port), "--pid", str(os.getpid()), notify=fake_systemd.path)
     server.settimeout(30)
     conn, _ = server.accept()
     conn.sendall(b"STATUS=starting\nMAINPID=1\nREA")
@@ -79,7 +79,7 @@ def test_forward_passes_on_ready_and_status_and_nothing_else(tmp_path: Path, fak
 def test_forward_gives_up_when_the_hypervisor_is_gone_before_its_socket(tmp_path: Path) -> None:
     # the runner's shell (the helper's parent, which becomes the hypervisor) exits at once
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
-    argv = [sys.executable, "-m", "microvm.runner.ready", "forward", str(tmp_path / "never.sock")]
+    argv = [sys.executable, "-m", "microvm.helpers", "ready-forward", str(tmp_path / "never.sock")]
     script = f'{shlex.join(argv)} --pid "$$" &'
     # run() returns once every process holding its output pipes is gone, the helper too; a helper
     # still waiting for the socket makes it time out
@@ -88,8 +88,8 @@ def test_forward_gives_up_when_the_hypervisor_is_gone_before_its_socket(tmp_path
 
 
 def test_without_a_notify_socket_it_says_so() -> None:
-    proc = helper("now", notify=None)
-    assert proc.wait(timeout=30) == 2
+    proc = helper("ready-now", notify=None)
+    assert proc.wait(timeout=30) == 1
     assert "NOTIFY_SOCKET is not set" in (proc.stderr.read() if proc.stderr else "")
 
 

@@ -8,6 +8,7 @@ the writer and its readers cannot drift apart.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,27 @@ RUNNER_CONFIG = f"{SHARE}/vm.json"  # the evaluated VM config the runner was bui
 RUNNER_PACKAGES = f"{SHARE}/packages.json"  # debian guests: installed package -> version
 RUNNER_SYSTEM = f"{SHARE}/system"  # the guest system's store path
 TAP_INTERFACES = f"{SHARE}/tap-interfaces"
+TAP_FLAGS = f"{SHARE}/tap-flags"  # "vnet_hdr", and "multi_queue" when the hypervisor opens queues
 MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
 PCI_DEVICES = f"{SHARE}/pci-devices"
 VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
+
+# Who runs hypervisors on the host: the systemd units' User= and Group=, and `microvm run` as root.
+HYPERVISOR_USER, HYPERVISOR_GROUP = "microvm", "kvm"
 
 # The virtio-blk serial of the read-only system disk; the guest's init mounts it as /.
 ROOT_SERIAL = "microvm-root"
 
 # The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
 READINESS_PORT = "org.microvm.ready"
+
+# The one entry of the helper programs runners and units run (microvm/helpers.py).
+HELPERS = "microvm.helpers"
+
+
+def helper_argv(command: str, *args: str) -> list[str]:
+    """The command line of helper ``command`` run by this installation's Python."""
+    return [sys.executable, "-m", HELPERS, command, *args]
 
 
 def saved_state_files(name: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..host.statedir import installed_configs
 from ..store import Store
 from .app import app, err, out, warn
 
@@ -25,7 +26,7 @@ def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
     from ..runner.build import build_vm
     from ..runner.foreground import Foreground
 
-    loaded = load_vm(file)
+    loaded = load_vm(file, installed=installed_configs())
     warn(loaded.warnings)
     store = Store()
     with err.status("building", spinner="dots") as status:
@@ -101,7 +102,7 @@ def doctor(
     from ..runner import accel
     from ..runner.build import get_kernel
 
-    loaded = load_vm(file)
+    loaded = load_vm(file, installed=installed_configs())
     store = Store()
     with err.status("probing KVM"):
         verdict = accel.auto(store, get_kernel(store, loaded.config).boot_image, refresh=refresh)

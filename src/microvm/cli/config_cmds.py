@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..errors import MicrovmError
+from ..host.statedir import installed_configs
 from .app import app, out, warn
 
 FileArg = Annotated[Path, typer.Argument(help="A VM file (or a host file with --host).")]
@@ -37,13 +38,13 @@ def eval_(
     from ..config import load_host, load_vm
 
     if _is_host_file(file, host):
-        loaded_host = load_host(file)
+        loaded_host = load_host(file, installed_configs())
         data = loaded_host.config.dump()
         for name, vm in loaded_host.vms.items():
             data["microvm"]["vms"][name]["config"] = vm.config.dump()
         warnings = loaded_host.warnings
     else:
-        loaded = load_vm(file)
+        loaded = load_vm(file, installed=installed_configs())
         data, warnings = loaded.config.dump(), loaded.warnings
     warn(warnings)
     if json_:
@@ -60,11 +61,11 @@ def check(file: FileArg, host: HostFlag = False) -> None:
     from ..config import load_host, load_vm
 
     if _is_host_file(file, host):
-        loaded_host = load_host(file)
+        loaded_host = load_host(file, installed_configs())
         warn(loaded_host.warnings)
         out.print(f"{file}: ok (host with {len(loaded_host.config.microvm.vms)} declared VMs)")
     else:
-        loaded = load_vm(file)
+        loaded = load_vm(file, installed=installed_configs())
         warn(loaded.warnings)
         out.print(f"{file}: ok ({loaded.name}, {loaded.config.microvm.hypervisor})")
 
@@ -96,7 +97,7 @@ commands = [
 ]
 
 [microvm]
-hypervisor = "qemu"   # or cloud-hypervisor, firecracker, crosvm, kvmtool, stratovirt, alioth
+hypervisor = "{hypervisor}"   # or {others}
 vcpu = 1
 mem = 256             # MB
 # accel = "auto"      # kvm where it works, else tcg (see `microvm doctor`)
@@ -121,6 +122,7 @@ def init(
     name: Annotated[str | None, typer.Option(help="Host name; default the directory's name.")] = None,
 ) -> None:
     """Write a commented starter VM file (like `nix flake init -t microvm`)."""
+    from ..model.names import HYPERVISORS
     from ..model.options import valid_hostname
 
     directory = directory.absolute()
@@ -133,5 +135,8 @@ def init(
     except ValueError as exc:
         raise MicrovmError(str(exc), hint="pass --name NAME") from None
     directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(STARTER.format(file=target.name, name=name, short=name[:12]))
+    starter = STARTER.format(
+        file=target.name, name=name, short=name[:12], hypervisor=HYPERVISORS[0], others=", ".join(HYPERVISORS[1:])
+    )
+    target.write_text(starter)
     out.print(f"wrote {target}\nnext: microvm run {target}")

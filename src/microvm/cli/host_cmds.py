@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..host.statedir import installed_configs
 from ..store import Store
 from .app import app, err, out, warn
 
@@ -24,7 +25,7 @@ def apply(
     from ..config import load_host
     from ..host import apply as host_apply
 
-    host = load_host(file)
+    host = load_host(file, installed_configs())
     warn(host.warnings)
     # MICROVM_UNIT_DIR: where units go instead of /etc/systemd/system (tests; staging a root)
     unit_dir = Path(os.environ.get("MICROVM_UNIT_DIR") or host_apply.DEFAULT_UNIT_DIR)

@@ -2,11 +2,15 @@
 
 Use :func:`load_vm` and :func:`load_host`; both raise
 :class:`~microvm.errors.ConfigErrors` naming file and option path, and return
-warnings separately.
+warnings separately. Like microvm.nix's module evaluation, a VM is validated
+against the declarations, desugared (:mod:`microvm.model.desugar`, told by
+its backend whether it has a control socket), then checked; what the host
+already has (the installed VMs) is passed in by the caller, never read here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +18,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigErrors
-from ..host.statedir import installed_configs
+from ..hypervisors import Feature, get
+from ..model.desugar import desugar_host, desugar_vm
 from ..model.options import HostConfig, VMConfig
-from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
-from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
+from ..model.problems import OptionPath, Problem, format_path
+from .checks import check_against_others, check_host, check_host_vm, check_vm
+from .loader import Loaded, load, validate, validation_errors, value_at
 
 
 @dataclass
@@ -62,35 +68,54 @@ def _with_default_name(data: dict[str, Any], name: str | None) -> dict[str, Any]
     return {**data, "guest": {**(guest if isinstance(guest, dict) else {}), "hostName": name}}
 
 
-def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = (), name: str | None = None) -> LoadedVM:
-    """Validate and check one VM's merged data (a file, or a table in a host file)."""
+def vm_config(data: dict[str, Any]) -> VMConfig:
+    """Validate a VM table and desugar it, asking its backend what the model cannot know (pydantic's errors)."""
+    declared = VMConfig.model_validate(data)
+    return desugar_vm(declared, control_socket=get(declared.microvm.hypervisor).supports(Feature.CONTROL_SOCKET))
+
+
+def vm_from_loaded(
+    loaded: Loaded,
+    data: dict[str, Any],
+    prefix: OptionPath = (),
+    name: str | None = None,
+    installed: Mapping[str, VMConfig] = {},
+) -> LoadedVM:
+    """Validate and check one VM's merged data (a file, or a table in a host file).
+
+    ``installed``: the VMs on this host, by name, whose ``n``, MACs and the like this one must not take.
+    """
     data = _with_default_name(data, name)
+    data, missing = _resolve_sources(data, loaded, prefix)
     try:
-        config = VMConfig.model_validate(data)
+        config = vm_config(data)
     except ValidationError as exc:
         raise validation_errors(exc, loaded, VMConfig, prefix) from None
-    _resolve_sources(config, loaded, prefix)
-    explicit_socket = "socket" in (data.get("microvm") or {})
+    if missing:
+        raise ConfigErrors(missing)
     name = name or config.guest.hostName
-    installed = {other: vm for other, vm in installed_configs().items() if other != name}
-    problems = check_vm(config, explicit_socket) + check_against_others(config, installed, "installed")
+    others = {other: vm for other, vm in installed.items() if other != name}
+    problems = check_vm(config) + check_against_others(config, others, "installed")
     warnings = _report(problems, loaded, prefix)
     return LoadedVM(name, config, loaded, warnings)
 
 
-def _resolve_sources(config: VMConfig, loaded: Loaded, prefix: OptionPath) -> None:
-    """Make host files the guest is built from absolute (relative to the file that names them); all must exist."""
-    wanted: list[tuple[OptionPath, str, object, str]] = [
-        (("guest", "files", target, "source"), f.source, f, "source")
-        for target, f in config.guest.files.items()
-        if f.source is not None
-    ]
-    if config.guest.debian.lock is not None:
-        wanted.append((("guest", "debian", "lock"), config.guest.debian.lock, config.guest.debian, "lock"))
-    if config.microvm.initrdPath is not None:
-        wanted.append((("microvm", "initrdPath"), config.microvm.initrdPath, config.microvm, "initrdPath"))
+def _resolve_sources(
+    data: dict[str, Any], loaded: Loaded, prefix: OptionPath
+) -> tuple[dict[str, Any], list[ConfigError]]:
+    """Make host files the guest is built from absolute (relative to the file that names them), before validation.
+
+    Returns the data with them, and an error for each that does not exist (raised after validation's own).
+    """
+    files = value_at(data, ("guest", "files"))
+    targets = files if isinstance(files, dict) else {}
+    wanted: list[OptionPath] = [("guest", "files", target, "source") for target in targets]
+    wanted += [("guest", "debian", "lock"), ("microvm", "initrdPath")]
     errors = []
-    for path, value, owner, attr in wanted:
+    for path in wanted:
+        value = value_at(data, path)
+        if not isinstance(value, str):
+            continue  # unset, or validation reports it
         full = (*prefix, *path)
         origin = loaded.origin(full)
         resolved = (origin.parent / value).absolute()
@@ -103,29 +128,35 @@ def _resolve_sources(config: VMConfig, loaded: Loaded, prefix: OptionPath) -> No
                     hint="relative paths are relative to the file that sets the option",
                 )
             )
-        setattr(owner, attr, str(resolved))
-    if errors:
-        raise ConfigErrors(errors)
+        data = _replaced(data, path, str(resolved))
+    return data, errors
 
 
-def load_vm(file: Path, name: str | None = None) -> LoadedVM:
-    """Load, merge, validate and check a VM file."""
+def _replaced(data: dict[str, Any], path: OptionPath, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``value`` at ``path`` (which exists); the caller's data stays as it was."""
+    head, *rest = path
+    return {**data, head: _replaced(data[head], tuple(rest), value) if rest else value}
+
+
+def load_vm(file: Path, name: str | None = None, installed: Mapping[str, VMConfig] = {}) -> LoadedVM:
+    """Load, merge, validate and check a VM file (against the ``installed`` VMs, by name)."""
     loaded = load(file)
-    return vm_from_loaded(loaded, loaded.data, name=name)
+    return vm_from_loaded(loaded, loaded.data, name=name, installed=installed)
 
 
-def load_host(file: Path) -> LoadedHost:
-    """Load a host file and every VM it declares with ``config``."""
+def load_host(file: Path, installed: Mapping[str, VMConfig] = {}) -> LoadedHost:
+    """Load a host file and every VM it declares with ``config`` (checked against the ``installed`` VMs)."""
     loaded = load(file)
-    config: HostConfig = validate(loaded, HostConfig)
+    config = desugar_host(validate(loaded, HostConfig))
     warnings = _report(check_host(config), loaded)
     vms: dict[str, LoadedVM] = {}
     for name in config.microvm.vms:
         raw = loaded.data["microvm"]["vms"][name].get("config")
         if isinstance(raw, str):
-            vms[name] = load_vm(loaded.origin(("microvm", "vms", name, "config")).parent / raw, name=name)
+            path = loaded.origin(("microvm", "vms", name, "config")).parent / raw
+            vms[name] = load_vm(path, name=name, installed=installed)
         elif isinstance(raw, dict):
-            vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name)
+            vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name, installed=installed)
         if name in vms:
             declared_before = {other: vm.config for other, vm in vms.items() if other != name}
             warnings += _report(
@@ -138,4 +169,4 @@ def load_host(file: Path) -> LoadedHost:
     return LoadedHost(config, loaded, vms, warnings)
 
 
-__all__ = ["HostConfig", "LoadedHost", "LoadedVM", "VMConfig", "load_host", "load_vm", "vm_from_loaded"]
+__all__ = ["HostConfig", "LoadedHost", "LoadedVM", "VMConfig", "load_host", "load_vm", "vm_config", "vm_from_loaded"]

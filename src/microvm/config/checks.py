@@ -1,28 +1,21 @@
-"""Rules that span options: uniqueness, consistency, hypervisor capabilities.
+"""Rules that span options: uniqueness, consistency; and the hypervisor's own check.
 
 Each rule yields :class:`Problem`s with the option path it is about; the
 loader attaches the file that set that option. Errors stop the command,
-warnings are printed.
+warnings are printed. What a hypervisor cannot do is its backend's to say
+(:meth:`microvm.hypervisors.base.Hypervisor.check`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Literal
 
-from ..hypervisors import Feature, get
-from ..model.options import HostConfig, VMConfig, host_arch, nth_host_address
-from .loader import OptionPath, format_path
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: OptionPath
-    message: str
-    severity: Literal["error", "warning"] = "error"
-    hint: str | None = None
+from ..hypervisors import get
+from ..model.addresses import nth_host_address
+from ..model.names import host_arch
+from ..model.options import HostConfig, VMConfig
+from ..model.problems import OptionPath, Problem, format_path
 
 
 def _duplicates(items: Iterable[tuple[OptionPath, object]], what: str) -> Iterator[Problem]:
@@ -34,67 +27,6 @@ def _duplicates(items: Iterable[tuple[OptionPath, object]], what: str) -> Iterat
             yield Problem(path, f"{what} {value!r} is also used by {format_path(seen[value])}; each must be unique")
         else:
             seen[value] = path
-
-
-def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
-    """Every feature ``vm`` asks of its hypervisor, with the option asking for it."""
-    mv = vm.microvm
-    for i, share in enumerate(mv.shares):
-        yield (Feature.SHARE_9P if share.proto == "9p" else Feature.SHARE_VIRTIOFS), ("microvm", "shares", i, "proto")
-    interface_features = {
-        "user": Feature.USER_NETWORK,
-        "tap": Feature.TAP,
-        "macvtap": Feature.MACVTAP,
-        "bridge": Feature.BRIDGE,
-    }
-    for i, iface in enumerate(mv.interfaces):
-        yield interface_features[iface.type], ("microvm", "interfaces", i, "type")
-    if mv.forwardPorts:
-        yield Feature.FORWARD_PORTS, ("microvm", "forwardPorts")
-    if mv.balloon:
-        yield Feature.BALLOON, ("microvm", "balloon")
-    if mv.initialBalloonMem:
-        yield Feature.INITIAL_BALLOON, ("microvm", "initialBalloonMem")
-    if mv.hotplugMem:
-        yield Feature.VIRTIO_MEM, ("microvm", "hotplugMem")
-    if mv.hugepageMem:
-        yield Feature.HUGEPAGES, ("microvm", "hugepageMem")
-    if mv.vsock.cid is not None:
-        yield Feature.VSOCK, ("microvm", "vsock", "cid")
-    for i, device in enumerate(mv.devices):
-        yield (Feature.PCI_DEVICES if device.bus == "pci" else Feature.USB_DEVICES), ("microvm", "devices", i, "bus")
-    if mv.graphics.enable:
-        yield Feature.GRAPHICS, ("microvm", "graphics", "enable")
-    if mv.readiness:
-        yield Feature.NOTIFY_READINESS, ("microvm", "readiness")
-    if mv.cpu is not None:
-        yield Feature.CPU_EMULATION, ("microvm", "cpu")
-    if vm.guest.arch != host_arch():
-        yield Feature.CPU_EMULATION, ("guest", "arch")
-    for i, volume in enumerate(mv.volumes):
-        if volume.readOnly:
-            yield Feature.READ_ONLY_VOLUMES, ("microvm", "volumes", i, "readOnly")
-        if volume.serial is not None:
-            yield Feature.VOLUME_SERIAL, ("microvm", "volumes", i, "serial")
-        if volume.direct:
-            yield Feature.DIRECT_IO, ("microvm", "volumes", i, "direct")
-
-
-def _capabilities(vm: VMConfig, explicit_socket: bool) -> Iterator[Problem]:
-    hypervisor = get(vm.microvm.hypervisor)
-    for feature, path in required_features(vm):
-        if not hypervisor.supports(feature):
-            yield Problem(
-                path,
-                f"{hypervisor.name} does not support {feature.value}",
-                hint=hypervisor.suggestion(feature),
-            )
-    if explicit_socket and not hypervisor.supports(Feature.CONTROL_SOCKET):
-        yield Problem(
-            ("microvm", "socket"),
-            f"{hypervisor.name} has no control socket",
-            hint="remove microvm.socket; the VM is stopped with a signal instead",
-        )
 
 
 def _interfaces(vm: VMConfig) -> Iterator[Problem]:
@@ -138,6 +70,13 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
             ("microvm", "forwardPorts"),
             'forwarded ports need an interface of type "user"',
             hint='add [[microvm.interfaces]] with type = "user"',
+        )
+    base = vm.guest.network.base
+    if base.enable and base.routed.enable and nth_host_address(base.routed.ipv4Subnet, base.n) is None:
+        yield Problem(
+            ("guest", "network", "base", "n"),
+            f"{base.n} is past the end of guest.network.base.routed.ipv4Subnet {base.routed.ipv4Subnet}: no address",
+            hint="use a smaller n or a wider subnet",
         )
 
 
@@ -189,13 +128,6 @@ def _memory(vm: VMConfig) -> Iterator[Problem]:
         yield Problem(("microvm", "initialBalloonMem"), f"must be less than mem ({mv.mem} MB)")
     if mv.mem < 32:
         yield Problem(("microvm", "mem"), f"{mv.mem} MB is very little; most guests need 32 MB or more", "warning")
-    if mv.mem == 2048 and mv.hypervisor == "qemu":
-        yield Problem(
-            ("microvm", "mem"),
-            "qemu is known to hang with exactly 2048 MB of RAM",
-            "warning",
-            hint="use 2047 or 2049",
-        )
 
 
 def _guest(vm: VMConfig) -> Iterator[Problem]:
@@ -226,12 +158,6 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
             ("microvm", "accel"),
             f'accel = "kvm" cannot run an {guest.arch} guest on this {host_arch()} host',
             hint='use accel = "tcg" or "auto"',
-        )
-    if guest.arch == "aarch64" and mv.qemu.machine in ("microvm", "q35", "pc"):
-        yield Problem(
-            ("microvm", "qemu", "machine"),
-            f"qemu's {mv.qemu.machine!r} machine is x86 only; aarch64 guests run on 'virt'",
-            hint='remove microvm.qemu.machine or set it to "virt"',
         )
     for name, service in guest.services.items():
         for i, dep in enumerate(service.after):
@@ -291,15 +217,15 @@ def _own_guest(vm: VMConfig) -> Iterator[Problem]:
             yield Problem(("guest", option), "is not used: microvm.guest.enable is false", severity="warning")
 
 
-def check_vm(vm: VMConfig, explicit_socket: bool = False) -> list[Problem]:
-    """Every problem of one VM."""
+def check_vm(vm: VMConfig) -> list[Problem]:
+    """Every problem of one VM, its hypervisor's included."""
     return [
         *_interfaces(vm),
         *_storage(vm),
         *_memory(vm),
         *_guest(vm),
         *_own_guest(vm),
-        *_capabilities(vm, explicit_socket),
+        *get(vm.microvm.hypervisor).check(vm),
     ]
 
 

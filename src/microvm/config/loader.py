@@ -22,20 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
-
-OptionPath = tuple[str | int, ...]
-
-
-def format_path(path: OptionPath) -> str:
-    """``("microvm", "interfaces", 1, "mac")`` -> ``microvm.interfaces[1].mac``."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = part if part.replace("-", "").replace("_", "").isalnum() else f'"{part}"'
-            out += f".{text}" if out else text
-    return out
+from ..model.problems import OptionPath, format_path
 
 
 @dataclass
@@ -61,12 +48,13 @@ def _annotate(raw: Any, file: Path) -> Any:
     return _Leaf(raw, file)
 
 
-def _sets(tree: Any, path: OptionPath) -> bool:
+def value_at(tree: Any, path: OptionPath) -> Any:
+    """What the tables of ``tree`` hold at ``path``; None if nothing."""
     for part in path:
         if not isinstance(tree, dict) or part not in tree:
-            return False
+            return None
         tree = tree[part]
-    return True
+    return tree
 
 
 def _kind(node: Any) -> str:
@@ -98,7 +86,7 @@ def _merge(base: Any, top: Any, path: OptionPath, *, own: Any = None, importer: 
         return merged
     if isinstance(base, _List) and isinstance(top, _List):
         return _List(base.items + top.items)
-    if own is None or _sets(own, path):
+    if own is None or value_at(own, path) is not None:
         if _kind(base) != _kind(top) and own is None:
             raise ConfigError(
                 f"is a {_kind(top)} here but a {_kind(base)} in {_first_file(base)}",

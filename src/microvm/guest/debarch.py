@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
-from ..model.options import host_arch
+from ..model.names import host_arch
 from ..store import Store
 
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}

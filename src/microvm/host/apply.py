@@ -2,10 +2,8 @@
 
 Planning builds every fully declared VM (into the store: changes nothing
 else) and compares what is on disk with what should be; the result is a
-:class:`Plan`, a list of :class:`Change` objects that each describe themselves
-(for ``--dry-run``) and apply themselves. Nothing that is already right is in
-the plan, so applying twice changes nothing the second time. Other parts of the
-host (networking) add their own changes to the same plan.
+:class:`~microvm.host.plan.Plan` (see there). The host network's plan is a
+part of it.
 """
 
 from __future__ import annotations
@@ -17,37 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import proc
 from ..config import LoadedHost, LoadedVM
-from ..model.options import HostConfig
+from ..runner import privileges
 from ..store import PRIVATE_GROUP, Store
 from . import lifecycle, network, statedir, systemd, units
-from .statedir import VMState, owner_ids, switch_link, write_atomic
-
-DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
-
-
-class Change:
-    """One step of a plan."""
-
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def apply(self) -> None:
-        raise NotImplementedError
-
-
-@dataclass
-class Plan:
-    changes: list[Change] = field(default_factory=list)
-
-    def add(self, change: Change) -> None:
-        self.changes.append(change)
-
-    def apply(self, report: Callable[[str], None]) -> None:
-        for change in self.changes:
-            report(change.describe())
-            change.apply()
+from .network.units import DNSMASQ_PREFIX, DNSMASQ_UNITS
+from .plan import (
+    DEFAULT_UNIT_DIR,
+    Change,
+    Group,
+    Plan,
+    Systemctl,
+    activation_changes,
+    unit_file_changes,
+    write_if_changed,
+)
+from .statedir import VMState, owner_ids
+from .unitfile import generated
 
 
 @dataclass
@@ -58,7 +42,7 @@ class EnsureGroup(Change):
         return f"create system group {self.name}"
 
     def apply(self) -> None:
-        proc.run(["groupadd", "--system", self.name])
+        privileges.create_group(self.name)
 
 
 @dataclass
@@ -71,10 +55,7 @@ class EnsureUser(Change):
         return f"create system user {self.name} (group {self.group})"
 
     def apply(self) -> None:
-        proc.run(
-            ["useradd", "--system", "--gid", self.group, "--home-dir", self.home, "--no-create-home"]
-            + ["--shell", "/usr/sbin/nologin", self.name]
-        )
+        privileges.create_user(self.name, self.group, self.home)
 
 
 @dataclass
@@ -89,45 +70,6 @@ class EnsureDir(Change):
     def apply(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=self.mode)
         os.chown(self.path, *owner_ids(*self.owner))
-
-
-@dataclass
-class WriteFile(Change):
-    path: Path
-    content: str
-
-    def describe(self) -> str:
-        return f"{'update' if self.path.exists() else 'write'} {self.path}"
-
-    def apply(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, self.content)
-
-
-@dataclass
-class RemoveFile(Change):
-    path: Path
-
-    def describe(self) -> str:
-        return f"remove {self.path}"
-
-    def apply(self) -> None:
-        self.path.unlink(missing_ok=True)
-        if self.path.parent.name.endswith(".d") and not any(self.path.parent.iterdir()):
-            self.path.parent.rmdir()
-
-
-@dataclass
-class Link(Change):
-    path: Path
-    target: Path
-
-    def describe(self) -> str:
-        return f"link {self.path} -> {self.target}"
-
-    def apply(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        switch_link(self.path, self.target)
 
 
 @dataclass
@@ -169,18 +111,6 @@ class CreateFromSource(Change):
         lifecycle.create(
             self.name, self.source, self.store, self.state_dir, owner=owner, update_source=self.update_source
         )
-
-
-@dataclass
-class Systemctl(Change):
-    args: tuple[str, ...]
-    why: str = ""
-
-    def describe(self) -> str:
-        return f"systemctl {' '.join(self.args)}" + (f" ({self.why})" if self.why else "")
-
-    def apply(self) -> None:
-        systemd.systemctl(*self.args)
 
 
 def _owned(state_dir: Path) -> bool:
@@ -237,45 +167,6 @@ def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[
     return result
 
 
-def _unit_changes(unit_dir: Path, wanted: dict[str, str], enable: list[str]) -> list[Change]:
-    """Write the units that differ, remove those no longer wanted, enable ``enable`` at boot."""
-    changes: list[Change] = []
-    for rel, content in wanted.items():
-        changes += _write_if_changed(unit_dir / rel, content)
-    for path in _generated_units(unit_dir):
-        if str(path.relative_to(unit_dir)) not in wanted:
-            changes.append(RemoveFile(path))
-            if (wants := unit_dir / "multi-user.target.wants" / path.name).is_symlink():
-                changes.append(RemoveFile(wants))
-    for name in enable:
-        link = unit_dir / "multi-user.target.wants" / name
-        if not link.is_symlink() or Path(os.readlink(link)) != unit_dir / name:
-            changes.append(Link(link, unit_dir / name))
-    return changes
-
-
-@dataclass
-class ApplyNetwork(Change):
-    """The host network (bridge, addresses, ports, sysctls, NAT table, DHCP host table) and tap settings."""
-
-    host: HostConfig
-    state_dir: Path
-    steps: list[str]
-
-    def describe(self) -> str:
-        return "network: " + ("; ".join(self.steps) or "record the tap settings for bin/tap-up")
-
-    def apply(self) -> None:
-        network.apply_network(self.host, self.state_dir)
-
-
-def _network_changes(host: HostConfig, state_dir: Path) -> list[Change]:
-    steps = [str(change) for change in network.plan_network(host, state_dir)]
-    if steps or network.tap_settings_outdated(host, state_dir):
-        return [ApplyNetwork(host, state_dir, steps)]
-    return []
-
-
 def plan(
     host: LoadedHost,
     store: Store,
@@ -295,25 +186,15 @@ def plan(
     net_units = network.network_units(host.config, state_dir)
     wanted = units.all_units(state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets)
     wanted |= net_units
-    files = _unit_changes(unit_dir, wanted, enable=[units.TARGET, *net_units])
-    net = _network_changes(host.config, state_dir)
+    stale = generated(unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS)
+    files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units], stale=stale)
+    net = network.plan_network(host.config, state_dir)
     record = _record_changes(state_dir, host.loaded.file) if unit_dir == DEFAULT_UNIT_DIR else []
-    result = Plan([*_system_changes(state_dir), *record, *vms.changes, *files, *net])
+    result = Plan([*_system_changes(state_dir), *record, *vms.changes, *files])
+    if net:
+        result.add(Group("network", net))
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
-        if files:
-            result.add(Systemctl(("daemon-reload",)))
-        for change in files:
-            if (
-                isinstance(change, RemoveFile)
-                and change.path.name.startswith("microvm-dnsmasq-")
-                and systemd.is_active_unit(change.path.name)
-            ):
-                result.add(Systemctl(("stop", change.path.name), "no longer declared"))
-        for name in net_units:
-            if not systemd.is_active_unit(name):
-                result.add(Systemctl(("start", name), "host network"))
-            elif any(isinstance(c, WriteFile) and c.path.name == name for c in files):
-                result.add(Systemctl(("restart", name), "its unit changed"))
+        result.add(*activation_changes(files, net_units, "host network", DNSMASQ_PREFIX))
         if stopped := [n for n in autostart if not systemd.is_active(n)]:
             result.add(Systemctl(("start", *map(systemd.unit, stopped)), "autostart"))
         for name in vms.to_restart:
@@ -324,19 +205,4 @@ def plan(
 
 def _record_changes(state_dir: Path, host_file: Path) -> list[Change]:
     """Record stateDir for the commands run later (only beside the real units: a staged root has its own /etc)."""
-    return _write_if_changed(statedir.HOST_DEFAULTS, statedir.host_defaults(state_dir, host_file))
-
-
-def _write_if_changed(path: Path, content: str) -> list[Change]:
-    """Writing ``content`` to ``path``, unless it holds that already."""
-    return [] if path.exists() and path.read_text() == content else [WriteFile(path, content)]
-
-
-def _generated_units(unit_dir: Path) -> list[Path]:
-    """Unit files an earlier apply wrote for VMs (found by their header)."""
-    candidates = [
-        *unit_dir.glob("install-microvm-*.service"),
-        *unit_dir.glob("microvm@*.service.d/install.conf"),
-        *unit_dir.glob("microvm-dnsmasq-*.service"),
-    ]
-    return [p for p in candidates if p.read_text().startswith(units.HEADER)]
+    return write_if_changed(statedir.HOST_DEFAULTS, statedir.host_defaults(state_dir, host_file))

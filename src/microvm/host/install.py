@@ -1,4 +1,4 @@
-"""``python -m microvm.host.install NAME (--runner PATH | --source URL)``: what install-microvm-NAME runs.
+"""What install-microvm-NAME runs (``python -m microvm.helpers install NAME (--runner PATH | --source URL)``).
 
 A fully declared VM (``--runner``) gets ``current`` pointed at the runner `microvm host apply`
 built; a VM deployed from a source (``--source``) is created once when missing and
@@ -7,9 +7,7 @@ never touched again (later changes are `microvm update`'s), as microvm.nix does.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 
 from ..errors import MicrovmError
@@ -18,35 +16,33 @@ from . import lifecycle
 from .statedir import locked, owner_ids
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="microvm.host.install")
-    parser.add_argument("name")
-    how = parser.add_mutually_exclusive_group(required=True)
-    how.add_argument("--runner", type=Path, help="the runner of a fully declared VM")
-    how.add_argument("--source", help="the source of a VM deployed once")
-    parser.add_argument("--update-source", help="the source recorded for later updates (default: --source)")
-    parser.add_argument("--owner", required=True, help="user:group owning the VM's state directory")
-    args = parser.parse_args(argv)
+def install(
+    name: str,
+    owner: tuple[str, str],
+    runner: Path | None = None,
+    source: str | None = None,
+    update_source: str | None = None,
+) -> str | None:
+    """Install VM ``name`` from ``runner`` or ``source``, its state directory owned by (user, group) ``owner``.
+
+    Returns what to tell the user when a VM from a source is installed already.
+    """
     try:
-        owner = owner_ids(*args.owner.split(":", 1))
-        if args.runner:
-            with locked(args.name) as state:
-                state.path.mkdir(parents=True, exist_ok=True)
-                os.chown(state.path, *owner)
-                if state.current != args.runner:
-                    state.switch_current(args.runner)
-        else:
-            with locked(args.name) as state:
-                exists = state.installed
-            if exists:
-                print(f"{args.name} is installed; updates are `microvm update {args.name}`'s")
-            else:
-                lifecycle.create(args.name, args.source, Store(), owner=owner, update_source=args.update_source)
-    except (MicrovmError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        ids = owner_ids(*owner)
+    except KeyError as exc:
+        raise MicrovmError(f"{name}: the owner {':'.join(owner)} does not exist here ({exc.args[0]})") from None
+    if runner is not None:
+        with locked(name) as state:
+            state.path.mkdir(parents=True, exist_ok=True)
+            os.chown(state.path, *ids)
+            if state.current != runner:
+                state.switch_current(runner)
+        return None
+    if source is None:
+        raise MicrovmError(f"{name}: either a runner or a source to install")
+    with locked(name) as state:
+        exists = state.installed
+    if exists:
+        return f"{name} is installed; updates are `microvm update {name}`'s"
+    lifecycle.create(name, source, Store(), owner=ids, update_source=update_source)
+    return None

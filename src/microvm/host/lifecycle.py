@@ -277,8 +277,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 
     Returns the saved state. On failure the VM runs on and nothing is saved.
     """
-    from ..hypervisors import get
-    from ..hypervisors.base import Feature
+    from ..hypervisors import Feature, Suspend, get
 
     with locked(name, state_dir) as state:
         booted, under_systemd = state.booted, systemd.is_active(name)
@@ -286,7 +285,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
             raise MicrovmError(f"VM {name!r} is not running", hint=f"microvm start {name}")
         mv = runner_config(booted)["microvm"]
         backend = get(mv["hypervisor"])
-        if not backend.supports(Feature.SUSPEND):
+        if not isinstance(backend, Suspend):
             raise MicrovmError(
                 f"VM {name!r}: {backend.name} cannot suspend a VM to disk", hint=backend.suggestion(Feature.SUSPEND)
             )

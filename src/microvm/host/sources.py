@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import proc
 from ..errors import MicrovmError
+from .statedir import installed_configs
 
 if TYPE_CHECKING:
     from ..config import LoadedVM
@@ -123,7 +124,7 @@ def evaluate(source: Source, name: str) -> Iterator[Evaluated]:
     with source.checkout() as (root, commit):
         from ..config import load_vm
 
-        loaded = load_vm(vm_file(root, name, source.url), name=name)
+        loaded = load_vm(vm_file(root, name, source.url), name=name, installed=installed_configs())
         yield Evaluated(loaded, {"commit": commit} if commit is not None else files_fingerprint(loaded.files))
 
 

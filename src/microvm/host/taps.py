@@ -1,7 +1,7 @@
 """A VM's host interfaces: the taps and macvtaps its runner lists, made before it starts, removed after.
 
 ``bin/tap-up``/``tap-down`` and ``bin/macvtap-up``/``macvtap-down`` in the
-runner call ``python -m microvm.host.taps COMMAND RUNNER`` (run as root, by
+runner call ``python -m microvm.helpers COMMAND RUNNER`` (run as root, by
 ``microvm-tap-interfaces@``/``microvm-macvtap-interfaces@`` or by hand).
 As in microvm.nix, taps are persistent, owned by the user the hypervisor runs
 as, with ``vnet_hdr`` and, exactly when the runner's ``tap-flags`` say so,
@@ -15,7 +15,6 @@ Everything goes through netlink (pyroute2) in the caller's network namespace.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pwd
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
-from ..layout import RUNNER_CONFIG, SHARE
+from ..layout import MACVTAP_INTERFACES, RUNNER_CONFIG, TAP_FLAGS, TAP_INTERFACES
 from ..model.options import RoutedNetwork, VMConfig
 from . import network
 
@@ -47,7 +46,7 @@ class Macvtap:
 
 
 def _lines(runner: Path, name: str) -> list[str]:
-    path = runner / SHARE / name
+    path = runner / name
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
@@ -61,15 +60,15 @@ def runner_taps(runner: Path) -> tuple[list[Tap], set[str]]:
     base = vm.guest.network.base
     bridges = {i.id: i.bridge for i in vm.microvm.interfaces if i.type == "tap"}
     taps = []
-    for name in _lines(runner, "tap-interfaces"):
+    for name in _lines(runner, TAP_INTERFACES):
         routed = base.routed if base.enable and base.routed.enable and name == base.tap else None
         taps.append(Tap(name, bridges.get(name), routed, base.n))
-    flags = set(" ".join(_lines(runner, "tap-flags")).split())
+    flags = set(" ".join(_lines(runner, TAP_FLAGS)).split())
     return taps, flags
 
 
 def runner_macvtaps(runner: Path) -> list[Macvtap]:
-    return [Macvtap(*line.split()) for line in _lines(runner, "macvtap-interfaces")]
+    return [Macvtap(*line.split()) for line in _lines(runner, MACVTAP_INTERFACES)]
 
 
 def owner(runner: Path, user: str | None) -> tuple[int, int]:
@@ -230,27 +229,3 @@ def macvtap_down(runner: Path) -> list[str]:
         for name in names:
             _remove_own(ipr, name, "macvtap")
     return names
-
-
-COMMANDS = {"tap-up": tap_up, "tap-down": tap_down, "macvtap-up": macvtap_up, "macvtap-down": macvtap_down}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microvm.host.taps", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("runner", type=Path, help="the VM's runner directory")
-    parser.add_argument("--user", help="owner of the interfaces (default: microvm.user, else the state dir's owner)")
-    args = parser.parse_args(argv)
-    action = COMMANDS[args.command]
-    try:
-        names = action(args.runner, args.user) if args.command.endswith("-up") else action(args.runner)
-    except MicrovmError as exc:
-        print(f"microvm {args.command}: {exc}", file=sys.stderr)
-        return 1
-    if names:
-        print(f"{args.command}: {' '.join(names)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

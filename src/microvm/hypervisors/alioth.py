@@ -16,12 +16,10 @@ and ``--net if_name=..`` (bare forms still parsed).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import MicrovmError
 from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
-from .common import cmdline, disks, open_macvtap, plain, signal_shutdown, true_false
+from .common import cmdline, disks, open_macvtap, plain, true_false
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
@@ -46,6 +44,7 @@ class Backend(Hypervisor):
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
     guest_kernel_params = ("reboot=k",)  # as microvm.nix: a guest reboot ends the process
+    plain_options = ("disk image", "virtiofs socket")
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
@@ -71,11 +70,3 @@ class Backend(Hypervisor):
             argv += ["--vsock", f"vhost,cid={mv.vsock.cid}"]
         argv += mv.alioth.extraArgs
         return spec
-
-    # --- control: none documented; SIGTERM ---------------------------------------------
-
-    def shutdown(self, socket: Path, timeout: float) -> None:
-        signal_shutdown(socket, timeout, self.name)
-
-    def request_shutdown(self, socket: Path) -> None:
-        raise MicrovmError("alioth has no documented control API to request a shutdown")

@@ -2,11 +2,12 @@
 
 A hypervisor declares what it can do (:class:`Feature`), the kernel format it
 boots, and turns a VM into a :class:`RunnerSpec`: the command line of
-``bin/microvm-run`` plus any files it reads. Its control side (graceful
-shutdown, balloon) talks to the running hypervisor through its socket.
+``bin/microvm-run`` plus any files it reads. Its :meth:`Hypervisor.check`
+finds everything a VM asks that it cannot do, so ``microvm check`` reports it
+rather than the build; ``docs/hypervisors.md`` is generated from the features.
 
-Config checks ask the features, so an impossible combination is an error at
-``microvm check`` time, and ``docs/hypervisors.md`` is generated from them.
+The control side is a capability only backends with a control socket have:
+:class:`Control` (graceful shutdown), :class:`Balloon` and :class:`Suspend`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from ..control.process import peer_pid, stop_hard, wait_exit
 from ..errors import MicrovmError
+from ..model.names import host_arch
+from ..model.problems import OptionPath, Problem, format_path
+from . import registry
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
@@ -87,8 +91,77 @@ class RunnerSpec:
     ready_socket: str | None = None
 
 
+def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
+    """Every feature ``vm`` asks of its hypervisor, with the option asking for it."""
+    mv = vm.microvm
+    for i, share in enumerate(mv.shares):
+        yield (Feature.SHARE_9P if share.proto == "9p" else Feature.SHARE_VIRTIOFS), ("microvm", "shares", i, "proto")
+    interface_features = {
+        "user": Feature.USER_NETWORK,
+        "tap": Feature.TAP,
+        "macvtap": Feature.MACVTAP,
+        "bridge": Feature.BRIDGE,
+    }
+    for i, iface in enumerate(mv.interfaces):
+        yield interface_features[iface.type], ("microvm", "interfaces", i, "type")
+    if mv.forwardPorts:
+        yield Feature.FORWARD_PORTS, ("microvm", "forwardPorts")
+    if mv.balloon:
+        yield Feature.BALLOON, ("microvm", "balloon")
+    if mv.initialBalloonMem:
+        yield Feature.INITIAL_BALLOON, ("microvm", "initialBalloonMem")
+    if mv.hotplugMem:
+        yield Feature.VIRTIO_MEM, ("microvm", "hotplugMem")
+    if mv.hugepageMem:
+        yield Feature.HUGEPAGES, ("microvm", "hugepageMem")
+    if mv.vsock.cid is not None:
+        yield Feature.VSOCK, ("microvm", "vsock", "cid")
+    for i, device in enumerate(mv.devices):
+        yield (Feature.PCI_DEVICES if device.bus == "pci" else Feature.USB_DEVICES), ("microvm", "devices", i, "bus")
+    if mv.graphics.enable:
+        yield Feature.GRAPHICS, ("microvm", "graphics", "enable")
+    if mv.readiness:
+        yield Feature.NOTIFY_READINESS, ("microvm", "readiness")
+    if mv.cpu is not None:
+        yield Feature.CPU_EMULATION, ("microvm", "cpu")
+    if vm.guest.arch != host_arch():
+        yield Feature.CPU_EMULATION, ("guest", "arch")
+    for i, volume in enumerate(mv.volumes):
+        if volume.readOnly:
+            yield Feature.READ_ONLY_VOLUMES, ("microvm", "volumes", i, "readOnly")
+        if volume.serial is not None:
+            yield Feature.VOLUME_SERIAL, ("microvm", "volumes", i, "serial")
+        if volume.direct:
+            yield Feature.DIRECT_IO, ("microvm", "volumes", i, "direct")
+
+
+def _option_values(vm: VMConfig, what: str) -> Iterator[tuple[OptionPath, str]]:
+    """The options a backend passes as ``what`` (the names :func:`.common.plain` is given), with their paths."""
+    mv = vm.microvm
+    if what == "socket" and mv.socket is not None:
+        yield ("microvm", "socket"), mv.socket
+    for i, volume in enumerate(mv.volumes):
+        if what == "disk image":
+            yield ("microvm", "volumes", i, "image"), volume.image
+        if what == "volume serial" and volume.serial is not None:
+            yield ("microvm", "volumes", i, "serial"), volume.serial
+    for i, share in enumerate(mv.shares):
+        if what == "virtiofs socket" and share.socket is not None:
+            yield ("microvm", "shares", i, "socket"), share.socket
+        if what == "share source":
+            yield ("microvm", "shares", i, "source"), share.source
+    for i, device in enumerate(mv.devices):
+        if what == "PCI address" and device.bus == "pci":
+            yield ("microvm", "devices", i, "path"), device.path
+
+
+def separators(value: str, forbidden: str = ",") -> list[str]:
+    """The characters of ``value`` that would split a ``key=value,key=value`` argument."""
+    return sorted({c for c in value if c in forbidden})
+
+
 class Hypervisor(ABC):
-    """One hypervisor backend."""
+    """One hypervisor backend: what it can do, how to start a VM, and what it refuses."""
 
     name: ClassVar[str]
     binary: ClassVar[str]
@@ -98,10 +171,16 @@ class Hypervisor(ABC):
     # Kernel modules the guest needs to see this hypervisor's devices (transport).
     transport_modules: ClassVar[tuple[str, ...]] = ("virtio_mmio",)
     console: ClassVar[str] = "ttyS0"
-    # Seconds between repeated shutdown requests (see shutdown).
-    REQUEST_INTERVAL: ClassVar[float] = 5.0
     # Kernel parameters every guest of this hypervisor needs (besides the console).
     guest_kernel_params: ClassVar[tuple[str, ...]] = ()
+    # The least memory (MB) it starts a VM with.
+    min_mem: ClassVar[int | None] = None
+    # Features it has, but not together: (one, other, where its documentation says so).
+    incompatible: ClassVar[tuple[tuple[Feature, Feature, str], ...]] = ()
+    # Options it passes inside ``key=value,...`` arguments, which cannot hold a comma (see common.plain).
+    plain_options: ClassVar[tuple[str, ...]] = ()
+    # How its control socket is driven, for docs/hypervisors.md.
+    control_api: ClassVar[str] = "none (stopped with SIGTERM)"
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         """Kernel parameters this hypervisor's guests need (besides the console)."""
@@ -122,9 +201,73 @@ class Hypervisor(ABC):
     def supports(self, feature: Feature) -> bool:
         return feature in self.features
 
+    def check(self, vm: VMConfig) -> Iterator[Problem]:
+        """What in ``vm`` this hypervisor cannot do, found by ``microvm check`` (as Lima's ``Driver.Validate``).
+
+        This default refuses the features it lacks, the pairs in :attr:`incompatible`, less memory
+        than :attr:`min_mem` and the :attr:`plain_options` it cannot pass; a backend adds its own limits.
+        """
+        asked: dict[Feature, OptionPath] = {}
+        for feature, path in required_features(vm):
+            asked.setdefault(feature, path)
+            if not self.supports(feature):
+                yield Problem(path, f"{self.name} does not support {feature.value}", hint=self.suggestion(feature))
+        for one, other, source in self.incompatible:
+            if one in asked and other in asked:
+                yield Problem(
+                    asked[other],
+                    f"{self.name} cannot combine {one.value} with {other.value} ({source})",
+                    hint=f"set {format_path(asked[one])} = false or {format_path(asked[other])} = false",
+                )
+        if self.min_mem and vm.microvm.mem < self.min_mem:
+            yield Problem(
+                ("microvm", "mem"),
+                f"{self.name} needs at least {self.min_mem} MB of memory ({vm.microvm.mem} MB here)",
+                hint=f"set microvm.mem = {self.min_mem} or more",
+            )
+        if vm.microvm.socket is not None and not self.supports(Feature.CONTROL_SOCKET):
+            yield Problem(
+                ("microvm", "socket"),
+                f"{self.name} has no control socket",
+                hint="remove microvm.socket; the VM is stopped with a signal instead",
+            )
+        for what in self.plain_options:
+            for path, value in _option_values(vm, what):
+                if bad := separators(value):
+                    yield Problem(
+                        path,
+                        f"{self.name} cannot take {what} {value!r}: it contains {' '.join(map(repr, bad))}, "
+                        "which separates its options",
+                        hint=f"choose a {what} without {' or '.join(map(repr, bad))}",
+                    )
+
     @abstractmethod
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         """The command line (and files) that start ``vm``."""
+
+    def suggestion(self, feature: Feature) -> str | None:
+        """What to use instead of a feature this hypervisor lacks."""
+        alternatives = {
+            Feature.SHARE_9P: (Feature.SHARE_VIRTIOFS, 'use proto = "virtiofs"'),
+            Feature.SHARE_VIRTIOFS: (Feature.SHARE_9P, 'use proto = "9p"'),
+            Feature.USER_NETWORK: (Feature.TAP, 'use an interface of type "tap"'),
+            Feature.BRIDGE: (Feature.TAP, 'use an interface of type "tap" attached to the bridge by the host'),
+        }
+        if feature in alternatives and self.supports(alternatives[feature][0]):
+            return alternatives[feature][1]
+        if feature in (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS):
+            return "use a volume instead of a share"
+        others = [b.name for b in registry.available() if b.supports(feature)]
+        return f"hypervisors that can: {', '.join(others)}" if others else None
+
+
+class Control(ABC):
+    """The control side of a backend with a control socket (:attr:`Feature.CONTROL_SOCKET`)."""
+
+    name: ClassVar[str]
+    what: ClassVar[str] = "control socket"
+    # Seconds between repeated shutdown requests (see shutdown).
+    REQUEST_INTERVAL: ClassVar[float] = 5.0
 
     def shutdown(self, socket: Path, timeout: float) -> None:
         """Shut the VM down gracefully through its socket; stop it hard after ``timeout``.
@@ -160,41 +303,34 @@ class Hypervisor(ABC):
         """Stop the hypervisor now (its API's hard stop; by default SIGTERM, then SIGKILL)."""
         stop_hard(pid)
 
+
+class Balloon(Control):
+    """A backend whose balloon can be set and read back through its control socket."""
+
+    what: ClassVar[str] = "balloon control"
+
+    @abstractmethod
     def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
         """Inflate the balloon to ``size_mb`` of the guest's ``mem_mb``; return the balloon size reached."""
-        raise MicrovmError(f"{self.name} has no balloon control")
 
-    # --- suspend to disk (Feature.SUSPEND) ------------------------------------------
 
+class Suspend(Control):
+    """A backend that saves a VM to disk and resumes it on start (:attr:`Feature.SUSPEND`)."""
+
+    what: ClassVar[str] = "suspend to disk"
+
+    @abstractmethod
     def suspend(self, socket: Path, state: Path) -> None:
         """Pause the VM and save its whole state (devices and RAM) to ``state``; it stays paused.
 
         On failure the VM runs on and ``state`` does not exist.
         """
-        raise MicrovmError(f"{self.name} cannot suspend a VM to disk")
 
+    @abstractmethod
     def resume_args(self, fd: int) -> list[str]:
         """Hypervisor arguments that load the saved state from the open file descriptor ``fd``."""
-        raise MicrovmError(f"{self.name} cannot resume a VM from disk")
 
+    @abstractmethod
     def finish_resume(self, socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
         """Wait until the hypervisor has loaded the saved state, call ``loaded()``, then let the VM
         run; False if it did not load (it failed, or the hypervisor exited: ``alive()`` turned false)."""
-        raise MicrovmError(f"{self.name} cannot resume a VM from disk")
-
-    def suggestion(self, feature: Feature) -> str | None:
-        """What to use instead of a feature this hypervisor lacks."""
-        from . import available
-
-        alternatives = {
-            Feature.SHARE_9P: (Feature.SHARE_VIRTIOFS, 'use proto = "virtiofs"'),
-            Feature.SHARE_VIRTIOFS: (Feature.SHARE_9P, 'use proto = "9p"'),
-            Feature.USER_NETWORK: (Feature.TAP, 'use an interface of type "tap"'),
-            Feature.BRIDGE: (Feature.TAP, 'use an interface of type "tap" attached to the bridge by the host'),
-        }
-        if feature in alternatives and self.supports(alternatives[feature][0]):
-            return alternatives[feature][1]
-        if feature in (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS):
-            return "use a volume instead of a share"
-        others = [b.name for b in available() if b.supports(feature)]
-        return f"hypervisors that can: {', '.join(others)}" if others else None

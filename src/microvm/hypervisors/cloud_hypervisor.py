@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..control import http
 from ..errors import MicrovmError
-from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, on_off, open_macvtap, plain, remove_stale_socket
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ NOTIFY_CREDENTIAL = f"io.systemd.credential:vmm.notify_socket=vsock-stream:2:{NO
 API = "/api/v1"
 
 
-class Backend(Hypervisor):
+class Backend(Hypervisor, Balloon):
     name = "cloud-hypervisor"
     binary = "cloud-hypervisor"
     features = frozenset(
@@ -62,6 +62,8 @@ class Backend(Hypervisor):
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
     guest_kernel_params = ("reboot=t",)  # as microvm.nix: a guest reboot is a triple fault, which ends the process
+    plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
+    control_api = "REST (`PUT /api/v1/vm.power-button`)"
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm

@@ -1,4 +1,4 @@
-"""Small helpers the non-qemu backends share: disk order, macvtap fds, shell lines, stopping.
+"""Small helpers the non-qemu backends share: disk order, macvtap fds, shell lines.
 
 Conventions (see ``docs/research/hypervisors.md`` section 0): the hypervisor
 runs in the VM's state directory, so relative paths pass through unchanged;
@@ -12,12 +12,10 @@ import os
 import shlex
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..control.process import peer_pid, stop_hard
 from ..errors import MicrovmError
-from .base import GuestArtifacts, RunnerSpec
+from .base import GuestArtifacts, RunnerSpec, separators
 
 if TYPE_CHECKING:
     from ..model.options import Interface, VMConfig
@@ -65,10 +63,13 @@ def true_false(flag: bool) -> str:
     return "true" if flag else "false"
 
 
-def plain(value: str, what: str, hypervisor: str, forbidden: str = ",") -> str:
-    """``value`` for a ``key=value,key=value`` argument; refuse separators it cannot escape."""
-    bad = sorted({c for c in value if c in forbidden})
-    if bad:
+def plain(value: str, what: str, hypervisor: str) -> str:
+    """``value`` for a ``key=value,key=value`` argument; refuse separators it cannot escape.
+
+    ``microvm check`` refuses such option values (``Hypervisor.plain_options``); this still
+    guards the paths the build chooses (the system image).
+    """
+    if bad := separators(value):
         raise MicrovmError(
             f"{hypervisor} cannot take {what} {value!r}: it contains {' '.join(map(repr, bad))}, "
             "which separates its options",
@@ -95,14 +96,3 @@ def open_macvtap(spec: RunnerSpec, iface: Interface, count: int = 1) -> list[int
 def remove_stale_socket(path: str) -> str:
     """Shell line removing a socket left by a previous run (the hypervisor refuses to bind over it)."""
     return f"rm -f -- {shlex.quote(path)}"
-
-
-def signal_shutdown(socket: Path | None, timeout: float, hypervisor: str) -> None:
-    """For hypervisors without a shutdown API: SIGTERM the process behind ``socket``, SIGKILL after ``timeout``."""
-    pid = peer_pid(socket) if socket is not None else None
-    if pid is None:
-        raise MicrovmError(
-            f"{hypervisor} has no shutdown API, and no process listens on {socket}",
-            hint="stop the VM through its service (systemctl stop microvm@NAME)",
-        )
-    stop_hard(pid, grace=timeout)

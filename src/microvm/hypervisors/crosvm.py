@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 
 from .. import proc
 from ..errors import MicrovmError
-from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, open_macvtap, plain, remove_stale_socket, true_false
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
 
 
-class Backend(Hypervisor):
+class Backend(Hypervisor, Balloon):
     name = "crosvm"
     binary = "crosvm"
     features = frozenset(
@@ -51,6 +51,8 @@ class Backend(Hypervisor):
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
     guest_kernel_params = ("reboot=k",)  # as microvm.nix: a guest reboot ends the process
+    plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
+    control_api = "`crosvm powerbtn`"
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm

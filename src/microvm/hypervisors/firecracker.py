@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..control import http
-from ..errors import MicrovmError
 from ..layout import SHARE
-from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import cmdline, disks, remove_stale_socket
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ CONFIG_FILE = f"{SHARE}/firecracker.json"
 VSOCK_SOCKET = "notify.vsock"
 
 
-class Backend(Hypervisor):
+class Backend(Hypervisor, Balloon):
     name = "firecracker"
     binary = "firecracker"
     features = frozenset(
@@ -46,6 +45,8 @@ class Backend(Hypervisor):
     kernel_format = "vmlinux"
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
+    incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "docs/hugepages.md"),)
+    control_api = "REST (`PUT /actions` SendCtrlAltDel)"
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         # microvm.nix's boot_args: reboot=k so a guest reboot ends the process; i8042 probing
@@ -55,11 +56,6 @@ class Backend(Hypervisor):
     def config(self, vm: VMConfig, guest: GuestArtifacts) -> dict[str, Any]:
         """The ``--config-file`` JSON (swagger ``FullVmConfiguration``), with ``extraConfig`` merged in."""
         mv = vm.microvm
-        if mv.balloon and mv.hugepageMem:
-            raise MicrovmError(
-                "firecracker cannot combine a balloon with huge pages (docs/hugepages.md)",
-                hint="set microvm.balloon = false or microvm.hugepageMem = false",
-            )
         boot: dict[str, Any] = {"kernel_image_path": os.fspath(guest.kernel), "boot_args": cmdline(guest)}
         if guest.initrd is not None:
             boot["initrd_path"] = os.fspath(guest.initrd)

@@ -9,28 +9,24 @@ Follows kvmtool's ``Documentation/kvmtool.1`` (``-k -i -p -c -m -d --console
 
 lkvm keeps an instance socket in ``$HOME/.lkvm/<name>.sock``; the runner sets
 HOME to the state directory, as microvm.nix does. It is not an API for a
-graceful shutdown (``lkvm stop`` kills the guest), so the VM is stopped with a
-signal.
+graceful shutdown (``lkvm stop`` kills the guest), and its balloon is changed
+only relatively and cannot be read back (``lkvm balloon --inflate MB``), so
+the backend has no control side: the VM is stopped with a signal.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..errors import MicrovmError
+from ..model.problems import Problem
 from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
-from .common import cmdline, disks, open_macvtap, plain, signal_shutdown
+from .common import cmdline, disks, open_macvtap, plain
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
 
 HUGETLBFS = "/dev/hugepages"
-
-
-def instance_socket(vm: VMConfig) -> str:
-    """lkvm's own socket (relative to the state directory); its peer is the hypervisor process."""
-    return f".lkvm/{vm.guest.hostName}.sock"
 
 
 class Backend(Hypervisor):
@@ -54,6 +50,17 @@ class Backend(Hypervisor):
     transport_modules = ("virtio_pci",)
     console = "ttyS0"
     guest_kernel_params = ("reboot=k",)  # as microvm.nix: a guest reboot ends the process
+    plain_options = ("disk image", "share source")
+
+    def check(self, vm: VMConfig) -> Iterator[Problem]:
+        yield from super().check(vm)
+        for i, share in enumerate(vm.microvm.shares):
+            if share.readOnly:
+                yield Problem(
+                    ("microvm", "shares", i, "readOnly"),
+                    f"kvmtool cannot share {share.source} read-only (its 9p has no read-only mode)",
+                    hint="drop readOnly, or use a read-only volume",
+                )
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
@@ -73,11 +80,6 @@ class Backend(Hypervisor):
         if mv.balloon:
             argv.append("--balloon")
         for share in mv.shares:
-            if share.readOnly:
-                raise MicrovmError(
-                    f"kvmtool cannot share {share.source} read-only (its 9p has no read-only mode)",
-                    hint="drop readOnly, or use a read-only volume",
-                )
             argv += ["--9p", f"{plain(share.source, 'share source', self.name)},{share.tag}"]
         for iface in mv.interfaces:
             if iface.type == "user":
@@ -93,18 +95,3 @@ class Backend(Hypervisor):
             argv += ["--vsock", str(mv.vsock.cid)]
         argv += mv.kvmtool.extraArgs
         return spec
-
-    # --- control: none; SIGTERM to the process behind lkvm's instance socket -------------
-
-    def shutdown(self, socket: Path, timeout: float) -> None:
-        """``socket``: lkvm's instance socket (:func:`instance_socket`), used only to find the process."""
-        signal_shutdown(socket, timeout, self.name)
-
-    def request_shutdown(self, socket: Path) -> None:
-        raise MicrovmError("kvmtool has no graceful shutdown request (`lkvm stop` kills the guest)")
-
-    def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
-        raise MicrovmError(
-            "kvmtool's balloon is changed only relatively and cannot be read back",
-            hint="HOME=<state directory> lkvm balloon --name NAME --inflate MB (or --deflate MB)",
-        )

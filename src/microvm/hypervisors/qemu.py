@@ -10,17 +10,18 @@ Control is QMP on ``microvm.socket`` through the ``qemu.qmp`` package.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
 from ..layout import READINESS_PORT, ROOT_SERIAL
-from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from ..model.problems import Problem
+from . import qmp
+from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
 from .common import open_macvtap
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from ..model.options import Interface, VMConfig
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+# The machine types of one architecture that qemu-system of another does not have.
+MACHINES = {"x86_64": ("microvm", "q35", "pc"), "aarch64": ("virt",)}
 BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
 
 
@@ -85,12 +88,32 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
     return 2600000
 
 
-class Backend(Hypervisor):
+class Backend(Hypervisor, Balloon, Suspend):
     name = "qemu"
     binary = "qemu-system-x86_64"
     features = frozenset(Feature) - {Feature.INITIAL_BALLOON}
     kernel_format = "bzImage"
     console = "ttyS0"
+    control_api = "QMP (`system_powerdown`)"
+
+    def check(self, vm: VMConfig) -> Iterator[Problem]:
+        yield from super().check(vm)
+        arch, machine = vm.guest.arch, vm.microvm.qemu.machine
+        for other, machines in MACHINES.items():
+            if other != arch and machine in machines:
+                yield Problem(
+                    ("microvm", "qemu", "machine"),
+                    f"qemu's {machine!r} machine is {other} only; {arch} guests run on "
+                    + " or ".join(map(repr, MACHINES[str(arch)])),
+                    hint=f"remove microvm.qemu.machine or set it to {MACHINES[str(arch)][0]!r}",
+                )
+        if vm.microvm.mem == 2048:
+            yield Problem(
+                ("microvm", "mem"),
+                "qemu is known to hang with exactly 2048 MB of RAM",
+                "warning",
+                hint="use 2047 or 2049",
+            )
 
     # --- the machine -------------------------------------------------------------
 
@@ -351,7 +374,7 @@ class Backend(Hypervisor):
         asyncio.run(_request_shutdown(socket))
 
     def stop_hard(self, socket: Path, pid: int) -> None:
-        asyncio.run(_qmp(socket, "quit"))
+        qmp.execute(socket, "quit")
 
     def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
         """qemu's balloon command takes the guest's target memory, not the balloon size."""
@@ -372,31 +395,10 @@ MiB = 1024 * 1024
 SUSPEND_FD = "microvm-suspend"  # the name qemu knows the passed state file by (QMP getfd)
 
 
-async def _connect(socket: Path) -> QMPClient:
-    from qemu.qmp import QMPClient, QMPError
-
-    client = QMPClient("microvm")
-    try:
-        await client.connect(str(socket))
-    except (OSError, QMPError) as exc:
-        raise MicrovmError(f"cannot connect to the QMP socket {socket}: {exc}", hint="is the VM running?") from None
-    return client
-
-
-async def _qmp(socket: Path, command: str) -> None:
-    client = await _connect(socket)
-    try:
-        await client.execute(command)
-    finally:
-        with contextlib.suppress(EOFError):  # after `quit`, qemu closes the socket first
-            await client.disconnect()
-
-
 async def _request_shutdown(socket: Path) -> None:
     """The power button; a paused guest is continued first so it can react. A saved VM
     (`microvm suspend`) must not run on: its state is on disk, so qemu just ends."""
-    client = await _connect(socket)
-    try:
+    async with qmp.session(socket) as client:
         status = (await client.execute("query-status"))["status"]
         if status == "postmigrate":
             await client.execute("quit")
@@ -404,20 +406,16 @@ async def _request_shutdown(socket: Path) -> None:
         if status == "paused":
             await client.execute("cont")
         await client.execute("system_powerdown")
-    finally:
-        with contextlib.suppress(EOFError):
-            await client.disconnect()
 
 
 async def _suspend(socket: Path, state: Path) -> None:
     """Stop the vCPUs, then migrate to the file (through a descriptor we pass: qemu, which may run
     as another user, never opens it). The migration stream keeps the paused run state, so
     the resumed VM waits for `cont` (see _finish_resume)."""
-    from qemu.qmp import ExecuteError
+    from qemu.qmp import ExecuteError  # late on purpose, as in .qmp: only control commands need qemu.qmp
 
-    client = await _connect(socket)
     partial = state.with_name(f".{state.name}.partial")
-    try:
+    async with qmp.session(socket) as client:
         if (await client.execute("query-status"))["status"] != "running":
             raise MicrovmError(f"the VM on {socket} is not running (paused or already saved)")
         await client.execute("stop")
@@ -429,7 +427,7 @@ async def _suspend(socket: Path, state: Path) -> None:
                 client.send_fd_scm(fd)
                 await client.execute("getfd", {"fdname": SUSPEND_FD})
                 await client.execute("migrate", {"uri": f"fd:{SUSPEND_FD}"})
-                if error := await _migration_error(client):
+                if error := await _migration_end(client, lambda: True):
                     raise MicrovmError(f"qemu could not save the VM: {error}")
                 os.fsync(fd)
             finally:
@@ -441,48 +439,43 @@ async def _suspend(socket: Path, state: Path) -> None:
             if isinstance(exc, ExecuteError):
                 raise MicrovmError(f"qemu could not save the VM: {exc}") from None
             raise
-    finally:
-        await client.disconnect()
 
 
-async def _migration_error(client: QMPClient) -> str | None:
-    """Wait for the running migration to end; None when it completed, else qemu's reason."""
-    while (info := await client.execute("query-migrate"))["status"] not in ("completed", "failed", "cancelled"):
-        await asyncio.sleep(0.05)
-    return None if info["status"] == "completed" else info.get("error-desc", f"migration {info['status']}")
+async def _migration_end(client: QMPClient, alive: Callable[[], bool]) -> str | None:
+    """Wait for the migration (out to a file, or in from one) to end: None when it completed, else
+    why not (qemu's reason, or that the hypervisor went away: ``alive()`` turned false)."""
+    while alive():
+        info = await client.execute("query-migrate")
+        status = info.get("status")  # none yet before an incoming migration starts
+        if status == "completed":
+            return None
+        if status in ("failed", "cancelled"):
+            return info.get("error-desc", f"migration {status}")
+        await asyncio.sleep(0.02)
+    return "qemu exited"
 
 
 async def _finish_resume(socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
     """Wait for the incoming migration to complete, then continue the paused VM."""
     while alive():
         try:
-            client = await _connect(socket)
-        except MicrovmError:  # not serving its socket yet
-            await asyncio.sleep(0.02)
-            continue
-        try:
-            while alive():
-                status = (await client.execute("query-migrate")).get("status")
-                if status == "completed":
-                    loaded()
-                    await client.execute("cont")
-                    return True
-                if status == "failed":
+            async with qmp.session(socket) as client:
+                if await _migration_end(client, alive) is not None:
                     return False
-                await asyncio.sleep(0.02)
-        finally:
-            with contextlib.suppress(EOFError):  # qemu exited
-                await client.disconnect()
+                loaded()
+                await client.execute("cont")
+                return True
+        except qmp.Unreachable:  # not serving its socket yet
+            await asyncio.sleep(0.02)
     return False
 
 
 async def _balloon(socket: Path, target: int) -> int:
     """Ask for ``target`` bytes of guest memory; return the guest's actual memory once it settles."""
-    from qemu.qmp import EventListener
+    from qemu.qmp import EventListener  # late on purpose, as in .qmp: only control commands need qemu.qmp
 
-    client = await _connect(socket)
     loop = asyncio.get_running_loop()
-    try:
+    async with qmp.session(socket) as client:
         listener = EventListener(("BALLOON_CHANGE",))
         with client.listen(listener):
             await client.execute("balloon", {"value": target})
@@ -494,5 +487,3 @@ async def _balloon(socket: Path, target: int) -> int:
                 except TimeoutError:
                     break
         return actual
-    finally:
-        await client.disconnect()

@@ -13,14 +13,13 @@ so it is not offered.
 
 from __future__ import annotations
 
-import json
 import logging
-import socket as socketlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
-from .base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
+from . import qmp
+from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, on_off, open_macvtap, plain, remove_stale_socket
 
 if TYPE_CHECKING:
@@ -28,11 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("microvm.hypervisors.stratovirt")
 HUGETLBFS = "/dev/hugepages"
-MIN_MEM = 128  # MB; the guidebook's lower bound for -m
 MAX_QUEUES = 16
 
 
-class Backend(Hypervisor):
+class Backend(Hypervisor, Balloon):
     name = "stratovirt"
     binary = "stratovirt"
     features = frozenset(
@@ -54,16 +52,13 @@ class Backend(Hypervisor):
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
     guest_kernel_params = ("edd=off", "reboot=t")  # as microvm.nix: no BIOS disk probing; reboot ends the process
+    min_mem = 128  # the guidebook's lower bound for -m
+    incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "config_guidebook.md"),)
+    plain_options = ("socket", "disk image", "volume serial", "virtiofs socket")
+    control_api = "QMP (`system_powerdown`, else `quit`)"
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
-        if mv.mem < MIN_MEM:
-            raise MicrovmError(f"stratovirt needs at least {MIN_MEM} MB of memory (microvm.mem = {mv.mem})")
-        if mv.balloon and mv.hugepageMem:
-            raise MicrovmError(
-                "stratovirt cannot combine a balloon with huge pages (config_guidebook.md)",
-                hint="set microvm.balloon = false or microvm.hugepageMem = false",
-            )
         machine = "virt" if vm.guest.arch == "aarch64" else "microvm"
         if any(s.proto == "virtiofs" for s in mv.shares):
             machine += ",mem-share=on"  # vhost-user devices map guest memory
@@ -120,60 +115,20 @@ class Backend(Hypervisor):
 
     def request_shutdown(self, socket: Path) -> None:
         try:
-            qmp(socket, "system_powerdown")
-        except QMPError as exc:
+            qmp.execute(socket, "system_powerdown")
+        except qmp.CommandError as exc:
             # the microvm machine has no ACPI power button on every version (microvm.nix)
             log.warning("stratovirt refused system_powerdown (%s); quitting instead", exc)
-            qmp(socket, "quit")
+            qmp.execute(socket, "quit")
 
     def stop_hard(self, socket: Path, pid: int) -> None:
         try:
-            qmp(socket, "quit")
+            qmp.execute(socket, "quit")
         except MicrovmError:
             super().stop_hard(socket, pid)
 
     def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
         """QMP's ``balloon`` takes the guest's target memory, not the balloon size."""
-        qmp(socket, "balloon", {"value": (mem_mb - size_mb) * MIB})
-        actual = qmp(socket, "query-balloon")["actual"]
+        qmp.execute(socket, "balloon", {"value": (mem_mb - size_mb) * MIB})
+        actual = qmp.execute(socket, "query-balloon")["actual"]
         return mem_mb - int(actual) // MIB
-
-
-class QMPError(MicrovmError):
-    """The QMP server answered with an error."""
-
-
-def qmp(socket: Path, command: str, arguments: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    """Run one QMP command (greeting, ``qmp_capabilities``, command); return its ``return`` value."""
-    try:
-        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(socket))
-            stream = sock.makefile("rw", encoding="utf-8", newline="\n")
-            _answer(stream, greeting=True)
-            for execute, args in (("qmp_capabilities", None), (command, arguments)):
-                message: dict[str, Any] = {"execute": execute}
-                if args:
-                    message["arguments"] = args
-                stream.write(json.dumps(message) + "\n")
-                stream.flush()
-                result = _answer(stream)
-            return result
-    except (OSError, ValueError) as exc:
-        raise MicrovmError(f"cannot run QMP {command} on {socket}: {exc}") from exc
-
-
-def _answer(stream: Any, greeting: bool = False) -> Any:
-    """The next reply, skipping asynchronous events."""
-    while True:
-        line = stream.readline()
-        if not line:
-            raise MicrovmError("the QMP connection closed before answering")
-        reply = json.loads(line)
-        if greeting and "QMP" in reply:
-            return reply
-        if "error" in reply:
-            error = reply["error"]
-            raise QMPError(f"{error.get('class', 'error')}: {error.get('desc', error)}")
-        if "return" in reply:
-            return reply["return"]

@@ -13,21 +13,7 @@ import sys
 from . import available
 from .base import Feature, Hypervisor
 
-# How each backend is controlled, for the table (what its shutdown() uses).
-CONTROL = {
-    "qemu": "QMP (`system_powerdown`)",
-    "cloud-hypervisor": "REST (`PUT /api/v1/vm.power-button`)",
-    "firecracker": "REST (`PUT /actions` SendCtrlAltDel)",
-    "crosvm": "`crosvm powerbtn`",
-    "stratovirt": "QMP (`system_powerdown`, else `quit`)",
-}
 SHARES = (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS)
-
-
-def _control(backend: Hypervisor) -> str:
-    if not backend.supports(Feature.CONTROL_SOCKET):
-        return "none (stopped with SIGTERM)"
-    return CONTROL.get(backend.name, "control socket")
 
 
 def restrictions(backend: Hypervisor, backends: list[Hypervisor]) -> list[str]:
@@ -43,6 +29,9 @@ def restrictions(backend: Hypervisor, backends: list[Hypervisor]) -> list[str]:
             others = [b.name for b in backends if b.supports(feature)]
             hint = f"available with {', '.join(others)}" if others else "no hypervisor here has it"
         lines.append(f"no {feature.value}: {hint}")
+    lines += [f"no {one.value} together with {other.value} ({source})" for one, other, source in backend.incompatible]
+    if backend.min_mem:
+        lines.append(f"at least {backend.min_mem} MB of memory")
     return lines
 
 
@@ -64,7 +53,7 @@ def markdown(backends: list[Hypervisor] | None = None) -> str:
         )
     out.append("| kernel format | " + " | ".join(b.kernel_format for b in backends) + " |")
     out.append("| console | " + " | ".join(b.console for b in backends) + " |")
-    out.append("| control | " + " | ".join(_control(b) for b in backends) + " |")
+    out.append("| control | " + " | ".join(b.control_api for b in backends) + " |")
     out.append("| binary | " + " | ".join(f"`{b.binary}`" for b in backends) + " |")
     out += ["", "## Restrictions", ""]
     for backend in backends:

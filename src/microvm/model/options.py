@@ -1,31 +1,32 @@
 """The option model: every option a user can set, typed, with defaults and docs.
 
 Names follow microvm.nix (camelCase) so its documentation maps one to one;
-``docs/from-microvm-nix.md`` lists the few renamings. Types and single-field
-rules live here; rules that span options (uniqueness, hypervisor
-capabilities) live in :mod:`microvm.config.checks`. Defaults that depend on
-other options are computed in ``model_validator``s, never copied by hand.
+``docs/from-microvm-nix.md`` lists the few renamings. Declarations only, as
+microvm.nix's ``options.nix``: types and single-table rules live here;
+defaults that depend on other options and the shorthands (mounts, the base
+interface) are filled in by :mod:`microvm.model.desugar`; rules that span
+options (uniqueness, hypervisor capabilities) live in
+:mod:`microvm.config.checks`. Validated models are frozen: a variant is a
+``model_copy(update=...)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import platform
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-HYPERVISORS = ("qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth")
-Hypervisor = Literal["qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
+from .addresses import BASE_N_MAX, base_mac, base_tap, ipv6_host_interface, nth_host_address
+from .names import Hypervisor
 
 # A name that is safe as a file name, a systemd instance and a shell word.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 IFNAME_MAX = 15
-BASE_N_MAX = 0xFFFF  # network.base.n fills the last two bytes of the MAC
 
 
 def _name(value: str) -> str:
@@ -90,12 +91,6 @@ def _ipv6_prefix(value: str) -> str:
     return value
 
 
-def host_arch() -> str:
-    """This machine's CPU architecture, spelt as ``guest.arch``."""
-    machine = platform.machine()
-    return "aarch64" if machine in ("aarch64", "arm64") else machine
-
-
 def _guest_path(value: str) -> str:
     _absolute(value)
     if ".." in value.split("/"):
@@ -122,6 +117,7 @@ class Options(BaseModel):
         extra="forbid",
         strict=True,
         validate_default=True,
+        frozen=True,
     )
 
     def dump(self) -> dict:
@@ -305,6 +301,14 @@ class MicroVMOptions(Options):
         description="Emulate this CPU model with TCG (e.g. `cortex-a53`); null means the host CPU under KVM, and under TCG qemu's `max` (on x86 without ERMS, which only slows emulation down).",
     )
     user: Name | None = Field(None, description="User the hypervisor drops to when started as root.")
+    runAsRoot: bool = Field(
+        False,
+        description=(
+            "Let `microvm run` started as root run the hypervisor as root. By default it runs as user `microvm`, "
+            "group `kvm` (as under systemd; created if missing), and root only prepares what needs it (virtiofsd, "
+            "the state directory). Not in microvm.nix."
+        ),
+    )
     socket: str | None = Field(
         None,
         json_schema_extra=COMPUTED,
@@ -460,27 +464,6 @@ class InterfaceNetwork(Options):
     routes: list[Route] = Field([], description="Static routes through this interface.")
 
 
-def nth_host_address(interface: str, n: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The n+1-th usable address of ``interface``'s network after skipping ``interface``'s own; None past the end.
-
-    10.213.0.1/24: n=0 -> 10.213.0.2; fd00::1/64: n=0 -> fd00::2. How VM ``n`` gets a fixed address.
-    """
-    iface = ipaddress.ip_interface(interface)
-    net = iface.network
-    first = int(net.network_address) + 1
-    last = int(net.broadcast_address) - (1 if iface.version == 4 else 0)
-    candidate = first + n
-    if candidate >= int(iface.ip):
-        candidate += 1
-    return ipaddress.ip_address(candidate) if candidate <= last else None
-
-
-def ipv6_host_interface(prefix: str) -> str:
-    """``<prefix>1/<len>``: the host's address in an IPv6 prefix written as ``fd12:3456:789a::`` (a /64)."""
-    net = ipaddress.IPv6Network(prefix if "/" in prefix else f"{prefix}/64")
-    return f"{net.network_address + 1}/{net.prefixlen}"
-
-
 class RoutedNetwork(Options):
     """The routed layout of microvm.nix's routed-network guide: no shared segment, a host route per VM.
 
@@ -525,7 +508,7 @@ class BaseNetwork(Options):
     VM ``n`` gets the tap ``vm<n>`` (matching the host's default ``tapMatch``)
     and the MAC ``02:00:00:01:HH:LL`` (``n`` as two hex bytes); the host's DHCP
     server hands that MAC the same IPv4 address every time (see
-    :func:`microvm.host.network.base_ipv4`), and SLAAC derives the IPv6
+    :func:`microvm.model.addresses.base_ipv4`), and SLAAC derives the IPv6
     address from the MAC.
     """
 
@@ -553,16 +536,6 @@ class BaseNetwork(Options):
 
     def interface(self) -> Interface:
         return Interface(type="tap", id=self.tap, mac=self.mac)
-
-
-def base_tap(n: int) -> str:
-    """The tap name of VM ``n``'s base interface (matches the default ``tapMatch`` "vm*")."""
-    return f"vm{n}"
-
-
-def base_mac(n: int) -> str:
-    """The MAC of VM ``n``'s base interface: locally administered, ``n`` in the last two bytes."""
-    return f"02:00:00:01:{n >> 8:02x}:{n & 0xFF:02x}"
 
 
 class GuestNetwork(Options):
@@ -675,6 +648,12 @@ class Mount(Options):
     volume: MountVolume = Field(default_factory=MountVolume, description="As a volume (the default).")
     share: MountShare = Field(default_factory=MountShare, description="As a share.")
 
+    @model_validator(mode="after")
+    def _volume_or_share(self) -> Mount:
+        if self.enable and self.share.enable and self.volume.enable:
+            raise ValueError("a mount is either a volume or a share, not both")
+        return self
+
 
 class StoreReadWrite(Options):
     enable: bool = Field(
@@ -758,97 +737,6 @@ class VMConfig(Options):
                 spec["text"] = "<secret>"
         return data
 
-    @model_validator(mode="after")
-    def _computed_defaults(self) -> VMConfig:
-        """Fill defaults that depend on other options."""
-        mv, guest = self.microvm, self.guest
-        if guest.arch is None:
-            guest.arch = "aarch64" if host_arch() == "aarch64" else "x86_64"
-        if guest.machineId is None:
-            guest.machineId = hashlib.sha256(f"microvm:{guest.hostName}".encode()).hexdigest()[:32]
-        _expand_mounts(self)
-        if mv.socket is None and _has_control_socket(mv.hypervisor):
-            mv.socket = f"{guest.hostName}.sock"
-        for share in mv.shares:
-            if share.proto == "virtiofs" and share.socket is None:
-                share.socket = f"{guest.hostName}-virtiofs-{share.tag}.sock"
-        if mv.qemu.machine is None:
-            mv.qemu.machine = "virt" if guest.arch == "aarch64" else "microvm"
-        if mv.storeOnDisk is None:
-            mv.storeOnDisk = not any(share.tag == STORE_SHARE_TAG for share in mv.shares)
-        if guest.kernel.flavor == "auto":
-            guest.kernel.flavor = "generic" if any(s.proto == "9p" for s in mv.shares) else "cloud"
-        routed = guest.network.base.routed
-        if guest.network.base.enable and routed.enable and guest.network.base.tap not in guest.network.interfaces:
-            host = [address.split("/")[0] for address in routed.host_addresses()]
-            guest.network.interfaces[guest.network.base.tap] = InterfaceNetwork(
-                dhcp=False,
-                acceptRA=False,
-                addresses=routed.vm_addresses(guest.network.base.n),
-                routes=[Route(destination="0.0.0.0/0", gateway=host[0])]
-                + ([Route(destination="::/0", gateway=host[1])] if len(host) > 1 else []),
-            )
-        if guest.network.base.enable:
-            base = guest.network.base.interface()
-            # a config read back from vm.json already has it; a different interface with its name stays a duplicate
-            if base not in mv.interfaces:
-                mv.interfaces.append(base)
-        return self
-
-
-def _expand_mounts(vm: VMConfig) -> None:
-    """Turn ``guest.mounts`` and ``guest.store`` (the wrapper's shorthands) into microvm volumes and shares.
-
-    Idempotent: an expanded config (``microvm eval``, the runner's vm.json) validates to itself.
-    """
-    mv, guest = vm.microvm, vm.guest
-    tags = {s.tag for s in mv.shares}
-    images = {v.image for v in mv.volumes}
-    for name, mount in guest.mounts.items():
-        if not mount.enable:
-            continue
-        if mount.mountpoint is None:
-            mount.mountpoint = f"/var/lib/{name}"
-        if mount.volume.enable is None:
-            mount.volume.enable = not mount.share.enable
-        if mount.share.enable and mount.volume.enable:
-            raise ValueError(f"mounts.{name}: a mount is either a volume or a share, not both")
-        if mount.share.enable and (mount.share.tag or name) not in tags:
-            share = mount.share
-            mv.shares.append(
-                Share(
-                    tag=share.tag or name,
-                    source=share.hostPath or name,
-                    mountPoint=mount.mountpoint,
-                    proto=share.proto,
-                    socket=share.socket,
-                )
-            )
-        elif mount.volume.enable and (mount.volume.image or f"{name}.img") not in images:
-            volume = mount.volume
-            size = volume.size or (volume.sizeGB * 1024 if volume.sizeGB else 1024)
-            mv.volumes.append(
-                Volume(image=volume.image or f"{name}.img", mountPoint=mount.mountpoint, size=size, label=name[:16])
-            )
-    if (guest.store.readonly.enable or mv.storeOnDisk is False) and STORE_SHARE_TAG not in tags:
-        mv.shares.append(Share(tag=STORE_SHARE_TAG, source="system", mountPoint="/", proto="virtiofs", readOnly=True))
-    if guest.store.readwrite.enable and STORE_RW_IMAGE not in images:
-        mv.volumes.append(
-            Volume(
-                image=STORE_RW_IMAGE,
-                mountPoint=STORE_RW_MOUNTPOINT,
-                size=guest.store.readwrite.size,
-                label="store-rw",
-            )
-        )
-        mv.writableStoreOverlay = mv.writableStoreOverlay or STORE_RW_MOUNTPOINT
-
-
-def _has_control_socket(hypervisor: str) -> bool:
-    from ..hypervisors import Feature, get
-
-    return get(hypervisor).supports(Feature.CONTROL_SOCKET)
-
 
 # The share tag that carries the guest system when storeOnDisk is false; its source is set to the
 # system's store entry at build time.
@@ -897,14 +785,6 @@ class DeclaredVM(Options):
         json_schema_extra=COMPUTED,
         description="Restart the VM when `microvm host apply` changed it. Default: true with config, false with source.",
     )
-
-    @model_validator(mode="after")
-    def _computed_defaults(self) -> DeclaredVM:
-        if self.restartIfChanged is None:
-            self.restartIfChanged = self.config is not None
-        if self.updateSource is None:
-            self.updateSource = self.source
-        return self
 
 
 class HostMicroVMOptions(Options):

@@ -11,13 +11,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MicrovmError
 from ..guest.debarch import Apt
 from ..guest.image import build_root_image
 from ..guest.initrd import build_initrd, use_local_initrd
 from ..guest.kernel import KernelEntry, fetch_kernel, resolve_kernel_package, use_local_kernel
 from ..guest.system import build_system
 from ..hypervisors import GuestArtifacts, Hypervisor, get
-from ..model.options import STORE_SHARE_TAG, VMConfig, host_arch
+from ..model.names import host_arch
+from ..model.options import STORE_SHARE_TAG, VMConfig
+from ..model.problems import format_path
 from ..store import Store
 from . import accel
 from .script import build_runner
@@ -73,18 +76,34 @@ def emulation_reason(vm: VMConfig) -> str | None:
 
 def with_system_share(vm: VMConfig, system: Path) -> VMConfig:
     """``vm`` with the store share (storeOnDisk = false) serving ``system`` read-only."""
-    vm = vm.model_copy(deep=True)
-    for share in vm.microvm.shares:
-        if share.tag == STORE_SHARE_TAG:
-            share.source = str(system)
-            share.readOnly = True
-    return vm
+    shares = [
+        share.model_copy(update={"source": str(system), "readOnly": True}) if share.tag == STORE_SHARE_TAG else share
+        for share in vm.microvm.shares
+    ]
+    return vm.model_copy(update={"microvm": vm.microvm.model_copy(update={"shares": shares})})
+
+
+def check_for(backend: Hypervisor, vm: VMConfig) -> None:
+    """Refuse what ``backend`` cannot do in a VM declared for another hypervisor (``--hypervisor``).
+
+    The VM was checked for the hypervisor it declares; a control socket that one has and this one
+    lacks is simply not used.
+    """
+    errors = [p for p in backend.check(vm) if p.severity == "error" and p.path != ("microvm", "socket")]
+    if errors:
+        raise MicrovmError(
+            f"{backend.name} cannot run this VM (declared for {vm.microvm.hypervisor}): "
+            + "; ".join(f"{format_path(p.path)}: {p.message}" for p in errors),
+            hint=f"build it for {vm.microvm.hypervisor}, or change the options for {backend.name}",
+        )
 
 
 def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress: Progress | None = None) -> BuiltVM:
     """Build every part of ``vm`` for ``hypervisor`` (default: the one it declares)."""
     say = progress or (lambda _: None)
     backend = get(hypervisor or vm.microvm.hypervisor)
+    if backend.name != vm.microvm.hypervisor:
+        check_for(backend, vm)
     say("kernel")
     kernel = get_kernel(store, vm)
     system = None

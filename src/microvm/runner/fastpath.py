@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .foreground import Foreground
 
 STAMP_DIR = ".cache/run"
-STAMP_FORMAT = 2
+STAMP_FORMAT = 3
 ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME")
 PACKAGE = Path(__file__).resolve().parent.parent
 

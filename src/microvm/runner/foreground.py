@@ -2,13 +2,18 @@
 
 The hypervisor runs in its own session so the terminal's Ctrl-C reaches only
 us: the first Ctrl-C shuts the guest down gracefully, a second stops it
-hard. qemu's console is a unix socket with a log file: we print the log as it
-grows (nothing is lost before we connect) and send keystrokes to the socket.
+hard. Every other signal that ends a program (SIGTERM from kill or a service
+manager, SIGHUP when the terminal goes away, SIGQUIT) does the same, and if we
+are killed outright (SIGKILL) the kernel stops the hypervisor and virtiofsd
+(:func:`microvm.proc.die_with_parent`). qemu's console is a unix socket with a
+log file: we print the log as it grows (nothing is lost before we connect) and
+send keystrokes to the socket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -21,10 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import proc
 from ..control.process import connect_when_there
+from . import privileges
 from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
+
+# The signals that end a program by default: each shuts the guest down, as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @dataclass(frozen=True)
@@ -41,15 +50,17 @@ class Foreground:
     console: tuple[str, str] | None  # (socket, log file) in the state directory
     control: str | None  # the control socket in the state directory, if the hypervisor takes commands there
     virtiofs: bool  # virtiofs shares: their daemons are started from the config
+    as_root: bool  # run as root when we are: microvm.runAsRoot, or qemu drops to microvm.user itself
 
     @classmethod
     def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
-        from ..hypervisors import Feature, get
+        from ..hypervisors import Control, get
 
         backend = get(hypervisor or vm.microvm.hypervisor)
-        control = vm.microvm.socket if backend.supports(Feature.CONTROL_SOCKET) else None
+        control = vm.microvm.socket if isinstance(backend, Control) else None
         virtiofs = any(share.proto == "virtiofs" for share in vm.microvm.shares)
-        return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs)
+        as_root = vm.microvm.runAsRoot or vm.microvm.user is not None
+        return cls(runner, backend.name, backend.console_socket(vm), control, virtiofs, as_root)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "runner": str(self.runner)}
@@ -57,18 +68,25 @@ class Foreground:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Foreground:
         console = tuple(data["console"]) if data["console"] else None
-        return cls(Path(data["runner"]), data["hypervisor"], console, data["control"], data["virtiofs"])  # type: ignore[arg-type]
+        return cls(
+            Path(data["runner"]), data["hypervisor"], console, data["control"], data["virtiofs"], data["as_root"]
+        )  # type: ignore[arg-type]
 
 
 def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, shutdown_timeout: float = 60.0) -> int:
     """Run the VM in ``workdir`` with the console here; return the hypervisor's exit code.
 
     ``vm`` is needed only when the plan has virtiofs shares: their daemons are started from it.
+    Started as root, the hypervisor runs as an unprivileged user unless the plan says root
+    (see :mod:`microvm.runner.privileges`); virtiofsd stays root.
     """
     console = plan.console
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
+    user, groups = None, []
+    if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
+        *user, groups = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
         from . import virtiofsd
@@ -80,23 +98,26 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         cwd=workdir,
         start_new_session=console is not None,
         stdin=subprocess.DEVNULL if console else None,
+        user=tuple(user) if user else None,
+        groups=groups,
     )
     interrupts = 0
 
-    def on_interrupt(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and plan.control:
-            from ..hypervisors import get
+            from ..hypervisors import Control, capable
 
-            print("\r\nmicrovm: shutting down gracefully (Ctrl-C again to stop it now)", file=sys.stderr)
-            args = (get(plan.hypervisor), workdir / plan.control, shutdown_timeout)
+            again = "Ctrl-C" if signum == signal.SIGINT else "signal"
+            _say(f"microvm: shutting down gracefully ({again} again to stop it now)")
+            args = (capable(plan.hypervisor, Control), workdir / plan.control, shutdown_timeout)
             threading.Thread(target=_shutdown, args=args, daemon=True).start()
         else:
-            print("\r\nmicrovm: stopping the VM now", file=sys.stderr)
+            _say("microvm: stopping the VM now")
             child.kill()
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
         if console:
             log_path = workdir / console[1]
@@ -111,10 +132,14 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
                     return connect_when_there(workdir / console[0], alive)
 
                 with log_path.open("rb") if log_path.exists() else contextlib.nullcontext() as log:
-                    relay(alive, None, log, connect=connect)
+                    try:
+                        relay(alive, None, log, connect=connect)
+                    except OSError:
+                        pass  # the terminal is gone (SIGHUP): the guest still shuts down, unseen
         return child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if child.poll() is None:
             child.kill()
             child.wait()
@@ -124,8 +149,14 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
             virtiofsd.stop(daemons)
 
 
+def _say(message: str) -> None:
+    """Tell the terminal, if there still is one (after SIGHUP there is not)."""
+    with contextlib.suppress(OSError):
+        print(f"\r\n{message}", file=sys.stderr, flush=True)
+
+
 def _shutdown(backend, control: Path, timeout: float) -> None:
     try:
         backend.shutdown(control, timeout)
     except Exception as exc:  # noqa: BLE001 - whatever failed is reported; a second Ctrl-C stops the VM
-        print(f"\r\nmicrovm: graceful shutdown failed: {exc}", file=sys.stderr)
+        _say(f"microvm: graceful shutdown failed: {exc}")

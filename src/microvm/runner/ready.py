@@ -1,11 +1,11 @@
 """Tell systemd when a VM is ready (``microvm.host.useNotifySockets``: ``microvm@`` is Type=notify).
 
-The runner calls this before it execs the hypervisor, and only when systemd
-gave it a ``$NOTIFY_SOCKET``:
+The runner calls this (``python -m microvm.helpers ready-...``) before it execs
+the hypervisor, and only when systemd gave it a ``$NOTIFY_SOCKET``:
 
-``now``
+``ready-now``
     The VM has no readiness port: it is ready as its hypervisor starts.
-``forward SOCKET --pid PID``
+``ready-forward SOCKET --pid PID``
     In the background (PID: the runner's shell, which becomes the
     hypervisor): connect to the hypervisor's end of the guest's readiness
     port (a unix socket that qemu serves) and pass on what the guest writes
@@ -22,7 +22,6 @@ Run by the runner on every start under systemd: keep its imports small.
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import socket
@@ -31,6 +30,7 @@ from array import array
 from pathlib import Path
 
 from ..control.process import connect_when_there
+from ..errors import MicrovmError
 
 BARRIER_TIMEOUT = 5.0  # seconds to wait for systemd to read a message
 MAX_STATUS = 200
@@ -65,9 +65,22 @@ def accepted(line: bytes) -> str | None:
     return None
 
 
-def forward(path: Path, notify_socket: str, parent: int) -> None:
-    """Pass the guest's lines from ``path`` on to systemd until the hypervisor (``parent``) closes it."""
-    sock = connect_when_there(path, lambda: os.getppid() == parent)  # None: the hypervisor is gone
+def systemd_socket() -> str:
+    """``$NOTIFY_SOCKET``, which systemd sets for a Type=notify service."""
+    if notify_socket := os.environ.get("NOTIFY_SOCKET"):
+        return notify_socket
+    raise MicrovmError("NOTIFY_SOCKET is not set: not started by systemd as a Type=notify service")
+
+
+def now() -> None:
+    """The VM is ready now (it has no readiness port)."""
+    notify("READY=1", systemd_socket())
+
+
+def forward(port: Path, pid: int) -> None:
+    """Pass the guest's lines from its readiness ``port`` on to systemd until the hypervisor (``pid``) closes it."""
+    notify_socket = systemd_socket()
+    sock = connect_when_there(port, lambda: os.getppid() == pid)  # None: the hypervisor is gone
     if sock is None:
         return
     pending = b""
@@ -79,25 +92,3 @@ def forward(path: Path, notify_socket: str, parent: int) -> None:
                     notify(message, notify_socket)
                 elif line.strip():
                     print(f"microvm: ignored from the guest's readiness port: {line[:80]!r}", file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m microvm.runner.ready", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("now", help="the VM is ready now")
-    fwd = sub.add_parser("forward", help="pass on what the guest says on its readiness port")
-    fwd.add_argument("socket", type=Path, help="the hypervisor's socket of the readiness port")
-    fwd.add_argument("--pid", type=int, required=True, help="the hypervisor's PID (our parent)")
-    args = parser.parse_args(argv)
-    notify_socket = os.environ.get("NOTIFY_SOCKET")
-    if not notify_socket:
-        parser.error("NOTIFY_SOCKET is not set: not started by systemd as a Type=notify service")
-    if args.action == "now":
-        notify("READY=1", notify_socket)
-    else:
-        forward(args.socket, notify_socket, args.pid)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

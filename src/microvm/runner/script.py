@@ -12,6 +12,8 @@ Layout (as microvm.nix's runner package):
 - ``share/microvm/system``: the guest system's store path; ``share/microvm/vm.json``:
   the evaluated config, so ``list``/``diff`` never rebuild to decide;
   ``share/microvm/packages.json`` (debian guests): installed package -> version
+
+The scripts run their helpers through ``python -m microvm.helpers``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,19 @@ from pathlib import Path
 
 from .. import __version__
 from ..guest.debian import guest_packages
-from ..hypervisors.base import Feature, GuestArtifacts, Hypervisor, RunnerSpec
-from ..layout import SHARE, saved_state_files
+from ..hypervisors.base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
+from ..layout import (
+    MACVTAP_INTERFACES,
+    PCI_DEVICES,
+    RUNNER_CONFIG,
+    RUNNER_PACKAGES,
+    RUNNER_SYSTEM,
+    TAP_FLAGS,
+    TAP_INTERFACES,
+    VIRTIOFS,
+    helper_argv,
+    saved_state_files,
+)
 from ..model.options import VMConfig, Volume
 from ..store import Store
 
@@ -83,7 +96,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
-    resumable = bool(mv.socket) and hypervisor.supports(Feature.SUSPEND)
+    resumable = bool(mv.socket) and isinstance(hypervisor, Suspend)
     if resumable:
         lines += _resume(vm, hypervisor, runner_dir)
     lines += _readiness(spec, skip_if_resuming=resumable)
@@ -108,7 +121,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
 RESUME_FD = 8  # the saved state, opened by the runner for the hypervisor to read
 
 
-def _resume(vm: VMConfig, hypervisor: Hypervisor, runner_dir: Path) -> list[str]:
+def _resume(vm: VMConfig, hypervisor: Suspend, runner_dir: Path) -> list[str]:
     """Resume from the state `microvm suspend` saved, if this build saved it.
 
     A helper waits for the hypervisor to load the state, deletes the files before the VM runs
@@ -117,7 +130,7 @@ def _resume(vm: VMConfig, hypervisor: Hypervisor, runner_dir: Path) -> list[str]
     """
     files = saved_state_files(vm.guest.hostName)
     state, saver = (shlex.quote(f) for f in files)
-    helper = [sys.executable, "-m", "microvm.runner.control", "resume", "--hypervisor", hypervisor.name]
+    helper = helper_argv("resume", "--hypervisor", hypervisor.name)
     helper += ["--socket", str(vm.microvm.socket), "--state", files[0], "--saved-by", files[1]]
     return [
         "",
@@ -145,11 +158,11 @@ def _readiness(spec: RunnerSpec, skip_if_resuming: bool) -> list[str]:
     background while the hypervisor runs); without one, as the hypervisor starts.
     A resumed VM is ready once it runs again: the resume helper says so.
     """
-    helper = [sys.executable, "-m", "microvm.runner.ready"]
     if spec.ready_socket:
-        action = shlex.join([*helper, "forward", spec.ready_socket]) + ' --pid "$$" &'  # $$ becomes the hypervisor
+        # $$ becomes the hypervisor
+        action = shlex.join(helper_argv("ready-forward", spec.ready_socket)) + ' --pid "$$" &'
     else:
-        action = shlex.join([*helper, "now"])
+        action = shlex.join(helper_argv("ready-now"))
     return [
         "",
         "# readiness for systemd (Type=notify with host.useNotifySockets)",
@@ -159,15 +172,14 @@ def _readiness(spec: RunnerSpec, skip_if_resuming: bool) -> list[str]:
     ]
 
 
-def _python_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
-    """A small script that runs one microvm control command with this installation's Python."""
-    return _python_module_script(
-        vm, hypervisor, "microvm.runner.control", command, "--hypervisor", hypervisor.name, *args
-    )
+def _control_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
+    """A small script that runs one control command of this VM's hypervisor."""
+    return _helper_script(vm, hypervisor, command, "--hypervisor", hypervisor.name, *args)
 
 
-def _python_module_script(vm: VMConfig, hypervisor: Hypervisor, module: str, *args: str) -> str:
-    argv = [sys.executable, "-m", module, *args]
+def _helper_script(vm: VMConfig, hypervisor: Hypervisor, command: str, *args: str) -> str:
+    """A small script that runs one helper (microvm.helpers) with this installation's Python."""
+    argv = helper_argv(command, *args)
     return (
         "\n".join(
             [
@@ -186,44 +198,43 @@ def runner_files(
     """Every file of the runner: relative path -> (content, mode)."""
     mv = vm.microvm
     files: dict[str, tuple[str, int]] = {"bin/microvm-run": (run_script(vm, hypervisor, spec, runner_dir), 0o755)}
-    if mv.socket and hypervisor.supports(Feature.CONTROL_SOCKET):
-        files["bin/microvm-shutdown"] = (_python_script(vm, hypervisor, "shutdown", "--socket", mv.socket), 0o755)
-        if mv.balloon:
+    if mv.socket and isinstance(hypervisor, Control):
+        files["bin/microvm-shutdown"] = (_control_script(vm, hypervisor, "shutdown", "--socket", mv.socket), 0o755)
+        if mv.balloon and isinstance(hypervisor, Balloon):
             files["bin/microvm-balloon"] = (
-                _python_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
+                _control_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
                 0o755,
             )
     for name, script in mv.binScripts.items():
         files[f"bin/{name}"] = (script if script.startswith("#!") else f"#!/bin/sh\n{script}\n", 0o755)
-    share = SHARE
     by_type = {t: [i.id for i in mv.interfaces if i.type == t] for t in ("tap", "macvtap")}
     if by_type["tap"]:
-        files[f"{share}/tap-interfaces"] = ("\n".join(by_type["tap"]) + "\n", 0o644)
+        files[TAP_INTERFACES] = ("\n".join(by_type["tap"]) + "\n", 0o644)
         multi_queue = mv.vcpu > 1 and hypervisor.supports(Feature.MULTI_QUEUE_TAP)
-        files[f"{share}/tap-flags"] = ("multi_queue vnet_hdr\n" if multi_queue else "vnet_hdr\n", 0o644)
+        files[TAP_FLAGS] = ("multi_queue vnet_hdr\n" if multi_queue else "vnet_hdr\n", 0o644)
     if by_type["macvtap"]:
         lines = [f"{i.id} {i.mac} {i.macvtap.link} {i.macvtap.mode}" for i in mv.interfaces if i.type == "macvtap"]
-        files[f"{share}/macvtap-interfaces"] = ("\n".join(lines) + "\n", 0o644)
+        files[MACVTAP_INTERFACES] = ("\n".join(lines) + "\n", 0o644)
     for kind in ("tap", "macvtap"):
         if by_type[kind]:
             for action in ("up", "down"):
                 command = f"{kind}-{action}"
-                script = _python_module_script(vm, hypervisor, "microvm.host.taps", command, str(runner_dir))
+                script = _helper_script(vm, hypervisor, command, str(runner_dir))
                 files[f"bin/{command}"] = (script, 0o755)
     pci = [d.path for d in mv.devices if d.bus == "pci"]
     if pci:
-        files[f"{share}/pci-devices"] = ("\n".join(pci) + "\n", 0o644)
+        files[PCI_DEVICES] = ("\n".join(pci) + "\n", 0o644)
     for s in mv.shares:
         if s.proto == "virtiofs":
-            files[f"{share}/virtiofs/{s.tag}/socket"] = (f"{s.socket}\n", 0o644)
-            files[f"{share}/virtiofs/{s.tag}/source"] = (f"{s.source}\n", 0o644)
+            files[f"{VIRTIOFS}/{s.tag}/socket"] = (f"{s.socket}\n", 0o644)
+            files[f"{VIRTIOFS}/{s.tag}/source"] = (f"{s.source}\n", 0o644)
     if system is not None:
-        files[f"{share}/system"] = (f"{system}\n", 0o644)
+        files[RUNNER_SYSTEM] = (f"{system}\n", 0o644)
         packages = guest_packages(system)
         if packages is not None:
             # name -> version of every installed package, for `microvm diff`/`update` and as a lock
-            files[f"{share}/packages.json"] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
-    files[f"{share}/vm.json"] = (json.dumps(vm.public_dump(), indent=1, sort_keys=True) + "\n", 0o644)
+            files[RUNNER_PACKAGES] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
+    files[RUNNER_CONFIG] = (json.dumps(vm.public_dump(), indent=1, sort_keys=True) + "\n", 0o644)
     for rel, content in spec.files.items():
         files[rel] = (content.replace(RunnerSpec.RUNNER, str(runner_dir)), 0o644)
     return files

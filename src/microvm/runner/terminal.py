@@ -30,7 +30,8 @@ def terminal_passthrough() -> Iterator[None]:
         tty.setcbreak(fd)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error, OSError):  # not if the terminal hung up
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def relay(

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -170,13 +169,12 @@ def _notify(message: str) -> None:
         sock.send(message.encode())
 
 
-def serve(workdir: Path) -> int:
+def serve(workdir: Path) -> None:
     """Run the virtiofsd of every share of the VM installed in ``workdir`` until one exits or we are stopped.
 
-    What ``microvm-virtiofsd@.service`` runs: ready (sd_notify) once every socket exists.
+    What ``microvm-virtiofsd@.service`` runs (``python -m microvm.helpers virtiofsd``):
+    ready (sd_notify) once every socket exists.
     """
-    from ..model.options import VMConfig
-
     runner = (workdir / "current").resolve()
     vm = VMConfig.model_validate(runner_config(runner))
     daemons = start(vm, workdir, runner=runner)
@@ -193,8 +191,3 @@ def serve(workdir: Path) -> int:
     finally:
         _notify("STOPPING=1")
         stop(daemons)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(serve(Path(sys.argv[1])))

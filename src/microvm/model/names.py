@@ -1,0 +1,21 @@
+"""What the option model shares with the layers below it that must not load pydantic.
+
+The hypervisor control helpers (``bin/microvm-shutdown`` and friends) import the
+backends, and the backends need these: importing :mod:`microvm.model.options`
+would cost them ~100 ms of pydantic at every VM stop.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Literal, get_args
+
+# The one list of hypervisor names; microvm.hypervisors has a module for each (dashes as underscores).
+Hypervisor = Literal["qemu", "cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
+HYPERVISORS: tuple[str, ...] = get_args(Hypervisor)
+
+
+def host_arch() -> str:
+    """This machine's CPU architecture, spelt as ``guest.arch``."""
+    machine = platform.machine()
+    return "aarch64" if machine in ("aarch64", "arm64") else machine
