@@ -25,6 +25,11 @@ HOST_APT_LISTS = Path("/var/lib/apt/lists")
 HOST_APT_PKGCACHE = Path("/var/cache/apt/pkgcache.bin")
 
 
+def busybox_path() -> Path:
+    """The host's busybox: the guest's userland, and its applet list, where the architectures match."""
+    return Path(proc.which("busybox", purpose="for the guest's userland"))
+
+
 def newest_mtime(*paths: Path) -> int:
     """The newest mtime of ``paths`` and the files directly inside them (0 if none exist)."""
     stamps = [0]
@@ -144,8 +149,6 @@ def runs_here(binary: Path) -> bool:
 
 def guest_busybox(store: Store, arch: str) -> Path:
     """The static busybox for ``arch``: the host's own, or the Debian package's for a foreign guest."""
-    from .initrd import busybox_path
-
     apt = Apt.for_arch(store, arch)
     if apt.state is None:
         return busybox_path()
