@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import faults
+
 # microvm.nix's short flags, mapped onto our subcommands so old habits work
 # (`microvm -c NAME -f SOURCE`, `microvm -Ru NAME`, `microvm -r NAME`, `microvm -l`).
 LEGACY_FLAGS: dict[str, str] = {"-c": "create", "-u": "update", "-r": "run", "-l": "list"}
@@ -91,6 +93,7 @@ def fast_run(argv: list[str]) -> int | None:
 
 
 def main() -> None:
+    faults.install()
     if os.environ.get("MICROVM_DEBUG"):
         import logging
 
