@@ -4,6 +4,14 @@ Each build output is a directory ``<hash>-<name>`` whose hash covers every
 input that went into it. Outputs are built under a temporary name and renamed
 into place, so an entry either exists complete or not at all, and is never
 changed afterwards. The same inputs are a cache hit and do no work.
+
+Builds and gc coordinate as Nix's do. Every entry a process builds or finds
+is a temporary root of that process (a file under ``.temproots`` named with
+its PID) as long as it lives; it is registered under a shared gc lock, which
+gc holds exclusively, so a gc either sees the root or has finished before the
+entry is looked at. Temporaries (``.tmp-<pid>-...``: builds in progress,
+scratch space, entries gc is deleting) are named with their creator's PID, so
+gc removes those of processes that died.
 """
 
 from __future__ import annotations
@@ -15,11 +23,17 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from .errors import io_error
 
 HASH_LEN = 32
+TMP = ".tmp-"  # a temporary in the store: .tmp-<pid of its creator>-<what>
+OLD_TEMPORARY = 86400  # seconds after which a temporary without a PID in its name is stale
 
 
 def default_store_dir() -> Path:
@@ -38,6 +52,26 @@ def input_hash(inputs: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:HASH_LEN]
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` still runs (a zombie has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text() if pid else ""
+    except OSError:
+        return False
+    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _creator(name: str, prefix: str = "") -> int | None:
+    """The PID in the name of a temporary (``.tmp-<pid>-...``) or a temporary roots file (``<pid>-...``)."""
+    pid = name.removeprefix(prefix).split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _forget(roots: IO[str], path: Path) -> None:
+    roots.close()
+    path.unlink(missing_ok=True)
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file's content, for inputs that are files."""
     h = hashlib.sha256()
@@ -52,6 +86,7 @@ class Store:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_store_dir()).absolute()
+        self._temp_roots: IO[str] | None = None  # this process's temporary roots file, made on first use
 
     def path_for(self, name: str, inputs: Any) -> Path:
         return self.root / f"{input_hash({'name': name, 'inputs': inputs})}-{name}"
@@ -70,32 +105,63 @@ class Store:
         on a cache hit. A build that raises leaves nothing behind.
         """
         final = self.path_for(name, inputs)
+        self._protect(final)
         if final.exists():
             return final, False
-        self.root.mkdir(parents=True, exist_ok=True)
         with self._lock(final.name):
             if final.exists():  # another process built it while we waited
                 return final, False
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.root))
-            try:
-                build(tmp)
-                (tmp / ".inputs.json").write_text(
-                    json.dumps({"name": name, "inputs": inputs}, indent=1, sort_keys=True, default=str)
-                )
-                (tmp / ".references").write_text("".join(f"{self.owner_of(r) or r}\n" for r in references))
-                tmp.chmod(0o755)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            with self.scratch(final.name) as tmp:
+                try:
+                    build(tmp)
+                    (tmp / ".inputs.json").write_text(
+                        json.dumps({"name": name, "inputs": inputs}, indent=1, sort_keys=True, default=str)
+                    )
+                    (tmp / ".references").write_text("".join(f"{self.owner_of(r) or r}\n" for r in references))
+                    tmp.chmod(0o755)
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    raise io_error(f"building {name}", exc, tmp) from None
         return final, True
 
     @contextlib.contextmanager
-    def _lock(self, entry: str) -> Iterator[None]:
+    def scratch(self, what: str) -> Iterator[Path]:
+        """A private temporary directory in the store, removed afterwards (or by gc once this process is dead)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = Path(tempfile.mkdtemp(prefix=f"{TMP}{os.getpid()}-{what}-", dir=self.root))
+        except OSError as exc:
+            raise io_error(f"making a temporary directory for {what}", exc, self.root) from None
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)  # nothing left when it became an entry
+
+    def _protect(self, entry: Path) -> None:
+        """Make ``entry`` a temporary root of this process: no gc deletes it (or what it references) while we live.
+
+        Registered under the shared gc lock: a gc running now finishes first (and the caller then finds
+        the entry gone, and builds it), a later one reads the root.
+        """
+        try:
+            with self._lock(".gc", fcntl.LOCK_SH):
+                if self._temp_roots is None:
+                    directory = self.root / ".temproots"
+                    directory.mkdir(exist_ok=True)
+                    fd, path = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=directory)
+                    self._temp_roots = os.fdopen(fd, "w")
+                    weakref.finalize(self, _forget, self._temp_roots, Path(path))
+                self._temp_roots.write(f"{entry.name}\n")
+                self._temp_roots.flush()
+        except OSError as exc:
+            raise io_error("registering a temporary gc root", exc, self.root) from None
+
+    @contextlib.contextmanager
+    def _lock(self, entry: str, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
         locks = self.root / ".locks"
-        locks.mkdir(exist_ok=True)
+        locks.mkdir(parents=True, exist_ok=True)
         with (locks / entry).open("w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, mode)
             yield
 
     def entries(self) -> list[Path]:
@@ -151,16 +217,46 @@ class Store:
             todo += self.references(entry)
         return found
 
+    def temporary_roots(self, clean: bool) -> list[Path]:
+        """The entries other running processes registered (see :meth:`_protect`); with ``clean``, the files of dead
+        ones go. This process's own are left out: its builds are over when it collects garbage."""
+        directory = self.root / ".temproots"
+        found: list[Path] = []
+        for file in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if (pid := _creator(file.name)) == os.getpid():
+                continue
+            if pid_alive(pid):
+                found += [self.root / line for line in file.read_text().splitlines() if line]
+            elif clean:
+                file.unlink(missing_ok=True)
+        return found
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporaries whose creator died: builds and gcs that were killed.
+
+        An older version named them without its PID: those are stale once a day old.
+        """
+        found = []
+        for path in self.root.glob(f"{TMP}*"):
+            pid = _creator(path.name, TMP)
+            if (pid is None and time.time() - path.lstat().st_mtime > OLD_TEMPORARY) or (pid and not pid_alive(pid)):
+                found.append(path)
+        return found
+
     def gc(self, extra_roots: list[Path], dry_run: bool = False) -> list[Path]:
-        """Delete every entry no root reaches; return what was (or would be) deleted."""
+        """Delete every entry no root reaches (nor a running build), and stale temporaries; return the entries
+        that were (or would be) deleted."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock(".gc"):
-            live = self.live(extra_roots)
+            live = self.live([*extra_roots, *self.temporary_roots(clean=not dry_run)])
             dead = [entry for entry in self.entries() if entry not in live]
             if not dry_run:
-                for entry in dead:
+                for path in [*self.stale_temporaries(), *dead]:
                     # rename first so a half-deleted entry never looks complete
-                    doomed = entry.with_name(f".tmp-gc-{entry.name}")
-                    os.rename(entry, doomed)
-                    shutil.rmtree(doomed)
+                    doomed = path if path.name.startswith(TMP) else path.with_name(f"{TMP}{os.getpid()}-gc-{path.name}")
+                    try:
+                        os.rename(path, doomed)
+                        shutil.rmtree(doomed)
+                    except OSError as exc:
+                        raise io_error(f"gc: removing {path.name}", exc, doomed) from None
         return dead

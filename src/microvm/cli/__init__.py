@@ -99,7 +99,7 @@ def main() -> None:
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     argv = translate_legacy(sys.argv[1:])
-    from ..errors import MicrovmError
+    from ..errors import MicrovmError, io_error
 
     try:
         if (code := fast_run(argv)) is not None:
@@ -109,9 +109,11 @@ def main() -> None:
         code = app(args=argv, prog_name="microvm", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except MicrovmError as exc:
+    except (MicrovmError, OSError) as exc:
         from .app import err
 
+        if isinstance(exc, OSError):  # an I/O failure no step named: one line with the command, not a traceback
+            exc = io_error(argv[0] if argv else "microvm", exc)
         err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
