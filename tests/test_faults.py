@@ -16,20 +16,12 @@ from pathlib import Path
 
 import pytest
 from conftest import build_file, microvm, write_vm
+from test_host import VM
 
 from microvm.host import lifecycle
 from microvm.host.statedir import VMState
 from microvm.store import Store
 
-VM = """
-[guest]
-hostName = "{name}"
-shell = false
-commands = ["poweroff"]
-[microvm]
-mem = {mem}
-{extra}
-"""
 VOLUME = '[[microvm.volumes]]\nimage = "data.img"\nmountPoint = "/data"\nsize = 8'
 
 
