@@ -333,7 +333,8 @@ class Scenario:
 
     def leftovers(self, root: Path) -> list[Path]:
         """Temporaries that no gc would remove (a dead creator's are its job)."""
-        return [p for p in root.glob(".tmp-*") if p not in self.store.stale_temporaries()]
+        temporaries = [*root.glob(".tmp-*"), *root.glob(".roots/.*")]
+        return [p for p in temporaries if p not in self.store.stale_temporaries()]
 
     def repair(self) -> subprocess.CompletedProcess[str]:
         """The next command: the same again (create may refuse: the VM exists), then a gc."""
@@ -370,7 +371,9 @@ def test_commands_killed_at_any_point_leave_everything_consistent(
         problems += [f"{command} killed at change {at} ({changes[at - 1]}): {p}" for p in scenario.problems()]
         scenario.repair()
         problems += [f"{command} killed at {at}, then repaired: {p}" for p in scenario.problems()]
-        stale = [p.name for p in [*scenario.store.root.glob(".tmp-*"), *scenario.store.root.glob(".temproots/*")]]
+        stale = [
+            p.name for pattern in (".tmp-*", ".temproots/*", ".roots/.*") for p in scenario.store.root.glob(pattern)
+        ]
         problems += [f"{command} killed at {at}: after gc, {name} is left" for name in stale]
         problems += [f"{command} killed at {at}: scratch outside the store: {p}" for p in scenario.tmp.iterdir()]
     print(

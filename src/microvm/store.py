@@ -191,7 +191,7 @@ class Store:
         """Keep ``entry`` (and what it references) alive under ``name``; replaced atomically."""
         self.roots_dir.mkdir(parents=True, exist_ok=True)
         link = self.roots_dir / name
-        tmp = link.with_name(f".{name}.{os.getpid()}")
+        tmp = link.with_name(f"{TMP}{os.getpid()}-{name}")  # a kill leaves a temporary, no root
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(entry)
         os.replace(tmp, link)
@@ -199,7 +199,8 @@ class Store:
     def roots(self) -> list[Path]:
         if not self.roots_dir.is_dir():
             return []
-        return [Path(os.readlink(link)) for link in self.roots_dir.iterdir() if link.is_symlink()]
+        links = [link for link in self.roots_dir.iterdir() if link.is_symlink() and not link.name.startswith(".")]
+        return [Path(os.readlink(link)) for link in links]
 
     def live(self, extra_roots: list[Path]) -> set[Path]:
         """Every entry reachable from the recorded roots and ``extra_roots``."""
@@ -237,7 +238,7 @@ class Store:
         An older version named them without its PID: those are stale once a day old.
         """
         found = []
-        for path in self.root.glob(f"{TMP}*"):
+        for path in [*self.root.glob(f"{TMP}*"), *self.roots_dir.glob(f"{TMP}*")]:
             pid = _creator(path.name, TMP)
             if (pid is None and time.time() - path.lstat().st_mtime > OLD_TEMPORARY) or (pid and not pid_alive(pid)):
                 found.append(path)
@@ -256,7 +257,10 @@ class Store:
                     doomed = path if path.name.startswith(TMP) else path.with_name(f"{TMP}{os.getpid()}-gc-{path.name}")
                     try:
                         os.rename(path, doomed)
-                        shutil.rmtree(doomed)
+                        if doomed.is_symlink():  # a root being replaced
+                            doomed.unlink()
+                        else:
+                            shutil.rmtree(doomed)
                     except OSError as exc:
                         raise io_error(f"gc: removing {path.name}", exc, doomed) from None
         return dead
