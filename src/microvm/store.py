@@ -5,13 +5,15 @@ input that went into it. Outputs are built under a temporary name and renamed
 into place, so an entry either exists complete or not at all, and is never
 changed afterwards. The same inputs are a cache hit and do no work.
 
-Builds and gc coordinate as Nix's do. Every entry a process builds or finds
-is a temporary root of that process (a file under ``.temproots`` named with
-its PID) as long as it lives; it is registered under a shared gc lock, which
-gc holds exclusively, so a gc either sees the root or has finished before the
-entry is looked at. Temporaries (``.tmp-<pid>-...``: builds in progress,
-scratch space, entries gc is deleting) are named with their creator's PID, so
-gc removes those of processes that died.
+Builds and gc coordinate as Nix's do. A process that uses the store has a
+session there: a file under ``.temproots`` that it holds locked (flock) as long
+as it lives, listing every entry it builds or finds, its temporary roots. They
+are registered under a shared gc lock, which gc holds exclusively, so a gc
+either reads the root or has finished before the entry is looked at.
+Temporaries (``.tmp-<session>-...``: builds in progress, scratch space, entries
+gc is deleting) are named after their session, so gc removes those whose
+session's lock nobody holds: the process was killed. A lock, unlike a PID,
+tells the truth across PID namespaces (a container sharing the store).
 """
 
 from __future__ import annotations
@@ -52,19 +54,22 @@ def input_hash(inputs: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:HASH_LEN]
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` still runs (a zombie has ended)."""
+def _session_of(temporary: str) -> str | None:
+    """The session a temporary is named after (``.tmp-<pid>-<random>-...``), None for an older version's name."""
+    pid, _, rest = temporary.removeprefix(TMP).partition("-")
+    return f"{pid}-{rest.split('-', 1)[0]}" if pid.isdigit() and rest else None
+
+
+def _held(session: Path) -> bool:
+    """Whether a live process holds its session file locked."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text() if pid else ""
-    except OSError:
+        with session.open() as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
         return False
-    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _creator(name: str, prefix: str = "") -> int | None:
-    """The PID in the name of a temporary (``.tmp-<pid>-...``) or a temporary roots file (``<pid>-...``)."""
-    pid = name.removeprefix(prefix).split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
+    return False
 
 
 def _forget(roots: IO[str], path: Path) -> None:
@@ -86,7 +91,7 @@ class Store:
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = (root or default_store_dir()).absolute()
-        self._temp_roots: IO[str] | None = None  # this process's temporary roots file, made on first use
+        self._session: tuple[IO[str], str] | None = None  # this process's locked roots file and its name
 
     def path_for(self, name: str, inputs: Any) -> Path:
         return self.root / f"{input_hash({'name': name, 'inputs': inputs})}-{name}"
@@ -128,14 +133,31 @@ class Store:
     def scratch(self, what: str) -> Iterator[Path]:
         """A private temporary directory in the store, removed afterwards (or by gc once this process is dead)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            path = Path(tempfile.mkdtemp(prefix=f"{TMP}{os.getpid()}-{what}-", dir=self.root))
+            path = Path(tempfile.mkdtemp(prefix=f"{TMP}{self._session_name()}-{what}-", dir=self.root))
         except OSError as exc:
             raise io_error(f"making a temporary directory for {what}", exc, self.root) from None
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)  # nothing left when it became an entry
+
+    def _open_session(self) -> tuple[IO[str], str]:
+        """This process's session file, locked until it exits (made under the shared gc lock, so no gc
+        sees it unlocked and takes the process for dead)."""
+        if self._session is None:
+            directory = self.root / ".temproots"
+            directory.mkdir(exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=directory)
+            roots = os.fdopen(fd, "w")
+            fcntl.flock(roots, fcntl.LOCK_EX)
+            weakref.finalize(self, _forget, roots, Path(path))
+            self._session = (roots, Path(path).name)
+        return self._session
+
+    def _session_name(self) -> str:
+        """The name temporaries of this process are named after."""
+        with self._lock(".gc", fcntl.LOCK_SH):
+            return self._open_session()[1]
 
     def _protect(self, entry: Path) -> None:
         """Make ``entry`` a temporary root of this process: no gc deletes it (or what it references) while we live.
@@ -145,14 +167,9 @@ class Store:
         """
         try:
             with self._lock(".gc", fcntl.LOCK_SH):
-                if self._temp_roots is None:
-                    directory = self.root / ".temproots"
-                    directory.mkdir(exist_ok=True)
-                    fd, path = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=directory)
-                    self._temp_roots = os.fdopen(fd, "w")
-                    weakref.finalize(self, _forget, self._temp_roots, Path(path))
-                self._temp_roots.write(f"{entry.name}\n")
-                self._temp_roots.flush()
+                roots, _ = self._open_session()
+                roots.write(f"{entry.name}\n")
+                roots.flush()
         except OSError as exc:
             raise io_error("registering a temporary gc root", exc, self.root) from None
 
@@ -191,7 +208,7 @@ class Store:
         """Keep ``entry`` (and what it references) alive under ``name``; replaced atomically."""
         self.roots_dir.mkdir(parents=True, exist_ok=True)
         link = self.roots_dir / name
-        tmp = link.with_name(f"{TMP}{os.getpid()}-{name}")  # a kill leaves a temporary, no root
+        tmp = link.with_name(f"{TMP}{self._session_name()}-{name}")  # a kill leaves a temporary, no root
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(entry)
         os.replace(tmp, link)
@@ -219,28 +236,32 @@ class Store:
         return found
 
     def temporary_roots(self, clean: bool) -> list[Path]:
-        """The entries other running processes registered (see :meth:`_protect`); with ``clean``, the files of dead
+        """The entries other live sessions registered (see :meth:`_protect`); with ``clean``, the files of dead
         ones go. This process's own are left out: its builds are over when it collects garbage."""
         directory = self.root / ".temproots"
+        own = self._session[1] if self._session else None
         found: list[Path] = []
         for file in sorted(directory.iterdir()) if directory.is_dir() else []:
-            if (pid := _creator(file.name)) == os.getpid():
+            if file.name == own:
                 continue
-            if pid_alive(pid):
+            if _held(file):
                 found += [self.root / line for line in file.read_text().splitlines() if line]
             elif clean:
                 file.unlink(missing_ok=True)
         return found
 
     def stale_temporaries(self) -> list[Path]:
-        """Temporaries whose creator died: builds and gcs that were killed.
+        """Temporaries whose session ended without removing them: builds and gcs that were killed.
 
-        An older version named them without its PID: those are stale once a day old.
+        An older version named them without a session: those are stale once a day old.
         """
         found = []
         for path in [*self.root.glob(f"{TMP}*"), *self.roots_dir.glob(f"{TMP}*")]:
-            pid = _creator(path.name, TMP)
-            if (pid is None and time.time() - path.lstat().st_mtime > OLD_TEMPORARY) or (pid and not pid_alive(pid)):
+            session = _session_of(path.name)
+            if session is None:
+                if time.time() - path.lstat().st_mtime > OLD_TEMPORARY:
+                    found.append(path)
+            elif session != (self._session and self._session[1]) and not _held(self.root / ".temproots" / session):
                 found.append(path)
         return found
 
@@ -252,9 +273,10 @@ class Store:
             live = self.live([*extra_roots, *self.temporary_roots(clean=not dry_run)])
             dead = [entry for entry in self.entries() if entry not in live]
             if not dry_run:
+                _, session = self._open_session()
                 for path in [*self.stale_temporaries(), *dead]:
                     # rename first so a half-deleted entry never looks complete
-                    doomed = path if path.name.startswith(TMP) else path.with_name(f"{TMP}{os.getpid()}-gc-{path.name}")
+                    doomed = path if path.name.startswith(TMP) else path.with_name(f"{TMP}{session}-gc-{path.name}")
                     try:
                         os.rename(path, doomed)
                         if doomed.is_symlink():  # a root being replaced
