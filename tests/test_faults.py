@@ -18,6 +18,7 @@ import pytest
 from conftest import build_file, microvm, write_vm
 from test_host import VM
 
+from microvm.guest.kernel import KernelEntry
 from microvm.host import lifecycle
 from microvm.host.statedir import VMState
 from microvm.store import Store
@@ -25,8 +26,8 @@ from microvm.store import Store
 VOLUME = '[[microvm.volumes]]\nimage = "data.img"\nmountPoint = "/data"\nsize = 8'
 
 
-def _python(code: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, text=True)
+def _python(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], text=True)
 
 
 def _add_elsewhere(store: Store, name: str, files: int = 1) -> Path:
@@ -147,8 +148,8 @@ def test_gc_removes_the_temporaries_of_killed_builds_and_gcs(tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="mounts a small tmpfs as the store")
-def test_a_full_disk_is_one_error_line_and_leaves_nothing_partial(shared_store, tmp_path: Path) -> None:
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+def test_a_full_disk_is_one_error_line_and_leaves_nothing_partial(kernel_entry: Path, tmp_path: Path) -> None:
+    kernel = KernelEntry.load(kernel_entry)
     local = f'[guest.kernel]\nimage = "{kernel.image}"\nmodulesDir = "{kernel.modules_dir}"'
     file = write_vm(tmp_path, VM.format(name="full", mem=256, extra=local))  # the kernel alone is bigger than 40 MB
     small = tmp_path / "small"
