@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,10 +155,10 @@ def guest_busybox(store: Store, arch: str) -> Path:
 
     def build(out: Path) -> None:
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack busybox")
-        with tempfile.TemporaryDirectory(prefix="microvm-busybox-") as tmp:
-            deb = apt.download("busybox-static", version, Path(tmp))
-            proc.run([dpkg_deb, "-x", deb, Path(tmp) / "root"])
-            (Path(tmp) / "root/bin/busybox").rename(out / "busybox")
+        with store.scratch("busybox") as tmp:
+            deb = apt.download("busybox-static", version, tmp)
+            proc.run([dpkg_deb, "-x", deb, tmp / "root"])
+            (tmp / "root/bin/busybox").rename(out / "busybox")
 
     entry, _ = store.add(f"busybox-{apt.deb_arch}", {"package": "busybox-static", "version": version}, build)
     return entry / "busybox"
