@@ -15,7 +15,7 @@ from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, writ
 
 from microvm.config import load_vm
 from microvm.guest.cpio import CpioArchive
-from microvm.guest.initrd import busybox_path
+from microvm.guest.debarch import busybox_path
 from microvm.hypervisors import get
 from microvm.runner.build import kernel_cmdline
 

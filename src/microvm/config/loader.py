@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
+from ..model import options
 from ..model.problems import OptionPath, format_path
 
 
@@ -272,8 +273,6 @@ def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
 
 
 def _option_model_names() -> set[str]:
-    from ..model import options
-
     return {name for name, obj in vars(options).items() if isinstance(obj, type) and issubclass(obj, BaseModel)}
 
 

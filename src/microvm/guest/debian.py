@@ -28,7 +28,7 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
-from ..model.options import Service, VMConfig
+from ..model.options import InterfaceNetwork, Service, VMConfig
 from ..store import Store, restore
 from .initrd import needed_modules
 from .kernel import KernelEntry
@@ -304,8 +304,6 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
 
 def _network(vm: VMConfig, layer: Layer) -> None:
     """systemd-networkd files for ``microvm.interfaces``, matched by MAC, settings from ``guest.network``."""
-    from ..model.options import InterfaceNetwork
-
     network = vm.guest.network
     for iface in vm.microvm.interfaces:
         settings = network.interfaces.get(iface.id, InterfaceNetwork())

@@ -15,7 +15,6 @@ import lzma
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,9 +124,7 @@ def fetch_kernel(store: Store, package: KernelPackage, apt: Apt) -> KernelEntry:
 
     def build(out: Path) -> None:
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack the guest kernel")
-        # inside the entry's private build directory, not a name in /tmp; apt warns it downloads unsandboxed: fine
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=out) as tmp:
-            work = Path(tmp)
+        with store.scratch("kernel") as work:  # in the store: a killed build's is collected by gc
             deb = apt.download(package.name, package.version, work)
             unpacked = work / "root"
             proc.run([dpkg_deb, "-x", deb, unpacked])

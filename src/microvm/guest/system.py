@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
-from ..model.options import Service, VMConfig
+from ..model.options import InterfaceNetwork, Service, VMConfig
 from ..store import Store, file_digest
 from .debarch import guest_busybox
 from .debian import build_debian_system
@@ -183,8 +183,6 @@ by_mac() {
 
 def _network_script(vm: VMConfig) -> str:
     """The commands that configure every interface of ``vm`` the way ``guest.network`` says."""
-    from ..model.options import InterfaceNetwork
-
     net = vm.guest.network
     lines = [NETWORK_HEAD]
     for iface in vm.microvm.interfaces:
