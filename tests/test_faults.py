@@ -285,14 +285,14 @@ class Scenario:
         }[self.command]
 
     def run(self, *args: str, ok: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
-        """The command; `host apply` in a mount namespace whose passwd and group have its user and group."""
+        """The command; `host apply` in a mount namespace whose passwd and group have its user and groups."""
         argv = [sys.executable, "-m", "microvm", *args]
         if args[0] == "host":
             accounts = self.root / "accounts"
             if not accounts.exists():
                 accounts.mkdir()
                 (accounts / "passwd").write_text(Path("/etc/passwd").read_text() + "microvm:x:990:990::/:/bin/false\n")
-                (accounts / "group").write_text(Path("/etc/group").read_text() + "kvm:x:990:\n")
+                (accounts / "group").write_text(Path("/etc/group").read_text() + "kvm:x:990:\nmicrovm:x:991:\n")
             binds = " && ".join(f"mount --bind {accounts / f} /etc/{f}" for f in ("passwd", "group"))
             argv = ["unshare", "-m", "sh", "-c", f'{binds} && exec "$@"', "sh", *argv]
         result = subprocess.run(argv, env={**self.env, **env}, capture_output=True, text=True, timeout=300, check=False)
