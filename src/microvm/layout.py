@@ -21,6 +21,9 @@ MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
 PCI_DEVICES = f"{SHARE}/pci-devices"
 VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
 
+# A VM's name is a directory, a lock file, systemd instances and socket names: as a host name, 63 at most.
+VM_NAME_MAX = 63
+
 # The virtio-blk serial of the read-only system disk; the guest's init mounts it as /.
 ROOT_SERIAL = "microvm-root"
 

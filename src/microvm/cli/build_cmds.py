@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -65,7 +66,7 @@ def run(
     from ..runner.foreground import Foreground, run_foreground
 
     file = Path(target)
-    if not file.exists() and "/" not in target and not target.endswith(".toml"):
+    if not os.path.exists(target) and "/" not in target and not target.endswith(".toml"):
         from ..host.lifecycle import run_installed
 
         raise typer.Exit(run_installed(target, state_dir))

@@ -24,7 +24,7 @@ def _is_host_file(file: Path, host: bool) -> bool:
 
     try:
         data = tomllib.loads(file.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not TOML, nested too deeply
         return False  # let the loader report it with the file name
     return "network" in data or "vms" in data.get("microvm", {}) or "stateDir" in data.get("microvm", {})
 

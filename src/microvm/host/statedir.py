@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-from ..layout import runner_config, saved_state_files
+from ..layout import VM_NAME_MAX, runner_config, saved_state_files
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
 SYSTEM_STATE_DIR = Path("/var/lib/microvms")
@@ -122,6 +122,8 @@ class VMState:
             TypeAdapter(Name).validate_python(name)
         except ValidationError as exc:
             raise MicrovmError("VM name: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if len(name) > VM_NAME_MAX:
+            raise MicrovmError(f"VM name {name[:20]}... is {len(name)} characters long; at most {VM_NAME_MAX}")
         return cls(name, vm_dir(name, state_dir))
 
     def _target(self, link: str) -> Path | None:
