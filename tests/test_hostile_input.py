@@ -130,3 +130,126 @@ def test_a_300_character_vm_name_is_a_clear_error(tmp_path: Path) -> None:
         assert "300" in str(result.exception) and "at most" in str(result.exception)
     with pytest.raises(MicrovmError, match="at most"):
         VMState.of(name)
+
+
+# --- values against where they go (microvm check), and files named by other files ---------------
+
+DEBIAN = '[guest]\nhostName = "web"\nbase = "debian"\n'
+USER_NET = IFACE.format(id="u", mac="02:00:00:00:00:01")
+
+
+def _forward(address: str = "", port: int = 2222) -> str:
+    return f'[[microvm.forwardPorts]]\nhost.port = {port}\nhost.address = "{address}"\nguest.port = 22\n'
+
+
+DESTINATIONS: dict[str, tuple[str, list[str]]] = {
+    "newline in a unit file line": (
+        DEBIAN + '[guest.services.a]\ncommand = "true"\ndescription = "x\\nExecStartPre=/bin/evil"\n',
+        ["guest.services.a.description", "control character"],
+    ),
+    "NUL in a command": (MINIMAL + 'commands = ["echo \\u0000"]\n', ["guest.commands[0]", "NUL"]),
+    "shell in an environment name": (
+        MINIMAL + '[guest.services.a]\ncommand = "true"\nenvironment = { "A;reboot" = "1" }\n',
+        ["guest.services.a.environment", "not an environment variable name"],
+    ),
+    "multi-line command in a unit": (
+        DEBIAN + '[guest.services.a]\ncommand = "true\\nreboot"\n',
+        ["guest.services.a.command", "ExecStart= is one line"],
+    ),
+    "blank in a kernel parameter": (
+        MINIMAL + '[microvm]\nkernelParams = ["quiet init=/bin/sh"]\n',
+        ["microvm.kernelParams[0]", "not one kernel parameter"],
+    ),
+    "kernel command line too long": (
+        MINIMAL + "[microvm]\nkernelParams = [" + ", ".join(['"' + "a" * 99 + '"'] * 21) + "]\n",
+        ["microvm.kernelParams", "of its 2048"],
+    ),
+    "comma in a disk image": (
+        MINIMAL + '[[microvm.volumes]]\nimage = "a.img,file.locking=off"\nsize = 1\n',
+        ["microvm.volumes[0].image", "contains ','"],
+    ),
+    "comma in a machine option": (
+        MINIMAL + '[microvm.qemu.machineOpts]\nacpi = "on,x-option-roms=on"\n',
+        ["microvm.qemu.machineOpts.acpi", "contains ','"],
+    ),
+    "socket path too long": (
+        MINIMAL + '[microvm]\nsocket = "' + "s" * 100 + '.sock"\n',
+        ["microvm.socket", "at most 107"],
+    ),
+    "file name too long": (
+        MINIMAL + '[[microvm.volumes]]\nimage = "' + "a" * 300 + '"\nsize = 1\n',
+        ["microvm.volumes[0].image", "at most 255 bytes"],
+    ),
+    "two forwards on one host port": (
+        MINIMAL + USER_NET + _forward() + _forward(),
+        ["microvm.forwardPorts[1].host.port", "already bound by microvm.forwardPorts[0]"],
+    ),
+    "any address and one address on one host port": (
+        MINIMAL + USER_NET + _forward("127.0.0.1") + _forward(""),
+        ["microvm.forwardPorts[1].host.port", "already bound"],
+    ),
+    "IPv6 in a qemu forward": (
+        MINIMAL + USER_NET + _forward("::1"),
+        ["microvm.forwardPorts[0].host.address", "IPv4"],
+    ),
+    "not a PCI address": (
+        MINIMAL + '[[microvm.devices]]\nbus = "pci"\npath = "0000:01:00.0,x-vga=on"\n',
+        ["microvm.devices[0].path", "like 0000:01:00.0"],
+    ),
+    "colon in /etc/passwd": (
+        DEBIAN + '[guest.users.alice]\ndescription = "a:0:0"\n',
+        ["guest.users.alice.description", "':'"],
+    ),
+    "option as a package": (DEBIAN + 'packages = ["-oAPT::x=1"]\n', ["guest.packages[0]", "Debian package"]),
+    "blank in the mirror": (DEBIAN + '[guest.debian]\nmirror = "http://a b"\n', ["guest.debian.mirror", "blanks"]),
+    "shell in a filesystem type": (
+        MINIMAL + '[[microvm.volumes]]\nimage = "a.img"\nsize = 1\nfsType = "ext4;reboot"\n',
+        ["microvm.volumes[0].fsType", "filesystem type"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DESTINATIONS))
+def test_values_are_checked_against_their_destination(tmp_path: Path, case: str) -> None:
+    text, fragments = DESTINATIONS[case]
+    file = write_vm(tmp_path / "cfg", text)
+    result = CliRunner().invoke(app, ["check", str(file)])
+    assert isinstance(result.exception, MicrovmError), result.output
+    message = str(result.exception)
+    assert str(file) in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_what_the_destinations_take_still_passes(tmp_path: Path) -> None:
+    text = (
+        MINIMAL
+        + 'commands = ["echo one\\necho two"]\n[microvm]\nkernelParams = [\'dyndbg="file a.c +p"\', "quiet"]\n'
+        + USER_NET
+        + _forward("127.0.0.1")
+        + _forward("127.0.0.2")
+    )
+    assert load_vm(write_vm(tmp_path, text)).config.microvm.kernelParams[0] == 'dyndbg="file a.c +p"'
+
+
+def test_sockets_are_checked_in_the_state_directory_they_will_be_in(tmp_path: Path) -> None:
+    file = write_vm(tmp_path, MINIMAL)
+    deep = Path("/" + "d" * 90)
+    with pytest.raises(ConfigErrors, match="console socket") as info:
+        load_vm(file, state_dir=deep)
+    assert f"{deep}/web/web-console.sock" in str(info.value) and "guest.hostName" in str(info.value)
+    assert load_vm(file, state_dir=tmp_path / "short").name == "web"
+
+
+def test_a_host_file_names_the_vm_file_it_refers_to(tmp_path: Path) -> None:
+    host = write_vm(tmp_path, '[microvm.vms.web]\nconfig = "nope.toml"\n', "host.toml")
+    result = CliRunner().invoke(app, ["check", "--host", str(host)])
+    message = str(result.exception)
+    assert isinstance(result.exception, MicrovmError), message
+    assert message.startswith(f"{host}: microvm.vms.web.config: VM file {tmp_path / 'nope.toml'} does not exist")
+
+
+def test_a_host_state_dir_units_cannot_name_is_an_error(tmp_path: Path) -> None:
+    host = write_vm(tmp_path, '[microvm]\nstateDir = "/var/lib/my vms"\n', "host.toml")
+    result = CliRunner().invoke(app, ["check", "--host", str(host)])
+    assert isinstance(result.exception, MicrovmError) and "microvm.stateDir" in str(result.exception)

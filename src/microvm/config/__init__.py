@@ -14,10 +14,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConfigErrors
-from ..host.statedir import installed_configs
+from ..host.statedir import default_state_dir, installed_configs
 from ..model.options import HostConfig, VMConfig
 from .checks import Problem, check_against_others, check_host, check_host_vm, check_vm
-from .loader import Loaded, OptionPath, format_path, load, validate, validation_errors
+from .destinations import check_host_destinations, check_vm_destinations
+from .loader import Loaded, OptionPath, Referrer, format_path, load, validate, validation_errors
 
 
 @dataclass
@@ -62,8 +63,17 @@ def _with_default_name(data: dict[str, Any], name: str | None) -> dict[str, Any]
     return {**data, "guest": {**(guest if isinstance(guest, dict) else {}), "hostName": name}}
 
 
-def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = (), name: str | None = None) -> LoadedVM:
-    """Validate and check one VM's merged data (a file, or a table in a host file)."""
+def vm_from_loaded(
+    loaded: Loaded,
+    data: dict[str, Any],
+    prefix: OptionPath = (),
+    name: str | None = None,
+    state_dir: Path | None = None,
+) -> LoadedVM:
+    """Validate and check one VM's merged data (a file, or a table in a host file).
+
+    ``state_dir``: where its state directory will be (sockets there must fit); default the usual one.
+    """
     data = _with_default_name(data, name)
     try:
         config = VMConfig.model_validate(data)
@@ -74,6 +84,7 @@ def vm_from_loaded(loaded: Loaded, data: dict[str, Any], prefix: OptionPath = ()
     name = name or config.guest.hostName
     installed = {other: vm for other, vm in installed_configs().items() if other != name}
     problems = check_vm(config, explicit_socket) + check_against_others(config, installed, "installed")
+    problems += check_vm_destinations(config, name, state_dir or default_state_dir())
     warnings = _report(problems, loaded, prefix)
     return LoadedVM(name, config, loaded, warnings)
 
@@ -108,24 +119,30 @@ def _resolve_sources(config: VMConfig, loaded: Loaded, prefix: OptionPath) -> No
         raise ConfigErrors(errors)
 
 
-def load_vm(file: Path, name: str | None = None) -> LoadedVM:
-    """Load, merge, validate and check a VM file."""
-    loaded = load(file)
-    return vm_from_loaded(loaded, loaded.data, name=name)
+def load_vm(
+    file: Path, name: str | None = None, state_dir: Path | None = None, referrer: Referrer | None = None
+) -> LoadedVM:
+    """Load, merge, validate and check a VM file (``referrer``: the host file and option naming it)."""
+    loaded = load(file, referrer)
+    return vm_from_loaded(loaded, loaded.data, name=name, state_dir=state_dir)
 
 
 def load_host(file: Path) -> LoadedHost:
     """Load a host file and every VM it declares with ``config``."""
     loaded = load(file)
     config: HostConfig = validate(loaded, HostConfig)
-    warnings = _report(check_host(config), loaded)
+    warnings = _report(check_host(config) + check_host_destinations(config), loaded)
+    state_dir = Path(config.microvm.stateDir)
     vms: dict[str, LoadedVM] = {}
     for name in config.microvm.vms:
         raw = loaded.data["microvm"]["vms"][name].get("config")
+        path = ("microvm", "vms", name, "config")
         if isinstance(raw, str):
-            vms[name] = load_vm(loaded.origin(("microvm", "vms", name, "config")).parent / raw, name=name)
+            origin = loaded.origin(path)
+            referrer = Referrer(origin, format_path(path), "VM file")
+            vms[name] = load_vm(origin.parent / raw, name=name, state_dir=state_dir, referrer=referrer)
         elif isinstance(raw, dict):
-            vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name)
+            vms[name] = vm_from_loaded(loaded, raw, path, name=name, state_dir=state_dir)
         if name in vms:
             declared_before = {other: vm.config for other, vm in vms.items() if other != name}
             warnings += _report(

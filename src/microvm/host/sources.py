@@ -118,12 +118,12 @@ class Evaluated:
 
 
 @contextlib.contextmanager
-def evaluate(source: Source, name: str) -> Iterator[Evaluated]:
-    """Load VM ``name`` from ``source``; the files stay available while the context is open (for the build)."""
+def evaluate(source: Source, name: str, state_dir: Path | None = None) -> Iterator[Evaluated]:
+    """Load VM ``name`` (to live in ``state_dir``) from ``source``; the files stay available while the context is open (for the build)."""
     with source.checkout() as (root, commit):
         from ..config import load_vm
 
-        loaded = load_vm(vm_file(root, name, source.url), name=name)
+        loaded = load_vm(vm_file(root, name, source.url), name=name, state_dir=state_dir)
         yield Evaluated(loaded, {"commit": commit} if commit is not None else files_fingerprint(loaded.files))
 
 
