@@ -173,7 +173,7 @@ DESTINATIONS: dict[str, tuple[str, list[str]]] = {
         ["microvm.qemu.machineOpts.acpi", "contains ','"],
     ),
     "socket path too long": (
-        MINIMAL + '[microvm]\nsocket = "' + "s" * 100 + '.sock"\n',
+        MINIMAL + '[microvm]\nsocket = "' + "s" * 110 + '.sock"\n',
         ["microvm.socket", "at most 107"],
     ),
     "file name too long": (
@@ -233,12 +233,12 @@ def test_what_the_destinations_take_still_passes(tmp_path: Path) -> None:
 
 
 def test_sockets_are_checked_in_the_state_directory_they_will_be_in(tmp_path: Path) -> None:
+    """The host reaches the console socket by its full path: too long, and `microvm console` cannot."""
     file = write_vm(tmp_path, MINIMAL)
     deep = Path("/" + "d" * 90)
-    with pytest.raises(ConfigErrors, match="console socket") as info:
-        load_vm(file, state_dir=deep)
-    assert f"{deep}/web/web-console.sock" in str(info.value) and "guest.hostName" in str(info.value)
-    assert load_vm(file, state_dir=tmp_path / "short").name == "web"
+    warnings = [str(w) for w in load_vm(file, state_dir=deep).warnings]
+    assert any(f"{deep}/web/web-console.sock is 112 bytes long" in w and "guest.hostName" in w for w in warnings)
+    assert not load_vm(file, state_dir=tmp_path / "short").warnings
 
 
 def test_a_host_file_names_the_vm_file_it_refers_to(tmp_path: Path) -> None:

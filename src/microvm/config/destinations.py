@@ -101,28 +101,36 @@ def _file_name(path: OptionPath, value: str, what: str) -> Iterator[Problem]:
         yield Problem(path, f"{what} has a name of {len(long[0])} bytes; file names have at most {FILE_NAME_MAX} bytes")
 
 
-def _socket(path: OptionPath, vm_dir: Path, name: str, what: str, hint: str) -> Iterator[Problem]:
+def _socket(path: OptionPath, vm_dir: Path, name: str, what: str, connected: bool) -> Iterator[Problem]:
+    """The hypervisor binds ``name`` in the state directory (its working directory): that must fit.
+
+    The host connects to ``connected`` sockets by their full path (``microvm console``, a graceful
+    shutdown from ``microvm run``, ``list``): when that does not fit, those fail, the VM still runs.
+    """
     full = vm_dir / name
-    if len(bytes(full)) > SOCKET_PATH_MAX:
+    if (size := len(name.encode())) > SOCKET_PATH_MAX:
+        yield Problem(path, f"the {what} {name} is {size} bytes long; unix socket paths have at most {SOCKET_PATH_MAX}")
+    elif connected and (size := len(bytes(full))) > SOCKET_PATH_MAX:
         yield Problem(
             path,
-            f"the {what} {full} is {len(bytes(full))} bytes long; unix socket paths have at most {SOCKET_PATH_MAX}",
-            hint=hint,
+            f"the {what} {full} is {size} bytes long, more than a unix socket path's {SOCKET_PATH_MAX}: "
+            "the host cannot connect to it (microvm console, a graceful stop from microvm run, list)",
+            "warning",
+            hint="use a shorter microvm.stateDir (or MICROVM_STATE_DIR), VM name or socket name",
         )
 
 
 def _sockets(vm: VMConfig, vm_dir: Path) -> Iterator[Problem]:
-    """Every unix socket of the VM, as the host reaches it: ``<stateDir>/<name>/<socket>``."""
+    """Every unix socket of the VM, in ``vm_dir``: ``<stateDir>/<name>``."""
     mv = vm.microvm
-    shorter = "use a shorter microvm.stateDir (or MICROVM_STATE_DIR), VM name or socket name"
     backend = get(mv.hypervisor)
     if (console := backend.console_socket(vm)) is not None:
-        yield from _socket(("guest", "hostName"), vm_dir, console[0], "console socket", shorter)
+        yield from _socket(("guest", "hostName"), vm_dir, console[0], "console socket", connected=True)
     if mv.socket is not None and backend.supports(Feature.CONTROL_SOCKET):
-        yield from _socket(("microvm", "socket"), vm_dir, mv.socket, "control socket", shorter)
+        yield from _socket(("microvm", "socket"), vm_dir, mv.socket, "control socket", connected=True)
     for i, share in enumerate(mv.shares):
         if share.proto == "virtiofs" and share.socket is not None:
-            yield from _socket(("microvm", "shares", i, "socket"), vm_dir, share.socket, "virtiofs socket", shorter)
+            yield from _socket(("microvm", "shares", i, "socket"), vm_dir, share.socket, "virtiofs socket", False)
 
 
 def _option_lists(vm: VMConfig) -> Iterator[tuple[OptionPath, str, str]]:
