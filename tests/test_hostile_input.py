@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -253,3 +254,12 @@ def test_a_host_state_dir_units_cannot_name_is_an_error(tmp_path: Path) -> None:
     host = write_vm(tmp_path, '[microvm]\nstateDir = "/var/lib/my vms"\n', "host.toml")
     result = CliRunner().invoke(app, ["check", "--host", str(host)])
     assert isinstance(result.exception, MicrovmError) and "microvm.stateDir" in str(result.exception)
+
+
+@pytest.mark.parametrize("key", ["[", "str", "function-after[x]"])
+def test_a_key_like_pydantics_markers_is_an_unknown_option(tmp_path: Path, key: str) -> None:
+    """Found by the fuzz test: a key named like a union-branch marker left no option path (IndexError)."""
+    file = write_vm(tmp_path, f"{json.dumps(key)} = 1\n" + MINIMAL)
+    result = CliRunner().invoke(app, ["check", str(file)])
+    assert isinstance(result.exception, MicrovmError), repr(result.exception)
+    assert f"{file}: " in str(result.exception) and "unknown option" in str(result.exception)

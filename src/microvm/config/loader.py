@@ -13,6 +13,7 @@ file and the option path (``microvm.interfaces[1].mac``).
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -274,7 +275,7 @@ def _model_at(root: type[BaseModel], loc: OptionPath) -> type[BaseModel] | None:
 
 def _suggest(root: type[BaseModel], loc: OptionPath) -> str | None:
     model = _model_at(root, loc[:-1])
-    if model is None:
+    if model is None or not loc:  # a key named like one of pydantic's markers (`str = 1`) leaves no location
         return None
     known = [f.alias or name for name, f in model.model_fields.items()]
     wrong = str(loc[-1])
@@ -309,13 +310,14 @@ def validation_errors(
     """Turn pydantic's errors into ours: file, option path, message, hint."""
     errors = []
     for error in exc.errors():
-        loc = (*prefix, *_clean_loc(error["loc"]))
+        loc = (*prefix, *(_clean_loc(error["loc"]) or error["loc"][-1:]))
         hint = _suggest(root, loc[len(prefix) :]) if error["type"] == "extra_forbidden" else None
         errors.append(ConfigError(_message(error), file=str(loaded.origin(loc)), option=format_path(loc), hint=hint))
     return ConfigErrors(errors)
 
 
 _BRANCH_MARKERS = {"str", "int", "bool", "float", "none", "list", "dict", "constrained-int", "constrained-str"}
+_BRANCH_CALL = re.compile(r"[a-z-]+\[.*\]")  # function-after[_name(), str], list[str]: not a key such as "["
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
@@ -323,7 +325,8 @@ def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
     return tuple(
         part
         for part in loc
-        if isinstance(part, int) or not (part in _BRANCH_MARKERS or "[" in part or part in _option_model_names())
+        if isinstance(part, int)
+        or not (part in _BRANCH_MARKERS or _BRANCH_CALL.fullmatch(part) or part in _option_model_names())
     )
 
 
