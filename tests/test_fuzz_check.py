@@ -129,6 +129,7 @@ def mutated(draw: st.DrawFn, model: type) -> dict[str, Any]:
     data = draw(CONFIGS[model])
     kind = draw(st.sampled_from(["none", "leaf", "unknown key", "deep", "drop", "leaf"]))
     path = draw(st.sampled_from(_paths(data)))
+    path = path[: draw(st.integers(0, len(path)))]  # every depth alike: a whole table as often as a leaf
     if not path:
         return {**data, draw(st.text(min_size=1, max_size=8)): draw(HOSTILE)} if kind == "unknown key" else data
     parent = data

@@ -263,3 +263,12 @@ def test_a_key_like_pydantics_markers_is_an_unknown_option(tmp_path: Path, key: 
     result = CliRunner().invoke(app, ["check", str(file)])
     assert isinstance(result.exception, MicrovmError), repr(result.exception)
     assert f"{file}: " in str(result.exception) and "unknown option" in str(result.exception)
+
+
+@pytest.mark.parametrize("value", ["1", '"vms"', "[]"])
+def test_a_microvm_that_is_no_table_is_a_vm_file_error(tmp_path: Path, value: str) -> None:
+    """`microvm = 1` made a TypeError, `microvm = "vms"` a host file, when telling VM and host files apart."""
+    file = write_vm(tmp_path, f"microvm = {value}\n" + MINIMAL)
+    result = CliRunner().invoke(app, ["check", str(file)])
+    assert isinstance(result.exception, MicrovmError), repr(result.exception)
+    assert f"{file}: microvm: " in str(result.exception) and "guest" not in str(result.exception)
