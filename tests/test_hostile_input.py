@@ -272,3 +272,18 @@ def test_a_microvm_that_is_no_table_is_a_vm_file_error(tmp_path: Path, value: st
     result = CliRunner().invoke(app, ["check", str(file)])
     assert isinstance(result.exception, MicrovmError), repr(result.exception)
     assert f"{file}: microvm: " in str(result.exception) and "guest" not in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("table", "option"),
+    [
+        ("[microvm]\ninitrdPath", "microvm.initrdPath"),
+        ('[guest.files."/etc/x"]\nsource', 'guest.files."/etc/x".source'),
+    ],
+)
+def test_a_source_file_name_too_long_is_a_clear_error(tmp_path: Path, table: str, option: str) -> None:
+    """A file the build copies in, named too long for the filesystem: ENAMETOOLONG was a traceback."""
+    file = write_vm(tmp_path, DEBIAN + f'{table} = "{"a" * 300}"\n')
+    result = CliRunner().invoke(app, ["check", str(file)])
+    assert isinstance(result.exception, MicrovmError), repr(result.exception)
+    assert f"{file}: {option}: " in str(result.exception) and "does not exist" in str(result.exception)

@@ -7,6 +7,7 @@ warnings separately.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def _resolve_sources(config: VMConfig, loaded: Loaded, prefix: OptionPath) -> No
         full = (*prefix, *path)
         origin = loaded.origin(full)
         resolved = (origin.parent / value).absolute()
-        if not resolved.is_file():
+        if not os.path.isfile(resolved):  # False, not OSError, for a name too long or a symlink loop
             errors.append(
                 ConfigError(
                     f"{resolved} does not exist or is not a file",
