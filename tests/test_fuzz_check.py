@@ -207,7 +207,7 @@ SETTINGS = settings(
 @SETTINGS
 @given(
     data=st.one_of(mutated(VMConfig), mutated(HostConfig)),
-    imports=st.sampled_from([[], ["other.toml"], ["missing.toml"], ["vm.toml"], ["loop.toml"], ["/"]]),
+    imports=st.sampled_from([[], ["other.toml"], ["missing.toml"], ["vm.toml"], ["loop.toml"], ["/"], ["a\0b"]]),
     other=mutated(VMConfig),
 )
 def test_check_of_generated_configs_never_tracebacks_nor_writes(

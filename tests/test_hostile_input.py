@@ -97,6 +97,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
     "not UTF-8": (_not_utf8, ["UTF-8", "byte 21"]),
     "import not UTF-8": (_imports_not_utf8, ["imports[0]", "bad.toml", "UTF-8"]),
     "300-character file name": (_long_file_name, ["long"]),
+    "NUL in an import": (lambda d: write_vm(d, 'imports = ["a\\u0000b"]\n' + MINIMAL), ["imports[0]", "NUL"]),
 }
 
 

@@ -189,6 +189,8 @@ def _read_toml(file: Path, referrer: Referrer | None) -> dict[str, Any]:
         raise error("does not exist") from None
     except OSError as exc:
         raise error(f"cannot be read: {exc.strerror or exc}") from None
+    except ValueError:  # the name holds a NUL, which no file name can
+        raise error("cannot be read: its name contains a NUL character") from None
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
