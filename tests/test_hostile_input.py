@@ -31,6 +31,9 @@ IFACE = '[[microvm.interfaces]]\ntype = "user"\nid = "{id}"\nmac = "{mac}"\n'
         (MINIMAL + IFACE.format(id="vm-a\\n", mac="02:00:00:00:00:01"), "microvm.interfaces[0].id"),
         (MINIMAL + IFACE.format(id="vm-a", mac="02:00:00:00:00:01\\n"), "microvm.interfaces[0].mac"),
         (MINIMAL + '[microvm]\nuser = "microvm\\n"\n', "microvm.user"),
+        # pydantic's patterns (Rust regex: `$` is the end of the text) held already; kept so they keep holding
+        (MINIMAL + 'timeZone = "UTC\\n"\n', "guest.timeZone"),
+        (MINIMAL + 'locale = "C.UTF-8\\n"\n', "guest.locale"),
     ],
 )
 def test_names_ending_in_a_newline_are_rejected(tmp_path: Path, text: str, option: str) -> None:
