@@ -102,7 +102,7 @@ def create(
     with locked(name, state_dir) as state:
         if state.installed:
             raise MicrovmError(f"VM {name!r} already exists in {state.path}", hint=f"microvm update {name}")
-        with sources.evaluate(source, name, store) as evaluated:
+        with sources.evaluate(source, name, store, state.path.parent) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
         fingerprint = evaluated.fingerprint if recorded == source.url else {}  # {}: outdated until updated
         return _install(state, runner, source=recorded, declared_by=None, fingerprint=fingerprint, owner=owner)
@@ -121,7 +121,7 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
         if state.source is None:
             raise MicrovmError(f"VM {name!r} has no recorded source in {state.path}")
         source = sources.Source.parse(state.source)
-        with sources.evaluate(source, name, store) as evaluated:
+        with sources.evaluate(source, name, store, state.path.parent) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
         return _install(
             state, runner, source=source.url, declared_by=None, fingerprint=evaluated.fingerprint, owner=None

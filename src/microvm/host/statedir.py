@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-from ..layout import RUNNER_CONFIG, runner_config, saved_state_files
+from ..layout import RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
 from ..store import Store
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
-SYSTEM_STATE_DIR = Path("/var/lib/microvms")
 BOOKKEEPING = ("current", "booted", "source", "declared", "builds")  # ours, not the user's
 
 
@@ -126,6 +125,8 @@ class VMState:
             TypeAdapter(Name).validate_python(name)
         except ValidationError as exc:
             raise MicrovmError("VM name: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if len(name) > VM_NAME_MAX:
+            raise MicrovmError(f"VM name {name[:20]}... is {len(name)} characters long; at most {VM_NAME_MAX}")
         return cls(name, vm_dir(name, state_dir))
 
     def _target(self, link: str) -> Path | None:
