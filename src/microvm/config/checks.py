@@ -43,6 +43,10 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
                 "warning",
                 hint="use a locally administered one (first byte 02, 06, 0a, ...) unless it was assigned to you",
             )
+        if iface.tap.vhost and iface.type != "tap":
+            yield Problem(
+                (*path, "tap", "vhost"), f'only interfaces of type "tap" use vhost-net (this is {iface.type!r})'
+            )
         if iface.type == "bridge" and iface.bridge is None:
             yield Problem((*path, "bridge"), 'is required for an interface of type "bridge"')
         if iface.type == "macvtap":
@@ -145,6 +149,12 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
         for name, service in guest.services.items():
             if service.startAt is not None:
                 yield Problem(("guest", "services", name, "startAt"), 'timers need guest.base = "debian"')
+        if mv.vsock.ssh.enable:
+            yield Problem(
+                ("microvm", "vsock", "ssh", "enable"),
+                'an SSH server needs guest.base = "debian" (busybox has none)',
+                hint='set guest.base = "debian", or turn microvm.vsock.ssh off',
+            )
     if guest.kernel.modulesDir is not None and guest.kernel.image is None:
         yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
     if guest.kernel.package is not None and guest.kernel.image is not None:

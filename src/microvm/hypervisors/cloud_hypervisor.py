@@ -55,6 +55,10 @@ class Backend(Hypervisor, Balloon):
             Feature.READ_ONLY_VOLUMES,
             Feature.VOLUME_SERIAL,
             Feature.DIRECT_IO,
+            Feature.IMAGE_QCOW2,
+            Feature.IMAGE_VHD,
+            Feature.IMAGE_VHDX,
+            Feature.BACKING_FILE,
         }
     )
     # --kernel takes an ELF with a PVH note on x86_64 (no bzImage loader).
@@ -80,6 +84,9 @@ class Backend(Hypervisor, Balloon):
             opts = [f"path={plain(disk.path, 'disk image', self.name)}", f"readonly={on_off(disk.read_only)}"]
             if disk.direct:
                 opts.append("direct=on")
+            opts.append(f"image_type={disk.image_type}")  # v51: the format is told, no longer guessed
+            if disk.backing:
+                opts.append("backing_files=on")  # v51: off by default
             if disk.serial is not None:
                 opts.append(f"serial={plain(disk.serial, 'volume serial', self.name)}")
             if multi_queue:
