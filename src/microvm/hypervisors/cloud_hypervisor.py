@@ -84,9 +84,10 @@ class Backend(Hypervisor, Balloon):
             opts = [f"path={plain(disk.path, 'disk image', self.name)}", f"readonly={on_off(disk.read_only)}"]
             if disk.direct:
                 opts.append("direct=on")
-            opts.append(f"image_type={disk.image_type}")  # v51: the format is told, no longer guessed
+            if disk.image_type != "raw":  # raw is what it assumes; older versions lack the option
+                opts.append(f"image_type={disk.image_type}")
             if disk.backing:
-                opts.append("backing_files=on")  # v51: off by default
+                opts.append("backing_files=on")  # off by default since v51
             if disk.serial is not None:
                 opts.append(f"serial={plain(disk.serial, 'volume serial', self.name)}")
             if multi_queue:
