@@ -128,8 +128,9 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
     if mv.extraArgsScript is not None:
-        lines += ["", "# microvm.extraArgsScript: its output, split at blanks, ends the command line"]
-        lines.append(f"extra_args=$({mv.extraArgsScript})")
+        lines += ["", "# microvm.extraArgsScript: its output, split at blanks (no globbing), ends the command line"]
+        lines.append(f"extra_output=$({mv.extraArgsScript})")
+        lines.append('read -r -d "" -a extra_args <<< "$extra_output" || true  # read ends at the end of input')
     resumable = bool(mv.socket) and isinstance(hypervisor, Suspend)
     if resumable:
         lines += _resume(vm, hypervisor, runner_dir)
@@ -146,7 +147,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if resumable:
         argv.append('"${resume[@]}"')
     if mv.extraArgsScript is not None:
-        argv.append("${extra_args}")  # unquoted on purpose: one word per argument
+        argv.append('"${extra_args[@]}"')
     exec_prefix = f"exec -a {shlex.quote('microvm@' + vm.guest.hostName)} " if mv.prettyProcnames else "exec "
     lines += ["", exec_prefix + " \\\n  ".join(argv)]
     return "\n".join(lines) + "\n"
