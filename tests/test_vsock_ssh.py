@@ -76,6 +76,8 @@ def test_ssh_command_line_by_hypervisor(tmp_path: Path) -> None:
     ch = ssh_argv(_installed(tmp_path, "c", {"hypervisor": "cloud-hypervisor", "vsock": vsock}), ["-l", "alice"])
     assert ch[-3:] == ["c", "-l", "alice"] and "root" not in ch  # -l after the host is still ssh's option
     assert f"--mux {tmp_path / 'c' / 'notify.vsock'}" in next(a for a in ch if a.startswith("ProxyCommand="))
+    fc = ssh_argv(_installed(tmp_path, "f", {"hypervisor": "firecracker", "vsock": vsock}), [])
+    assert f"--mux {tmp_path / 'f' / 'notify.vsock'}" in next(a for a in fc if a.startswith("ProxyCommand="))
     with pytest.raises(MicrovmError, match="no SSH server on vsock"):
         ssh_argv(_installed(tmp_path, "n", {"hypervisor": "qemu", "vsock": {"cid": 8}}), [])
 

@@ -1,9 +1,9 @@
 """``microvm ssh NAME``: SSH into a guest over vsock (``microvm.vsock.ssh``), no network needed.
 
 ssh reaches the guest through a ProxyCommand, the ``vsock-proxy`` helper: an
-AF_VSOCK connection to the guest's context id, or, on cloud-hypervisor (whose
-vsock device is a unix socket on the host), that socket's ``CONNECT <port>``
-handshake (cloud-hypervisor's docs/vsock.md). Neither needs socat nor a
+AF_VSOCK connection to the guest's context id, or, on cloud-hypervisor and
+firecracker (whose vsock device is a unix socket on the host), that socket's
+``CONNECT <port>`` handshake (their docs/vsock.md). Neither needs socat nor a
 systemd new enough for ``ssh vsock/<cid>`` (systemd-ssh-proxy, v256).
 """
 
@@ -17,12 +17,11 @@ import threading
 from pathlib import Path
 
 from ..errors import MicrovmError
+from ..hypervisors import get
 from ..layout import helper_argv
 from .statedir import VMState
 
 SSH_PORT = 22
-# cloud-hypervisor's vsock socket in the VM's state directory (hypervisors/cloud_hypervisor.NOTIFY_VSOCK)
-CLOUD_HYPERVISOR_SOCKET = "notify.vsock"
 
 
 def ssh_argv(state: VMState, args: list[str]) -> list[str]:
@@ -38,8 +37,8 @@ def ssh_argv(state: VMState, args: list[str]) -> list[str]:
             f"VM {state.name!r} has no SSH server on vsock",
             hint="set microvm.vsock.cid and microvm.vsock.ssh.enable = true, then update it",
         )
-    if mv.get("hypervisor") == "cloud-hypervisor":
-        where = ["--mux", str(state.path / CLOUD_HYPERVISOR_SOCKET)]
+    if mux := get(mv.get("hypervisor", "qemu")).vsock_socket:
+        where = ["--mux", str(state.path / mux)]
     else:
         where = ["--cid", str(vsock["cid"])]
     proxy = shlex.join(helper_argv("vsock-proxy", "--port", str(SSH_PORT), *where))
@@ -49,7 +48,7 @@ def ssh_argv(state: VMState, args: list[str]) -> list[str]:
 
 
 def connect(port: int, cid: int | None = None, mux: Path | None = None) -> socket.socket:
-    """A stream connected to the guest's vsock ``port``, directly (``cid``) or through cloud-hypervisor's ``mux``."""
+    """A stream connected to the guest's vsock ``port``, directly (``cid``) or through the hypervisor's ``mux``."""
     try:
         if cid is not None:
             sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)

@@ -195,6 +195,10 @@ class Hypervisor(ABC):
     plain_options: ClassVar[tuple[str, ...]] = ()
     # How its control socket is driven, for docs/hypervisors.md.
     control_api: ClassVar[str] = "none (stopped with SIGTERM)"
+    # Where the host reaches the guest's vsock ports when they are a unix socket of the hypervisor
+    # (relative to the state directory; connect, send "CONNECT <port>\n", read "OK ..."); None when
+    # vsock is the host kernel's (vhost-vsock: AF_VSOCK to the guest's context id).
+    vsock_socket: ClassVar[str | None] = None
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         """Kernel parameters this hypervisor's guests need (besides the console)."""

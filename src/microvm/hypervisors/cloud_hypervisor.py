@@ -68,6 +68,7 @@ class Backend(Hypervisor, Balloon):
     guest_kernel_params = ("reboot=t",)  # as microvm.nix: a guest reboot is a triple fault, which ends the process
     plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
     control_api = "REST (`PUT /api/v1/vm.power-button`)"
+    vsock_socket = NOTIFY_VSOCK  # docs/vsock.md
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm

@@ -48,6 +48,7 @@ class Backend(Hypervisor, Balloon):
     console = "ttyS0"
     incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "docs/hugepages.md"),)
     control_api = "REST (`PUT /actions` SendCtrlAltDel)"
+    vsock_socket = VSOCK_SOCKET  # docs/vsock.md: host-initiated connections
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         # microvm.nix's boot_args: reboot=k so a guest reboot ends the process; i8042 probing
