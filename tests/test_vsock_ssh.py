@@ -126,22 +126,25 @@ def test_microvm_ssh_reaches_the_guest_through_cloud_hypervisor_vsock(tmp_path: 
 
 @pytest.mark.boot
 @pytest.mark.skipif(not Path("/dev/vhost-vsock").exists(), reason="no /dev/vhost-vsock on this host (vhost_vsock)")
-def test_ssh_over_vsock_into_a_debian_guest(tmp_path: Path, ssh_key: Path) -> None:  # noqa: F811
+def test_ssh_over_vsock_into_a_debian_guest(tmp_path: Path, ns, ssh_key: Path) -> None:  # noqa: F811
+    """In a namespace (the guest's forwarded ports stay there); vsock itself is the host kernel's."""
     state_dir = tmp_path / "state"
     env = {**os.environ, "MICROVM_STATE_DIR": str(state_dir)}
-    _debian_vsock_vm(tmp_path / "src", ssh_key)
+    _debian_vsock_vm(tmp_path / "src" / "deb-vsock", ssh_key)
     assert microvm("create", "deb-vsock", "-f", str(tmp_path / "src"), env=env).returncode == 0
-    run = subprocess.Popen([sys.executable, "-m", "microvm", "run", "deb-vsock"], env=env, stdin=subprocess.DEVNULL)
+    run = ns.popen([sys.executable, "-m", "microvm", "run", "deb-vsock"], env=env, stdin=subprocess.DEVNULL)
+    key = str(ssh_key.with_suffix(""))
+
+    def ssh(command: str) -> subprocess.CompletedProcess[str]:
+        microvm_ssh = [sys.executable, "-m", "microvm", "-s", "deb-vsock", "-i", key, "-o", "BatchMode=yes", command]
+        return ns.run(*microvm_ssh, check=False, env=env)
+
     try:
-        key = str(ssh_key.with_suffix(""))
         deadline = time.monotonic() + BOOT_TIMEOUT
-        while True:
-            result = microvm("ssh", "deb-vsock", "-i", key, "-o", "BatchMode=yes", "cat /etc/hostname", env=env)
-            if result.returncode == 0 or time.monotonic() > deadline:
-                break
+        while (result := ssh("cat /etc/hostname")).returncode != 0 and time.monotonic() < deadline:
             time.sleep(1)
         assert result.stdout == "deb-vsock\n", result.stderr
-        microvm("ssh", "deb-vsock", "-i", key, "-o", "BatchMode=yes", "systemctl poweroff --no-block", env=env)
+        ssh("systemctl poweroff --no-block")
         assert run.wait(timeout=BOOT_TIMEOUT) == 0
     finally:
         run.kill()
