@@ -40,7 +40,7 @@ image = "overlay.qcow2"
 imageType = "qcow2"
 backingFile = "base.img"
 mountPoint = "/data"
-size = 32
+size = 8  # less than the base: the overlay keeps the base's 16 MB
 [[microvm.volumes]]
 image = "fresh.qcow2"
 imageType = "qcow2"
@@ -82,7 +82,7 @@ def test_qcow2_and_vhdx_volumes_with_a_backing_file(shared_store, tmp_path: Path
         assert f"{volume} before: none" in first.console
     overlay = _image_info(state / "overlay.qcow2")
     assert overlay["format"] == "qcow2" and overlay["backing-filename"] == str(base.resolve())
-    assert overlay["backing-filename-format"] == "raw"
+    assert overlay["backing-filename-format"] == "raw" and overlay["virtual-size"] == 16 << 20
     assert _image_info(state / "fresh.qcow2")["format"] == "qcow2"
     assert _image_info(state / "fresh.vhdx")["format"] == "vhdx"
     assert hashlib.sha256(base.read_bytes()).hexdigest() == base_sum  # the guest's writes went to the overlay

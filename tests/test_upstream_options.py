@@ -7,6 +7,8 @@ machined registration in test_host_systemd.py.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,7 +22,7 @@ from microvm.errors import MicrovmError
 from microvm.host import units
 from microvm.hypervisors import get
 from microvm.runner import virtiofsd
-from microvm.runner.script import run_script
+from microvm.runner.script import CREATE_VOLUME, run_script
 
 BAD = {
     "backing file on a raw image": (
@@ -111,3 +113,21 @@ def test_metadata_cache_needs_the_rust_virtiofsd(tmp_path: Path) -> None:
     vm = _virtiofs_vm("metadata")
     with pytest.raises(MicrovmError, match="C virtiofsd lacks"):
         virtiofsd.argv(vm, vm.microvm.shares[0], tmp_path)
+
+
+@pytest.mark.parametrize(("size_mb", "virtual_mb"), [(32, 32), (8, 16)])
+def test_overlay_is_as_large_as_asked_or_as_its_base(tmp_path: Path, size_mb: int, virtual_mb: int) -> None:
+    """The run script's create_overlay, run by bash on a 16 MB base: grown when asked for more, never cut."""
+    (tmp_path / "base.img").write_bytes(b"")
+    os.truncate(tmp_path / "base.img", 16 << 20)
+    script = f"set -euo pipefail\n{CREATE_VOLUME}\ncreate_overlay over.qcow2 {size_mb} base.img raw\n"
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", "over.qcow2"], cwd=tmp_path, capture_output=True, check=True
+        ).stdout
+    )
+    assert (info["virtual-size"], info["backing-filename"]) == (virtual_mb << 20, str(tmp_path / "base.img"))
+    before = (tmp_path / "over.qcow2").read_bytes()
+    subprocess.run(["bash", "-c", script.replace(f" {size_mb} ", " 64 ")], cwd=tmp_path, check=True)
+    assert (tmp_path / "over.qcow2").read_bytes() == before  # an existing image is never touched

@@ -220,7 +220,8 @@ class Volume(Options):
         None,
         description=(
             "qcow2 only: create the image as a copy-on-write overlay of this image (relative paths are in the "
-            "VM's state directory), which the guest reads but never changes; no mkfs then. Not in microvm.nix."
+            "VM's state directory), which the guest reads but never changes; no mkfs then. The overlay is `size` "
+            "MB or the backing image's size, whichever is larger. Not in microvm.nix."
         ),
     )
     backingFormat: ImageType = Field("raw", description="Format of `backingFile`. Not in microvm.nix.")

@@ -73,7 +73,8 @@ create_volume() {
     publish_volume "$tmp" "$image"
 }
 
-# create_overlay IMAGE SIZE_MB BACKING BACKING_FORMAT: a missing qcow2 volume over a backing image
+# create_overlay IMAGE SIZE_MB BACKING BACKING_FORMAT: a missing qcow2 volume over a backing image,
+# as large as the backing image or SIZE_MB if that is larger (a smaller one would cut its filesystem)
 create_overlay() {
     local image=$1 size=$2 backing=$3 backing_format=$4
     [ -e "$image" ] && return 0
@@ -85,7 +86,12 @@ create_overlay() {
     local tmp
     tmp=$(mktemp "$image.new.XXXXXX")
     # the backing file is recorded by its absolute path: the image may live in another directory
-    qemu-img create -q -f qcow2 -F "$backing_format" -b "$(realpath -- "$backing")" "$tmp" "${size}M"
+    qemu-img create -q -f qcow2 -F "$backing_format" -b "$(realpath -- "$backing")" "$tmp"
+    local base_bytes
+    base_bytes=$(qemu-img info --output=json "$tmp" | grep -o '"virtual-size": [0-9]*' | head -n 1 | grep -o '[0-9]*$')
+    if [ $((size * 1048576)) -gt "$base_bytes" ]; then
+        qemu-img resize -q "$tmp" "${size}M"
+    fi
     publish_volume "$tmp" "$image"
 }
 
