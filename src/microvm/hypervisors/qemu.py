@@ -52,7 +52,7 @@ def vnc_socket(vm: VMConfig) -> str:
     return f"{vm.guest.hostName}-vnc.sock"
 
 
-# qemu's block driver of each microvm.volumes[].imageType (qemu calls VHD "vpc")
+# qemu's (and qemu-img's) block driver of each microvm.volumes[].imageType (qemu calls VHD "vpc")
 IMAGE_FORMATS = {"raw": "raw", "qcow2": "qcow2", "vhd": "vpc", "vhdx": "vhdx"}
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from .. import __version__
 from ..guest.debian import guest_packages
 from ..hypervisors.base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
+from ..hypervisors.qemu import IMAGE_FORMATS  # qemu-img makes the images, whatever runs them
 from ..layout import (
     MACVTAP_INTERFACES,
     PCI_DEVICES,
@@ -53,9 +54,6 @@ def _mkfs_args(volume: Volume) -> list[str]:
     return [*quiet, *label, *volume.mkfsExtraArgs]
 
 
-# qemu-img's name of each microvm.volumes[].imageType
-QEMU_IMG_FORMATS = {"raw": "raw", "qcow2": "qcow2", "vhd": "vpc", "vhdx": "vhdx"}
-
 CREATE_VOLUME = """
 # create_volume IMAGE SIZE_MB FORMAT FSTYPE MKFS_ARGS...: make a missing volume; never touch an existing one
 create_volume() {
@@ -68,7 +66,8 @@ create_volume() {
     truncate -s "${size}M" "$tmp"
     "mkfs.$fstype" "$@" "$tmp" >/dev/null
     if [ "$format" != raw ]; then
-        qemu-img convert -q -f raw -O "$format" "$tmp" "$tmp.$format" && mv -f "$tmp.$format" "$tmp"
+        qemu-img convert -q -f raw -O "$format" "$tmp" "$tmp.$format"
+        mv -f "$tmp.$format" "$tmp"
     fi
     publish_volume "$tmp" "$image"
 }
@@ -116,10 +115,10 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
         lines.append(CREATE_VOLUME)
         for volume in creatable:
             if volume.backingFile is not None:
-                args = [volume.image, str(volume.size), volume.backingFile, QEMU_IMG_FORMATS[volume.backingFormat]]
+                args = [volume.image, str(volume.size), volume.backingFile, IMAGE_FORMATS[volume.backingFormat]]
                 lines.append("create_overlay " + shlex.join(args))
             else:
-                args = [volume.image, str(volume.size), QEMU_IMG_FORMATS[volume.imageType], volume.fsType]
+                args = [volume.image, str(volume.size), IMAGE_FORMATS[volume.imageType], volume.fsType]
                 lines.append("create_volume " + shlex.join([*args, *_mkfs_args(volume)]))
     sources = [s.source for s in mv.shares if s.proto == "9p"]
     if sources:
