@@ -66,12 +66,13 @@ def vm_service(state_dir: Path, notify: bool = False, timeout: int = 150) -> str
                 ("WorkingDirectory", f"{vm}"),
                 ("ExecStartPre", command(proc.which("sh"), "-c", booted_link)),
                 ("ExecStart", f"{vm}/current/bin/microvm-run"),
-                # '+': machined takes registrations from root only
-                ("ExecStartPost", "+" + _if_runner_has(f"{vm}/booted/bin/microvm-register", '"$$MAINPID"')),
+                # '+': machined takes registrations from root only; '-': a VM whose registration
+                # failed (no machined) still runs, the journal says why
+                ("ExecStartPost", "-+" + _if_runner_has(f"{vm}/booted/bin/microvm-register", '"$$MAINPID"')),
                 # '-': hypervisors without a control socket have no microvm-shutdown; a guest
                 # that powered off by itself leaves nothing to shut down
                 ("ExecStop", f"-{vm}/booted/bin/microvm-shutdown"),
-                ("ExecStopPost", "+" + _if_runner_has(f"{vm}/booted/bin/microvm-unregister")),
+                ("ExecStopPost", "-+" + _if_runner_has(f"{vm}/booted/bin/microvm-unregister")),
                 ("ExecStopPost", f"{proc.which('rm')} -f {vm}/booted"),
                 ("Restart", "always"),
                 ("RestartSec", "1"),
