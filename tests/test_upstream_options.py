@@ -42,6 +42,17 @@ BAD = {
         "'pc' machine has no PCI Express",
     ),
     "ssh on vsock without a cid": ("[microvm.vsock]\nssh.enable = true\n", "ssh.enable needs a cid"),
+    "backing file that is a volume": (
+        (
+            '[[microvm.volumes]]\nimage = "a.img"\nsize = 8\n'
+            '[[microvm.volumes]]\nimage = "b.qcow2"\nsize = 8\nimageType = "qcow2"\nbackingFile = "a.img"\n'
+        ),
+        "'a.img' is a volume the guest writes",
+    ),
+    "two root ports with one id": (
+        '[microvm.qemu]\nmachine = "q35"\npcieRootPorts = [{ id = "rp0" }, { id = "rp0" }]\n',
+        "root port id 'rp0' is also used by microvm.qemu.pcieRootPorts[0].id",
+    ),
     "graphics backend unknown": ('[microvm.graphics]\nenable = true\nbackend = "cocoa"\n', "'gtk' or 'headless'"),
 }
 

@@ -93,6 +93,18 @@ def _storage(vm: VMConfig) -> Iterator[Problem]:
     yield from _duplicates(
         ((("microvm", "volumes", i, "label"), v.label) for i, v in enumerate(volumes)), "volume label"
     )
+    images = {v.image for v in volumes}
+    for i, volume in enumerate(volumes):
+        if volume.backingFile in images:
+            yield Problem(
+                ("microvm", "volumes", i, "backingFile"),
+                f"{volume.backingFile!r} is a volume the guest writes; a backing file must not change under its overlay",
+                hint="back the overlay with an image no volume uses",
+            )
+    ports = mv.qemu.pcieRootPorts
+    yield from _duplicates(
+        ((("microvm", "qemu", "pcieRootPorts", i, "id"), p.id) for i, p in enumerate(ports)), "root port id"
+    )
     yield from _duplicates(((("microvm", "shares", i, "tag"), s.tag) for i, s in enumerate(shares)), "share tag")
     yield from _duplicates(
         ((("microvm", "shares", i, "socket"), s.socket) for i, s in enumerate(shares) if s.proto == "virtiofs"),
