@@ -311,7 +311,7 @@ class QemuOptions(Options):
         [],
         description=(
             "PCIe root ports (`-device pcie-root-port`) to hot-plug PCIe devices into (through QMP `device_add`): "
-            "the q35 machine cannot hot-plug on its root bus. Machines with PCIe only (q35, virt)."
+            "the q35 machine cannot hot-plug on its root bus. Not on the pc machine (no PCIe); microvm gets `pcie=on`."
         ),
     )
 
