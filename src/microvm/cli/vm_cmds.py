@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from .. import proc
 from ..errors import MicrovmError
-from ..host import lifecycle, systemd
+from ..host import lifecycle, systemd, vsock
 from ..host.sources import DEFAULT_SOURCE
 from ..host.statedir import VMState, default_state_dir
 from ..store import Store
@@ -143,6 +144,18 @@ def console(name: NameArg) -> None:
     attach(name, *VMState.of(name).console_files())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    name: NameArg,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="ssh options and the remote command, after the host (e.g. uptime).")
+    ] = None,
+) -> None:
+    """SSH into the VM over vsock (microvm.vsock.ssh), as root unless -l USER. microvm.nix: -s."""
+    argv = vsock.ssh_argv(VMState.of(name), args or [])
+    raise typer.Exit(proc.run([proc.which("ssh"), *argv[1:]], check=False, capture=False).returncode)
+
+
 @app.command()
 def logs(
     name: NameArg,
@@ -150,8 +163,6 @@ def logs(
     journal: Annotated[bool, typer.Option("--journal", help="systemd's journal of the VM's units instead.")] = False,
 ) -> None:
     """Print the VM's console log (what the guest printed), or its journal."""
-    from .. import proc
-
     if journal:
         systemd.require("show the journal of", name)
         proc.run(["journalctl", "--no-pager", "-u", systemd.unit(name), *(["-f"] if follow else [])], capture=False)
