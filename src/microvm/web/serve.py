@@ -25,6 +25,7 @@ import uvicorn
 
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP
+from ..model.options import listen_address
 from .app import create_app
 
 
@@ -36,26 +37,12 @@ class Listen:
 
     @classmethod
     def parse(cls, text: str) -> Listen:
-        """``unix:/path``, ``HOST:PORT`` or ``[V6]:PORT``."""
-        if text.startswith("unix:"):
-            path = Path(text.removeprefix("unix:"))
-            if not path.is_absolute():
-                raise MicrovmError(
-                    f"--listen {text}: a unix socket needs an absolute path", hint="unix:/run/microvm/web.sock"
-                )
-            return cls(unix=path)
-        host, sep, port = text.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
+        """``unix:/path``, ``HOST:PORT`` or ``[V6]:PORT`` (as the host file's ``microvm.web.listen``)."""
         try:
-            ipaddress.ip_address(host)
-            number = int(port)
-        except ValueError:
-            number = -1
-        if not sep or not 0 <= number < 65536:
-            raise MicrovmError(
-                f"--listen {text!r}: expected unix:/PATH or ADDRESS:PORT (an IP address)", hint="e.g. 127.0.0.1:8480"
-            )
-        return cls(host=host, port=number)
+            unix, host, port = listen_address(text)
+        except ValueError as exc:
+            raise MicrovmError(f"--listen: {exc}") from None
+        return cls(Path(unix) if unix else None, host, port)
 
     @property
     def loopback(self) -> bool:
