@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -140,6 +141,8 @@ def serve(
             print(f"microvm web: serving on {host}:{port}; the address with its token is in {token_file}", flush=True)
         else:
             print(f"microvm web: open {address}", flush=True)
+    # uvicorn shuts down on SIGTERM, then raises it again for the handler it found: ours lets the socket be removed
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
     finally:
