@@ -89,7 +89,9 @@ def test_every_request_needs_the_token_and_changes_are_logged() -> None:
         assert opener.open(f"{base}/api/vms", timeout=30).read() == b"[]"  # with the cookie alone
         # a WebSocket without the token, or from another site with it, is closed before it opens
         assert asyncio.run(_console_refused(base, {})) == 1008
-        assert asyncio.run(_console_refused(base, {"Authorization": f"Bearer {token}", "Origin": "http://evil"})) == 1008
+        assert (
+            asyncio.run(_console_refused(base, {"Authorization": f"Bearer {token}", "Origin": "http://evil"})) == 1008
+        )
     log = process.stderr.read()
     assert "GET /api/vms refused: no token" in log and "POST /api/vms/alpha/start refused" in log
     assert "start no!good failed" in log and "console refused (no token)" in log
@@ -137,13 +139,18 @@ def test_listen_addresses_and_tls_beyond_loopback(tmp_path: Path) -> None:
         serve.check(serve.Listen.parse("0.0.0.0:8480"), None)
     serve.check(serve.Listen.parse("[::1]:8480"), None)
     refused = subprocess.run(
-        [sys.executable, "-m", "microvm", "web", "--listen", "0.0.0.0:8480"], capture_output=True, text=True
+        [sys.executable, "-m", "microvm", "web", "--listen", "0.0.0.0:8480"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert refused.returncode == 1 and "needs TLS" in refused.stderr and "Traceback" not in refused.stderr
     host = write_vm(tmp_path, "[microvm.web]\nenable = true\nlisten = '0.0.0.0:8480'\n", "host.toml")
     with pytest.raises(ConfigErrors) as error:
         load_host(host)
-    assert "host.toml" in str(error.value) and "microvm.web" in str(error.value) and "tlsCertificate" in str(error.value)
+    assert (
+        "host.toml" in str(error.value) and "microvm.web" in str(error.value) and "tlsCertificate" in str(error.value)
+    )
 
 
 @needs_systemd_analyze
@@ -201,12 +208,15 @@ async def _fan_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             f.flush()
             await asyncio.sleep(0.001)
     late, late_backlog = hub.join()  # joins mid-stream: backlog then queue, no gap, no repeat
-    got = {v: b"" for v, _ in [*viewers, (late, b"")]}
-    for viewer in got:
-        while len(got[viewer]) < (len(lines) if viewer is not late else 0) or not viewer.queue.empty():
-            got[viewer] += await asyncio.wait_for(viewer.queue.get(), 10)
-    assert all(got[v] == lines for v, _ in viewers)
-    assert (late_backlog + got[late]).endswith(lines[-1000:])
+
+    async def received(viewer: console.Viewer, least: int) -> bytes:
+        data = b""
+        while len(data) < least or not viewer.queue.empty():
+            data += await asyncio.wait_for(viewer.queue.get(), 10)
+        return data
+
+    assert all([await received(v, len(lines)) == lines for v, _ in viewers])
+    assert (late_backlog + await received(late, 0)).endswith(lines[-1000:])  # the hub has read all by now
     await hub.send(b"echo hello\n")
     await hub.send(b"ls\n")
     await asyncio.sleep(0.2)
