@@ -227,7 +227,8 @@ WEB_TOKEN = Path("/run/microvm/web.token")  # the address with the token, when i
 def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
     """``microvm-web.service``: `microvm web` as the host file says, as root (it starts and stops VM units).
 
-    Not ProtectHome: `update` builds into the store, which may be under a home directory.
+    Not ProtectHome: `update` builds into the store, which may be under a home directory; not PrivateTmp:
+    its socket may be under /tmp.
     """
     tls = ["--tls-cert", web.tlsCertificate, "--tls-key", web.tlsKey] if web.tlsCertificate and web.tlsKey else []
     argv = ["-m", "microvm", "web", "--listen", web.listen, "--group", web.group, "--token-file", str(WEB_TOKEN)]
@@ -239,7 +240,7 @@ def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
                 ("Environment", environment({"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)})),
                 ("ExecStart", command(sys.executable, *argv, *tls)),
                 ("Restart", "on-failure"),
-                *(h for h in BASE_HARDENING if h[0] != "ProtectHome"),
+                *(h for h in BASE_HARDENING if h[0] not in ("ProtectHome", "PrivateTmp")),
             ],
             "Install": [("WantedBy", "multi-user.target")],
         }

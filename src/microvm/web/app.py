@@ -114,6 +114,9 @@ class Authorise:
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
+        if conn.url.path == "/favicon.ico":  # browsers ask for it even on a refusal: the one thing anyone gets
+            await FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")(scope, receive, send)
+            return
         cross_site = (origin := conn.headers.get("origin")) and urlsplit(origin).netloc != conn.headers.get("host")
         if self.token is None and not (cross_site and scope["type"] == "websocket"):
             await self.app(scope, receive, send)
