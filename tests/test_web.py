@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from test_units import needs_systemd_analyze, verify
 from microvm.config import load_host
 from microvm.errors import ConfigErrors, MicrovmError
 from microvm.host import apply as host_apply
-from microvm.host import units
+from microvm.host import statedir, units
 from microvm.model.options import WebOptions
 from microvm.store import Store
 from microvm.web import console, serve
@@ -172,6 +173,24 @@ def test_host_apply_writes_the_web_unit_and_removes_it(tmp_path: Path) -> None:
     assert f"remove {unit_dir / units.WEB}" in removal
     tls = WebOptions(listen="192.0.2.1:443", tlsCertificate="/etc/c.pem", tlsKey="/etc/k.pem")
     assert "--tls-cert /etc/c.pem --tls-key /etc/k.pem" in units.web_service(tls, state, tmp_path)
+
+
+def test_a_busy_console_socket_still_counts_as_running(tmp_path: Path) -> None:
+    """A hypervisor serving one console client leaves the next in its backlog: the probe must not wait there.
+
+    (`list` and the page hung while a console was attached to a VM run without systemd.)
+    """
+    path = tmp_path / "console.sock"
+    with socket.socket(socket.AF_UNIX) as listening, socket.socket(socket.AF_UNIX) as attached:
+        listening.bind(str(path))
+        listening.listen(0)  # as busy as qemu's chardev with a client: one more waits, the next blocks
+        attached.connect(str(path))
+        answers: list[bool] = []
+        probe = threading.Thread(target=lambda: answers.extend(statedir._socket_alive(path) for _ in range(3)))
+        probe.start()
+        probe.join(5)
+        assert answers == [True, True, True]
+    assert not statedir._socket_alive(path)  # nobody listens: a stale file
 
 
 # --- the console hub: a real log file and a real console socket ------------------

@@ -34,6 +34,7 @@ from .console import ConsoleHub
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "microvm_web_token"
+LIST_FRESH = 1.0  # seconds a look at the VMs serves every page asking
 log = logging.getLogger("microvm.web")
 
 
@@ -161,8 +162,16 @@ def create_app(state_dir: Path | None = None, token: str | None = None, secure: 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
+    # The list, looked at most once a LIST_FRESH however many pages ask (each look probes every VM's sockets).
+    listing: dict[str, Any] = {"at": -LIST_FRESH, "vms": []}
+    looking = asyncio.Lock()
+
     async def vms(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(lambda: [describe(s) for s in installed(state_dir)]))
+        async with looking:
+            if time.monotonic() - listing["at"] >= LIST_FRESH:
+                listing["vms"] = await run_in_threadpool(lambda: [describe(s) for s in installed(state_dir)])
+                listing["at"] = time.monotonic()
+        return JSONResponse(listing["vms"])
 
     async def one(request: Request) -> Response:
         try:
@@ -185,6 +194,7 @@ def create_app(state_dir: Path | None = None, token: str | None = None, secure: 
             return _error(exc)
         except LookupError:
             return JSONResponse({"error": "no such VM"}, status_code=404)
+        listing["at"] = -LIST_FRESH  # the next list shows what the action did
         log.info("%s: %s %s: %s", _who(request), verb, name, message.splitlines()[0])
         return JSONResponse({"message": message})
 
