@@ -196,9 +196,7 @@ def test_a_busy_console_socket_still_counts_as_running(tmp_path: Path) -> None:
 # --- the console hub: a real log file and a real console socket ------------------
 
 
-def test_console_fans_out_to_many_viewers_and_types_through_one_connection(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_console_fans_out_to_many_viewers_and_types_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(_fan_out(tmp_path, monkeypatch))
 
 
@@ -236,10 +234,10 @@ async def _fan_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert all([await received(v, len(lines)) == lines for v, _ in viewers])
     assert (late_backlog + await received(late, 0)).endswith(lines[-1000:])  # the hub has read all by now
-    await hub.send(b"echo hello\n")
-    await hub.send(b"ls\n")
+    for keys in (b"echo hello\n", b"l", b"s", b"\n"):  # each batch on a connection of its own, in order
+        await hub.send(keys)
     await asyncio.sleep(0.2)
-    assert b"".join(typed) == b"echo hello\nls\n" and connections == 1
+    assert b"".join(typed) == b"echo hello\nls\n" and connections == 4
     # a viewer that does not keep up is cut off (its queue is bounded), the others go on
     monkeypatch.setattr(console, "QUEUE", 8)  # its queue: 8 chunks (the others have the default)
     stalled, _ = hub.join()
@@ -264,7 +262,7 @@ async def _fan_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for viewer, _ in [*viewers, (late, b""), (stalled, b"")]:
         await hub.leave(viewer)
     await asyncio.sleep(0.1)
-    assert hub._writer is None and hub._log is None
+    assert hub._log is None and hub._follow is None
     server.close()
 
 

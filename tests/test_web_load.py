@@ -1,10 +1,10 @@
 """Load on `microvm web`: 20 viewers of one live console and 100 page loads a second, for a bounded time.
 
 A real guest (an installed VM run with `microvm run NAME`, no systemd needed)
-prints a numbered burst twice: once watched by one viewer, once under the load.
-The guest's pace is timed from its console log, which the hypervisor writes
-whoever watches; every viewer must get every line in order; the server's memory
-must level off.
+prints a numbered burst in rounds, alternately watched by one viewer and under
+the load (interleaved: the machine is shared). The guest's pace is timed from
+its console log, which the hypervisor writes whoever watches; every viewer must
+get every line in order; the server's memory must level off.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,13 @@ from test_web import address, serving
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 websockets = pytest.importorskip("websockets")
 
-VIEWERS, PAGE_LOADS, LOAD_SECONDS, LINES = 20, 100, 20, 3000
+VIEWERS, PAGE_LOADS, LINES = 20, 100, 20000
+ROUNDS, ROUND_SECONDS = 3, 8  # each loaded round keeps the load on this long, its burst included
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -41,7 +49,7 @@ def burst(n: int) -> tuple[str, str]:
 
 
 def expected() -> str:
-    return "\r\n".join(str(i) for i in range(1, LINES + 1)) + "\r\n"
+    return "\r\n" + "\r\n".join(str(i) for i in range(1, LINES + 1)) + "\r"
 
 
 class PageLoads(threading.Thread):
@@ -50,7 +58,7 @@ class PageLoads(threading.Thread):
     def __init__(self, base: str, token: str, stop: threading.Event) -> None:
         super().__init__(daemon=True)
         self.base, self.token, self.stop = base, token, stop
-        self.done, self.slowest = 0, 0.0
+        self.done, self.slowest, self.rate = 0, 0.0, 0.0
         self.failed: list[str] = []
 
     def run(self) -> None:
@@ -76,10 +84,8 @@ async def _collect(ws: websockets.ClientConnection, into: bytearray) -> None:
         into.extend(message)
 
 
-async def viewer(url: str, token: str, received: bytearray, ready: asyncio.Event) -> None:
-    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-        ready.set()
-        await _collect(ws, received)
+def _connect(url: str, token: str):
+    return websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None)
 
 
 async def until_in_log(log: Path, mark: str, timeout: float = 120) -> None:
@@ -98,6 +104,27 @@ async def timed_burst(typist: websockets.ClientConnection, log: Path, n: int) ->
     return time.monotonic() - began
 
 
+@contextlib.asynccontextmanager
+async def load(base: str, url: str, token: str) -> AsyncIterator[tuple[list[bytearray], PageLoads]]:
+    """VIEWERS on the console and PAGE_LOADS a second, for at least ROUND_SECONDS; what each viewer received."""
+    received = [bytearray() for _ in range(VIEWERS)]
+    viewers = [await _connect(url, token) for _ in range(VIEWERS)]
+    watching = [asyncio.create_task(_collect(ws, into)) for ws, into in zip(viewers, received, strict=True)]
+    stop = threading.Event()
+    loads = PageLoads(base, token, stop)
+    began = time.monotonic()
+    loads.start()
+    yield received, loads
+    await asyncio.sleep(max(0.0, began + ROUND_SECONDS - time.monotonic()))
+    stop.set()
+    await asyncio.to_thread(loads.join)
+    loads.rate = loads.done / (time.monotonic() - began)
+    await asyncio.sleep(1)  # the viewers take the rest
+    for ws in viewers:
+        await ws.close()
+    await asyncio.gather(*watching, return_exceptions=True)
+
+
 def test_twenty_viewers_and_a_hundred_page_loads_a_second(tmp_path: Path) -> None:
     src = write_vm(
         tmp_path / "src",
@@ -106,8 +133,7 @@ def test_twenty_viewers_and_a_hundred_page_loads_a_second(tmp_path: Path) -> Non
     )
     created = microvm("create", "load", "-f", str(src.parent))
     assert created.returncode == 0, created.stderr
-    state = Path(os.environ["MICROVM_STATE_DIR"]) / "load"
-    log = state / "load-console.log"
+    log = Path(os.environ["MICROVM_STATE_DIR"]) / "load" / "load-console.log"
     vm = subprocess.Popen(
         [sys.executable, "-m", "microvm", "run", "load"],
         stdin=subprocess.DEVNULL,
@@ -118,59 +144,44 @@ def test_twenty_viewers_and_a_hundred_page_loads_a_second(tmp_path: Path) -> Non
         wait_for("the guest's shell", lambda: log.exists() and "marker: load booted" in log.read_text(), BOOT_TIMEOUT)
         with serving("--listen", "127.0.0.1:0") as (server, line):
             base, token = address(line)
-            url = base.replace("http", "ws", 1) + "/api/vms/load/console"
-            asyncio.run(_under_load(base, url, token, log, server.pid))
+            asyncio.run(_rounds(base, base.replace("http", "ws", 1) + "/api/vms/load/console", token, log, server.pid))
     finally:
         vm.terminate()
         vm.wait(timeout=120)
 
 
-async def _under_load(base: str, url: str, token: str, log: Path, pid: int) -> None:
-    typist_seen = bytearray()
-    typist = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"})
-    drain = asyncio.create_task(_collect(typist, typist_seen))
+async def _rounds(base: str, url: str, token: str, log: Path, pid: int) -> None:
+    typist = await _connect(url, token)
+    drain = asyncio.create_task(_collect(typist, bytearray()))
     for _ in range(60):  # the shell may still be starting: ask until it answers
         await typist.send("echo ready-$((1+1))\n")
         with contextlib.suppress(AssertionError):
             await until_in_log(log, "ready-2", 2)
             break
-    alone = await timed_burst(typist, log, 1)
-    received = [bytearray() for _ in range(VIEWERS)]
-    ready = [asyncio.Event() for _ in range(VIEWERS)]
-    watching = [asyncio.create_task(viewer(url, token, received[i], ready[i])) for i in range(VIEWERS)]
-    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 30)
-    stop = threading.Event()
-    loads = PageLoads(base, token, stop)
-    began = time.monotonic()
-    loads.start()
-    memory = []
-    await asyncio.sleep(2)
-    loaded = await timed_burst(typist, log, 2)
-    while time.monotonic() - began < LOAD_SECONDS:
+    alone, loaded, rates, memory, cpu = [], [], [], [], 0.0
+    for n in range(ROUNDS):
+        alone.append(await timed_burst(typist, log, 2 * n))
         memory.append(rss_kib(pid))
-        await asyncio.sleep(1)
-    stop.set()
-    await asyncio.to_thread(loads.join)
-    elapsed = time.monotonic() - began
-    await asyncio.sleep(1)  # the viewers take the rest
+        before = cpu_seconds(pid)
+        async with load(base, url, token) as (received, loads):
+            loaded.append(await timed_burst(typist, log, 2 * n + 1))
+        cpu += cpu_seconds(pid) - before
+        rates.append(loads.rate)
+        memory.append(rss_kib(pid))
+        assert loads.failed == [], loads.failed
+        recorded = log.read_bytes()
+        for data in received:  # nothing lost: each viewer got a piece of the log, with the whole burst and its mark
+            text = data.decode(errors="replace")
+            assert bytes(data) in recorded and expected() in text and f"burst-{2 * n + 1}-done" in text
     await typist.close()
-    for task in [*watching, drain]:
-        task.cancel()
-    await asyncio.gather(*watching, drain, return_exceptions=True)
-    rate = loads.done / elapsed
-    half = len(memory) // 2
+    drain.cancel()
     print(
-        f"\nburst of {LINES} lines: {alone:.2f} s watched by one, {loaded:.2f} s under {VIEWERS} viewers and "
-        f"{rate:.0f} page loads/s (slowest {loads.slowest * 1000:.0f} ms); server RSS "
-        f"{memory[0] / 1024:.1f} -> {max(memory[:half]) / 1024:.1f} -> {max(memory[half:]) / 1024:.1f} MiB"
+        f"\nburst of {LINES} lines (s): watched by one {[round(t, 2) for t in alone]}, under {VIEWERS} viewers and "
+        f"page loads {[round(t, 2) for t in loaded]}; page loads/s {[round(r) for r in rates]}; server CPU "
+        f"{cpu / (ROUNDS * ROUND_SECONDS):.0%} of a core under load; RSS (MiB) {[round(m / 1024, 1) for m in memory]}"
     )
-    assert loads.failed == [], loads.failed
-    assert rate >= 0.9 * PAGE_LOADS, f"only {rate:.0f} page loads a second"
-    # the guest's output is not slowed (a loaded 2-core machine: allow noise, not a slowdown)
-    assert loaded < alone * 1.5 + 1.0, (alone, loaded)
-    # nothing lost: every viewer saw the whole burst, in order, and its mark
-    for data in received:
-        text = data.decode(errors="replace")
-        assert expected() in text and "burst-2-done" in text
-    # memory levels off: the second half of the run does not grow past the first
-    assert max(memory[half:]) <= max(memory[:half]) + 8 * 1024, memory
+    assert min(rates) >= 0.9 * PAGE_LOADS, rates
+    # not slowed: the guest never waits for a viewer; what remains is the load's CPU on a shared 2-core machine
+    assert statistics.median(loaded) < 2 * statistics.median(alone) + 0.5, (alone, loaded)
+    # memory levels off: the last round ends where the first did, give or take
+    assert max(memory[-2:]) <= max(memory[:2]) + 8 * 1024, memory

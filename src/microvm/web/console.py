@@ -3,9 +3,7 @@
 What the guest prints comes from its console log (the hypervisor writes it
 whoever is connected): one reader per VM follows the file and hands each new
 chunk to every viewer, who first gets the end of the log as backlog. The
-console socket is connected only once someone types (a connected client costs
-the hypervisor work for every byte, see microvm.runner.terminal.relay), read
-and discarded while connected, and closed when the last viewer leaves.
+console socket is connected only to type, a moment each time (see :func:`_type`).
 
 A viewer too slow to take what the guest prints is disconnected (its queue is
 bounded), never fed a console with a gap: memory stays bounded and nothing
@@ -17,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +25,32 @@ BACKLOG = 64 * 1024  # bytes of the log a new viewer sees first
 CHUNK = 64 * 1024  # most bytes handed out at once
 QUEUE = 1024  # chunks a viewer may fall behind before it is disconnected
 POLL = 0.02  # seconds between looks at the log
+
+
+def _type(path: Path, data: bytes) -> None:
+    """Type ``data`` over a connection of its own, closed on our side at once.
+
+    The hypervisor takes the keys, sees the end and lets go: connected, it sends
+    the client every byte the guest prints, one at a time, and a client a moment
+    late fills the socket; qemu then writes bytes twice into the log. A thread
+    empties the socket until the hypervisor closes it.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)  # a console with another client (`microvm console`) keeps us in its backlog
+    try:
+        sock.connect(os.fspath(path))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        sock.close()
+        raise
+    threading.Thread(target=_empty, args=(sock,), name=f"console {path.name}", daemon=True).start()
+
+
+def _empty(sock: socket.socket) -> None:
+    with sock, contextlib.suppress(OSError):
+        while sock.recv(CHUNK):
+            pass
 
 
 @dataclass(eq=False)
@@ -53,9 +79,7 @@ class ConsoleHub:
         self._log: BinaryIO | None = None
         self._offset = 0
         self._follow: asyncio.Task[None] | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._drain: asyncio.Task[None] | None = None
-        self._connecting = asyncio.Lock()
+        self._typing = asyncio.Lock()
 
     def join(self) -> tuple[Viewer, bytes]:
         """A new viewer and its backlog; what follows comes through its queue, without a gap or a repeat."""
@@ -74,40 +98,18 @@ class ConsoleHub:
         self.viewers.discard(viewer)
         if self.viewers:
             return
-        for task in (self._follow, self._drain):
-            if task is not None:
-                task.cancel()
-        self._follow = self._drain = None
-        await self._disconnect()
+        if self._follow is not None:
+            self._follow.cancel()
+        self._follow = None
         if self._log is not None:
             self._log.close()
             self._log = None
 
     async def send(self, data: bytes) -> None:
-        """Type ``data`` into the console (connecting its socket on first use)."""
-        async with self._connecting:
-            if self._writer is None:
-                try:
-                    reader, self._writer = await asyncio.open_unix_connection(os.fspath(self.socket_path))
-                except OSError:
-                    return  # not running: there is nobody to type to
-                self._drain = asyncio.get_running_loop().create_task(self._discard(reader))
-        with contextlib.suppress(OSError):
-            self._writer.write(data)
-            await self._writer.drain()
-
-    async def _discard(self, reader: asyncio.StreamReader) -> None:
-        """Read what the socket sends (the log has it): the hypervisor must be able to write to us."""
-        while await reader.read(CHUNK):
-            pass
-        await self._disconnect()  # the VM stopped: the next keystroke connects to its next boot
-
-    async def _disconnect(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        """Type ``data`` into the console; one batch after the other, in order."""
+        async with self._typing:
+            with contextlib.suppress(OSError):  # not running: nobody to type to
+                await asyncio.get_running_loop().run_in_executor(None, _type, self.socket_path, data)
 
     def _open_log(self, at_end: bool) -> None:
         try:
