@@ -12,8 +12,6 @@ import contextlib
 import shutil
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, build_file, write_vm
-from test_host_systemd import STATE, Host, rootfs_tarball, wait_for
+from test_host_systemd import STATE, Host, unpacked_rootfs, wait_for
 from test_web import address, serving
 
 pytest.importorskip("selenium")
@@ -161,10 +159,7 @@ def test_page_lists_starts_shows_the_console_and_stops_under_systemd(shared_stor
         """,
         "host.toml",
     )
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
-    ro_binds = [str(REPO), *([] if sys.base_prefix.startswith("/usr") else [sys.base_prefix])]  # the venv's Python
+    rootfs, ro_binds = unpacked_rootfs(tmp_path)
     with container(rootfs, [str(shared_store.root), str(work)], ro_binds, tmp_path / "container.log") as box:
         host = Host(box, rootfs, set())
         box.wait_running()
