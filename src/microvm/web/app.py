@@ -103,8 +103,9 @@ class Authorise:
     """Every request carries the token (header, cookie, or once in the address), else 401 / close 1008.
 
     A page opened with ``?token=`` gets it as a strict same-site cookie and is
-    sent to the address without it. WebSockets from another origin are refused
-    whatever they carry (a page elsewhere must not drive a console).
+    sent to the address without it. Whatever it carries, a request from a page
+    of another site may neither change anything nor open a console (403 / close
+    1008): a unix socket forwarded to a local port needs no token at all.
     """
 
     def __init__(self, app: ASGIApp, token: str | None, secure: bool) -> None:
@@ -118,35 +119,41 @@ class Authorise:
         if conn.url.path == "/favicon.ico":  # browsers ask for it even on a refusal: the one thing anyone gets
             await FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")(scope, receive, send)
             return
-        cross_site = (origin := conn.headers.get("origin")) and urlsplit(origin).netloc != conn.headers.get("host")
-        if self.token is None and not (cross_site and scope["type"] == "websocket"):
-            await self.app(scope, receive, send)
+        websocket = scope["type"] == "websocket"
+        what = "console" if websocket else f"{scope['method']} {conn.url.path}"
+        origin = conn.headers.get("origin")
+        changes = websocket or scope["method"] not in ("GET", "HEAD")
+        if changes and origin and urlsplit(origin).netloc != conn.headers.get("host"):
+            await self._refuse(scope, receive, send, f"{_who(conn)}: {what} refused: other origin {origin}", 403)
             return
-        bearer = conn.headers.get("authorization", "").removeprefix("Bearer ")
         in_address = conn.query_params.get("token", "")
-        given = [bearer, conn.cookies.get(COOKIE, ""), in_address]
-        allowed = self.token is None or any(hmac.compare_digest(g.encode(), self.token.encode()) for g in given)
+        if self.token is not None:
+            given = [
+                conn.headers.get("authorization", "").removeprefix("Bearer "),
+                conn.cookies.get(COOKIE, ""),
+                in_address,
+            ]
+            if not any(hmac.compare_digest(g.encode(), self.token.encode()) for g in given):
+                await self._refuse(scope, receive, send, f"{_who(conn)}: {what} refused: no token", 401)
+                return
+            if in_address and not websocket:
+                rest = {k: v for k, v in conn.query_params.items() if k != "token"}
+                response = RedirectResponse(conn.url.path + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
+                response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", secure=self.secure)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, why: str, status: int) -> None:
+        log.warning("%s", why)
         if scope["type"] == "websocket":
-            if allowed and not cross_site:
-                await self.app(scope, receive, send)
-            else:
-                log.warning("%s: console refused (%s)", _who(conn), "other origin" if allowed else "no token")
-                await WebSocketClose(code=1008)(scope, receive, send)
+            await WebSocketClose(code=1008)(scope, receive, send)
             return
-        response: Response | None = None
-        if not allowed:
-            log.warning("%s: %s %s refused: no token", _who(conn), conn.scope["method"], conn.url.path)
-            response = PlainTextResponse(
-                "a token is needed: the address `microvm web` printed when it started has it\n", status_code=401
-            )
-        elif in_address and hmac.compare_digest(in_address.encode(), self.token.encode()):
-            rest = {k: v for k, v in conn.query_params.items() if k != "token"}
-            response = RedirectResponse(conn.url.path + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", secure=self.secure)
-        if response is not None:
-            await response(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        answer = {
+            401: "a token is needed: the address `microvm web` printed when it started has it\n",
+            403: "refused: a page of another site may not change anything here\n",
+        }
+        await PlainTextResponse(answer[status], status_code=status)(scope, receive, send)
 
 
 def create_app(state_dir: Path | None = None, token: str | None = None, secure: bool = False) -> ASGIApp:
