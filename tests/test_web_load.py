@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import BOOT_TIMEOUT, microvm, write_vm
 from test_host_systemd import wait_for
-from test_web import address, serving
+from test_web import address, get, serving
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 websockets = pytest.importorskip("websockets")
@@ -144,6 +145,11 @@ def test_twenty_viewers_and_a_hundred_page_loads_a_second(tmp_path: Path) -> Non
         wait_for("the guest's shell", lambda: log.exists() and "marker: load booted" in log.read_text(), BOOT_TIMEOUT)
         with serving("--listen", "127.0.0.1:0") as (server, line):
             base, token = address(line)
+            status, body = get(f"{base}/api/vms/load", token)
+            shown = json.loads(body)
+            assert status == 200 and shown["running"] and shown["state"] == "current", shown
+            assert (shown["hypervisor"], shown["vcpu"], shown["mem"]) == ("qemu", 1, 256) and shown["uptime"] >= 0
+            assert "marker: load booted" in get(f"{base}/api/vms/load/log", token)[1]
             asyncio.run(_rounds(base, base.replace("http", "ws", 1) + "/api/vms/load/console", token, log, server.pid))
     finally:
         vm.terminate()
