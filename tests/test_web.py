@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -115,6 +116,41 @@ async def _console_refused(base: str, headers: dict[str, str]) -> int | None:
     except websockets.ConnectionClosed as exc:
         return exc.rcvd.code if exc.rcvd else None
     return None
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl (to make a certificate)")
+def test_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert]
+        + ["-subj", "/CN=127.0.0.1", "-days", "1"],
+        check=True,
+        capture_output=True,
+    )
+    with serving("--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)) as (_, line):
+        base, token = address(line)
+        assert base.startswith("https://")
+        context = ssl.create_default_context(cafile=cert)
+        context.check_hostname = False  # the certificate names 127.0.0.1 as its CN only
+        plain = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        bearer = urllib.request.Request(f"{base}/api/vms", headers={"Authorization": f"Bearer {token}"})
+        with plain.open(bearer, timeout=30) as answer:
+            assert answer.read() == b"[]"
+        request = urllib.request.Request(f"{base}/?token={token}")
+        redirect = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as seen:
+            redirect.open(request, timeout=30)
+        cookie = seen.value.headers["set-cookie"]
+        assert seen.value.code == 303 and "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    half = subprocess.run(
+        [sys.executable, "-m", "microvm", "web", "--tls-cert", str(cert)], capture_output=True, text=True, check=False
+    )
+    assert half.returncode == 1 and "--tls-cert and --tls-key go together" in half.stderr
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None
 
 
 def test_unix_socket_is_for_the_group_only(tmp_path: Path) -> None:

@@ -151,6 +151,8 @@ def test_twenty_viewers_and_a_hundred_page_loads_a_second(tmp_path: Path) -> Non
             assert (shown["hypervisor"], shown["vcpu"], shown["mem"]) == ("qemu", 1, 256) and shown["uptime"] >= 0
             assert "marker: load booted" in get(f"{base}/api/vms/load/log", token)[1]
             asyncio.run(_rounds(base, base.replace("http", "ws", 1) + "/api/vms/load/console", token, log, server.pid))
+        errors = server.stderr.read()
+        assert "Traceback" not in errors and "exception" not in errors.lower(), errors
     finally:
         vm.terminate()
         vm.wait(timeout=120)

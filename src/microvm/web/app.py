@@ -227,9 +227,10 @@ def create_app(state_dir: Path | None = None, token: str | None = None, secure: 
         viewer, backlog = hub.join()
         log.info("%s: console %s opened (%d viewers)", _who(websocket), name, len(hub.viewers))
 
-        async def typed() -> None:
-            while True:
-                await hub.send((await websocket.receive_text()).encode())
+        async def typed() -> None:  # ends when the browser goes
+            while (message := await websocket.receive())["type"] != "websocket.disconnect":
+                text = message.get("text")
+                await hub.send(text.encode() if text is not None else message.get("bytes") or b"")
 
         keys = asyncio.get_running_loop().create_task(typed())
         try:
@@ -239,7 +240,7 @@ def create_app(state_dir: Path | None = None, token: str | None = None, secure: 
                 await websocket.send_bytes(data)
             if viewer.dropped:
                 await websocket.close(code=1013, reason="fell behind the console: reconnect")
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the browser went away
         finally:
             keys.cancel()
