@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, write_vm
+from helpers import LONG_RUNNING_VM, REPO, boot, microvm, shut_down, started, wait_for_text, write_vm
 
 from microvm.config import load_vm
 from microvm.guest.cpio import CpioArchive
@@ -142,33 +142,11 @@ def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> 
     assert (state / "data.img").stat().st_ino == inode  # the image was not recreated
 
 
-def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = BOOT_TIMEOUT) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text(errors="replace") if path.exists() else ""
-        if text in content:
-            return content
-        assert proc.poll() is None, f"the VM exited early:\n{content}"
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} did not appear in {path}")
-
-
-LONG_RUNNING_VM = """
-[guest]
-hostName = "{name}"
-shell = false
-[guest.services.ticker]
-command = 'echo "ready: {name}"; while :; do sleep 1; done'
-[microvm]
-mem = 256
-"""
-
-
 def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -> None:
     file = write_vm(tmp_path, LONG_RUNNING_VM.format(name="stopme"))
     state = tmp_path / "state"
     with started(shared_store, file, state) as (built, vm):
-        _wait_for(state / "stopme-console.log", "ready: stopme", vm)
+        wait_for_text(state / "stopme-console.log", "ready: stopme", vm)
         shut_down(built, state, vm)
     console = (state / "stopme-console.log").read_text()
     assert "stopme is shutting down" in console
@@ -200,7 +178,7 @@ def test_ctrl_c_on_run_shuts_down_gracefully(tmp_path: Path) -> None:
     )
     log = tmp_path / "state" / "ctrlc" / "ctrlc-console.log"
     try:
-        _wait_for(log, "ready: ctrlc", run)
+        wait_for_text(log, "ready: ctrlc", run)
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=120)
     finally:

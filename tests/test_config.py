@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from conftest import REPO, write_vm
+from helpers import REPO, write_vm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner

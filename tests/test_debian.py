@@ -15,7 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, build_file, exposure, microvm, write_vm
+from helpers import (
+    BOOT_TIMEOUT,
+    CLOSED_PORT,
+    DEBIAN_PACKAGES,
+    SSH_PORT,
+    WEB_PORT,
+    build_file,
+    exposure,
+    microvm,
+    write_debian_vm,
+    write_vm,
+)
 from notify import FakeSystemd
 
 from microvm.config import load_vm
@@ -23,114 +34,7 @@ from microvm.errors import ConfigErrors, MicrovmError
 from microvm.runner.build import build_vm
 from microvm.store import Store
 
-WEB_PORT, SSH_PORT, CLOSED_PORT = 18080, 12222, 19000
 pytestmark = pytest.mark.xdist_group("boot")  # one worker: the package tree is built once, boots do not compete
-
-DEBIAN_VM = """
-[guest]
-hostName = "{name}"
-base = "debian"
-packages = {packages}
-timeZone = "Europe/Berlin"
-
-[guest.users.root]
-authorizedKeys = ["{key}"]
-
-[guest.users.alice]
-uid = 1234
-groups = ["users"]
-authorizedKeys = ["{key}"]
-
-[guest.files."/etc/microvm-test"]
-source = "files/marker.txt"
-mode = "0640"
-user = "alice"
-
-[guest.services.prepare]
-type = "oneshot"
-command = "mkdir -p /srv/www && echo served-by-$NAME > /srv/www/index.html"
-environment = {{ NAME = "{name}" }}
-
-[guest.services.web]
-description = "a small web server"
-command = "exec busybox httpd -f -p 8000 -h /srv/www"
-user = "www-data"
-after = ["prepare"]
-
-[guest.services.tick]
-command = "date >> /var/lib/data/ticks"
-type = "oneshot"
-startAt = "minutely"
-
-[guest.firewall]
-enable = true
-allowedTCPPorts = [22, 8000]
-
-[guest.mounts.data]
-volume.size = 64
-
-[guest.mounts.shared]
-share.enable = true
-
-[guest.mounts.journal]  # the guest's journal on the host (microvm.nix FAQ)
-mountpoint = "/var/log/journal"
-share.enable = true
-
-[guest.store.readwrite]
-enable = true
-size = 256
-
-[guest.store.readonly]
-enable = {shared_store}
-
-[microvm]
-mem = 512
-readiness = true
-storeDiskErofsFlags = ["-zlz4"]  # a quarter of lz4hc's build time
-
-[[microvm.interfaces]]
-type = "user"
-id = "eth0"
-mac = "02:00:00:00:00:42"
-
-[[microvm.forwardPorts]]
-host.port = {web}
-guest.port = 8000
-
-[[microvm.forwardPorts]]
-host.port = {ssh}
-guest.port = 22
-
-[[microvm.forwardPorts]]
-host.port = {closed}
-guest.port = 9000
-"""
-PACKAGES = ["openssh-server", "busybox"]
-
-
-def write_debian_vm(
-    directory: Path, key: Path, name: str = "deb-test", packages: list[str] = PACKAGES, shared_store: bool = False
-) -> Path:
-    (directory / "files").mkdir(parents=True, exist_ok=True)
-    if not (directory / "files/marker.txt").exists():
-        (directory / "files/marker.txt").write_text("declared file, round 1\n")
-    text = DEBIAN_VM.format(
-        name=name,
-        packages=json.dumps(packages),
-        shared_store=json.dumps(shared_store),
-        key=key.read_text().strip(),
-        web=WEB_PORT,
-        ssh=SSH_PORT,
-        closed=CLOSED_PORT,
-    )
-    return write_vm(directory, text)
-
-
-@pytest.fixture(scope="module")
-def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    key = tmp_path_factory.mktemp("ssh") / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
-    return key.with_suffix(".pub")
 
 
 def _store_contents(store: Store, host: str) -> set[str]:
@@ -233,7 +137,7 @@ def test_rebuild_is_a_cache_hit_and_a_new_package_a_new_entry(
     assert again.runner == first.runner and again.system == first.system
     assert _store_contents(shared_store, "deb-test") == before
 
-    more = build_file(shared_store, write_debian_vm(tmp_path / "b", ssh_key, packages=[*PACKAGES, "less"]))
+    more = build_file(shared_store, write_debian_vm(tmp_path / "b", ssh_key, packages=[*DEBIAN_PACKAGES, "less"]))
     assert more.system != first.system
     old = json.loads((first.runner / "share/microvm/packages.json").read_text())
     new = json.loads((more.runner / "share/microvm/packages.json").read_text())

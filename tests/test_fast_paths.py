@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, microvm, write_vm
+from helpers import BOOT_TIMEOUT, microvm, write_vm
 
 from microvm.cli import fast_run
 from microvm.hypervisors.qemu import host_tsc_khz

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_file, microvm, write_vm
-from test_host import VM
+from helpers import POWEROFF_VM, build_file, microvm, write_vm
 
 from microvm.guest.kernel import KernelEntry
 from microvm.host import lifecycle
@@ -151,7 +150,9 @@ def test_gc_removes_the_temporaries_of_killed_builds_and_gcs(tmp_path: Path) -> 
 def test_a_full_disk_is_one_error_line_and_leaves_nothing_partial(kernel_entry: Path, tmp_path: Path) -> None:
     kernel = KernelEntry.load(kernel_entry)
     local = f'[guest.kernel]\nimage = "{kernel.image}"\nmodulesDir = "{kernel.modules_dir}"'
-    file = write_vm(tmp_path, VM.format(name="full", mem=256, extra=local))  # the kernel alone is bigger than 40 MB
+    file = write_vm(
+        tmp_path, POWEROFF_VM.format(name="full", mem=256, extra=local)
+    )  # the kernel alone is bigger than 40 MB
     small = tmp_path / "small"
     small.mkdir()
     script = f"""mount -t tmpfs -o size=40m tmpfs {small} || exit 99
@@ -173,20 +174,20 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing_partial(kernel_entry: 
 
 def test_a_kill_before_the_switch_leaves_list_telling_the_truth(private: Store, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_vm(src, VM.format(name="sw", mem=256, extra=""), "sw.toml")
+    write_vm(src, POWEROFF_VM.format(name="sw", mem=256, extra=""), "sw.toml")
     assert microvm("create", "sw", "-f", str(src)).returncode == 0
     state = _state("sw")
     old = state.current
-    write_vm(src, VM.format(name="sw", mem=300, extra=""), "sw.toml")
+    write_vm(src, POWEROFF_VM.format(name="sw", mem=300, extra=""), "sw.toml")
     log = tmp_path / "update.log"
     assert microvm("update", "sw", env={**os.environ, "MICROVM_FAULT_LOG": str(log)}).returncode == 0
     lines = log.read_text().splitlines()
     switch = next(i for i, line in enumerate(lines, 1) if line.startswith("os.symlink") and ".current." in lines[i])
     # the same update again (to another size, so it builds as much), killed just before it creates the new `current`
     subprocess.run(["rm", "-rf", state.path], check=True)
-    write_vm(src, VM.format(name="sw", mem=256, extra=""), "sw.toml")
+    write_vm(src, POWEROFF_VM.format(name="sw", mem=256, extra=""), "sw.toml")
     assert microvm("create", "sw", "-f", str(src)).returncode == 0
-    write_vm(src, VM.format(name="sw", mem=320, extra=""), "sw.toml")
+    write_vm(src, POWEROFF_VM.format(name="sw", mem=320, extra=""), "sw.toml")
     killed = microvm("update", "sw", env={**os.environ, "MICROVM_FAULT_AT": str(switch)})
     assert killed.returncode == -signal.SIGKILL
     assert state.current == old
@@ -199,7 +200,7 @@ def test_a_kill_before_the_switch_leaves_list_telling_the_truth(private: Store, 
 
 def test_a_vm_whose_runner_is_gone_can_be_removed_and_says_how_to_run(private: Store, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_vm(src, VM.format(name="gone", mem=256, extra=VOLUME), "gone.toml")
+    write_vm(src, POWEROFF_VM.format(name="gone", mem=256, extra=VOLUME), "gone.toml")
     assert microvm("create", "gone", "-f", str(src)).returncode == 0
     state = _state("gone")
     (state.path / "data.img").write_text("user data")
@@ -272,7 +273,7 @@ class Scenario:
         return self.src / "host.toml"
 
     def define(self, mem: int) -> None:
-        write_vm(self.src, VM.format(name="web", mem=mem, extra=VOLUME), "web.toml")
+        write_vm(self.src, POWEROFF_VM.format(name="web", mem=mem, extra=VOLUME), "web.toml")
         write_vm(self.src, HOST.format(state=self.state_dir, mem=mem), "host.toml")
 
     def argv(self) -> list[str]:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_hypervisors_golden import guest_for
+from helpers import guest_for
 
 from microvm.helpers import HELPERS, main, parser
 from microvm.host import units

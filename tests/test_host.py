@@ -12,22 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, build_file, entries_built_for, microvm, write_vm
+from helpers import CACHE, POWEROFF_VM, build_file, entries_built_for, microvm, write_vm
 
 from microvm.cli import translate_legacy
 from microvm.host import lifecycle, statedir, unitfile, units
 from microvm.host.statedir import VMState, gc_roots, locked
 from microvm.store import Store
-
-VM = """
-[guest]
-hostName = "{name}"
-shell = false
-commands = ["poweroff"]
-[microvm]
-mem = {mem}
-{extra}
-"""
 
 
 def state_dir() -> Path:
@@ -53,8 +43,8 @@ def failing(*args: str) -> str:
 def define(source: Path, name: str, mem: int = 256, extra: str = "", layout: str = "flat") -> Path:
     """Write VM ``name`` into a source directory, as <name>.toml (flat) or <name>/vm.toml (nested)."""
     if layout == "flat":
-        return write_vm(source, VM.format(name=name, mem=mem, extra=extra), f"{name}.toml")
-    return write_vm(source / name, VM.format(name=name, mem=mem, extra=extra))
+        return write_vm(source, POWEROFF_VM.format(name=name, mem=mem, extra=extra), f"{name}.toml")
+    return write_vm(source / name, POWEROFF_VM.format(name=name, mem=mem, extra=extra))
 
 
 def list_states() -> dict[str, str]:
@@ -146,11 +136,11 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
     ok("create", "keep", "-f", str(src))
     state = vm_state("keep")
     before = (state.current, state.build_record)
-    (src / "keep.toml").write_text(VM.format(name="keep", mem=256, extra="vcpu = 0"))
+    (src / "keep.toml").write_text(POWEROFF_VM.format(name="keep", mem=256, extra="vcpu = 0"))
     message = failing("update", "keep")
     assert "keep.toml" in message and "microvm.vcpu" in message
     (src / "keep.toml").write_text(
-        VM.format(name="keep", mem=512, extra='[guest.kernel]\nimage = "/nonexistent/vmlinuz"')
+        POWEROFF_VM.format(name="keep", mem=512, extra='[guest.kernel]\nimage = "/nonexistent/vmlinuz"')
     )
     assert "/nonexistent/vmlinuz" in failing("update", "keep")  # a valid config whose build fails
     assert (state.current, state.build_record) == before

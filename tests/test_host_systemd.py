@@ -7,58 +7,19 @@ worktree (for the .venv) and the test's files are bound into it at the same path
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, CACHE, REPO, build_file, write_vm
-from nspawn import Container, _children, container
+from helpers import CACHE, REPO, STATE, Host, build_file, rootfs_tarball, unpacked_rootfs, wait_until, write_vm
+from nspawn import _children, container
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
-
-PACKAGES = [
-    "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "qemu-system-x86", "busybox-static",
-    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables", "systemd-container",
-]  # fmt: skip
-# The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
-# machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
-ROOTFS_HOOK = 'chmod 0711 "$1/root" && echo "z /dev/net/tun 0666 - - -" > "$1/etc/tmpfiles.d/microvm-test-tun.conf"'
-ROOTFS = CACHE / f"nspawn-bookworm-{hashlib.sha256(repr((PACKAGES, ROOTFS_HOOK)).encode()).hexdigest()[:12]}.tar.zst"
-STATE = Path("/srv/microvms")  # the host file moves stateDir: the commands find it in /etc/default/microvm
-
-
-def rootfs_tarball() -> Path:
-    """A minbase Debian with systemd and what the VMs need; built once, shared by later runs."""
-    ROOTFS.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{ROOTFS}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ROOTFS.exists():
-            tmp = ROOTFS.with_suffix(".tmp.tar.zst")
-            subprocess.run(
-                ["mmdebstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}"]
-                + [f"--customize-hook={ROOTFS_HOOK}", "bookworm", str(tmp)],
-                check=True,
-                capture_output=True,
-            )
-            tmp.rename(ROOTFS)
-    return ROOTFS
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = BOOT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 # alpha is VM 1 on the host's bridge: DHCP gives it 10.213.0.3 (n + 2), which it reports on its console
@@ -78,62 +39,6 @@ commands = ['echo "marker: {name} gen {gen} boot $(cat /proc/sys/kernel/random/b
 [microvm]
 mem = {mem}
 """
-
-
-class Host:
-    """The container plus the paths and commands of the test."""
-
-    def __init__(self, box: Container, rootfs: Path, seen: set[str]) -> None:
-        self.box, self.rootfs = box, rootfs
-        self.seen = seen  # boot ids already waited for: a console log can be left from an earlier boot
-        self.env = {
-            "PATH": f"{REPO}/.venv/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "MICROVM_STORE": str(CACHE / "store"),
-            "MICROVM_ACCEL": "tcg",
-        }
-
-    def microvm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.box.run("microvm", *args, env=self.env, check=check)
-
-    def systemctl(self, *args: str, check: bool = True) -> str:
-        return self.box.run("systemctl", *args, check=check).stdout.strip()
-
-    def active(self, name: str) -> bool:
-        return self.systemctl("is-active", f"microvm@{name}.service", check=False) == "active"
-
-    def console(self, name: str) -> str:
-        log = self.rootfs / STATE.relative_to("/") / name / f"{name}-console.log"
-        return log.read_text(errors="replace") if log.exists() else ""
-
-    def console_answer(self, name: str, command: str, answer: str) -> str:
-        """Type ``command`` into the VM's console shell, wait for ``answer``, detach (Ctrl-]); what the attach showed."""
-        attached = self.box.popen("microvm", "console", name, env=self.env)
-        attached.stdin.write(command + "\n")
-        attached.stdin.flush()
-        wait_for(f"{answer!r} on {name}'s console", lambda: answer in self.console(name))
-        attached.stdin.write("\x1d")
-        attached.stdin.flush()
-        assert attached.wait(timeout=30) == 0, attached.stderr.read()
-        return attached.stdout.read()
-
-    def main_pid(self, name: str) -> int:
-        return int(self.systemctl("show", "-P", "MainPID", f"microvm@{name}.service"))
-
-    def states(self) -> dict[str, str]:
-        lines = self.microvm("list").stdout.splitlines()
-        # "NAME: STATE (ADDRESSES), ADVICE: COMMAND" -> {NAME: STATE}
-        return {line.split(": ")[0]: re.split(r" \(|,", line.split(": ", 1)[1])[0] for line in lines}
-
-    def wait_booted(self, name: str, gen: int) -> None:
-        """Wait for a boot of ``name`` at ``gen`` not seen before."""
-
-        def booted() -> bool:
-            found = re.findall(rf"marker: {name} gen {gen} boot (\S+)", self.console(name))
-            new = [boot for boot in found if boot not in self.seen]
-            self.seen.update(new)
-            return bool(new)
-
-        wait_for(f"{name} gen {gen} to boot", booted)
 
 
 @pytest.fixture
@@ -181,17 +86,6 @@ def setup(shared_store, tmp_path: Path):
     return rootfs, work, host_file, [str(CACHE / "store"), str(work)], ro_binds, tmp_path
 
 
-def unpacked_rootfs(tmp_path: Path) -> tuple[Path, list[str]]:
-    """The rootfs unpacked under ``tmp_path``, and the read-only binds the venv needs in the container."""
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
-    ro_binds = [str(REPO)]
-    if not sys.base_prefix.startswith("/usr"):
-        ro_binds.append(sys.base_prefix)  # the venv's interpreter (e.g. pyenv's) lives outside /usr
-    return rootfs, ro_binds
-
-
 def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
     rootfs, work, host_file, binds, ro_binds, tmp_path = setup
 
@@ -212,7 +106,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert "network: add bridge microvm" in applied
         assert host.systemctl("is-active", "microvm-dnsmasq-microvm.service") == "active"
         assert "master microvm" in host.box.run("ip", "-o", "link", "show", "vm1").stdout
-        wait_for("alpha's DHCP address", lambda: "inet 10.213.0.3/24" in host.console("alpha"))
+        wait_until("alpha's DHCP address", lambda: "inet 10.213.0.3/24" in host.console("alpha"))
         assert "10.213.0.3" in host.microvm("list").stdout
         assert host.states() == {"alpha": "current", "beta": "current"}
         user = host.box.run("ps", "-o", "user=", "-p", str(host.main_pid("alpha")), check=False).stdout.strip()
@@ -246,7 +140,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.box.wait_running()
         for name in ("alpha", "beta"):
             host.wait_booted(name, 1)
-        wait_for("both VMs active", lambda: host.active("alpha") and host.active("beta"))
+        wait_until("both VMs active", lambda: host.active("alpha") and host.active("beta"))
 
         # systemctl stop shuts the guest down gracefully and removes booted
         host.systemctl("stop", "microvm@alpha.service")
@@ -263,7 +157,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         host.wait_booted("alpha", 1)
         # machinectl terminate stops the VM's unit (for good: a stop, not a crash Restart=always undoes)
         host.box.run("machinectl", "terminate", "alpha")
-        wait_for("alpha to stop", lambda: not host.active("alpha"), timeout=120)
+        wait_until("alpha to stop", lambda: not host.active("alpha"), timeout=120)
         host.microvm("start", "alpha")
         assert "alpha" in host.box.run("machinectl", "list", "--no-legend").stdout
 
@@ -285,7 +179,7 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         # Restart=always: a killed hypervisor comes back
         before = host.main_pid("beta")
         host.systemctl("kill", "--signal=SIGKILL", "microvm@beta.service")
-        wait_for("beta to be restarted", lambda: host.active("beta") and host.main_pid("beta") not in (0, before))
+        wait_until("beta to be restarted", lambda: host.active("beta") and host.main_pid("beta") not in (0, before))
         host.wait_booted("beta", 1)
 
         # update: outdated -> (update) stale -> (update -R) current, running the new build
@@ -402,7 +296,7 @@ def test_run_as_root_drops_the_hypervisor_to_the_microvm_user(setup) -> None:
         assert _passwd_uid(rootfs, "microvm") is None
         run = host.box.popen("microvm", "run", str(file), env=host.env)
         try:
-            wait_for("drop's guest", lambda: "ready: drop\nfrom-the-host" in _read(log).replace("\r", ""))
+            wait_until("drop's guest", lambda: "ready: drop\nfrom-the-host" in _read(log).replace("\r", ""))
             uid = _passwd_uid(rootfs, "microvm")
             qemu = next(p for p in _children(run.pid) if Path(os.readlink(f"/proc/{p}/exe")).name.startswith("qemu"))
             status = Path(f"/proc/{qemu}/status").read_text()

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, boot
+from helpers import REPO, boot
 
 from microvm.hypervisors import available
 

@@ -20,25 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import guest_for
 
 from microvm.config import vm_config
-from microvm.hypervisors import Feature, GuestArtifacts, RunnerSpec, get
+from microvm.hypervisors import Feature, RunnerSpec, get
 from microvm.hypervisors.base import IMAGE_FEATURES
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 BINDIR = "@BINDIR@"  # stands for the host's directory of a hypervisor binary found on its PATH
-
-
-def guest_for(hypervisor: str) -> GuestArtifacts:
-    kernel = "vmlinux" if get(hypervisor).kernel_format == "vmlinux" else "bzImage"
-    return GuestArtifacts(
-        kernel=Path(f"/var/lib/microvm/store/k/{kernel}"),
-        initrd=Path("/var/lib/microvm/store/i/initrd"),
-        root_image=Path("/var/lib/microvm/store/s/system.erofs"),
-        cmdline=["console=ttyS0", "init=/init", "quiet"],
-        accel="kvm",
-    )
 
 
 def full_options(hypervisor: str) -> dict[str, Any]:

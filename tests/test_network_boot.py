@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_file, write_vm
-from test_boot import _wait_for
-from test_network_host import microvm_in, snapshot
+from helpers import build_file, microvm_in, snapshot, wait_for_text, write_vm
 
 from microvm.config import load_host, vm_config
 from microvm.host.network import vm_addresses
@@ -178,7 +176,7 @@ def test_two_guests_on_the_bridge_with_nat_dhcp_and_forwarded_port(shared_store,
 
         consoles = {}
         for name, vm in vms.items():
-            consoles[name] = _wait_for(tmp_path / "state" / name / f"{name}-console.log", "checks done", vm)
+            consoles[name] = wait_for_text(tmp_path / "state" / name / f"{name}-console.log", "checks done", vm)
         for name, console in consoles.items():
             for line in guest_checks[name]:
                 if line.startswith("check "):
@@ -254,7 +252,7 @@ def test_routed_guest_reaches_host_and_uplink(shared_store, ns, uplink, tmp_path
     ns.run(str(built.runner / "bin/tap-up"), cwd=state)
     vm = ns.popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
     try:
-        console = _wait_for(state / "netr-console.log", "checks done", vm)
+        console = wait_for_text(state / "netr-console.log", "checks done", vm)
         for what in ("ping4-host", "ping6-host", "ping4-uplink"):
             assert f"ok: {what}" in console, console
         # the host reaches the VM by its routes: the n+1-th addresses after the host's

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import write_vm
+from helpers import write_vm
 from typer.testing import CliRunner
 
 from microvm.cli.app import app

@@ -8,15 +8,13 @@ nftables table, dnsmasq) and the runner's `bin/tap-up`/`tap-down`/
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_vm
-from test_hypervisors_golden import guest_for
+from helpers import guest_for, microvm_in, snapshot, write_vm
 
 from microvm.config import vm_config
 from microvm.hypervisors import get
@@ -29,24 +27,6 @@ enable = true
 [network.nat]
 enable = true
 """
-
-
-def microvm_in(ns, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The real CLI, run inside ``ns`` (the test's environment: private state dir)."""
-    return ns.run(sys.executable, "-m", "microvm", *args, check=check)
-
-
-def snapshot(ns) -> dict[str, str]:
-    """Everything of a namespace that `host network` may change."""
-    return {
-        # a link that was ever up keeps a default qdisc ("noqueue" instead of "noop"): the kernel's, not ours
-        "links": re.sub(r"qdisc \S+ ", "", ns.run("ip", "-d", "-o", "link", "show").stdout),
-        # duplicate address detection finishing is time, not a change
-        "addresses": ns.run("ip", "-o", "address", "show").stdout.replace(" tentative", ""),
-        "ruleset": ns.run("nft", "list", "ruleset").stdout,
-        "forwarding": ns.run("sysctl", "-n", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding").stdout,
-        "processes": " ".join(map(str, ns.pids())),
-    }
 
 
 def write_runner(directory: Path, microvm: dict, guest: dict | None = None) -> Path:

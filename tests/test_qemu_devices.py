@@ -7,8 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import microvm, shut_down, started, write_vm
-from test_boot import _wait_for
+from helpers import microvm, shut_down, started, wait_for_text, write_vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
@@ -81,7 +80,7 @@ def test_balloon_is_set_and_read_back_with_privileges_dropped(shared_store, tmp_
     )
     state = tmp_path / "state"
     with started(shared_store, file, state) as (built, vm):
-        _wait_for(state / "balloon-console.log", "ready: balloon", vm)
+        wait_for_text(state / "balloon-console.log", "ready: balloon", vm)
         uids = next(line for line in Path(f"/proc/{vm.pid}/status").read_text().splitlines() if line.startswith("Uid:"))
         assert set(uids.split()[1:]) == {str(pwd.getpwnam("nobody").pw_uid)}, uids
         result = subprocess.run(

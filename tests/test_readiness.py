@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, build_file, write_vm
+from helpers import BOOT_TIMEOUT, build_file, write_vm
 from notify import FakeSystemd
 
 from microvm.runner.ready import accepted

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, microvm, write_vm
-from test_boot import LONG_RUNNING_VM
+from helpers import BOOT_TIMEOUT, LONG_RUNNING_VM, microvm, write_vm
 
 from microvm.host.statedir import VMState
 from microvm.runner.privileges import _unreachable

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_file, entries_built_for, exposure, write_vm
+from helpers import build_file, entries_built_for, exposure, write_vm
 
 from microvm.errors import CommandError
 from microvm.guest.image import build_root_image

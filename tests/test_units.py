@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import needs_systemd_analyze, verify
 
 from microvm.host.network.units import network_units
 from microvm.host.unitfile import HEADER, command, environment, quote, render
 from microvm.model.options import HostConfig
-
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
-
-
-def verify(*units: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *map(str, units)], capture_output=True, text=True, check=False
-    )
 
 
 @pytest.mark.parametrize(

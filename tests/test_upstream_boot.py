@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import boot, build_file, shut_down, started, write_vm
-from test_boot import _wait_for
+from helpers import boot, build_file, shut_down, started, wait_for_text, write_vm
 
 from microvm.hypervisors import qmp
 
@@ -125,10 +124,10 @@ def test_pcie_root_port_takes_a_hot_plugged_device_on_q35(shared_store, tmp_path
     state = tmp_path / "state"
     log = state / "hotplug-console.log"
     with started(shared_store, file, state) as (built, vm):
-        _wait_for(log, "root ports: 1", vm)
+        wait_for_text(log, "root ports: 1", vm)
         assert "serial: from-extra-args" in log.read_text(errors="replace")
         qmp.execute(state / "hotplug.sock", "device_add", {"driver": "virtio-rng-pci", "id": "hp0", "bus": "rp0"})
-        _wait_for(log, "plugged: 0x1af4", vm)  # virtio's vendor id
+        wait_for_text(log, "plugged: 0x1af4", vm)  # virtio's vendor id
         shut_down(built, state, vm)
 
 
@@ -150,7 +149,7 @@ def test_headless_graphics_serve_vnc_on_a_unix_socket(shared_store, tmp_path: Pa
     file = write_vm(tmp_path, HEADLESS_VM)
     state = tmp_path / "state"
     with started(shared_store, file, state) as (built, vm):
-        _wait_for(state / "headless-console.log", "gpus: 1", vm)  # virtio-gpu's device id
+        wait_for_text(state / "headless-console.log", "gpus: 1", vm)  # virtio-gpu's device id
         with socket.socket(socket.AF_UNIX) as client:
             client.settimeout(10)
             client.connect(str(state / "headless-vnc.sock"))

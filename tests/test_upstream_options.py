@@ -14,8 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import microvm, write_vm
-from test_hypervisors_golden import guest_for
+from helpers import guest_for, microvm, write_vm
 
 from microvm.config import vm_config
 from microvm.errors import MicrovmError

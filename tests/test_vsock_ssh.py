@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, build_file, microvm, write_vm
-from test_debian import ssh_key, write_debian_vm  # noqa: F401 (ssh_key is a fixture)
+from helpers import BOOT_TIMEOUT, build_file, microvm, write_debian_vm, write_vm
 
 from microvm.errors import MicrovmError
 from microvm.host.statedir import VMState
@@ -37,7 +36,7 @@ def _debian_vsock_vm(directory: Path, key: Path) -> Path:
     return file
 
 
-def test_debian_guest_listens_for_ssh_on_vsock(tmp_path: Path, shared_store: Store, ssh_key: Path) -> None:  # noqa: F811
+def test_debian_guest_listens_for_ssh_on_vsock(tmp_path: Path, shared_store: Store, ssh_key: Path) -> None:
     root = build_file(shared_store, _debian_vsock_vm(tmp_path, ssh_key)).system
     assert (root / "etc/systemd/system/sockets.target.wants/sshd-vsock.socket").is_symlink()
     assert "ListenStream=vsock::22" in (root / "etc/systemd/system/sshd-vsock.socket").read_text()
@@ -126,7 +125,7 @@ def test_microvm_ssh_reaches_the_guest_through_cloud_hypervisor_vsock(tmp_path: 
 
 @pytest.mark.boot
 @pytest.mark.skipif(not Path("/dev/vhost-vsock").exists(), reason="no /dev/vhost-vsock on this host (vhost_vsock)")
-def test_ssh_over_vsock_into_a_debian_guest(tmp_path: Path, ns, ssh_key: Path) -> None:  # noqa: F811
+def test_ssh_over_vsock_into_a_debian_guest(tmp_path: Path, ns, ssh_key: Path) -> None:
     """In a namespace (the guest's forwarded ports stay there); vsock itself is the host kernel's."""
     state_dir = tmp_path / "state"
     env = {**os.environ, "MICROVM_STATE_DIR": str(state_dir)}

@@ -8,10 +8,8 @@ VMs: test_web_browser.py; the load on one console: test_web_load.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import grp
 import json
-import os
 import re
 import shutil
 import socket
@@ -22,12 +20,10 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_vm
-from test_units import needs_systemd_analyze, verify
+from helpers import address, http_get, needs_systemd_analyze, serving, verify, write_vm
 
 from microvm.config import load_host
 from microvm.errors import ConfigErrors, MicrovmError
@@ -38,55 +34,20 @@ from microvm.store import Store
 from microvm.web import console, serve
 
 
-@contextlib.contextmanager
-def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`microvm web ARGS` running; the line it printed first (the address, with the token if any)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "microvm", "web", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("microvm web: "), line + process.stderr.read()
-        yield process, line.strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def address(line: str) -> tuple[str, str]:
-    """(base URL, token) of `microvm web: open http://HOST:PORT/?token=TOKEN`."""
-    found = re.search(r"(https?://[^/]+)/\?token=(\S+)", line)
-    assert found, line
-    return found.group(1), found.group(2)
-
-
 def test_every_request_needs_the_token_and_changes_are_logged() -> None:
     with serving("--listen", "127.0.0.1:0") as (process, line):
         base, token = address(line)
-        assert get(f"{base}/api/vms")[0] == 401
-        assert get(f"{base}/api/vms", "wrong")[0] == 401
-        assert get(f"{base}/", "wrong")[0] == 401
-        assert get(f"{base}/api/vms/alpha/start", method="POST")[0] == 401
-        assert get(f"{base}/api/vms", token) == (200, "[]")
-        assert get(f"{base}/api/vms/alpha/start", token, "POST")[0] == 404
+        assert http_get(f"{base}/api/vms")[0] == 401
+        assert http_get(f"{base}/api/vms", "wrong")[0] == 401
+        assert http_get(f"{base}/", "wrong")[0] == 401
+        assert http_get(f"{base}/api/vms/alpha/start", method="POST")[0] == 401
+        assert http_get(f"{base}/api/vms", token) == (200, "[]")
+        assert http_get(f"{base}/api/vms/alpha/start", token, "POST")[0] == 404
         forged = urllib.request.Request(f"{base}/api/vms/alpha/stop", method="POST", headers={"Origin": "http://evil"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(forged, timeout=30)
         assert refused.value.code == 403  # another site's page: refused before the token is even looked at
-        status, body = get(f"{base}/api/vms/no!good/start", token, "POST")
+        status, body = http_get(f"{base}/api/vms/no!good/start", token, "POST")
         assert status == 409 and "not a valid name" in json.loads(body)["error"]
         # the token once in the address: a strict same-site cookie, and the address without it
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())

@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, build_file, write_vm
-from test_host_systemd import STATE, Host, unpacked_rootfs, wait_for
-from test_web import address, serving
+from helpers import REPO, STATE, Host, address, build_file, serving, unpacked_rootfs, wait_until, write_vm
 
 pytest.importorskip("selenium")
 from selenium import webdriver
@@ -70,7 +68,7 @@ def test_the_page_needs_the_token(tmp_path: Path) -> None:
         errors(driver)  # the two refusals (401) are logged as failed loads
         driver.get(f"{base}/?token={token}")
         assert driver.current_url == f"{base}/"  # the token left the address: a cookie carries it
-        wait_for("the empty list", lambda: driver.find_element(By.ID, "empty").is_displayed(), 30)
+        wait_until("the empty list", lambda: driver.find_element(By.ID, "empty").is_displayed(), 30)
         assert errors(driver) == []
 
 
@@ -169,7 +167,7 @@ def test_page_lists_starts_shows_the_console_and_stops_under_systemd(shared_stor
         applied = host.microvm("host", "apply", str(host_file)).stdout
         assert "systemctl start microvm-web.service (host file)" in applied, applied
         with contextlib.suppress(AssertionError):
-            wait_for("the web unit's socket", web_socket.is_socket, 60)
+            wait_until("the web unit's socket", web_socket.is_socket, 60)
         assert web_socket.is_socket(), box.run("journalctl", "--no-pager", "-u", "microvm-web.service").stdout
         forwarder = Forwarder(web_socket)
         threading.Thread(target=forwarder.serve_forever, daemon=True).start()
@@ -177,18 +175,18 @@ def test_page_lists_starts_shows_the_console_and_stops_under_systemd(shared_stor
         try:
             with browser() as driver:
                 driver.get(f"{base}/")
-                wait_for("both VMs listed", lambda: _row(driver, "alpha") and _row(driver, "beta"), 30)
+                wait_until("both VMs listed", lambda: _row(driver, "alpha") and _row(driver, "beta"), 30)
                 assert _row(driver, "alpha") == {"state": "stopped", "build": "not booted"}
                 assert _row(driver, "beta") == {"state": "stopped", "build": "not booted"}
 
                 _click(driver, "alpha", "start")
-                wait_for("alpha running", lambda: _row(driver, "alpha")["state"] == "running")
+                wait_until("alpha running", lambda: _row(driver, "alpha")["state"] == "running")
                 assert host.active("alpha") and not host.active("beta")
                 _click(driver, "beta", "start")
-                wait_for("beta running", lambda: _row(driver, "beta")["state"] == "running")
+                wait_until("beta running", lambda: _row(driver, "beta")["state"] == "running")
 
                 _click(driver, "alpha", "console")
-                wait_for("alpha's boot on the console", lambda: "marker: alpha booted" in _screen(driver))
+                wait_until("alpha's boot on the console", lambda: "marker: alpha booted" in _screen(driver))
                 keys = driver.find_element(By.CSS_SELECTOR, ".xterm-helper-textarea")
 
                 def answered() -> bool:  # the shell may still be starting: type again until it answers
@@ -196,13 +194,13 @@ def test_page_lists_starts_shows_the_console_and_stops_under_systemd(shared_stor
                     time.sleep(1)
                     return "hello" in [line.strip() for line in _screen(driver).splitlines()]
 
-                wait_for("the guest's answer to echo hello", answered, 120)
+                wait_until("the guest's answer to echo hello", answered, 120)
                 driver.save_screenshot(str(shots / "web-console.png"))
                 driver.execute_script("window.scrollTo(0, 0)")
                 driver.find_element(By.ID, "console-close").click()
 
                 _click(driver, "alpha", "stop")
-                wait_for("alpha stopped", lambda: _row(driver, "alpha")["state"] == "stopped")
+                wait_until("alpha stopped", lambda: _row(driver, "alpha")["state"] == "stopped")
                 assert not host.active("alpha") and host.active("beta")
                 assert _row(driver, "alpha")["build"] == "not booted"
                 driver.save_screenshot(str(shots / "web-vms.png"))

@@ -24,9 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, microvm, write_vm
-from test_host_systemd import wait_for
-from test_web import address, get, serving
+from helpers import BOOT_TIMEOUT, address, http_get, microvm, serving, wait_until, write_vm
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 websockets = pytest.importorskip("websockets")
@@ -142,14 +140,14 @@ def test_twenty_viewers_and_a_hundred_page_loads_a_second(tmp_path: Path) -> Non
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for("the guest's shell", lambda: log.exists() and "marker: load booted" in log.read_text(), BOOT_TIMEOUT)
+        wait_until("the guest's shell", lambda: log.exists() and "marker: load booted" in log.read_text(), BOOT_TIMEOUT)
         with serving("--listen", "127.0.0.1:0") as (server, line):
             base, token = address(line)
-            status, body = get(f"{base}/api/vms/load", token)
+            status, body = http_get(f"{base}/api/vms/load", token)
             shown = json.loads(body)
             assert status == 200 and shown["running"] and shown["state"] == "current", shown
             assert (shown["hypervisor"], shown["vcpu"], shown["mem"]) == ("qemu", 1, 256) and shown["uptime"] >= 0
-            assert "marker: load booted" in get(f"{base}/api/vms/load/log", token)[1]
+            assert "marker: load booted" in http_get(f"{base}/api/vms/load/log", token)[1]
             asyncio.run(_rounds(base, base.replace("http", "ws", 1) + "/api/vms/load/console", token, log, server.pid))
         errors = server.stderr.read()
         assert "Traceback" not in errors and "exception" not in errors.lower(), errors
