@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("MICROVM_TEST_CACHE") or Path.home() / ".cache" / "microvm-test")
 BOOT_TIMEOUT = 180  # TCG on a loaded 2-core machine; a hung guest fails, it never passes
 
+MINIMAL_VM = '[guest]\nhostName = "web"\n'  # the least a VM file needs
+
 # --- VM files, builds and boots ---------------------------------------------------
 
 
