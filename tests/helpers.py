@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nspawn import Container
 
 from microvm.config import load_vm
-from microvm.hypervisors import GuestArtifacts, get
+from microvm.hypervisors import Feature, GuestArtifacts, get
 from microvm.runner.build import BuiltVM, build_vm
 from microvm.store import Store
 
@@ -175,6 +176,9 @@ mem = {mem}
 """
 
 
+# --- command lines and run scripts without a build ------------------------------------
+
+
 def guest_for(hypervisor: str) -> GuestArtifacts:
     """Guest artifacts at fixed store paths: command lines and runner files without building."""
     kernel = "vmlinux" if get(hypervisor).kernel_format == "vmlinux" else "bzImage"
@@ -185,6 +189,113 @@ def guest_for(hypervisor: str) -> GuestArtifacts:
         cmdline=["console=ttyS0", "init=/init", "quiet"],
         accel="kvm",
     )
+
+
+# every backend but qemu, which has cases of its own
+BACKENDS = ["cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
+
+
+def full_options(hypervisor: str) -> dict[str, Any]:
+    """A ``microvm`` table using every option ``hypervisor`` declares."""
+    has = get(hypervisor).supports
+    key = hypervisor
+    mv: dict[str, Any] = {"hypervisor": hypervisor, "vcpu": 2, "mem": 1024}
+    mv["volumes"] = [
+        {
+            "image": "var.img",
+            "mountPoint": "/var",
+            "size": 1024,
+            **({"serial": "var-disk"} if has(Feature.VOLUME_SERIAL) else {}),
+            **({"direct": True} if has(Feature.DIRECT_IO) else {}),
+        },
+        {"image": "data.img", "mountPoint": "/data", "size": 64, "readOnly": has(Feature.READ_ONLY_VOLUMES)},
+    ]
+    ifaces = [{"type": "tap", "id": "vm-web", "mac": "02:00:00:00:00:01"}]
+    if has(Feature.MACVTAP):
+        ifaces.append(
+            {
+                "type": "macvtap",
+                "id": "vm-web-mv",
+                "mac": "02:00:00:00:00:02",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            }
+        )
+    if has(Feature.USER_NETWORK):
+        ifaces.append({"type": "user", "id": "vm-web-user", "mac": "02:00:00:00:00:03"})
+    mv["interfaces"] = ifaces
+    shares = []
+    if has(Feature.SHARE_VIRTIOFS):
+        shares.append({"tag": "home", "source": "/home", "mountPoint": "/home", "proto": "virtiofs"})
+    if has(Feature.SHARE_9P):
+        shares.append({"tag": "srv", "source": "srv-data", "mountPoint": "/srv", "proto": "9p"})
+    mv["shares"] = shares
+    if has(Feature.BALLOON):
+        mv |= {"balloon": True, "deflateOnOOM": False}
+    if has(Feature.INITIAL_BALLOON):
+        mv["initialBalloonMem"] = 128
+    if has(Feature.VIRTIO_MEM):
+        mv |= {"hotplugMem": 2048, "hotpluggedMem": 512}
+    if has(Feature.VSOCK):
+        mv["vsock"] = {"cid": 5}
+    if has(Feature.PCI_DEVICES):
+        mv["devices"] = [{"bus": "pci", "path": "0000:01:00.0"}]
+    if has(Feature.NOTIFY_READINESS):
+        mv["readiness"] = True
+    mv[key] = {"extraArgs": ["--extra", "arg"]}
+    if hypervisor == "crosvm":
+        mv[key]["pivotRoot"] = "/var/empty"
+    if hypervisor == "firecracker":
+        mv[key]["extraConfig"] = {
+            "machine-config": {"track_dirty_pages": True},
+            "logger": {"log_path": "firecracker.log", "level": "Info"},
+        }
+    return mv
+
+
+# qemu interfaces: qemu-system-x86_64(1) for 7.2: "-netdev tap,id=id[,fd=h][,fds=x:y:...:z][,ifname=name]
+# [,script=file][,downscript=dfile][,vhost=on|off][,queues=n]", "-netdev bridge,id=id[,br=bridge][,helper=helper]",
+# "-netdev user,id=id[,hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport][,guestfwd=...]";
+# docs/system/devices/net.rst; multi-queue virtio-net: "-device virtio-net-pci,mq=on,vectors=2*N+2" with
+# "queues=N" on the netdev (qemu's docs/devel/multiqueue / linux-kvm.org Multiqueue). No vhost=on: vhost-net
+# is optional, qemu falls back to its own backend. -sandbox on is left out with a bridge: it forbids the
+# exec of qemu-bridge-helper.
+QEMU_INTERFACES = {
+    "tap": {"vcpu": 1, "interfaces": [{"type": "tap", "id": "vm1", "mac": "02:00:00:01:00:01"}]},
+    "tap-multiqueue": {"vcpu": 2, "interfaces": [{"type": "tap", "id": "vm1", "mac": "02:00:00:01:00:01"}]},
+    "macvtap": {
+        "vcpu": 1,
+        "interfaces": [
+            {
+                "type": "macvtap",
+                "id": "mv-a",
+                "mac": "02:00:00:00:00:0a",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            },
+        ],
+    },
+    "macvtap-multiqueue": {
+        "vcpu": 2,
+        "interfaces": [
+            {
+                "type": "macvtap",
+                "id": "mv-a",
+                "mac": "02:00:00:00:00:0a",
+                "macvtap": {"link": "eth0", "mode": "bridge"},
+            },
+            {"type": "macvtap", "id": "mv-b", "mac": "02:00:00:00:00:0b", "macvtap": {"link": "eth0", "mode": "vepa"}},
+        ],
+    },
+    "bridge": {
+        "interfaces": [{"type": "bridge", "id": "vm-br", "mac": "02:00:00:00:00:0c", "bridge": "br0"}],
+    },
+    "user-forward": {
+        "interfaces": [{"type": "user", "id": "usr", "mac": "02:00:00:00:00:0d"}],
+        "forwardPorts": [
+            {"from": "host", "host": {"address": "127.0.0.1", "port": 8022}, "guest": {"port": 22}},
+            {"from": "guest", "proto": "tcp", "host": {"port": 3000}, "guest": {"address": "10.0.2.100", "port": 80}},
+        ],
+    },
+}
 
 
 # --- host networking in a namespace ------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import guest_for
+from helpers import BACKENDS, QEMU_INTERFACES, full_options, guest_for
 
 from microvm.config import vm_config
 from microvm.hypervisors import Feature, RunnerSpec, get
@@ -29,63 +29,6 @@ from microvm.hypervisors.base import IMAGE_FEATURES
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 BINDIR = "@BINDIR@"  # stands for the host's directory of a hypervisor binary found on its PATH
-
-
-def full_options(hypervisor: str) -> dict[str, Any]:
-    """A ``microvm`` table using every option ``hypervisor`` declares."""
-    has = get(hypervisor).supports
-    key = hypervisor
-    mv: dict[str, Any] = {"hypervisor": hypervisor, "vcpu": 2, "mem": 1024}
-    mv["volumes"] = [
-        {
-            "image": "var.img",
-            "mountPoint": "/var",
-            "size": 1024,
-            **({"serial": "var-disk"} if has(Feature.VOLUME_SERIAL) else {}),
-            **({"direct": True} if has(Feature.DIRECT_IO) else {}),
-        },
-        {"image": "data.img", "mountPoint": "/data", "size": 64, "readOnly": has(Feature.READ_ONLY_VOLUMES)},
-    ]
-    ifaces = [{"type": "tap", "id": "vm-web", "mac": "02:00:00:00:00:01"}]
-    if has(Feature.MACVTAP):
-        ifaces.append(
-            {
-                "type": "macvtap",
-                "id": "vm-web-mv",
-                "mac": "02:00:00:00:00:02",
-                "macvtap": {"link": "eth0", "mode": "bridge"},
-            }
-        )
-    if has(Feature.USER_NETWORK):
-        ifaces.append({"type": "user", "id": "vm-web-user", "mac": "02:00:00:00:00:03"})
-    mv["interfaces"] = ifaces
-    shares = []
-    if has(Feature.SHARE_VIRTIOFS):
-        shares.append({"tag": "home", "source": "/home", "mountPoint": "/home", "proto": "virtiofs"})
-    if has(Feature.SHARE_9P):
-        shares.append({"tag": "srv", "source": "srv-data", "mountPoint": "/srv", "proto": "9p"})
-    mv["shares"] = shares
-    if has(Feature.BALLOON):
-        mv |= {"balloon": True, "deflateOnOOM": False}
-    if has(Feature.INITIAL_BALLOON):
-        mv["initialBalloonMem"] = 128
-    if has(Feature.VIRTIO_MEM):
-        mv |= {"hotplugMem": 2048, "hotpluggedMem": 512}
-    if has(Feature.VSOCK):
-        mv["vsock"] = {"cid": 5}
-    if has(Feature.PCI_DEVICES):
-        mv["devices"] = [{"bus": "pci", "path": "0000:01:00.0"}]
-    if has(Feature.NOTIFY_READINESS):
-        mv["readiness"] = True
-    mv[key] = {"extraArgs": ["--extra", "arg"]}
-    if hypervisor == "crosvm":
-        mv[key]["pivotRoot"] = "/var/empty"
-    if hypervisor == "firecracker":
-        mv[key]["extraConfig"] = {
-            "machine-config": {"track_dirty_pages": True},
-            "logger": {"log_path": "firecracker.log", "level": "Info"},
-        }
-    return mv
 
 
 def cases(hypervisor: str) -> dict[str, dict[str, Any]]:
@@ -298,9 +241,6 @@ def test_alioth(case: str) -> None:
     check_golden("alioth", case)
 
 
-BACKENDS = ["cloud-hypervisor", "firecracker", "crosvm", "kvmtool", "stratovirt", "alioth"]
-
-
 @pytest.mark.parametrize("hypervisor", BACKENDS)
 def test_system_image_is_first_disk_and_extra_args_last(hypervisor: str) -> None:
     spec = build(hypervisor, full_options(hypervisor))
@@ -352,66 +292,6 @@ def test_kernel_params_are_a_list(hypervisor: str) -> None:
     assert isinstance(params, list) and all(isinstance(p, str) and " " not in p for p in params)
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
-@pytest.mark.parametrize("hypervisor", BACKENDS)
-def test_whole_run_script_is_shellcheck_clean(hypervisor: str, tmp_path: Path) -> None:
-    from microvm.runner.script import run_script
-
-    options = full_options(hypervisor)
-    vm = vm_config({"microvm": options, "guest": {"hostName": "web", "arch": "x86_64"}})
-    spec = get(hypervisor).runner(vm, guest_for(hypervisor))
-    script = tmp_path / "microvm-run"
-    script.write_text(run_script(vm, get(hypervisor), spec, Path("/var/lib/microvm/runners/web")))
-    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout
-
-
-# qemu interfaces: qemu-system-x86_64(1) for 7.2: "-netdev tap,id=id[,fd=h][,fds=x:y:...:z][,ifname=name]
-# [,script=file][,downscript=dfile][,vhost=on|off][,queues=n]", "-netdev bridge,id=id[,br=bridge][,helper=helper]",
-# "-netdev user,id=id[,hostfwd=[tcp|udp]:[hostaddr]:hostport-[guestaddr]:guestport][,guestfwd=...]";
-# docs/system/devices/net.rst; multi-queue virtio-net: "-device virtio-net-pci,mq=on,vectors=2*N+2" with
-# "queues=N" on the netdev (qemu's docs/devel/multiqueue / linux-kvm.org Multiqueue). No vhost=on: vhost-net
-# is optional, qemu falls back to its own backend. -sandbox on is left out with a bridge: it forbids the
-# exec of qemu-bridge-helper.
-QEMU_INTERFACES = {
-    "tap": {"vcpu": 1, "interfaces": [{"type": "tap", "id": "vm1", "mac": "02:00:00:01:00:01"}]},
-    "tap-multiqueue": {"vcpu": 2, "interfaces": [{"type": "tap", "id": "vm1", "mac": "02:00:00:01:00:01"}]},
-    "macvtap": {
-        "vcpu": 1,
-        "interfaces": [
-            {
-                "type": "macvtap",
-                "id": "mv-a",
-                "mac": "02:00:00:00:00:0a",
-                "macvtap": {"link": "eth0", "mode": "bridge"},
-            },
-        ],
-    },
-    "macvtap-multiqueue": {
-        "vcpu": 2,
-        "interfaces": [
-            {
-                "type": "macvtap",
-                "id": "mv-a",
-                "mac": "02:00:00:00:00:0a",
-                "macvtap": {"link": "eth0", "mode": "bridge"},
-            },
-            {"type": "macvtap", "id": "mv-b", "mac": "02:00:00:00:00:0b", "macvtap": {"link": "eth0", "mode": "vepa"}},
-        ],
-    },
-    "bridge": {
-        "interfaces": [{"type": "bridge", "id": "vm-br", "mac": "02:00:00:00:00:0c", "bridge": "br0"}],
-    },
-    "user-forward": {
-        "interfaces": [{"type": "user", "id": "usr", "mac": "02:00:00:00:00:0d"}],
-        "forwardPorts": [
-            {"from": "host", "host": {"address": "127.0.0.1", "port": 8022}, "guest": {"port": 22}},
-            {"from": "guest", "proto": "tcp", "host": {"port": 3000}, "guest": {"address": "10.0.2.100", "port": 80}},
-        ],
-    },
-}
-
-
 @pytest.mark.parametrize("case", sorted(QEMU_INTERFACES))
 def test_qemu_interfaces(case: str) -> None:
     spec = build("qemu", {"hypervisor": "qemu", **QEMU_INTERFACES[case]})
@@ -419,18 +299,3 @@ def test_qemu_interfaces(case: str) -> None:
     netdevs = [spec.argv[i + 1] for i, a in enumerate(spec.argv) if a == "-netdev"]
     assert not any("vhost=on" in n for n in netdevs)  # no /dev/vhost-net needed
     assert ("-sandbox" in spec.argv) == (case != "bridge")
-
-
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
-def test_qemu_macvtap_run_script_is_shellcheck_clean(tmp_path: Path) -> None:
-    from microvm.runner.script import run_script
-
-    vm = vm_config({"microvm": QEMU_INTERFACES["macvtap-multiqueue"], "guest": {"hostName": "web", "arch": "x86_64"}})
-    spec = get("qemu").runner(vm, guest_for("qemu"))
-    script = tmp_path / "microvm-run"
-    script.write_text(run_script(vm, get("qemu"), spec, Path("/var/lib/microvm/runners/web")))
-    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout
-    # every queue of every macvtap is a descriptor qemu gets, and the runner opens
-    assert 'exec 10<>"/dev/tap$(cat /sys/class/net/mv-a/ifindex)"' in script.read_text()
-    assert "fds=12:13" in " ".join(spec.argv)

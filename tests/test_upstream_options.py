@@ -1,27 +1,21 @@
-"""Options microvm.nix added later, without a boot: what `microvm check` refuses, the runner's
-script, the units, and virtiofsd's cache policy on the real (C) virtiofsd.
+"""Options microvm.nix added later, without a boot: what `microvm check` refuses, the units,
+and virtiofsd's cache policy on the real (C) virtiofsd.
 
 The boots are in test_upstream_boot.py, ssh over vsock in test_vsock_ssh.py,
-machined registration in test_host_systemd.py.
+machined registration in test_host_systemd.py, the run script's images and extra args in test_runner_script.py.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import guest_for, microvm, write_vm
+from helpers import microvm, write_vm
 
 from microvm.config import vm_config
 from microvm.errors import MicrovmError
 from microvm.host import units
-from microvm.hypervisors import get
 from microvm.runner import virtiofsd
-from microvm.runner.script import CREATE_VOLUME, run_script
 
 BAD = {
     "backing file on a raw image": (
@@ -73,30 +67,6 @@ def test_startup_timeout_is_the_units_timeout(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "microvm.host.startupTimeout" in refused.stderr, refused.stderr
 
 
-RUN_SCRIPT_VM = {
-    "extraArgsScript": "echo -smbios type=1,serial=x",
-    "interfaces": [{"type": "tap", "id": "vm-fast", "mac": "02:00:00:00:00:0e", "tap": {"vhost": True}}],
-    "volumes": [
-        {"image": "data.vhdx", "size": 16, "imageType": "vhdx"},
-        {"image": "over.qcow2", "size": 16, "imageType": "qcow2", "backingFile": "base.img", "backingFormat": "qcow2"},
-    ],
-}
-
-
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not on PATH")
-def test_run_script_creates_images_checks_vhost_and_appends_extra_args(tmp_path: Path) -> None:
-    vm = vm_config({"microvm": RUN_SCRIPT_VM, "guest": {"hostName": "web", "arch": "x86_64"}})
-    qemu = get("qemu")
-    script = run_script(vm, qemu, qemu.runner(vm, guest_for("qemu")), Path("/var/lib/microvm/runners/web"))
-    (tmp_path / "microvm-run").write_text(script)
-    result = subprocess.run(["shellcheck", str(tmp_path / "microvm-run")], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout
-    assert "create_volume data.vhdx 16 vhdx ext4 -q -F\n" in script  # qemu-img calls VHDX vhdx, VHD vpc
-    assert "create_overlay over.qcow2 16 base.img qcow2\n" in script
-    assert script.index("/dev/vhost-net") < script.index("extra_output=$(echo -smbios type=1,serial=x)")
-    assert script.rstrip().endswith('"${extra_args[@]}"')
-
-
 def _virtiofs_vm(cache: str):
     share = {"tag": "s", "source": "s", "mountPoint": "/s", "proto": "virtiofs", "cache": cache}
     return vm_config({"microvm": {"shares": [share]}, "guest": {"hostName": "fs", "arch": "x86_64"}})
@@ -123,21 +93,3 @@ def test_metadata_cache_needs_the_rust_virtiofsd(tmp_path: Path) -> None:
     vm = _virtiofs_vm("metadata")
     with pytest.raises(MicrovmError, match="C virtiofsd lacks"):
         virtiofsd.argv(vm, vm.microvm.shares[0], tmp_path)
-
-
-@pytest.mark.parametrize(("size_mb", "virtual_mb"), [(32, 32), (8, 16)])
-def test_overlay_is_as_large_as_asked_or_as_its_base(tmp_path: Path, size_mb: int, virtual_mb: int) -> None:
-    """The run script's create_overlay, run by bash on a 16 MB base: grown when asked for more, never cut."""
-    (tmp_path / "base.img").write_bytes(b"")
-    os.truncate(tmp_path / "base.img", 16 << 20)
-    script = f"set -euo pipefail\n{CREATE_VOLUME}\ncreate_overlay over.qcow2 {size_mb} base.img raw\n"
-    subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True)
-    info = json.loads(
-        subprocess.run(
-            ["qemu-img", "info", "--output=json", "over.qcow2"], cwd=tmp_path, capture_output=True, check=True
-        ).stdout
-    )
-    assert (info["virtual-size"], info["backing-filename"]) == (virtual_mb << 20, str(tmp_path / "base.img"))
-    before = (tmp_path / "over.qcow2").read_bytes()
-    subprocess.run(["bash", "-c", script.replace(f" {size_mb} ", " 64 ")], cwd=tmp_path, check=True)
-    assert (tmp_path / "over.qcow2").read_bytes() == before  # an existing image is never touched
