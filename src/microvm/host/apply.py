@@ -146,7 +146,9 @@ class _VMPlan:
 
 def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[str], None]) -> _VMPlan:
     """Build the fully declared VMs; install those that changed, create the source-deployed ones missing."""
-    from ..runner.build import build_vm
+    from ..runner.build import (
+        build_vm,
+    )  # late on purpose: the guest builders; --dry-run of a host without declared VMs needs none
 
     owner = (units.USER, units.GROUP)
     result = _VMPlan()

@@ -54,7 +54,7 @@ class Foreground:
 
     @classmethod
     def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
-        from ..hypervisors import Control, get
+        from ..hypervisors import Control, get  # late on purpose: the fast path runs without the backends
 
         backend = get(hypervisor or vm.microvm.hypervisor)
         control = vm.microvm.socket if isinstance(backend, Control) else None
@@ -89,7 +89,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         *user, groups = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
-        from . import virtiofsd
+        from . import virtiofsd  # late on purpose: it loads the option model; only virtiofs shares need it
 
         assert vm is not None, "a VM with virtiofs shares is run from its config"
         daemons = virtiofsd.start(vm, workdir, runner=plan.runner)
@@ -107,7 +107,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and plan.control:
-            from ..hypervisors import Control, capable
+            from ..hypervisors import Control, capable  # late on purpose: only a signal needs the backend
 
             again = "Ctrl-C" if signum == signal.SIGINT else "signal"
             _say(f"microvm: shutting down gracefully ({again} again to stop it now)")
@@ -144,7 +144,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
             child.kill()
             child.wait()
         if daemons:
-            from . import virtiofsd
+            from . import virtiofsd  # late on purpose: it loads the option model; only virtiofs shares need it
 
             virtiofsd.stop(daemons)
 
