@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
 from ..runner import privileges
+from ..runner.build import build_vm
 from ..store import PRIVATE_GROUP, Store
 from . import lifecycle, network, statedir, systemd, units
 from .network.units import DNSMASQ_PREFIX, DNSMASQ_UNITS
@@ -146,10 +147,6 @@ class _VMPlan:
 
 def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[str], None]) -> _VMPlan:
     """Build the fully declared VMs; install those that changed, create the source-deployed ones missing."""
-    from ..runner.build import (
-        build_vm,
-    )  # late on purpose: the guest builders; --dry-run of a host without declared VMs needs none
-
     owner = (units.USER, units.GROUP)
     result = _VMPlan()
     for name, declared in host.config.microvm.vms.items():
