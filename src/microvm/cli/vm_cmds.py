@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.sources import DEFAULT_SOURCE
-from ..host.statedir import VMState, default_state_dir
+from ..host.statedir import VMState
 from ..store import Store
+from . import show
 from .app import app, err, out
 
 NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]
@@ -62,23 +62,14 @@ def update(
             out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
 
 
-STATE_COLOURS = {"current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red"}
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (its shape: docs/guide.md).")]
 
 
 @app.command(name="list")
-def list_() -> None:
-    """Each installed VM's state: current, outdated, stale or not booted, and what to do next. microvm.nix: -l."""
-    vms = lifecycle.list_vms()
-    if not vms:
-        err.print(f"no VMs installed in {default_state_dir()}", markup=False)
-    for vm in vms:
-        colour = "green" if vm.running else "yellow" if vm.booted else "red"
-        line = f"[{colour}]{vm.name}[/{colour}]: [{STATE_COLOURS[vm.state]}]{vm.state}[/{STATE_COLOURS[vm.state]}]"
-        if vm.addresses:
-            line += f" ({escape(', '.join(vm.addresses))})"
-        if vm.advice:
-            line += f", {vm.advice}: [bold]{escape(vm.command or '')}[/bold]"
-        out.print(line, soft_wrap=True)
+def list_(json_: JsonFlag = False) -> None:
+    """Each installed VM: state (current, outdated, stale, not booted), hypervisor, size, addresses, uptime, what
+    to do next. microvm.nix: -l."""
+    show.list_command(json_)
 
 
 @app.command()
@@ -109,20 +100,9 @@ def suspend(name: NameArg) -> None:
 
 
 @app.command()
-def status(name: NameArg) -> None:
+def status(name: NameArg, json_: JsonFlag = False) -> None:
     """The VM's state (as in list), its source, and systemd's view of it."""
-    state = VMState.of(name)
-    if not state.installed:
-        raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
-    vm = lifecycle.status(state)
-    summary = f"{name}: {'running' if vm.running else 'stopped'}, {vm.state}"
-    summary += f" ({vm.next_step})" if vm.next_step else ""
-    summary += f"\ncurrent: {state.current}\nbooted:  {state.booted or '-'}\nsource:  {vm.source or '-'}"
-    summary += f"\naddresses: {', '.join(vm.addresses) or '-'}"
-    out.print(summary, soft_wrap=True, markup=False)
-    if systemd.running():
-        unit = systemd.systemctl("status", "--no-pager", "--lines=5", systemd.unit(name), check=False)
-        out.print(unit, end="", soft_wrap=True, markup=False)
+    show.status_command(name, json_)
 
 
 @app.command()
