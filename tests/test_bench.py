@@ -18,6 +18,7 @@ SECTIONS = (
     "## Density",
     "## Image sizes",
     "## CLI on installed VMs",
+    "## Command start-up",
     "## Suspend to disk and resume",
 )
 
@@ -71,6 +72,15 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
     cli = section(text, "## CLI on installed VMs")
     for row in ("`microvm list` (3 VMs)", "`microvm status NAME`", "`microvm create NAME` of an already-built VM"):
         assert re.search(rf"{re.escape(row)} \| \d+ ms \|", cli), row
+
+    startup = section(text, "## Command start-up")
+    floor = r"\| \d+ ms \| – \| 1\.0× \| – \| – \| \d+ ms \(1\.0×\) \|"
+    assert re.search(r"\| `python -c pass` \(the floor\) " + floor, startup), startup
+    for row in ("`microvm --help`", "`microvm status NAME`", "`microvm check FILE` (one VM)"):
+        assert re.search(rf"{re.escape(row)} \| \d+ ms \| – \| \d+\.\d× \| ≤ \d+× \| (yes|\*\*no\*\*) \|", startup), row
+    for count in (3, 10):  # quick mode's installed VMs
+        assert re.search(rf"^\| {count} \| \d+ ms \| \d+\.\d× \| n/a \|$", startup, re.MULTILINE), count
+    assert re.search(r"costs \*\*-?\d+\.\d+ ms per extra installed VM\*\*", startup)
 
     suspend = section(text, "## Suspend to disk and resume")
     row = r"\| microvm \(`microvm suspend`.*\| \d+\.\d+ s \| \d+\.\d+ s \| \d+ MiB \| \d+\.\d+ s \(–\) \|"

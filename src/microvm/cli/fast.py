@@ -22,13 +22,33 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import __version__
-from ..host import systemd
-from ..host.statedir import VMState
 from ..store import default_store_dir
-from . import show
 
 HELP_DIR = ".cache/help"
 LIFECYCLE = ("start", "stop", "restart")
+
+# The commands import what they use when they run (each of these processes runs one of them, and
+# every module less is start-up time saved): `--help` needs neither the state directory nor systemd.
+
+
+def _list(as_json: bool) -> None:
+    from .show import list_command
+
+    list_command(as_json)
+
+
+def _status(name: str, as_json: bool) -> None:
+    from .show import status_command
+
+    status_command(name, as_json)
+
+
+def _control(action: str, name: str) -> None:
+    from ..host import systemd
+    from ..host.statedir import VMState
+
+    VMState.of(name)  # a bad name is refused before systemd is asked
+    systemd.control(action, name)
 
 
 def _flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
@@ -36,18 +56,13 @@ def _flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
     return [a for a in argv if a != flag], flag in argv
 
 
-def _control(action: str, name: str) -> None:
-    VMState.of(name)  # a bad name is refused before systemd is asked
-    systemd.control(action, name)
-
-
 def command(argv: list[str]) -> Callable[[], None] | None:
     """What to run for ``argv`` when it is one of the fast shapes, else None."""
     rest, as_json = _flag(argv, "--json")
     if rest == ["list"]:
-        return lambda: show.list_command(as_json)
+        return lambda: _list(as_json)
     if len(rest) == 2 and rest[0] == "status" and not rest[1].startswith("-"):
-        return lambda: show.status_command(rest[1], as_json)
+        return lambda: _status(rest[1], as_json)
     if not as_json and len(argv) == 2 and argv[0] in LIFECYCLE and not argv[1].startswith("-"):
         return lambda: _control(argv[0], argv[1])
     return None
