@@ -10,6 +10,7 @@ import typer
 from ..host.statedir import installed_configs
 from ..store import Store
 from .app import app, err, out, warn
+from .progress import steps
 
 HypervisorOpt = Annotated[
     str | None, typer.Option("--hypervisor", help="Build the runner for this hypervisor instead of the declared one.")
@@ -29,8 +30,8 @@ def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
     loaded = load_vm(file, installed=installed_configs())
     warn(loaded.warnings)
     store = Store()
-    with err.status("building", spinner="dots") as status:
-        built = build_vm(store, loaded.config, hypervisor, progress=lambda step: status.update(f"building {step}"))
+    with steps(f"building {loaded.name}") as say:
+        built = build_vm(store, loaded.config, hypervisor, progress=say)
     store.add_root(f"build-{loaded.name}", built.runner)
     notes = [f"warning: {warning}" for warning in loaded.warnings]
     if (note := _tcg_note(loaded.config, built)) is not None:

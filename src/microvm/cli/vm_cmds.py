@@ -13,12 +13,9 @@ from ..host.statedir import VMState
 from ..store import Store
 from . import show
 from .app import app, err, out
+from .progress import steps
 
 NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]
-
-
-def _progress(status):
-    return lambda step: status.update(f"building {step}")
 
 
 def _print_diff(lines: list[str]) -> None:
@@ -34,8 +31,8 @@ def create(
     ] = DEFAULT_SOURCE,
 ) -> None:
     """Build a VM from a source and install it (refuses an existing one). microvm.nix: -c."""
-    with err.status(f"building {name}", spinner="dots") as status:
-        change = lifecycle.create(name, source, Store(), progress=_progress(status))
+    with steps(f"building {name}") as say:
+        change = lifecycle.create(name, source, Store(), progress=say)
     out.print(f"created {name} in {change.state.path}")
     out.print(f"start it with: microvm start {name} (systemd) or microvm run {name} (foreground)")
 
@@ -48,8 +45,8 @@ def update(
     """Rebuild VMs from their source, show what changed, switch to the new build. microvm.nix: -u [-R]."""
     store = Store()
     for name in names:
-        with err.status(f"building {name}", spinner="dots") as status:
-            change = lifecycle.update(name, store, progress=_progress(status))
+        with steps(f"building {name}") as say:
+            change = lifecycle.update(name, store, progress=say)
         out.print(f"{name}: updated" if change.changed else f"{name}: no change")
         _print_diff(change.diff())
         stale = change.state.booted not in (None, change.state.current)
