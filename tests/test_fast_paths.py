@@ -236,3 +236,12 @@ def test_help_is_typers_text_kept_for_next_time(tmp_path: Path, monkeypatch) -> 
 )
 def test_only_exact_command_shapes_take_the_fast_dispatch(argv: list[str], fast: bool) -> None:
     assert (command(argv) is not None) == fast
+
+
+def test_shell_completion_offers_installed_vm_names(tmp_path: Path) -> None:
+    _installed(tmp_path)
+    for words, names in (("microvm status f", ["fast"]), ("microvm start ", ["fast"]), ("microvm update fa", ["fast"]),
+                         ("microvm stop x", [])):  # fmt: skip
+        env = {**os.environ, "_MICROVM_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "2"}
+        result = subprocess.run([sys.executable, "-m", "microvm"], env=env, capture_output=True, text=True, check=False)
+        assert result.stdout.split() == names, (words, result.stdout, result.stderr)

@@ -9,13 +9,21 @@ import typer
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.sources import DEFAULT_SOURCE
-from ..host.statedir import VMState
+from ..host.statedir import VMState, installed
 from ..store import Store
 from . import show
 from .app import app, err, out
 from .progress import steps
 
-NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]
+
+def installed_names(incomplete: str) -> list[str]:
+    """Shell completion: the installed VMs whose name starts with what was typed."""
+    return [state.name for state in installed() if state.name.startswith(incomplete)]
+
+
+NameArg = Annotated[
+    str, typer.Argument(help="The VM's name (its directory in the state directory).", autocompletion=installed_names)
+]
 
 
 def _print_diff(lines: list[str]) -> None:
@@ -39,7 +47,9 @@ def create(
 
 @app.command()
 def update(
-    names: Annotated[list[str], typer.Argument(help="The VMs to rebuild from their recorded source.")],
+    names: Annotated[
+        list[str], typer.Argument(help="The VMs to rebuild from their recorded source.", autocompletion=installed_names)
+    ],
     restart: Annotated[bool, typer.Option("--restart", "-R", help="Restart the VMs that changed.")] = False,
 ) -> None:
     """Rebuild VMs from their source, show what changed, switch to the new build. microvm.nix: -u [-R]."""
