@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,8 @@ class Store:
         with self._lock(final.name):
             if final.exists():  # another process built it while we waited
                 return final, False
+            import tempfile  # here for start-up speed: the commands that only read the store never add to it
+
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.root))
             try:
                 build(tmp)

@@ -230,7 +230,7 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     if running and booted:
         vm.uptime = max(0.0, time.time() - (state.path / "booted").lstat().st_mtime)
     try:
-        config = state.config()
+        config = runner_config(current)  # type: ignore[arg-type]  # installed: current is set
         options = config["microvm"]
         vm.hypervisor, vm.vcpu, vm.mem = options.get("hypervisor"), options.get("vcpu"), options.get("mem")
         vm.addresses = config_addresses(config, host_bridge(state.path.parent) if bridge is None else bridge)

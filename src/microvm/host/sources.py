@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +73,10 @@ class Source:
                 raise MicrovmError(f"source {self.url} is not a directory")
             yield self.path, None
             return
+        # imported here for start-up speed: `list` and `status` import this module and never check out
+        import tarfile
+        import tempfile
+
         commit = self.commit()
         with tempfile.TemporaryDirectory(prefix="microvm-source-") as tmp:
             archive = Path(tmp) / "source.tar"

@@ -7,7 +7,7 @@ would cost them ~100 ms of pydantic at every VM stop.
 
 from __future__ import annotations
 
-import platform
+import os
 import re
 from typing import Literal, get_args
 
@@ -18,7 +18,7 @@ HYPERVISORS: tuple[str, ...] = get_args(Hypervisor)
 
 def host_arch() -> str:
     """This machine's CPU architecture, spelt as ``guest.arch``."""
-    machine = platform.machine()
+    machine = os.uname().machine  # as platform.machine(), without importing platform (start-up time)
     return "aarch64" if machine in ("aarch64", "arm64") else machine
 
 
