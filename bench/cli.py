@@ -30,6 +30,7 @@ from run import EXAMPLE, HOST_VMS, fmt_ms, fresh_store, host_file, median, micro
 
 from microvm.config import load_vm
 from microvm.host.sources import files_fingerprint
+from microvm.host.statedir import VMState
 from microvm.runner.build import build_vm
 
 COUNTS, QUICK_COUNTS = (10, 100, 1000), (3, 10)
@@ -82,14 +83,15 @@ def install_fakes(state: Path, count: int, runners: list[Path], source: Path) ->
     """
     fingerprint = files_fingerprint([source / "vm.toml"])
     for i in range(count):
-        vm = state / f"vm{i:04d}"
-        vm.mkdir(parents=True)
+        vm = VMState(f"vm{i:04d}", state / f"vm{i:04d}")
+        vm.path.mkdir(parents=True)
         runner = runners[i % len(runners)]
-        (vm / "current").symlink_to(runner)
+        vm.record(
+            runner, source=str(source), declared_by=None, build={"runner": str(runner), "fingerprint": fingerprint}
+        )
+        (vm.path / "current").symlink_to(runner)
         if i % 3 == 0:
-            (vm / "booted").symlink_to(runner)
-        (vm / "source").write_text(f"{source}\n")
-        (vm / "build.json").write_text(json.dumps({"runner": str(runner), "fingerprint": fingerprint}) + "\n")
+            (vm.path / "booted").symlink_to(runner)
 
 
 def define_domains(lv: libvirt.Libvirt, count: int, built) -> None:

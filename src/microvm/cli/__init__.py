@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import faults
+
 # microvm.nix's short flags, mapped onto our subcommands so old habits work
 # (`microvm -c NAME -f SOURCE`, `microvm -Ru NAME`, `microvm -r NAME`, `microvm -l`).
 LEGACY_FLAGS: dict[str, str] = {"-c": "create", "-u": "update", "-r": "run", "-l": "list"}
@@ -101,12 +103,13 @@ def full(argv: list[str]) -> None:
 
 
 def main() -> None:
+    faults.install()
     if os.environ.get("MICROVM_DEBUG"):
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     argv = translate_legacy(sys.argv[1:])
-    from ..errors import MicrovmError
+    from ..errors import MicrovmError, io_error
 
     try:
         if (code := fast_run(argv)) is not None:
@@ -120,16 +123,18 @@ def main() -> None:
             fast.print_help(lambda: full(argv))
             return
         full(argv)
-    except MicrovmError as exc:
+    except BrokenPipeError:  # `microvm list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(141)
+    except (MicrovmError, OSError) as exc:
         from .show import error
 
+        if isinstance(exc, OSError):  # an I/O failure no step named: one line with the command, not a traceback
+            exc = io_error(argv[0] if argv else "microvm", exc)
         error(exc)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except BrokenPipeError:  # `microvm list | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
-        sys.exit(141)
     except SystemExit:
         raise
     except Exception as exc:

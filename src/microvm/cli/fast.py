@@ -44,11 +44,9 @@ def _status(name: str, as_json: bool) -> None:
 
 
 def _control(action: str, name: str) -> None:
-    from ..host import systemd
-    from ..host.statedir import VMState
+    from ..host.lifecycle import control
 
-    VMState.of(name)  # a bad name is refused before systemd is asked
-    systemd.control(action, name)
+    control(action, name)
 
 
 def _flag(argv: list[str], flag: str) -> tuple[list[str], bool]:

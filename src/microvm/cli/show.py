@@ -18,7 +18,9 @@ from ..host.statedir import VMState, default_state_dir
 
 ANSI = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 # microvm.nix's colours: a VM's name by whether it runs, its state by what it needs
-STATE_COLOURS = {"current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red"}
+STATE_COLOURS = {
+    "current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red", "missing": "red",
+}  # fmt: skip
 COLUMNS = ("NAME", "STATE", "HYPERVISOR", "VCPU", "MEM", "ADDRESSES", "UPTIME", "NEXT")
 
 

@@ -82,19 +82,19 @@ def list_(json_: JsonFlag = False) -> None:
 @app.command()
 def start(name: NameArg) -> None:
     """Start the VM through systemd (microvm@NAME.service)."""
-    systemd.control("start", name)
+    lifecycle.control("start", name)
 
 
 @app.command()
 def stop(name: NameArg) -> None:
     """Shut the VM down gracefully through systemd."""
-    systemd.control("stop", name)
+    lifecycle.control("stop", name)
 
 
 @app.command()
 def restart(name: NameArg) -> None:
     """Restart the VM through systemd (it then boots the current build)."""
-    systemd.control("restart", name)
+    lifecycle.control("restart", name)
 
 
 @app.command()

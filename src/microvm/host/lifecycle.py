@@ -79,7 +79,9 @@ def _install(
     state.path.mkdir(parents=True, exist_ok=True)
     if owner := owner or service_owner():
         os.chown(state.path, *owner)
-    state.record(source=source, declared_by=declared_by, build={"runner": str(runner), "fingerprint": fingerprint})
+    state.record(
+        runner, source=source, declared_by=declared_by, build={"runner": str(runner), "fingerprint": fingerprint}
+    )
     state.switch_current(runner)
     return Change(state, old, runner)
 
@@ -102,7 +104,7 @@ def create(
     with locked(name, state_dir) as state:
         if state.installed:
             raise MicrovmError(f"VM {name!r} already exists in {state.path}", hint=f"microvm update {name}")
-        with sources.evaluate(source, name) as evaluated:
+        with sources.evaluate(source, name, store, state.path.parent) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
         fingerprint = evaluated.fingerprint if recorded == source.url else {}  # {}: outdated until updated
         return _install(state, runner, source=recorded, declared_by=None, fingerprint=fingerprint, owner=owner)
@@ -121,7 +123,7 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
         if state.source is None:
             raise MicrovmError(f"VM {name!r} has no recorded source in {state.path}")
         source = sources.Source.parse(state.source)
-        with sources.evaluate(source, name) as evaluated:
+        with sources.evaluate(source, name, store, state.path.parent) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
         return _install(
             state, runner, source=source.url, declared_by=None, fingerprint=evaluated.fingerprint, owner=None
@@ -147,6 +149,15 @@ def remove(name: str, state_dir: Path | None = None, keep_data: bool = True) -> 
         return state.remove(keep_data)
 
 
+def control(action: str, name: str) -> None:
+    """``systemctl start|stop|restart microvm@NAME.service``, once the name is valid and, to start, its runner
+    is still in the store (said here, not by a unit that fails)."""
+    state = VMState.of(name)
+    if action != "stop" and state.runner_missing:
+        raise state.missing_runner_error()
+    systemd.control(action, name)
+
+
 # --- list ---------------------------------------------------------------------
 
 
@@ -157,7 +168,7 @@ class Status:
     name: str
     running: bool
     booted: bool
-    state: str  # current | outdated | stale | suspended | not booted
+    state: str  # current | outdated | stale | suspended | not booted | missing
     advice: str | None = None  # what to do ...
     command: str | None = None  # ... with which command
     source: str | None = None
@@ -213,7 +224,9 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     source, declared_by = state.source, state.declared_by
     outdated = sources.changed_since(source, state.build_record.get("fingerprint", {}))
     verdict: tuple[str, str | None, str | None]
-    if outdated and declared_by:
+    if state.runner_missing:
+        verdict = ("missing", "its runner is gone from the store, rebuild it", state.rebuild_command())
+    elif outdated and declared_by:
         verdict = ("outdated", "apply the host", f"microvm host apply {declared_by}")
     elif outdated:
         verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
@@ -235,7 +248,7 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
         vm.hypervisor, vm.vcpu, vm.mem = options.get("hypervisor"), options.get("vcpu"), options.get("mem")
         vm.addresses = config_addresses(config, host_bridge(state.path.parent) if bridge is None else bridge)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # a runner written by another version: its state still shows
+        pass  # a runner written by another version, or gone: its state still shows
     return vm
 
 
@@ -360,7 +373,7 @@ def run_installed(name: str, state_dir: Path | None = None) -> int:
         raise MicrovmError(f"{name!r} is neither a VM file nor a VM installed in {state.path.parent}")
     if systemd.is_active(name) or state.running_here():
         raise MicrovmError(f"VM {name!r} is already running", hint=f"attach to it: microvm console {name}")
-    config = VMConfig.model_validate(runner_config(runner))
+    config = VMConfig.model_validate(state.config())
     state.mark_booted()
     try:
         return run_foreground(Foreground.of(config, runner), state.path, config)

@@ -22,12 +22,12 @@ def host_arch() -> str:
     return "aarch64" if machine in ("aarch64", "arm64") else machine
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: `$` also matches before a final newline
 
 
 def valid_name(value: str) -> str:
     """A name that becomes a file name and a systemd instance (VMs, volumes, interfaces)."""
-    if not NAME_RE.match(value) or ".." in value:
+    if not NAME_RE.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
             "starting with a letter or digit (no '/', spaces or shell characters)"
