@@ -270,7 +270,7 @@ def splice(text: str, section: str, before: str = "## Suspend to disk and resume
     if heading in text:
         start = text.index(heading)
         end = text.find("\n## ", start + 1)
-        return text[:start] + section + (text[end + 1 :] if end != -1 else "")
+        return text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "")
     at = text.find(before)
     return text[:at] + section + "\n" + text[at:] if at != -1 else text + "\n" + section
 
