@@ -65,9 +65,9 @@ def row(vm: lifecycle.Status) -> list[tuple[str, str | None]]:
 
 def table(vms: list[lifecycle.Status], colour: bool) -> str:
     """Aligned columns; the colour codes are added after padding so they do not count as width."""
-    rows = [row(vm) for vm in vms]
-    widths = [max(len(c), *(len(r[i][0]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(paint(c.ljust(w), "dim", colour) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
+    rows = [[(c, "dim") for c in COLUMNS], *(row(vm) for vm in vms)]
+    widths = [max(len(r[i][0]) for r in rows) for i in range(len(COLUMNS))]
+    lines = []
     for cells in rows:
         padded = [
             paint(text, hue, colour) + " " * (w - len(text)) for (text, hue), w in zip(cells, widths, strict=True)
