@@ -59,11 +59,16 @@ create_volume() {
     local image=$1 size=$2 fstype=$3
     shift 3
     [ -e "$image" ] && return 0
+    echo "microvm: creating volume $image ($size MB, $fstype)" >&2
     mkdir -p "$(dirname "$image")"
     local tmp
     tmp=$(mktemp "$image.new.XXXXXX")
     truncate -s "${size}M" "$tmp"
-    "mkfs.$fstype" "$@" "$tmp" >/dev/null
+    if ! "mkfs.$fstype" "$@" "$tmp" >/dev/null; then
+        rm -f "$tmp"
+        echo "microvm: creating volume $image failed: mkfs.$fstype said so above" >&2
+        return 1
+    fi
     # ln fails if the image appeared meanwhile: the existing one always wins
     ln -T "$tmp" "$image" 2>/dev/null || true
     rm -f "$tmp"
