@@ -122,3 +122,15 @@ def test_debian_section_of_the_report(tmp_path: Path) -> None:
     assert "| boot to login | 20.00 s | – |" in text
     assert "| Root image, erofs (default, lz4hc) | 3.00 MiB |" in text
     assert re.search(r"squashfs.*\| n/a \|", text)
+
+
+def test_the_start_up_section_replaces_its_old_self() -> None:
+    """bench/cli.py run alone rewrites its own section of the report and leaves the others as they are."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from cli import splice
+
+    report = "# r\n\n## Boot\n\nboots\n\n## Suspend to disk and resume\n\nsaves\n"
+    first = splice(report, "## Command start-up\n\nold\n")
+    assert first == "# r\n\n## Boot\n\nboots\n\n## Command start-up\n\nold\n\n## Suspend to disk and resume\n\nsaves\n"
+    assert splice(first, "## Command start-up\n\nnew\n") == first.replace("old", "new")
+    assert splice("# r\n", "## Command start-up\n\nnew\n") == "# r\n\n## Command start-up\n\nnew\n"

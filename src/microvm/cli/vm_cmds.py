@@ -74,8 +74,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (its shape: d
 
 @app.command(name="list")
 def list_(json_: JsonFlag = False) -> None:
-    """Each installed VM: state (current, outdated, stale, not booted), hypervisor, size, addresses, uptime, what
-    to do next. microvm.nix: -l."""
+    """Each installed VM: state (current, outdated, stale, suspended, not booted, missing), hypervisor, size,
+    addresses, uptime, what to do next. microvm.nix: -l."""
     show.list_command(json_)
 
 
