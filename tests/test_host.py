@@ -216,6 +216,7 @@ def test_legacy_flags() -> None:
     assert translate_legacy(["-l"]) == ["list"]
     assert translate_legacy(["-r", "web"]) == ["run", "web"]
     assert translate_legacy(["run", "-r"]) == ["run", "-r"]
+    assert translate_legacy(["-s", "web", "-l", "alice", "uptime"]) == ["ssh", "web", "-l", "alice", "uptime"]
 
 
 def test_diff_reads_kernel_options_and_packages(tmp_path: Path) -> None:

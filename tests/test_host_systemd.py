@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "qemu-system-x86", "busybox-static",
-    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables",
+    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables", "systemd-container",
 ]  # fmt: skip
 # The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
 # machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
@@ -155,7 +155,8 @@ def setup(shared_store, tmp_path: Path):
         """,
         "common.toml",
     )
-    alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false") + "readiness = true\n" + NET
+    alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false")
+    alpha += "readiness = true\nregisterWithMachined = true\n" + NET
     write_vm(work, alpha, "alpha.toml")
     write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256, shell="true"), "beta.toml")
     host_file = write_vm(
@@ -171,6 +172,7 @@ def setup(shared_store, tmp_path: Path):
         enable = true
         [microvm.host]
         useNotifySockets = true  # alpha says when it has booted; beta is ready as its hypervisor starts
+        startupTimeout = 200
         """,
         "host.toml",
     )
@@ -222,6 +224,12 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         figures = {u: float(re.search(rf"exposure level for {u}: ([0-9.]+)", t).group(1)) for u, t in exposure.items()}
         print(f"\nsystemd-analyze security: {figures}")
         assert figures["microvm@alpha.service"] <= 4.0, exposure["microvm@alpha.service"]
+        assert host.systemctl("show", "-P", "TimeoutStartUSec", "microvm@alpha.service") == "3min 20s"
+        # registerWithMachined: machinectl sees alpha (a vm, its unit's main process), not beta
+        machines = host.box.run("machinectl", "list", "--no-legend").stdout
+        assert re.search(r"^alpha\s+vm\s+microvm", machines, re.MULTILINE) and "beta" not in machines, machines
+        shown = host.box.run("machinectl", "show", "alpha", "-p", "Class", "-p", "Unit", "-p", "Leader").stdout
+        assert {"Class=vm", "Unit=microvm@alpha.service", f"Leader={host.main_pid('alpha')}"} <= set(shown.split())
     # the container's shutdown stopped the VMs gracefully
     for name in ("alpha", "beta"):
         assert f"microvm: {name} stopped cleanly" in host.console(name)
@@ -240,12 +248,18 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert "microvm: alpha is shutting down" in log and "microvm: alpha stopped cleanly" in log
         assert not (rootfs / STATE.relative_to("/") / "alpha/booted").is_symlink()
         assert host.states()["alpha"] == "not booted"
+        assert host.box.run("machinectl", "status", "alpha", check=False).returncode != 0  # unregistered
         # Type=notify: start returns once alpha's guest said READY=1, after its oneshot services, so
         # its DHCP address is on this boot's console already
         assert host.systemctl("show", "-P", "Type", "microvm@alpha.service") == "notify"
         host.microvm("start", "alpha")
         assert "inet 10.213.0.3/24" in host.console("alpha")
         host.wait_booted("alpha", 1)
+        # machinectl terminate stops the VM's unit (for good: a stop, not a crash Restart=always undoes)
+        host.box.run("machinectl", "terminate", "alpha")
+        wait_for("alpha to stop", lambda: not host.active("alpha"), timeout=120)
+        host.microvm("start", "alpha")
+        assert "alpha" in host.box.run("machinectl", "list", "--no-legend").stdout
 
         # the console of a VM systemd runs: type into its shell, read the answer, detach with Ctrl-]
         assert "console-42" in host.console_answer("beta", "echo console-$((6 * 7))", "console-42")

@@ -33,6 +33,8 @@ DEBIAN_PACKAGES = {
     "dnsmasq": "dnsmasq-base",
     "nft": "nftables",
     "ip": "iproute2",
+    "ssh": "openssh-client",
+    "busctl": "systemd",
     "systemd-nspawn": "systemd-container",
     "shellcheck": "shellcheck",
     "depmod": "kmod",

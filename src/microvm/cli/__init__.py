@@ -14,7 +14,8 @@ from pathlib import Path
 from .. import faults
 
 # microvm.nix's short flags, mapped onto our subcommands so old habits work
-# (`microvm -c NAME -f SOURCE`, `microvm -Ru NAME`, `microvm -r NAME`, `microvm -l`).
+# (`microvm -c NAME -f SOURCE`, `microvm -Ru NAME`, `microvm -r NAME`, `microvm -l`; `microvm -s NAME ...`,
+# whose arguments are ssh's, below).
 LEGACY_FLAGS: dict[str, str] = {"-c": "create", "-u": "update", "-r": "run", "-l": "list"}
 # ... and the original's flags that modify them.
 LEGACY_OPTIONS: dict[str, str] = {"-R": "--restart", "-f": "--source"}
@@ -30,6 +31,8 @@ def _split_short(arg: str) -> list[str] | None:
 
 def translate_legacy(argv: list[str]) -> list[str]:
     """``microvm -Ru NAME`` -> ``microvm update NAME --restart`` (and the other original flags)."""
+    if argv[:1] == ["-s"]:  # the rest is ssh's (its -l is not our -l)
+        return ["ssh", *argv[1:]]
     if not argv or not (first := _split_short(argv[0])) or not any(f in LEGACY_FLAGS for f in first):
         return argv
     command, rest = None, []

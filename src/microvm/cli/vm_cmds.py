@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from .. import proc
 from ..errors import MicrovmError
-from ..host import lifecycle, systemd
+from ..host import lifecycle, systemd, vsock
 from ..host.sources import DEFAULT_SOURCE
 from ..host.statedir import VMState, installed
 from ..store import Store
@@ -120,6 +121,18 @@ def console(name: NameArg) -> None:
     attach(name, *VMState.of(name).console_files())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    name: NameArg,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="ssh options and the remote command, after the host (e.g. uptime).")
+    ] = None,
+) -> None:
+    """SSH into the VM over vsock (microvm.vsock.ssh), as root unless -l USER. microvm.nix: -s."""
+    argv = vsock.ssh_argv(VMState.of(name), args or [])
+    raise typer.Exit(proc.run([proc.which("ssh"), *argv[1:]], check=False, capture=False).returncode)
+
+
 @app.command()
 def logs(
     name: NameArg,
@@ -127,8 +140,6 @@ def logs(
     journal: Annotated[bool, typer.Option("--journal", help="systemd's journal of the VM's units instead.")] = False,
 ) -> None:
     """Print the VM's console log (what the guest printed), or its journal."""
-    from .. import proc
-
     if journal:
         systemd.require("show the journal of", name)
         proc.run(["journalctl", "--no-pager", "-u", systemd.unit(name), *(["-f"] if follow else [])], capture=False)

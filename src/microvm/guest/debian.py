@@ -70,6 +70,8 @@ def package_list(vm: VMConfig) -> list[str]:
         wanted.append("nftables")
     if guest.locale not in PLAIN_LOCALES:
         wanted.append("locales")
+    if vm.microvm.vsock.ssh.enable:
+        wanted.append("openssh-server")
     lock = read_lock(vm)
     pinned = []
     for spec in dict.fromkeys(wanted):
@@ -492,6 +494,8 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
         )
         layer.enable("microvm-ssh-host-keys.service", "multi-user.target", "/etc/systemd/system")
         layer.enable("microvm-ssh-host-keys.service", "ssh.service", "/etc/systemd/system")
+    if vm.microvm.vsock.ssh.enable:
+        _vsock_ssh(layer)
     if vm.microvm.readiness:
         layer.text(READY_SCRIPT_PATH, READY_SCRIPT, mode=0o755)
         layer.text("etc/systemd/system/microvm-ready.service", READY_UNIT)
@@ -500,6 +504,37 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
         for unit in OPTIMIZE_MASK:
             layer.links[f"etc/systemd/system/{unit}"] = "/dev/null"
     layer.text(PACKAGES_FILE, json.dumps(versions, indent=1) + "\n")
+
+
+# microvm.vsock.ssh: sshd on vsock port 22, one sshd -i per connection (what systemd-ssh-generator,
+# systemd 256 and later, sets up by itself; bookworm has 252)
+VSOCK_SSH_SOCKET = """[Unit]
+Description=OpenSSH server on vsock port 22 (microvm ssh)
+Wants=microvm-ssh-host-keys.service
+After=microvm-ssh-host-keys.service
+
+[Socket]
+ListenStream=vsock::22
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+VSOCK_SSH_SERVICE = """[Unit]
+Description=OpenSSH connection over vsock
+
+[Service]
+ExecStart=-/usr/sbin/sshd -i
+StandardInput=socket
+RuntimeDirectory=sshd
+RuntimeDirectoryPreserve=yes
+"""
+
+
+def _vsock_ssh(layer: Layer) -> None:
+    layer.text("etc/systemd/system/sshd-vsock.socket", VSOCK_SSH_SOCKET)
+    layer.text("etc/systemd/system/sshd-vsock@.service", VSOCK_SSH_SERVICE)
+    layer.enable("sshd-vsock.socket", "sockets.target", "/etc/systemd/system")
 
 
 def _guest_modules(vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> list[str]:

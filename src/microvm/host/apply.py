@@ -184,7 +184,9 @@ def plan(
     vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
     autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
     net_units = network.network_units(host.config, state_dir)
-    wanted = units.all_units(state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets)
+    wanted = units.all_units(
+        state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets, config.host.startupTimeout
+    )
     wanted |= net_units
     stale = generated(unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS)
     files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units], stale=stale)

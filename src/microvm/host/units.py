@@ -6,7 +6,8 @@
   sets ``booted`` before it starts and removes it after it stopped; stops with
   ``booted/bin/microvm-shutdown``, which asks the guest to power off and returns
   only once the hypervisor exited (the original returns at once, so systemd kills
-  the guest mid-shutdown).
+  the guest mid-shutdown). A runner with ``bin/microvm-register``
+  (``microvm.registerWithMachined``) is registered with systemd-machined while it runs.
 - ``microvm-{tap,macvtap}-interfaces@``, ``microvm-pci-devices@``,
   ``microvm-virtiofsd@``: what the VM needs before it starts, each conditioned on
   the runner declaring it, part of the VM's unit.
@@ -41,8 +42,9 @@ def _vm_dir(state_dir: Path) -> str:
     return escape(text) + "/%i"
 
 
-def vm_service(state_dir: Path, notify: bool = False) -> str:
-    """``microvm@.service``; ``notify`` (host.useNotifySockets): started once the VM says it is ready.
+def vm_service(state_dir: Path, notify: bool = False, timeout: int = 150) -> str:
+    """``microvm@.service``; ``notify`` (host.useNotifySockets): started once the VM says it is ready;
+    ``timeout`` (host.startupTimeout): seconds to start and to stop.
 
     The runner sends that from a helper process (see microvm.runner.ready), hence NotifyAccess=all.
     """
@@ -53,7 +55,8 @@ def vm_service(state_dir: Path, notify: bool = False) -> str:
             "Unit": [
                 ("Description", "MicroVM '%i'"),
                 ("Requires", " ".join(NEEDS)),
-                ("After", "network.target " + " ".join(NEEDS)),
+                # machined: registered VMs are unregistered before it stops
+                ("After", "network.target systemd-machined.service " + " ".join(NEEDS)),
                 ("ConditionPathExists", f"{vm}/current/bin/microvm-run"),
                 ("StartLimitIntervalSec", "0"),
             ],
@@ -65,19 +68,30 @@ def vm_service(state_dir: Path, notify: bool = False) -> str:
                 ("WorkingDirectory", f"{vm}"),
                 ("ExecStartPre", command(proc.which("sh"), "-c", booted_link)),
                 ("ExecStart", f"{vm}/current/bin/microvm-run"),
+                # '+': machined takes registrations from root only; '-': a VM whose registration
+                # failed (no machined) still runs, the journal says why
+                ("ExecStartPost", "-+" + _if_runner_has(f"{vm}/booted/bin/microvm-register", '"$$MAINPID"')),
                 # '-': hypervisors without a control socket have no microvm-shutdown; a guest
                 # that powered off by itself leaves nothing to shut down
                 ("ExecStop", f"-{vm}/booted/bin/microvm-shutdown"),
+                ("ExecStopPost", "-+" + _if_runner_has(f"{vm}/booted/bin/microvm-unregister")),
                 ("ExecStopPost", f"{proc.which('rm')} -f {vm}/booted"),
                 ("Restart", "always"),
                 ("RestartSec", "1"),
-                ("TimeoutSec", "150"),
+                ("TimeoutSec", str(timeout)),
                 ("LimitMEMLOCK", "infinity"),
                 ("LimitNOFILE", "1048576"),
                 *((key, value.format(vm=vm)) for key, value in HYPERVISOR_HARDENING),
             ],
         }
     )
+
+
+def _if_runner_has(script: str, *args: str) -> str:
+    """An Exec line running ``script`` (``<stateDir>/%i/...``, already escaped: no blanks or quotes, see
+    _vm_dir) if the runner has it; ``args`` are shell words (``"$$MAINPID"``: systemd makes ``$$`` a ``$``)."""
+    run = " ".join([script, *args])
+    return f"{proc.which('sh')} -c 'if [ -x {script} ]; then exec {run}; fi'"
 
 
 ONESHOT = [("Type", "oneshot"), ("RemainAfterExit", "yes")]
@@ -224,11 +238,16 @@ def target(autostart: list[str]) -> str:
 
 
 def all_units(
-    state_dir: Path, store: Path, autostart: list[str], installs: dict[str, list[str]], notify: bool = False
+    state_dir: Path,
+    store: Path,
+    autostart: list[str],
+    installs: dict[str, list[str]],
+    notify: bool = False,
+    timeout: int = 150,
 ) -> dict[str, str]:
     """Every unit file (path relative to the unit directory -> content) for a host."""
     units = {
-        "microvm@.service": vm_service(state_dir, notify),
+        "microvm@.service": vm_service(state_dir, notify, timeout),
         "microvm-tap-interfaces@.service": interfaces_service(state_dir, "tap"),
         "microvm-macvtap-interfaces@.service": interfaces_service(state_dir, "macvtap"),
         "microvm-pci-devices@.service": pci_service(state_dir),

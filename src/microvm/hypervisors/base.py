@@ -56,6 +56,11 @@ class Feature(enum.Enum):
     VOLUME_SERIAL = "volume serial numbers"
     DIRECT_IO = "direct I/O volumes"
     SUSPEND = "suspend to disk, resume on start (microvm suspend)"
+    IMAGE_QCOW2 = "qcow2 volumes"
+    IMAGE_VHD = "vhd volumes"
+    IMAGE_VHDX = "vhdx volumes"
+    BACKING_FILE = "qcow2 volumes with a backing file"
+    VHOST_NET = "vhost-net taps (tap.vhost)"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,9 @@ class RunnerSpec:
     ready_socket: str | None = None
 
 
+IMAGE_FEATURES = {"qcow2": Feature.IMAGE_QCOW2, "vhd": Feature.IMAGE_VHD, "vhdx": Feature.IMAGE_VHDX}
+
+
 def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
     """Every feature ``vm`` asks of its hypervisor, with the option asking for it."""
     mv = vm.microvm
@@ -104,6 +112,8 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
     }
     for i, iface in enumerate(mv.interfaces):
         yield interface_features[iface.type], ("microvm", "interfaces", i, "type")
+        if iface.tap.vhost:
+            yield Feature.VHOST_NET, ("microvm", "interfaces", i, "tap", "vhost")
     if mv.forwardPorts:
         yield Feature.FORWARD_PORTS, ("microvm", "forwardPorts")
     if mv.balloon:
@@ -133,6 +143,10 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
             yield Feature.VOLUME_SERIAL, ("microvm", "volumes", i, "serial")
         if volume.direct:
             yield Feature.DIRECT_IO, ("microvm", "volumes", i, "direct")
+        if volume.imageType != "raw":
+            yield IMAGE_FEATURES[volume.imageType], ("microvm", "volumes", i, "imageType")
+        if volume.backingFile is not None:
+            yield Feature.BACKING_FILE, ("microvm", "volumes", i, "backingFile")
 
 
 def _option_values(vm: VMConfig, what: str) -> Iterator[tuple[OptionPath, str]]:
@@ -181,6 +195,10 @@ class Hypervisor(ABC):
     plain_options: ClassVar[tuple[str, ...]] = ()
     # How its control socket is driven, for docs/hypervisors.md.
     control_api: ClassVar[str] = "none (stopped with SIGTERM)"
+    # Where the host reaches the guest's vsock ports when they are a unix socket of the hypervisor
+    # (relative to the state directory; connect, send "CONNECT <port>\n", read "OK ..."); None when
+    # vsock is the host kernel's (vhost-vsock: AF_VSOCK to the guest's context id).
+    vsock_socket: ClassVar[str | None] = None
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         """Kernel parameters this hypervisor's guests need (besides the console)."""

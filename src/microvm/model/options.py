@@ -131,6 +131,16 @@ class MacvtapOptions(Options):
     )
 
 
+class TapOptions(Options):
+    vhost: bool = Field(
+        False,
+        description=(
+            "Move the tap's packet processing into the host kernel (vhost-net; qemu only): much faster than in "
+            "the hypervisor. Needs `/dev/vhost-net` on the host (`modprobe vhost_net`)."
+        ),
+    )
+
+
 class Interface(Options):
     type: Literal["user", "tap", "macvtap", "bridge"] = Field(
         "user",
@@ -150,6 +160,7 @@ class Interface(Options):
         ),
     )
     macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
+    tap: TapOptions = Field(default_factory=TapOptions, description="tap settings (type tap).")
 
 
 class PortAddress(Options):
@@ -167,6 +178,8 @@ class ForwardPort(Options):
 
 
 # --- storage -------------------------------------------------------------------
+
+ImageType = Literal["raw", "qcow2", "vhd", "vhdx"]
 
 
 class Volume(Options):
@@ -187,6 +200,28 @@ class Volume(Options):
     )
     direct: bool = Field(False, description="Bypass the host page cache (O_DIRECT).")
     readOnly: bool = Field(False, description="Attach read-only.")
+    imageType: ImageType = Field(
+        "raw",
+        description=(
+            "Format of the image: the hypervisor is told it (no guessing from the content), and a missing image "
+            "is created in it (with `qemu-img`). qemu and cloud-hypervisor take all four."
+        ),
+    )
+    backingFile: str | None = Field(
+        None,
+        description=(
+            "qcow2 only: create the image as a copy-on-write overlay of this image (relative paths are in the "
+            "VM's state directory), which the guest reads but never changes; no mkfs then. The overlay is `size` "
+            "MB or the backing image's size, whichever is larger. Not in microvm.nix."
+        ),
+    )
+    backingFormat: ImageType = Field("raw", description="Format of `backingFile`. Not in microvm.nix.")
+
+    @model_validator(mode="after")
+    def _backing_needs_qcow2(self) -> Volume:
+        if self.backingFile is not None and self.imageType != "qcow2":
+            raise ValueError(f'backingFile needs imageType = "qcow2" (this is {self.imageType!r})')
+        return self
 
 
 class Share(Options):
@@ -206,7 +241,20 @@ class Share(Options):
     )
     readOnly: bool = Field(False, description="Share read-only.")
     posixAcl: bool = Field(True, description="virtiofs: let virtiofsd handle POSIX ACLs.")
+    cache: Literal["auto", "always", "metadata", "never"] = Field(
+        "auto",
+        description=(
+            "virtiofs: how long the guest caches what it read (virtiofsd `--cache`); `metadata` needs the Rust "
+            "virtiofsd. 9p shares take only auto."
+        ),
+    )
     virtiofsdExtraArgs: list[str] = Field([], description="virtiofs: extra arguments for this share's virtiofsd.")
+
+    @model_validator(mode="after")
+    def _cache_is_virtiofs(self) -> Share:
+        if self.cache != "auto" and self.proto != "virtiofs":
+            raise ValueError(f'cache = {self.cache!r} needs proto = "virtiofs" (qemu serves 9p shares uncached)')
+        return self
 
 
 class VirtiofsdOptions(Options):
@@ -250,6 +298,28 @@ class QemuOptions(Options):
     )
     extraArgs: list[str] = Field([], description="Extra qemu arguments, appended.")
     serialConsole: bool = Field(True, description="Console on the serial port (else virtio).")
+    pcieRootPorts: list[PcieRootPort] = Field(
+        [],
+        description=(
+            "PCIe root ports (`-device pcie-root-port`) to hot-plug PCIe devices into (through QMP `device_add`): "
+            "the q35 machine cannot hot-plug on its root bus. Not on the pc machine (no PCIe); microvm gets `pcie=on`."
+        ),
+    )
+
+
+class PcieRootPort(Options):
+    id: Name = Field(description="Unique id of the port, the `bus` of a device plugged into it.", examples=["rp0"])
+    bus: Name | None = Field(None, description="Bus the port sits on; null for the root bus (pcie.0).")
+    chassis: Annotated[int, Field(ge=0, le=255)] | None = Field(None, description="Chassis number.")
+    slot: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+        None, description="Slot number (chassis and slot must be unique together)."
+    )
+    addr: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{1,2}(\.[0-7])?$")] | None = Field(
+        None, description="Address on the parent bus, `slot[.function]` in hex like `1c.0`."
+    )
+
+
+QemuOptions.model_rebuild()
 
 
 class ExtraArgs(Options):
@@ -262,6 +332,16 @@ class CrosvmOptions(ExtraArgs):
 
 class FirecrackerOptions(ExtraArgs):
     extraConfig: dict = Field({}, description="Merged into the generated firecracker JSON config.")
+    cpu: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Custom CPU template (firecracker's docs/cpu_templates: `cpuid_modifiers`, `msr_modifiers`, "
+            "`reg_modifiers`, ...), written next to the config and given as its `cpu-config`."
+        ),
+    )
+    driveIoEngine: Literal["Async", "Sync"] = Field(
+        "Async", description="I/O engine of every drive: Async (io_uring) or Sync (blocking)."
+    )
 
 
 # --- the microvm table ----------------------------------------------------------
@@ -305,6 +385,20 @@ class MicroVMOptions(Options):
         description="Control socket (relative to the state directory). Default: `<hostName>.sock` where the hypervisor has one.",
     )
     preStart: str = Field("", description="Shell commands run before the hypervisor starts.")
+    extraArgsScript: str | None = Field(
+        None,
+        description=(
+            "Shell command run by `bin/microvm-run` just before the hypervisor starts (in the state directory, "
+            "after `preStart`); its output, split at blanks, is appended to the hypervisor's arguments."
+        ),
+    )
+    registerWithMachined: bool = Field(
+        False,
+        description=(
+            "Register the running VM with systemd-machined (class vm, `guest.machineId` as its UUID), so "
+            "`machinectl list/status/terminate` see it. Under systemd (`microvm@`) only."
+        ),
+    )
     readiness: bool = Field(
         False,
         description=(
@@ -353,7 +447,7 @@ class MicroVMOptions(Options):
     )
     devices: list[Device] = Field([], description="Host devices passed through.")
     vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
-    graphics: Enable = Field(default_factory=Enable, description="A graphical display (qemu, cloud-hypervisor).")
+    graphics: GraphicsOptions = Field(default_factory=lambda: GraphicsOptions(), description="A graphical display.")
     binScripts: dict[Name, str] = Field({}, description="Extra scripts put in the runner's bin/ (name -> script text).")
     qemu: QemuOptions = Field(default_factory=QemuOptions, description="qemu settings.")
     cloud_hypervisor: ExtraArgs = Field(
@@ -369,6 +463,31 @@ class MicroVMOptions(Options):
 class VsockOptions(Options):
     cid: Annotated[int, Field(ge=3, lt=2**32 - 1)] | None = Field(
         None, description="Guest context id (3 or more, unique per host); null for no vsock."
+    )
+    ssh: Enable = Field(
+        default_factory=Enable,
+        description=(
+            "An SSH server on vsock port 22 (base debian; installs openssh-server), for `microvm ssh NAME` "
+            "without any network. Needs `cid`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ssh_needs_cid(self) -> VsockOptions:
+        if self.ssh.enable and self.cid is None:
+            raise ValueError("ssh.enable needs a cid (vsock is off without one)")
+        return self
+
+
+class GraphicsOptions(Options):
+    enable: bool = Field(False, description="A graphical display (qemu): virtio GPU, keyboard and tablet.")
+    backend: Literal["gtk", "headless"] = Field(
+        "gtk",
+        description=(
+            "gtk: a window on the host's desktop (for `microvm run` in a session, not under systemd); headless: "
+            "no window, the display is served by VNC on the unix socket `<hostName>-vnc.sock` in the state "
+            "directory (works under systemd)."
+        ),
     )
 
 
@@ -751,6 +870,9 @@ class HostOptions(Options):
     tapScript: str = Field(
         'ip link set "$id" up',
         description="Shell commands run after a tap `$id` is created.",
+    )
+    startupTimeout: Annotated[int, Field(gt=0)] = Field(
+        150, description="Seconds systemd gives a VM to start (and to stop) before it fails it (`TimeoutSec=`)."
     )
 
 
