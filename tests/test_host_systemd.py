@@ -176,14 +176,19 @@ def setup(shared_store, tmp_path: Path):
         """,
         "host.toml",
     )
+    rootfs, ro_binds = unpacked_rootfs(tmp_path)
+    return rootfs, work, host_file, [str(CACHE / "store"), str(work)], ro_binds, tmp_path
+
+
+def unpacked_rootfs(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The rootfs unpacked under ``tmp_path``, and the read-only binds the venv needs in the container."""
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
-    binds = [str(CACHE / "store"), str(work)]
     ro_binds = [str(REPO)]
     if not sys.base_prefix.startswith("/usr"):
         ro_binds.append(sys.base_prefix)  # the venv's interpreter (e.g. pyenv's) lives outside /usr
-    return rootfs, work, host_file, binds, ro_binds, tmp_path
+    return rootfs, ro_binds
 
 
 def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:

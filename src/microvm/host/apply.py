@@ -187,16 +187,19 @@ def plan(
     wanted = units.all_units(
         state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets, config.host.startupTimeout
     )
-    wanted |= net_units
-    stale = generated(unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS)
-    files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units], stale=stale)
+    web = {units.WEB: units.web_service(config.web, state_dir, store.root)} if config.web.enable else {}
+    wanted |= net_units | web
+    stale = generated(
+        unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS, units.WEB
+    )
+    files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units, *web], stale=stale)
     net = network.plan_network(host.config, state_dir)
     record = _record_changes(state_dir, host.loaded.file) if unit_dir == DEFAULT_UNIT_DIR else []
     result = Plan([*_system_changes(state_dir), *record, *vms.changes, *files])
     if net:
         result.add(Group("network", net))
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
-        result.add(*activation_changes(files, net_units, "host network", DNSMASQ_PREFIX))
+        result.add(*activation_changes(files, [*net_units, *web], "host file", (DNSMASQ_PREFIX, units.WEB)))
         if stopped := [n for n in autostart if not systemd.is_active(n)]:
             result.add(Systemctl(("start", *map(systemd.unit, stopped)), "autostart"))
         for name in vms.to_restart:

@@ -97,13 +97,20 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _socket_alive(path: Path) -> bool:
-    """Something accepts connections on the unix socket ``path`` (a stale file refuses them)."""
+    """Something listens on the unix socket ``path`` (a stale file refuses connections).
+
+    Without blocking: a hypervisor serving another client (an attached console) leaves new
+    ones in its backlog, and a blocking connect to a full backlog would wait until it detaches.
+    """
     if not path.is_socket():
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
         try:
             sock.connect(os.fspath(path))
             return True
+        except BlockingIOError:
+            return True  # its backlog is full: it listens, busy with a client
         except OSError:
             return False
 

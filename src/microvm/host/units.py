@@ -13,17 +13,23 @@
   the runner declaring it, part of the VM's unit.
 - ``install-microvm-<name>.service``: puts a declared VM in place before it starts.
 - ``microvms.target``: wants the autostarted VMs; enabled for multi-user.target.
+- ``microvm-web.service``: `microvm web`, when the host file enables ``microvm.web``.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
 from ..store import PRIVATE_GROUP
 from .unitfile import command, environment, escape, render
+
+if TYPE_CHECKING:
+    from ..model.options import WebOptions
 
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
@@ -228,6 +234,33 @@ def install_dropin(name: str) -> str:
     """``microvm@<name>.service.d/install.conf``: the VM starts only once installed."""
     unit = f"install-microvm-{name}.service"
     return render({"Unit": [("Requires", unit), ("After", unit)]})
+
+
+WEB = "microvm-web.service"
+WEB_TOKEN = Path("/run/microvm/web.token")  # the address with the token, when it listens on a TCP port
+
+
+def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
+    """``microvm-web.service``: `microvm web` as the host file says, as root (it starts and stops VM units).
+
+    Not ProtectHome: `update` builds into the store, which may be under a home directory; not PrivateTmp:
+    its socket may be under /tmp.
+    """
+    tls = ["--tls-cert", web.tlsCertificate, "--tls-key", web.tlsKey] if web.tlsCertificate and web.tlsKey else []
+    argv = ["-m", "microvm", "web", "--listen", web.listen, "--group", web.group, "--token-file", str(WEB_TOKEN)]
+    return render(
+        {
+            "Unit": [("Description", "microvm web page"), ("After", "network.target")],
+            "Service": [
+                ("Type", "simple"),
+                ("Environment", environment({"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)})),
+                ("ExecStart", command(sys.executable, *argv, *tls)),
+                ("Restart", "on-failure"),
+                *(h for h in BASE_HARDENING if h[0] not in ("ProtectHome", "PrivateTmp")),
+            ],
+            "Install": [("WantedBy", "multi-user.target")],
+        }
+    )
 
 
 def target(autostart: list[str]) -> str:

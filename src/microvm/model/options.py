@@ -81,6 +81,27 @@ def _ipv6_prefix(value: str) -> str:
     return value
 
 
+def listen_address(value: str) -> tuple[str | None, str, int]:
+    """``unix:/PATH`` -> (PATH, "", 0); ``ADDRESS:PORT`` or ``[V6]:PORT`` -> (None, ADDRESS, PORT) (`microvm web`)."""
+    if value.startswith("unix:/"):
+        return value.removeprefix("unix:"), "", 0
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 <= number < 65536:
+        raise ValueError(f"{value!r} is not unix:/PATH (absolute) or ADDRESS:PORT (an IP address), e.g. 127.0.0.1:8480")
+    return None, host, number
+
+
+def _listen(value: str) -> str:
+    listen_address(value)
+    return value
+
+
 def _guest_path(value: str) -> str:
     _absolute(value)
     if ".." in value.split("/"):
@@ -876,6 +897,31 @@ class HostOptions(Options):
     )
 
 
+class WebOptions(Options):
+    enable: bool = Field(
+        False, description="Serve `microvm web` (the VMs' page, API and consoles) as `microvm-web.service`."
+    )
+    listen: Annotated[str, AfterValidator(_listen)] = Field(
+        "unix:/run/microvm/web.sock",
+        description=(
+            "`unix:/PATH` (mode 0660, group `group`: its permissions authorise) or `ADDRESS:PORT` (a per-start "
+            "token, written to `/run/microvm/web.token`); an address beyond loopback needs `tlsCertificate`."
+        ),
+    )
+    group: Name = Field("kvm", description="Group that may use the unix socket.")
+    tlsCertificate: AbsolutePath | None = Field(None, description="TLS certificate (PEM) to serve https with.")
+    tlsKey: AbsolutePath | None = Field(None, description="The certificate's private key (PEM).")
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> WebOptions:
+        if (self.tlsCertificate is None) != (self.tlsKey is None):
+            raise ValueError("set tlsCertificate and tlsKey together")
+        unix, host, _ = listen_address(self.listen)
+        if unix is None and not ipaddress.ip_address(host).is_loopback and self.tlsCertificate is None:
+            raise ValueError(f"listen {self.listen!r} is reachable from other machines: set tlsCertificate and tlsKey")
+        return self
+
+
 class DeclaredVM(Options):
     config: str | dict[str, Any] | None = Field(
         None,
@@ -906,6 +952,7 @@ class HostMicroVMOptions(Options):
     )
     autostart: list[Name] = Field([], description="VMs started at boot (microvms.target).")
     host: HostOptions = Field(default_factory=HostOptions, description="Host module settings.")
+    web: WebOptions = Field(default_factory=WebOptions, description="The web page of the host's VMs.")
     vms: dict[Name, DeclaredVM] = Field({}, description="VMs declared with the host.")
 
 
