@@ -136,10 +136,19 @@ def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> 
     state = tmp_path / "state"
     first = boot(shared_store, file, state)
     assert "boots before: 0" in first.console, first.console
+    assert "microvm: creating volume data.img (16 MB, ext4)" in first.console  # the step, on stderr
     inode = (state / "data.img").stat().st_ino
     second = boot(shared_store, file, state)
     assert "boots before: 1" in second.console, second.console
     assert (state / "data.img").stat().st_ino == inode  # the image was not recreated
+    assert "creating volume" not in second.console
+
+    # a volume mkfs refuses: the runner stops before the hypervisor, naming the step after mkfs's own words
+    write_vm(tmp_path, file.read_text().replace('label = "data"', 'mkfsExtraArgs = ["-b", "3"]'))
+    failed = boot(shared_store, file, tmp_path / "other")
+    assert failed.returncode != 0 and not (tmp_path / "other" / "data.img").exists()
+    assert failed.console.rstrip().endswith("microvm: creating volume data.img failed: mkfs.ext4 said so above")
+    assert "mkfs.ext4" in failed.console.split("microvm: creating volume data.img (16 MB, ext4)")[1]
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = BOOT_TIMEOUT) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -120,9 +121,7 @@ class Host:
         return int(self.systemctl("show", "-P", "MainPID", f"microvm@{name}.service"))
 
     def states(self) -> dict[str, str]:
-        lines = self.microvm("list").stdout.splitlines()
-        # "NAME: STATE (ADDRESSES), ADVICE: COMMAND" -> {NAME: STATE}
-        return {line.split(": ")[0]: re.split(r" \(|,", line.split(": ", 1)[1])[0] for line in lines}
+        return {vm["name"]: vm["state"] for vm in json.loads(self.microvm("list", "--json").stdout)}
 
     def wait_booted(self, name: str, gen: int) -> None:
         """Wait for a boot of ``name`` at ``gen`` not seen before."""

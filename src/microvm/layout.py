@@ -23,6 +23,9 @@ MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
 PCI_DEVICES = f"{SHARE}/pci-devices"
 VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
 
+# In the state directory: what the last `microvm host apply` of the network added and set (host/network/record.py).
+NETWORK_RECORD = ".network.json"
+
 # Who runs hypervisors on the host: the systemd units' User= and Group=, and `microvm run` as root.
 HYPERVISOR_USER, HYPERVISOR_GROUP = "microvm", "kvm"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +75,8 @@ class Source:
                 raise MicrovmError(f"source {self.url} is not a directory")
             yield self.path, None
             return
+        import tarfile  # here for start-up speed: `list` and `status` import this module and never check out
+
         commit = self.commit()
         with store.scratch("source") as tmp:
             archive = tmp / "source.tar"

@@ -20,27 +20,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .addresses import BASE_N_MAX, base_mac, base_tap, ipv6_host_interface, nth_host_address
-from .names import Hypervisor
+from .names import Hypervisor, valid_name
 
-# A name that is safe as a file name, a systemd instance and a shell word.
 # Used with fullmatch: `$` would also match before a final newline.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 IFNAME_MAX = 15
 
 
-def _name(value: str) -> str:
-    if not NAME_RE.fullmatch(value) or ".." in value:
-        raise ValueError(
-            f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
-            "starting with a letter or digit (no '/', spaces or shell characters)"
-        )
-    return value
-
-
 def _ifname(value: str) -> str:
-    _name(value)
+    valid_name(value)
     if len(value) > IFNAME_MAX:
         raise ValueError(f"{value!r} is {len(value)} characters long; Linux interface names have at most 15")
     return value
@@ -120,7 +109,7 @@ def _guest_path(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[str, AfterValidator(valid_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
 Mac = Annotated[str, AfterValidator(_mac)]
@@ -669,7 +658,7 @@ class BaseNetwork(Options):
 
     @property
     def tap(self) -> str:
-        return f"rvm{self.n}" if self.routed.enable else base_tap(self.n)
+        return base_tap(self.n, self.routed.enable)
 
     @property
     def mac(self) -> str:

@@ -60,11 +60,16 @@ create_volume() {
     local image=$1 size=$2 format=$3 fstype=$4
     shift 4
     [ -e "$image" ] && return 0
+    echo "microvm: creating volume $image ($size MB, $fstype)" >&2
     mkdir -p "$(dirname "$image")"
     local tmp
     tmp=$(mktemp "$image.new.XXXXXX")
     truncate -s "${size}M" "$tmp"
-    "mkfs.$fstype" "$@" "$tmp" >/dev/null
+    if ! "mkfs.$fstype" "$@" "$tmp" >/dev/null; then
+        rm -f "$tmp"
+        echo "microvm: creating volume $image failed: mkfs.$fstype said so above" >&2
+        return 1
+    fi
     if [ "$format" != raw ]; then
         qemu-img convert -q -f raw -O "$format" "$tmp" "$tmp.$format"
         mv -f "$tmp.$format" "$tmp"
@@ -81,6 +86,7 @@ create_overlay() {
         echo "microvm: the backing file $backing of volume $image does not exist" >&2
         exit 1
     fi
+    echo "microvm: creating volume $image (over $backing)" >&2
     mkdir -p "$(dirname "$image")"
     local tmp
     tmp=$(mktemp "$image.new.XXXXXX")
