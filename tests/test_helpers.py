@@ -142,7 +142,7 @@ def test_the_dispatcher_imports_only_the_command_asked_for(tmp_path: Path) -> No
     }
     install = _imported("install", "web", "--runner", str(tmp_path), "--owner", "nobody:nogroup-missing")
     assert "microvm.host.install" in install
-    assert not {"pydantic", "microvm.host.taps", "microvm.runner.control", "microvm.model"} & install
+    assert not {"pydantic", "microvm.host.taps", "microvm.runner.control", "microvm.model.options"} & install
 
 
 def test_bad_arguments_and_missing_files_are_told_without_a_traceback(
