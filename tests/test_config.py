@@ -254,6 +254,18 @@ BAD = {
     "packages on busybox": (MINIMAL + 'packages = ["nginx"]\n', ["guest.packages", 'guest.base = "debian"']),
     "kvm with emulated cpu": (MINIMAL + '[microvm]\naccel = "kvm"\ncpu = "Haswell"\n', ["microvm.accel"]),
     "unknown after": (MINIMAL + '[guest.services.a]\ncommand = "x"\nafter = ["b"]\n', ["no service named 'b'"]),
+    "bad unit name in after": (
+        MINIMAL + '[guest.services.a]\ncommand = "x"\nafter = ["a b@c@d"]\n',
+        ["guest.services.a.after[0]", "postgresql@15-main.service"],
+    ),
+    "store tag on a data share": (
+        MINIMAL + '[[microvm.shares]]\ntag = "ro-store"\nsource = "/srv"\nmountPoint = "/srv"\n',
+        ["microvm.shares[0].tag", "'ro-store' is the tag of the share of the guest system"],
+    ),
+    "store share with storeOnDisk": (
+        MINIMAL + '[microvm]\nstoreOnDisk = true\n[[microvm.shares]]\ntag = "s"\nsource = "store"\nmountPoint = "/s"\n',
+        ["microvm.storeOnDisk", "source is the store"],
+    ),
     "bad machine id": (MINIMAL + 'machineId = "xyz"\n', ["guest.machineId", "32 lowercase hex"]),
     "imports not a list": ('imports = "a.toml"\n' + MINIMAL, ["imports", "list of file names"]),
     "missing import": ('imports = ["nope.toml"]\n' + MINIMAL, ["imports[0]", "does not exist"]),
@@ -290,6 +302,11 @@ def test_bad_config_is_a_clear_error_and_writes_nothing(tmp_path: Path, case: st
 
 def test_there_are_at_least_30_bad_configs() -> None:
     assert len(BAD) >= 30
+
+
+def test_a_debian_service_may_order_after_a_unit_instance(tmp_path: Path) -> None:
+    text = MINIMAL + 'base = "debian"\n[guest.services.a]\ncommand = "x"\nafter = ["postgresql@15-main.service"]\n'
+    assert load_vm(write_vm(tmp_path, text)).config.guest.services["a"].after == ["postgresql@15-main.service"]
 
 
 def test_warnings_do_not_stop(tmp_path: Path) -> None:

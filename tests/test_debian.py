@@ -47,8 +47,12 @@ user = "alice"
 
 [guest.services.prepare]
 type = "oneshot"
-command = "mkdir -p /srv/www && echo served-by-$NAME > /srv/www/index.html"
+command = '''
+mkdir -p /srv/www
+echo "served-by-$NAME" > /srv/www/index.html
+'''
 environment = {{ NAME = "{name}" }}
+after = ["getty@tty1.service"]
 
 [guest.services.web]
 description = "a small web server"
@@ -269,6 +273,11 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
     assert "OnCalendar=minutely" in (root / "etc/systemd/system/tick.timer").read_text()
     web = (root / "etc/systemd/system/web.service").read_text()
     assert "User=www-data" in web and "After=prepare.service" in web
+    prepare = (root / "etc/systemd/system/prepare.service").read_text()
+    assert "After=getty@tty1.service" in prepare and "RemainAfterExit=yes" in prepare
+    # a multi-line command is one ExecStart= line; a timer's oneshot goes inactive after each run
+    assert '-c "mkdir -p /srv/www\\necho' in prepare
+    assert "RemainAfterExit" not in (root / "etc/systemd/system/tick.service").read_text()
     assert "MACAddress=02:00:00:00:00:42" in (root / "etc/systemd/network/10-eth0.network").read_text()
     assert "tcp dport { 22, 8000 } accept" in (root / "etc/nftables.conf").read_text()
     stat = (root / "etc/microvm-test").stat()
@@ -283,7 +292,7 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
         capture_output=True,
         text=True,
     )
-    assert verify.returncode == 0, verify.stderr
+    assert verify.returncode == 0 and not verify.stderr, verify.stderr
 
 
 # --- boots -------------------------------------------------------------------------

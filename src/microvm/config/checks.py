@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from ..hypervisors import get
 from ..model.addresses import nth_host_address
 from ..model.names import host_arch
-from ..model.options import HostConfig, VMConfig
+from ..model.options import STORE_SHARE_SOURCE, STORE_SHARE_TAG, HostConfig, VMConfig
 from ..model.problems import OptionPath, Problem, format_path
 
 
@@ -100,6 +100,18 @@ def _storage(vm: VMConfig) -> Iterator[Problem]:
         "mount point",
     )
     for i, share in enumerate(shares):
+        if share.tag == STORE_SHARE_TAG and share.source != STORE_SHARE_SOURCE:
+            yield Problem(
+                ("microvm", "shares", i, "tag"),
+                f"{STORE_SHARE_TAG!r} is the tag of the share of the guest system, whose source is {STORE_SHARE_SOURCE!r}",
+                hint=f'give this share another tag, or source = "{STORE_SHARE_SOURCE}" to share the system',
+            )
+        if share.source == STORE_SHARE_SOURCE and mv.storeOnDisk:
+            yield Problem(
+                ("microvm", "storeOnDisk"),
+                "is true, but a share's source is the store (the guest system is shared, not on a disk)",
+                hint="leave storeOnDisk unset, or remove the share",
+            )
         if share.proto == "9p" and share.socket is not None:
             yield Problem(("microvm", "shares", i, "socket"), "only virtiofs shares have a socket")
     for i, volume in enumerate(volumes):

@@ -256,9 +256,12 @@ class Layer:
 
 
 def _unit_value(text: str) -> str:
-    """Quote ``text`` as one word of a systemd ExecStart= line (no specifier or variable expansion)."""
+    """Quote ``text`` as one word of a systemd ExecStart= line (no specifier or variable expansion).
+
+    Line breaks become C escapes, which systemd undoes inside the quotes: a unit file line cannot hold them.
+    """
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"'
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
 
 
 def _unit_name(name: str, services: dict[str, Service]) -> str:
@@ -273,7 +276,8 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
         if after:
             unit += [f"After={after}", f"Wants={after}"]
         unit += ["", "[Service]", f"Type={service.type}", f"ExecStart=/bin/sh -c {_unit_value(service.command)}"]
-        if service.type == "oneshot":
+        if service.type == "oneshot" and service.startAt is None:
+            # active after its run at boot; a timer's service must go inactive again, or its timer fires once
             unit.append("RemainAfterExit=yes")
         if service.user:
             unit.append(f"User={service.user}")

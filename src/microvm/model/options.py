@@ -26,6 +26,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 IFNAME_MAX = 15
+# A systemd unit name (systemd.unit(5)): an optional instance after '@', as in postgresql@15-main.service.
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?(\.[a-z]+)?$")
 
 
 def _name(value: str) -> str:
@@ -33,6 +35,15 @@ def _name(value: str) -> str:
         raise ValueError(
             f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
             "starting with a letter or digit (no '/', spaces or shell characters)"
+        )
+    return value
+
+
+def _unit_name(value: str) -> str:
+    if not UNIT_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a service or systemd unit name: use letters, digits and ':', '_', '.', '-', "
+            "with at most one '@' for an instance (e.g. postgresql@15-main.service)"
         )
     return value
 
@@ -98,6 +109,7 @@ def _guest_path(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_name)]
+UnitName = Annotated[str, AfterValidator(_unit_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
 Mac = Annotated[str, AfterValidator(_mac)]
@@ -201,7 +213,12 @@ class Volume(Options):
 class Share(Options):
     tag: Name = Field(description="Unique tag the guest mounts the share by.", examples=["ro-store"])
     source: str = Field(
-        description="Host directory; relative paths are in the VM's state directory.", examples=["/srv/data"]
+        description=(
+            "Host directory; relative paths are in the VM's state directory. The word `store` (microvm.nix's "
+            "`/nix/store`) shares the guest system from the host store: that share is the guest's root, "
+            "read-only, with the tag `ro-store`, and `storeOnDisk` defaults to false."
+        ),
+        examples=["/srv/data"],
     )
     mountPoint: AbsolutePath = Field(description="Where the guest mounts it.")
     proto: Literal["9p", "virtiofs"] = Field("9p", description="9p (served by qemu) or virtiofs (by virtiofsd).")
@@ -406,7 +423,13 @@ class Service(Options):
     )
     user: Name | None = Field(None, description="User to run as; default root.")
     environment: dict[str, str] = Field({}, description="Environment variables.")
-    after: list[Name] = Field([], description="Services to start before this one.")
+    after: list[UnitName] = Field(
+        [],
+        description=(
+            "Services to start before this one; base debian: also any systemd unit, instances included "
+            "(`postgresql@15-main.service`, `network-online.target`)."
+        ),
+    )
     restart: bool = Field(False, description="Restart the service when it exits (simple services).")
     enable: bool = Field(True, description="Start at boot.")
     startAt: str | None = Field(
@@ -720,8 +743,10 @@ class VMConfig(Options):
         return self.guest.hostName
 
 
-# The share tag that carries the guest system when storeOnDisk is false; its source is set to the
-# system's store entry at build time.
+# The share that carries the guest system when storeOnDisk is false is the one whose source is the store
+# (microvm.nix's `/nix/store`); its source is set to the system's store entry at build time, and its tag is
+# always this one.
+STORE_SHARE_SOURCE = "store"
 STORE_SHARE_TAG = "ro-store"
 # Where guest.store.readwrite puts the volume that holds the writable overlay.
 STORE_RW_MOUNTPOINT = "/var/lib/microvm-store-rw"
