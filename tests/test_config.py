@@ -258,6 +258,10 @@ BAD = {
         MINIMAL + '[guest.services.a]\ncommand = "x"\nafter = ["a b@c@d"]\n',
         ["guest.services.a.after[0]", "postgresql@15-main.service"],
     ),
+    "undeclared credential": (
+        MINIMAL + '[guest.services.a]\ncommand = "x"\nenvironmentCredential = "db"\n',
+        ["guest.services.a.environmentCredential", "no credential named 'db'"],
+    ),
     "store tag on a data share": (
         MINIMAL + '[[microvm.shares]]\ntag = "ro-store"\nsource = "/srv"\nmountPoint = "/srv"\n',
         ["microvm.shares[0].tag", "'ro-store' is the tag of the share of the guest system"],

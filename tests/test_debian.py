@@ -60,6 +60,13 @@ command = "exec busybox httpd -f -p 8000 -h /srv/www"
 user = "www-data"
 after = ["prepare"]
 
+[guest.services.secretive]  # a credential as a file and as environment, for a user that cannot read the disk's copy
+type = "oneshot"
+user = "alice"
+credentials = ["token"]
+environmentCredential = "env"
+command = 'echo "$API_KEY $(cat "$CREDENTIALS_DIRECTORY/token")" > /home/alice/seen'
+
 [guest.services.tick]
 command = "date >> /var/lib/data/ticks"
 type = "oneshot"
@@ -107,7 +114,12 @@ guest.port = 22
 [[microvm.forwardPorts]]
 host.port = {closed}
 guest.port = 9000
+
+[microvm.credentialFiles]
+token = "{secrets}/token"
+env = "{secrets}/env"
 """
+SECRET = "d3b-s3cret-4a9e-not-in-the-store"
 PACKAGES = ["openssh-server", "busybox"]
 
 
@@ -117,6 +129,10 @@ def write_debian_vm(
     (directory / "files").mkdir(parents=True, exist_ok=True)
     if not (directory / "files/marker.txt").exists():
         (directory / "files/marker.txt").write_text("declared file, round 1\n")
+    secrets = directory / "secrets"  # the host's private files: read at start, never built in
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    (secrets / "token").write_text(SECRET)
+    (secrets / "env").write_text(f"API_KEY={SECRET}-env\n")
     text = DEBIAN_VM.format(
         name=name,
         packages=json.dumps(packages),
@@ -125,6 +141,7 @@ def write_debian_vm(
         web=WEB_PORT,
         ssh=SSH_PORT,
         closed=CLOSED_PORT,
+        secrets=secrets,
     )
     return write_vm(directory, text)
 
@@ -376,6 +393,12 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
     assert guest.ssh("root", "systemctl show -p Result --value microvm-ready").stdout == "success\n"
     assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users"]
     assert guest.ssh("alice", "cat /etc/microvm-test").stdout == "declared file, round 1\n"
+    # microvm.credentialFiles: LoadCredential= and EnvironmentFile= from the credentials disk, not the store
+    assert guest.ssh("alice", "cat seen").stdout == f"{SECRET}-env {SECRET}\n"
+    assert guest.ssh("root", "stat -c %a /run/microvm/credentials").stdout == "700\n"
+    built = build_file(shared_store, file)  # what `microvm run` built: a cache hit
+    store_grep = subprocess.run(["grep", "-rlF", SECRET, built.runner, built.system], capture_output=True, check=False)
+    assert store_grep.returncode == 1, store_grep.stdout
     web = ns.run(
         "curl", "-sf", "--retry", "30", "--retry-all-errors", "--retry-delay", "1", f"http://127.0.0.1:{WEB_PORT}/"
     )

@@ -172,6 +172,15 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
             hint='use accel = "tcg" or "auto"',
         )
     for name, service in guest.services.items():
+        wanted = [(("credentials", i), c) for i, c in enumerate(service.credentials)]
+        wanted += [(("environmentCredential",), service.environmentCredential)] if service.environmentCredential else []
+        for path, credential in wanted:
+            if credential not in mv.credentialFiles:
+                yield Problem(
+                    ("guest", "services", name, *path),
+                    f"no credential named {credential!r} in microvm.credentialFiles",
+                    hint=f"credentials: {', '.join(sorted(mv.credentialFiles)) or 'none'}",
+                )
         for i, dep in enumerate(service.after):
             # a debian guest may also order after a systemd unit of its own (network-online.target)
             if dep not in guest.services and not (guest.base == "debian" and "." in dep):

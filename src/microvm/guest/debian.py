@@ -28,6 +28,7 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..layout import CREDENTIALS_DIRS
 from ..model.options import Service, VMConfig
 from ..store import Store
 from .initrd import needed_modules
@@ -282,6 +283,10 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
         if service.user:
             unit.append(f"User={service.user}")
         unit += [f"Environment={_unit_value(f'{k}={v}')}" for k, v in service.environment.items()]
+        credentials = CREDENTIALS_DIRS["debian"]
+        unit += [f"LoadCredential={name}:{credentials}/{name}" for name in service.credentials]
+        if service.environmentCredential:
+            unit.append(f"EnvironmentFile={credentials}/{service.environmentCredential}")
         if service.restart:
             unit += ["Restart=always", "RestartSec=1"]
         unit += ["", "[Install]", "WantedBy=multi-user.target", ""]

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Feature, Hypervisor
-from ..layout import ROOT_SERIAL
+from ..layout import CREDENTIALS_DIRS, CREDENTIALS_IMAGE, ROOT_SERIAL
 from ..model.options import STORE_SHARE_TAG, VMConfig
 from ..store import Store, file_digest
 from .cpio import CpioArchive
@@ -79,7 +79,7 @@ def needed_modules(vm: VMConfig, hypervisor: Hypervisor) -> list[str]:
         modules.append("virtio_mem")
     if mv.vsock.cid is not None:
         modules.append("vmw_vsock_virtio_transport")
-    modules += [volume.fsType for volume in mv.volumes]
+    modules += [volume.fsType for volume in mv.volumes if volume.image != CREDENTIALS_IMAGE]
     modules += vm.guest.kernel.extraModules
     return list(dict.fromkeys(modules))
 
@@ -103,7 +103,7 @@ def mounts(vm: VMConfig, hypervisor: Hypervisor) -> tuple[Mount, list[Mount]]:
         system = _share_mount(share.proto, share.tag, "/", read_only=True)
         first_volume = 0
     others: list[Mount] = []
-    for i, volume in enumerate(mv.volumes):
+    for i, volume in enumerate(mv.volumes):  # the credentials disk has no mount point
         if volume.mountPoint is None:
             continue
         source = (
@@ -116,6 +116,27 @@ def mounts(vm: VMConfig, hypervisor: Hypervisor) -> tuple[Mount, list[Mount]]:
         if share.tag != STORE_SHARE_TAG:
             others.append(_share_mount(share.proto, share.tag, share.mountPoint, share.readOnly))
     return system, others
+
+
+def _credentials(vm: VMConfig, hypervisor: Hypervisor) -> list[str]:
+    """Lines unpacking the credentials disk (microvm.credentialFiles) into a tmpfs at the guest's /run.
+
+    The guest's init keeps that /run (systemd and rc.sysinit mount one only where none is).
+    """
+    mv = vm.microvm
+    index = next((i for i, v in enumerate(mv.volumes) if v.image == CREDENTIALS_IMAGE), None)
+    if index is None:
+        return []
+    device = _disk(hypervisor, (1 if mv.storeOnDisk else 0) + index, None)
+    target = shlex.quote("/sysroot/root" + CREDENTIALS_DIRS[vm.guest.base])
+    return [
+        "# microvm.credentialFiles: from their disk into memory, for root only",
+        f"credentials={device}",
+        'wait_for "$credentials"',
+        "mount_at run /sysroot/root/run tmpfs mode=0755,nosuid,nodev",
+        f"mkdir -p {target} && chmod 0700 {target}",
+        f'tar -x -f "$credentials" -C {target} || fail "cannot unpack the credentials disk $credentials"',
+    ]
 
 
 def _share_mount(proto: str, tag: str, target: str, read_only: bool) -> Mount:
@@ -246,6 +267,7 @@ def init_script(vm: VMConfig, hypervisor: Hypervisor, modules: list[str]) -> str
             lines.append(
                 f"mount_at {m.source} {shlex.quote('/sysroot/root' + m.target)} {m.fstype} {shlex.quote(m.options)}"
             )
+    lines += _credentials(vm, hypervisor)
     lines += [
         "",
         f"echo {shlex.quote(guest.hostName)} > /sysroot/root/etc/hostname",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..layout import CREDENTIALS_DIRS
 from ..model.options import Service, VMConfig
 from ..store import Store, file_digest
 from .debarch import guest_busybox
@@ -39,6 +40,11 @@ def _service_order(vm: VMConfig) -> list[str]:
 def _service_script(name: str, service: Service) -> str:
     lines = ["#!/bin/sh", f"# service {name}: {service.description}".rstrip(": ")]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in service.environment.items()]
+    credentials = CREDENTIALS_DIRS["busybox"]
+    if service.credentials:
+        lines.append(f"export CREDENTIALS_DIRECTORY={credentials}")
+    if service.environmentCredential:
+        lines.append(f"set -a; . {shlex.quote(f'{credentials}/{service.environmentCredential}')}; set +a")
     if service.user not in (None, "root"):
         lines.append(f"exec su -s /bin/sh {shlex.quote(service.user)} -c {shlex.quote(service.command)}")
     else:
@@ -74,7 +80,7 @@ RC_SYSINIT = """#!/bin/sh
 # Early boot of a microvm busybox guest (run once by init before anything else).
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=0755 tmpfs /run
+grep -q " /run " /proc/mounts || mount -t tmpfs -o mode=0755 tmpfs /run  # the initrd's holds credentials
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 hostname -F /etc/hostname
 ip link set lo up

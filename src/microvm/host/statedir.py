@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-from ..layout import runner_config, saved_state_files
+from ..layout import CREDENTIALS_IMAGE, runner_config, saved_state_files
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
 SYSTEM_STATE_DIR = Path("/var/lib/microvms")
@@ -215,7 +215,8 @@ class VMState:
     def data_files(self) -> list[Path]:
         """Volumes and share sources in the directory: user data that `remove` keeps by default."""
         mv = self.config().get("microvm", {})
-        paths = [v["image"] for v in mv.get("volumes", [])] + [s["source"] for s in mv.get("shares", [])]
+        volumes = [v["image"] for v in mv.get("volumes", []) if v["image"] != CREDENTIALS_IMAGE]  # secrets: not kept
+        paths = volumes + [s["source"] for s in mv.get("shares", [])]
         return [self.path / p for p in paths if (self.path / p).exists() and (self.path / p).is_relative_to(self.path)]
 
     def remove(self, keep_data: bool) -> list[Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
+from ..layout import CREDENTIALS_IMAGE
 from .addresses import nth_host_address
 from .names import host_arch
 from .options import (
@@ -122,6 +123,9 @@ def _expand_mounts(mv: MicroVMOptions, guest: GuestOptions) -> tuple[MicroVMOpti
         shares.append(
             Share(tag=STORE_SHARE_TAG, source=STORE_SHARE_SOURCE, mountPoint="/", proto="virtiofs", readOnly=True)
         )
+    if mv.credentialFiles and CREDENTIALS_IMAGE not in images:
+        # made by the runner at every start; the initrd finds it by its place among the disks and unpacks it
+        volumes.append(Volume(image=CREDENTIALS_IMAGE, size=1, autoCreate=False, fsType="tar", readOnly=True))
     overlay = mv.writableStoreOverlay
     if guest.store.readwrite.enable and STORE_RW_IMAGE not in images:
         volumes.append(

@@ -377,6 +377,18 @@ class MicroVMOptions(Options):
         None,
         description="Guest path (usually a volume's mountPoint) holding a writable overlay over the system.",
     )
+    credentialFiles: dict[Name, str] = Field(
+        {},
+        description=(
+            "Secrets for the guest: credential name -> host file (relative paths are in the VM's state directory). "
+            "Read at every start, never copied into the store: the runner packs them into a small read-only "
+            "disk (`credentials.img`, mode 0600) that the guest unpacks into a tmpfs, `/run/credentials` (busybox) "
+            "or `/run/microvm/credentials` (debian, for `LoadCredential=`); services take them with "
+            "`guest.services.<name>.credentials`. Under systemd the runner reads `$CREDENTIALS_DIRECTORY/<name>` "
+            "first, so the host unit may load root-only files with `LoadCredential=`. Every hypervisor."
+        ),
+        examples=[{"db-password": "/etc/microvm/secrets/db-password"}],
+    )
     devices: list[Device] = Field([], description="Host devices passed through.")
     vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
     graphics: Enable = Field(default_factory=Enable, description="A graphical display (qemu, cloud-hypervisor).")
@@ -438,6 +450,17 @@ class Service(Options):
             "Base debian: run the service on this systemd calendar schedule (a timer, `OnCalendar=`) "
             "instead of at boot, e.g. `hourly` or `*-*-* 04:00:00`."
         ),
+    )
+    credentials: list[Name] = Field(
+        [],
+        description=(
+            "Names of `microvm.credentialFiles` the service reads from `$CREDENTIALS_DIRECTORY` (debian: "
+            "`LoadCredential=`, readable by the service's user; busybox: `/run/credentials`, root only)."
+        ),
+    )
+    environmentCredential: Name | None = Field(
+        None,
+        description="A credential of `KEY=value` lines that become the service's environment (`EnvironmentFile=`).",
     )
 
 
