@@ -157,6 +157,19 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
         for name, service in guest.services.items():
             if service.startAt is not None:
                 yield Problem(("guest", "services", name, "startAt"), 'timers need guest.base = "debian"')
+        for path, fs in guest.fileSystems.items():
+            if fs.network:
+                yield Problem(
+                    ("guest", "fileSystems", path, "fsType"), f'{fs.fsType} mounts need guest.base = "debian"'
+                )
+    for path, fs in guest.fileSystems.items():
+        helper = NETWORK_FS_PACKAGES.get(fs.fsType)
+        if guest.base == "debian" and helper and not any(p.split("=")[0] == helper for p in guest.packages):
+            yield Problem(
+                ("guest", "fileSystems", path, "fsType"),
+                f"mounting {fs.fsType} needs the package {helper} (its mount helper)",
+                hint=f'add "{helper}" to guest.packages',
+            )
     if guest.kernel.modulesDir is not None and guest.kernel.image is None:
         yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
     if guest.kernel.package is not None and guest.kernel.image is not None:
@@ -189,6 +202,10 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
                     f"no service named {dep!r}",
                     hint=f"defined services: {', '.join(sorted(guest.services)) or 'none'}",
                 )
+
+
+# The Debian package with the mount helper of each network file system.
+NETWORK_FS_PACKAGES = {"nfs": "nfs-common", "nfs4": "nfs-common", "cifs": "cifs-utils", "smb3": "cifs-utils"}
 
 
 def _host_wide(vm: VMConfig) -> Iterator[tuple[str, OptionPath, object]]:

@@ -31,7 +31,7 @@ from ..hypervisors.base import Hypervisor
 from ..layout import CREDENTIALS_DIRS
 from ..model.options import Service, VMConfig
 from ..store import Store
-from .initrd import needed_modules
+from .initrd import needed_modules, ordered_file_systems
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
@@ -484,7 +484,10 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
     layer.text("etc/timezone", guest.timeZone + "\n")
     layer.text("etc/default/locale", f"LANG={guest.locale}\n")
     layer.text("etc/locale.conf", f"LANG={guest.locale}\n")
-    layer.text("etc/fstab", "# the initrd mounts the system, volumes and shares (see microvm.volumes/shares)\n")
+    layer.text("etc/fstab", fstab(vm))
+    if any(fs.network for fs in guest.fileSystems.values()):
+        # network-online.target, which _netdev mounts wait for, then means: networkd configured the links
+        layer.enable("systemd-networkd-wait-online.service", "network-online.target")
     if guest.shell:
         layer.text(
             "etc/systemd/system/serial-getty@.service.d/autologin.conf",
@@ -511,6 +514,21 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
         for unit in OPTIMIZE_MASK:
             layer.links[f"etc/systemd/system/{unit}"] = "/dev/null"
     layer.text(PACKAGES_FILE, json.dumps(versions, indent=1) + "\n")
+
+
+def fstab(vm: VMConfig) -> str:
+    """/etc/fstab: the network file systems (the initrd mounts the others)."""
+    lines = ["# the initrd mounts the system, volumes, shares and local guest.fileSystems; the network ones:"]
+    for path, fs in ordered_file_systems(vm):
+        if fs.network:
+            options = ",".join([*fs.options, "_netdev"])  # after network-online.target
+            lines.append(f"{_fstab_word(fs.device)} {_fstab_word(path)} {fs.fsType} {options} 0 0")
+    return "\n".join(lines) + "\n"
+
+
+def _fstab_word(text: str) -> str:
+    """``text`` as one field of /etc/fstab (octal escapes for its separators)."""
+    return text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
 
 def _guest_modules(vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> list[str]:

@@ -700,6 +700,50 @@ class Mount(Options):
         return self
 
 
+# File system types mounted over the network: after the guest's network is up, never by the initrd.
+NETWORK_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3")
+
+
+def _mount_option(value: str) -> str:
+    if not value or re.search(r"[,\s]", value):
+        raise ValueError(f"{value!r} is not one mount option: no commas or spaces (give each option on its own)")
+    return value
+
+
+class FileSystem(Options):
+    """A guest mount beyond volumes and shares (NixOS ``fileSystems.<path>``)."""
+
+    device: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] = Field(
+        description=(
+            "What to mount: a guest path for a bind mount, `tmpfs`, `server:/export` (nfs), `//server/share` "
+            "(cifs), or a device such as `/dev/disk/by-label/x`."
+        ),
+        examples=["/var/lib/persist/ssh"],
+    )
+    fsType: Annotated[str, Field(pattern=r"^[a-z0-9.]+$")] = Field(
+        "none", description="File system type: `none` with the option `bind`, `tmpfs`, `nfs`, `nfs4`, `cifs`, `ext4`..."
+    )
+    options: list[Annotated[str, AfterValidator(_mount_option)]] = Field(
+        [],
+        description="Mount options, one per item: `bind`, `ro`, `size=64M`, `mode=0750`, `vers=4.2`, `credentials=...`.",
+        examples=[["bind"], ["size=64M", "mode=0750"]],
+    )
+
+    @property
+    def network(self) -> bool:
+        return self.fsType in NETWORK_FS_TYPES
+
+    @property
+    def bind(self) -> bool:
+        return "bind" in self.options or "rbind" in self.options
+
+    @model_validator(mode="after")
+    def _bind_from_a_path(self) -> FileSystem:
+        if self.bind and not (self.device.startswith("/") and ".." not in self.device.split("/")):
+            raise ValueError(f"a bind mount's device is the guest path it shows elsewhere, not {self.device!r}")
+        return self
+
+
 class StoreReadWrite(Options):
     enable: bool = Field(
         False, description="Keep a writable overlay over the system on a volume (packages can be installed)."
@@ -753,6 +797,16 @@ class GuestOptions(Options):
         {}, description="Volumes and shares by name, expanded into microvm.volumes/shares."
     )
     store: StoreOptions = Field(default_factory=StoreOptions, description="Shared or writable guest system.")
+    fileSystems: dict[GuestPath, FileSystem] = Field(
+        {},
+        description=(
+            "More mounts, by guest path: bind mounts (e.g. `/etc/ssh` kept on a volume), tmpfs with size and mode, "
+            "network file systems. All but network ones are mounted by the initrd after the volumes and shares, "
+            "before the guest's init (so early boot sees them), a mount after the ones holding its path or its "
+            "bind source. nfs/nfs4/cifs/smb3 (base debian, with nfs-common or cifs-utils in guest.packages) "
+            "are mounted once the network is online (`/etc/fstab` with `_netdev`)."
+        ),
+    )
 
 
 class VMConfig(Options):
