@@ -20,6 +20,8 @@ from notify import FakeSystemd
 
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
+from microvm.guest.debian import Accounts
+from microvm.model.options import VMConfig
 from microvm.store import Store
 
 WEB_PORT, SSH_PORT, CLOSED_PORT = 18080, 12222, 19000
@@ -37,13 +39,17 @@ authorizedKeys = ["{key}"]
 
 [guest.users.alice]
 uid = 1234
-groups = ["users"]
+groups = ["users", "media"]
 authorizedKeys = ["{key}"]
+
+[guest.groups.media]  # the guest lacks it: created
+gid = 2345
 
 [guest.files."/etc/microvm-test"]
 source = "files/marker.txt"
 mode = "0640"
 user = "alice"
+group = "media"
 
 [guest.services.prepare]
 type = "oneshot"
@@ -241,6 +247,26 @@ def test_bad_input_is_named_and_nothing_is_written(
     assert _store_contents(shared_store, "bad") == before  # no entry, no temporary directory
 
 
+def test_declared_groups_are_created_after_the_users_and_must_agree_with_the_guest(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nusers:x:100:\n")
+    (tmp_path / "etc/shadow").write_text("root:*:1::::::\n")
+
+    def guest(groups: dict) -> VMConfig:
+        users = {"bob": {"groups": ["media", "users"]}}
+        return VMConfig.model_validate({"guest": {"hostName": "g", "base": "debian", "users": users, "groups": groups}})
+
+    accounts = Accounts(tmp_path)
+    assert accounts.add(guest({"media": {}, "users": {}}))["bob"][0] == 1000  # the user's id comes first
+    assert (accounts.gid("media"), accounts.gid("users")) == (1001, 100)
+    assert ["media", "x", "1001", "bob"] in accounts.group and ["users", "x", "100", "bob"] in accounts.group
+    with pytest.raises(MicrovmError, match=r"guest.groups.users.gid: the guest already has group users with gid 100"):
+        Accounts(tmp_path).add(guest({"media": {}, "users": {"gid": 500}}))
+    with pytest.raises(MicrovmError, match=r"guest.users.bob.groups: the guest has no group 'media'"):
+        Accounts(tmp_path).add(guest({}))
+
+
 # --- builds ------------------------------------------------------------------------
 
 
@@ -298,7 +324,8 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
     assert "MACAddress=02:00:00:00:00:42" in (root / "etc/systemd/network/10-eth0.network").read_text()
     assert "tcp dport { 22, 8000 } accept" in (root / "etc/nftables.conf").read_text()
     stat = (root / "etc/microvm-test").stat()
-    assert (stat.st_uid, oct(stat.st_mode & 0o777)) == (1234, "0o640")
+    assert (stat.st_uid, stat.st_gid, oct(stat.st_mode & 0o777)) == (1234, 2345, "0o640")
+    assert "media:x:2345:alice\n" in (root / "etc/group").read_text()
     assert "alice:x:1234:1234::/home/alice:/bin/bash" in (root / "etc/passwd").read_text()
     assert (root / "home/alice/.ssh/authorized_keys").stat().st_uid == 1234
     assert not list((root / "etc/ssh").glob("ssh_host_*"))  # never shared between VMs through the store
@@ -391,7 +418,7 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
     # microvm.readiness: the guest's unit after multi-user.target said so, through the runner
     assert systemd.wait_for("READY=1", BOOT_TIMEOUT), systemd.messages
     assert guest.ssh("root", "systemctl show -p Result --value microvm-ready").stdout == "success\n"
-    assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users"]
+    assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users", "media"]
     assert guest.ssh("alice", "cat /etc/microvm-test").stdout == "declared file, round 1\n"
     # microvm.credentialFiles: LoadCredential= and EnvironmentFile= from the credentials disk, not the store
     assert guest.ssh("alice", "cat seen").stdout == f"{SECRET}-env {SECRET}\n"

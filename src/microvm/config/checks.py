@@ -148,6 +148,7 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
         debian_only = {
             "packages": bool(guest.packages),
             "users": bool(guest.users),
+            "groups": bool(guest.groups),
             "files": bool(guest.files),
             "firewall": guest.firewall.enable,
         }

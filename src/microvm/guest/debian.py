@@ -419,17 +419,41 @@ class Accounts:
             for entry in self.shadow:
                 if entry[0] == name and user.hashedPassword is not None:
                     entry[1] = user.hashedPassword
+            homes[name] = (uid, gid, home)
+        self._add_groups(vm, used)
+        for name, user in sorted(vm.guest.users.items()):
             for group in user.groups:
                 entry = next((e for e in self.group if e[0] == group), None)
                 if entry is None:
                     raise MicrovmError(
                         f"guest.users.{name}.groups: the guest has no group {group!r}",
-                        hint=f"groups of this guest: {', '.join(sorted(e[0] for e in self.group))}",
+                        hint=f"declare it in guest.groups, or use one of: {', '.join(sorted(e[0] for e in self.group))}",
                     )
                 members = [m for m in entry[3].split(",") if m]
                 entry[3] = ",".join(dict.fromkeys([*members, name]))
-            homes[name] = (uid, gid, home)
         return homes
+
+    def _add_groups(self, vm: VMConfig, used: set[int]) -> None:
+        """Create the declared groups the guest lacks (ids after the users'); an existing one must agree."""
+        next_gid = FIRST_UID
+        for name, group in sorted(vm.guest.groups.items()):
+            existing = next((e for e in self.group if e[0] == name), None)
+            if existing is not None:
+                if group.gid is not None and int(existing[2]) != group.gid:
+                    raise MicrovmError(
+                        f"guest.groups.{name}.gid: the guest already has group {name} with gid {existing[2]}",
+                        hint="leave gid unset to use it, or pick another name",
+                    )
+                continue
+            gid = group.gid
+            if gid is None:
+                while next_gid in used:
+                    next_gid += 1
+                gid = next_gid
+            elif gid in {int(e[2]) for e in self.group}:
+                raise MicrovmError(f"guest.groups.{name}.gid: {gid} is already a group id of the guest")
+            used.add(gid)
+            self.group.append([name, "x", str(gid), ""])
 
     def write(self, layer: Layer) -> None:
         shadow_gid = self.gid("shadow")

@@ -606,12 +606,24 @@ class User(Options):
         None, json_schema_extra=COMPUTED, description="Home directory, created at build time. Default: /home/<name>."
     )
     shell: AbsolutePath = Field("/bin/bash", description="Login shell.")
-    groups: list[Name] = Field([], description="Supplementary groups (they must exist in the guest, e.g. sudo).")
+    groups: list[Name] = Field(
+        [], description="Supplementary groups: the guest's own (e.g. sudo) or ones declared in `guest.groups`."
+    )
     hashedPassword: str | None = Field(
         None,
         description="crypt(3) hash of the password (`mkpasswd -m sha-512`); null locks password login.",
     )
     authorizedKeys: list[str] = Field([], description="SSH public keys allowed to log in as this user.")
+
+
+class Group(Options):
+    """A group of the guest (NixOS ``users.groups.<name>``), base debian."""
+
+    gid: Annotated[int, Field(ge=0, lt=65534)] | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="Group id; an existing group must have it. Default: the next free id from 1000, after the users'.",
+    )
 
 
 class GuestFile(Options):
@@ -785,6 +797,9 @@ class GuestOptions(Options):
     network: GuestNetwork = Field(default_factory=GuestNetwork, description="How the guest configures its interfaces.")
     debian: DebianOptions = Field(default_factory=DebianOptions, description="How the debian base is installed.")
     users: dict[Name, User] = Field({}, description="Accounts (base debian); `root` changes the root account.")
+    groups: dict[Name, Group] = Field(
+        {}, description="Groups created if the guest lacks them (base debian); users and files may name them."
+    )
     files: dict[GuestPath, GuestFile] = Field({}, description="Files written into the guest, by guest path.")
     firewall: Firewall = Field(default_factory=Firewall, description="Incoming packet filter (base debian).")
     timeZone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = Field(
