@@ -258,6 +258,12 @@ BAD = {
         MINIMAL + '[guest.services.a]\ncommand = "x"\nafter = ["a b@c@d"]\n',
         ["guest.services.a.after[0]", "postgresql@15-main.service"],
     ),
+    "same guest interface name": (
+        MINIMAL + '[[microvm.interfaces]]\nid = "a"\nmac = "02:00:00:00:00:01"\n'
+        '[[microvm.interfaces]]\nid = "b"\nmac = "02:00:00:00:00:02"\n'
+        '[guest.network.interfaces.a]\nname = "lan"\n[guest.network.interfaces.b]\nname = "lan"\n',
+        ["guest.network.interfaces.b.name", "also used by guest.network.interfaces.a.name"],
+    ),
     "undeclared credential": (
         MINIMAL + '[guest.services.a]\ncommand = "x"\nenvironmentCredential = "db"\n',
         ["guest.services.a.environmentCredential", "no credential named 'db'"],
@@ -281,6 +287,11 @@ BAD = {
     "modulesDir without image": (
         MINIMAL + '[guest.kernel]\nmodulesDir = "/lib/modules/x"\n',
         ["guest.kernel.modulesDir"],
+    ),
+    "read-only 9p on crosvm": (
+        MINIMAL + '[microvm]\nhypervisor = "crosvm"\n'
+        '[[microvm.shares]]\ntag = "a"\nsource = "/a:b"\nmountPoint = "/a"\nreadOnly = true\n',
+        ["microvm.shares[0].readOnly", "no read-only mode", "microvm.shares[0].source", "':' separates"],
     ),
     "9p on qemu-less hypervisor": (
         MINIMAL + '[microvm]\nhypervisor = "cloud-hypervisor"\n'

@@ -109,6 +109,11 @@ type = "user"
 id = "eth0"
 mac = "02:00:00:00:00:42"
 
+[guest.network.interfaces.eth0]  # found by its MAC, named by udev; IPv4 only
+name = "uplink0"
+linkLocal = false
+acceptRA = false
+
 [[microvm.forwardPorts]]
 host.port = {web}
 guest.port = 8000
@@ -423,6 +428,7 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
     # microvm.credentialFiles: LoadCredential= and EnvironmentFile= from the credentials disk, not the store
     assert guest.ssh("alice", "cat seen").stdout == f"{SECRET}-env {SECRET}\n"
     assert guest.ssh("root", "stat -c %a /run/microvm/credentials").stdout == "700\n"
+    assert guest.ssh("root", "ls /sys/class/net; ip -6 addr show dev uplink0").stdout == "lo\nuplink0\n"
     built = build_file(shared_store, file)  # what `microvm run` built: a cache hit
     store_grep = subprocess.run(["grep", "-rlF", SECRET, built.runner, built.system], capture_output=True, check=False)
     assert store_grep.returncode == 1, store_grep.stdout

@@ -57,6 +57,10 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
         ((("microvm", "interfaces", i, "mac"), iface.mac) for i, iface in enumerate(vm.microvm.interfaces)),
         "MAC address",
     )
+    yield from _duplicates(
+        ((("guest", "network", "interfaces", i, "name"), n.name) for i, n in vm.guest.network.interfaces.items()),
+        "guest interface name",
+    )
     ids = {iface.id for iface in vm.microvm.interfaces}
     for name in vm.guest.network.interfaces:
         if name not in ids:

@@ -325,6 +325,7 @@ def _network(vm: VMConfig, layer: Layer) -> None:
             "[Network]",
             f"DHCP={'ipv4' if settings.dhcp else 'no'}",
             f"IPv6AcceptRA={'yes' if settings.acceptRA else 'no'}",
+            *([] if settings.linkLocal else ["LinkLocalAddressing=no"]),
             *[f"Address={a}" for a in settings.addresses],
             *[f"DNS={ns}" for ns in network.nameservers],
         ]
@@ -335,6 +336,9 @@ def _network(vm: VMConfig, layer: Layer) -> None:
             if route.gateway:
                 lines.append(f"Gateway={route.gateway}")
         layer.text(f"etc/systemd/network/10-{iface.id}.network", "\n".join(lines) + "\n")
+        if settings.name is not None:  # udev names it as it (re)adds the device
+            link = f"[Match]\nMACAddress={iface.mac}\n\n[Link]\nName={settings.name}\n"
+            layer.text(f"etc/systemd/network/10-{iface.id}.link", link)
     # interfaces not declared (e.g. added by the host's network.base) use DHCP and SLAAC, as guest.network says
     layer.text(
         "etc/systemd/network/99-microvm-default.network",

@@ -197,7 +197,12 @@ def _network_script(vm: VMConfig) -> str:
         config = net.interfaces.get(iface.id, InterfaceNetwork())
         lines.append(f"# {iface.id} ({iface.type})")
         lines.append(f"if dev=$(by_mac {shlex.quote(iface.mac)}); then")
-        body = [
+        body = []
+        if config.name is not None:
+            body += [f'ip link set "$dev" name {shlex.quote(config.name)}', f"dev={shlex.quote(config.name)}"]
+        if not config.linkLocal:
+            body.append('echo 1 > "/proc/sys/net/ipv6/conf/$dev/addr_gen_mode"  # no link-local address')
+        body += [
             # before the link comes up, so the first router solicitation already counts
             f'echo {int(config.acceptRA)} > "/proc/sys/net/ipv6/conf/$dev/accept_ra"',
             f'echo {int(config.acceptRA)} > "/proc/sys/net/ipv6/conf/$dev/autoconf"',

@@ -503,6 +503,11 @@ class Route(Options):
 class InterfaceNetwork(Options):
     dhcp: bool = Field(True, description="Get an IPv4 address by DHCP.")
     acceptRA: bool = Field(True, description="Configure IPv6 from router advertisements (SLAAC).")
+    name: IfName | None = Field(
+        None,
+        description="Name of the interface in the guest (it is found by its MAC); null keeps the kernel's (eth0...).",
+    )
+    linkLocal: bool = Field(True, description="Give the interface an IPv6 link-local address (fe80::/64).")
     addresses: list[IPInterface] = Field(
         [], description="Static addresses with prefix length.", examples=[["10.0.0.2/24"]]
     )
