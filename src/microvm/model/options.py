@@ -868,6 +868,20 @@ class HostOptions(Options):
     )
 
 
+def _unit_setting_value(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("a unit setting's value is one line")
+    return value
+
+
+UnitSettingValue = Annotated[str, AfterValidator(_unit_setting_value)]
+# Drop-in settings for a VM's microvm@NAME unit: section -> setting -> value (a list repeats the setting).
+UnitOverrides = dict[
+    Literal["Unit", "Service"],
+    dict[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$")], UnitSettingValue | list[UnitSettingValue]],
+]
+
+
 class DeclaredVM(Options):
     config: str | dict[str, Any] | None = Field(
         None,
@@ -888,6 +902,16 @@ class DeclaredVM(Options):
         None,
         json_schema_extra=COMPUTED,
         description="Restart the VM when `microvm host apply` changed it. Default: true with config, false with source.",
+    )
+    unitOverrides: UnitOverrides = Field(
+        {},
+        description=(
+            "Settings added to this VM's `microvm@NAME` unit (a drop-in `microvm@NAME.service.d/overrides.conf` "
+            "written by `host apply`): section (`Unit`, `Service`) -> setting -> value, a list repeating the "
+            "setting. E.g. `Unit.RequiresMountsFor`, `Unit.After`, `Service.CacheDirectory`, "
+            "`Service.TimeoutStartSec`, `Service.LoadCredential`."
+        ),
+        examples=[{"Unit": {"After": ["srv.mount"]}, "Service": {"TimeoutStartSec": "5min"}}],
     )
 
 
