@@ -324,6 +324,26 @@ def test_a_debian_service_may_order_after_a_unit_instance(tmp_path: Path) -> Non
     assert load_vm(write_vm(tmp_path, text)).config.guest.services["a"].after == ["postgresql@15-main.service"]
 
 
+def test_host_bridges_and_vlans_are_checked(tmp_path: Path) -> None:
+    text = """
+[network.basic]
+enable = true
+ports = ["eth1"]
+[network.bridges.microvm]
+[network.bridges.br-a]
+ports = ["eth1"]
+[network.vlans.br-a]
+link = "eth0"
+id = 7
+"""
+    with pytest.raises(ConfigErrors) as info:
+        load_host(write_vm(tmp_path, text, "host.toml"))
+    message = str(info.value)
+    assert "network.bridges.microvm: is network.basic's bridge already" in message
+    assert "network.vlans.br-a: a VLAN needs its own name" in message
+    assert "network.bridges.br-a.ports[0]: bridge port 'eth1' is also used by network.basic.ports[0]" in message
+
+
 def test_warnings_do_not_stop(tmp_path: Path) -> None:
     loaded = load_vm(write_vm(tmp_path, MINIMAL + "[microvm]\nmem = 2048\n"))
     assert any("2048" in str(w) for w in loaded.warnings)

@@ -309,9 +309,24 @@ def check_host_vm(host: HostConfig, vm: VMConfig) -> list[Problem]:
     return problems
 
 
+def _host_bridges(host: HostConfig) -> Iterator[Problem]:
+    """The bridges and VLANs of ``network``: distinct names, each port on one bridge, a VLAN on another link."""
+    network = host.network
+    if network.basic.enable and network.basic.name in network.bridges:
+        yield Problem(("network", "bridges", network.basic.name), "is network.basic's bridge already")
+    for name, vlan in network.vlans.items():
+        if name in network.bridges or vlan.link == name:
+            yield Problem(("network", "vlans", name), "a VLAN needs its own name, other than its link's and a bridge's")
+    ports = [(("network", "basic", "ports", i), p) for i, p in enumerate(network.basic.ports) if network.basic.enable]
+    ports += [
+        (("network", "bridges", b, "ports", i), p) for b, o in network.bridges.items() for i, p in enumerate(o.ports)
+    ]
+    yield from _duplicates(ports, "bridge port")
+
+
 def check_host(host: HostConfig) -> list[Problem]:
     """Problems of a host file that no single VM can see."""
-    problems = []
+    problems = list(_host_bridges(host))
     for name, declared in host.microvm.vms.items():
         path = ("microvm", "vms", name)
         if declared.config is not None and declared.source is not None:

@@ -957,8 +957,38 @@ class NatOptions(Options):
     uplink: IfName | None = Field(None, description="Interface to masquerade out of; null for any.")
 
 
+class HostBridge(Options):
+    """One more bridge on the host, besides ``network.basic``'s: VM taps join it by their ``bridge``."""
+
+    addresses: list[IPInterface] = Field(
+        [], description="The bridge's own addresses; none for a pure layer-2 bridge.", examples=[["192.0.2.1/24"]]
+    )
+    ports: list[IfName] = Field(
+        [],
+        description="Host interfaces added to the bridge: a NIC, or a VLAN of `network.vlans`.",
+        examples=[["eth0.100"]],
+    )
+
+
+class HostVlan(Options):
+    """A VLAN interface on a trunk port, to be a bridge's port."""
+
+    link: IfName = Field(description="The trunk interface carrying the VLAN.", examples=["eth0"])
+    id: Annotated[int, Field(ge=1, le=4094)] = Field(description="The VLAN id (802.1Q tag).", examples=[100])
+
+
 class HostNetwork(Options):
     basic: BasicNetwork = Field(default_factory=BasicNetwork, description="The VM bridge.")
+    bridges: dict[IfName, HostBridge] = Field(
+        {},
+        description=(
+            "More bridges, by name (addressed or not, without DHCP or NAT); a VM's tap interface names the one it "
+            "joins with `microvm.interfaces[].bridge`."
+        ),
+    )
+    vlans: dict[IfName, HostVlan] = Field(
+        {}, description="VLAN interfaces created on trunk ports, by name (e.g. `eth0.100`), for bridges' ports."
+    )
     nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge and the routed VMs.")
     routed: RoutedNetwork = Field(
         default_factory=RoutedNetwork, description="Routed VMs (`guest.network.base.routed`): forwarding and NAT."
