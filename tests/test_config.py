@@ -344,6 +344,22 @@ id = 7
     assert "network.bridges.br-a.ports[0]: bridge port 'eth1' is also used by network.basic.ports[0]" in message
 
 
+def test_a_tap_naming_a_bridge_the_host_file_lacks_is_a_warning(tmp_path: Path) -> None:
+    text = """
+[network.bridges.br-lan]
+[microvm.vms.web.config.guest]
+shell = false
+[[microvm.vms.web.config.microvm.interfaces]]
+type = "tap"
+id = "vm-web"
+mac = "02:00:00:00:00:01"
+bridge = "br-dmz"
+"""
+    host = load_host(write_vm(tmp_path, text, "host.toml"))
+    (warning,) = host.warnings
+    assert "microvm.interfaces[0].bridge" in str(warning) and "br-dmz is not a bridge of this host file" in str(warning)
+
+
 def test_warnings_do_not_stop(tmp_path: Path) -> None:
     loaded = load_vm(write_vm(tmp_path, MINIMAL + "[microvm]\nmem = 2048\n"))
     assert any("2048" in str(w) for w in loaded.warnings)

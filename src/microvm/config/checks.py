@@ -272,8 +272,27 @@ def check_vm(vm: VMConfig) -> list[Problem]:
     ]
 
 
+def _interface_bridges(host: HostConfig, vm: VMConfig) -> Iterator[Problem]:
+    """A tap naming a bridge this host file does not make: tap-up fails unless the host has it otherwise."""
+    network = host.network
+    made = {*network.bridges, *([network.basic.name] if network.basic.enable else [])}
+    for i, iface in enumerate(vm.microvm.interfaces):
+        if iface.type == "tap" and iface.bridge is not None and iface.bridge not in made:
+            yield Problem(
+                ("microvm", "interfaces", i, "bridge"),
+                f"{iface.bridge} is not a bridge of this host file",
+                "warning",
+                hint=f"bridges here: {', '.join(sorted(made)) or 'none'}; fine if the host makes it otherwise",
+            )
+
+
 def check_host_vm(host: HostConfig, vm: VMConfig) -> list[Problem]:
     """Whether a VM declared in a host file fits the host's network."""
+    return [*_interface_bridges(host, vm), *_base_fits(host, vm)]
+
+
+def _base_fits(host: HostConfig, vm: VMConfig) -> list[Problem]:
+    """Whether ``guest.network.base`` fits the host's bridge or routed layout."""
     base, basic, routed = vm.guest.network.base, host.network.basic, host.network.routed
     path = ("guest", "network", "base")
     if not base.enable:

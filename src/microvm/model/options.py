@@ -166,8 +166,8 @@ class Interface(Options):
         None,
         description=(
             "Bridge to attach to: for type bridge the one qemu-bridge-helper uses (required); for type tap the one "
-            "`bin/tap-up` attaches the tap to (optional: taps matching the host's `network.basic.tapMatch` join "
-            "its bridge anyway)."
+            "`bin/tap-up` attaches the tap to, e.g. one of the host's `network.bridges` (optional: taps matching "
+            "the host's `network.basic.tapMatch` join its bridge anyway)."
         ),
     )
     macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
