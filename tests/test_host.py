@@ -160,10 +160,12 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
     src = tmp_path / "src"
     extra = '[[microvm.volumes]]\nimage = "data.img"\nmountPoint = "/data"\nsize = 8'
+    extra += '\n[microvm.credentialFiles]\ntoken = "/etc/hostname"'
     define(src, "vols", extra=extra)
     ok("create", "vols", "-f", str(src))
     state = vm_state("vols")
     (state.path / "data.img").write_text("user data")  # as microvm-run would have made it
+    (state.path / "credentials.img").write_text("a copy of the secrets: not data to keep")
     ok("remove", "vols")
     assert (state.path / "data.img").read_text() == "user data"
     assert sorted(p.name for p in state.path.iterdir()) == ["data.img"]
