@@ -146,7 +146,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
     define(src, "keep")
     ok("create", "keep", "-f", str(src))
     state = vm_state("keep")
-    before = (state.current, (state.path / "build.json").read_text())
+    before = (state.current, state.build_record)
     (src / "keep.toml").write_text(VM.format(name="keep", mem=256, extra="vcpu = 0"))
     message = failing("update", "keep")
     assert "keep.toml" in message and "microvm.vcpu" in message
@@ -154,7 +154,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
         VM.format(name="keep", mem=512, extra='[guest.kernel]\nimage = "/nonexistent/vmlinuz"')
     )
     assert "/nonexistent/vmlinuz" in failing("update", "keep")  # a valid config whose build fails
-    assert (state.current, (state.path / "build.json").read_text()) == before
+    assert (state.current, state.build_record) == before
 
 
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_concurrent_creates_install_once(tmp_path: Path) -> None:
     codes = [r.wait(timeout=120) for r in racers]
     assert sorted(codes) == [0, 1, 1]
     state = vm_state("race")
-    assert json.loads((state.path / "build.json").read_text())["runner"] == str(state.current)
+    assert state.build_record["runner"] == str(state.current)
     assert [p.name for p in state.path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -231,6 +231,10 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         disk = rootfs / STATE.relative_to("/") / "alpha" / "credentials.img"
         assert disk.stat().st_mode & 0o777 == 0o600 and disk.stat().st_uid == _passwd_uid(rootfs, "microvm")
         assert host.systemctl("show", "-P", "TimeoutStartUSec", "microvm@alpha.service") == "7min"  # unitOverrides
+        # it reads its root image as a member of group microvm; other users cannot (issue 15: 2)
+        image = host.box.run("readlink", "-f", f"{STATE}/alpha/current").stdout.strip()
+        image = next(line for line in (Path(image) / ".references").read_text().splitlines() if "-rootimage-" in line)
+        assert host.box.run("stat", "-c", "%a %U %G", image).stdout.split() == ["750", "root", "microvm"]
         # the hardened unit, as systemd rates it (0 safest .. 10): the VMs above booted with it
         exposure = {
             unit: host.box.run("systemd-analyze", "security", "--no-pager", unit).stdout

@@ -62,7 +62,9 @@ def update(
             out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
 
 
-STATE_COLOURS = {"current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red"}
+STATE_COLOURS = {
+    "current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red", "missing": "red",
+}  # fmt: skip
 
 
 @app.command(name="list")
@@ -84,7 +86,14 @@ def list_() -> None:
 @app.command()
 def start(name: NameArg) -> None:
     """Start the VM through systemd (microvm@NAME.service)."""
+    _require_runner(name)
     systemd.control("start", name)
+
+
+def _require_runner(name: str) -> None:
+    """Say here, not in a failing unit, that the runner to start is gone from the store."""
+    if (state := VMState.of(name)).runner_missing:
+        raise state.missing_runner_error()
 
 
 @app.command()
@@ -96,6 +105,7 @@ def stop(name: NameArg) -> None:
 @app.command()
 def restart(name: NameArg) -> None:
     """Restart the VM through systemd (it then boots the current build)."""
+    _require_runner(name)
     systemd.control("restart", name)
 
 

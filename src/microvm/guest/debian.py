@@ -29,15 +29,15 @@ from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
 from ..layout import CREDENTIALS_DIRS
-from ..model.options import Service, VMConfig
-from ..store import Store
+from ..model.options import InterfaceNetwork, Service, VMConfig
+from ..store import Store, restore
 from .initrd import needed_modules, ordered_file_systems
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
 
-DEBIAN_FORMAT = 1  # bump when the package tree changes meaning
-LAYER_FORMAT = 1  # bump when the generated files change meaning
+DEBIAN_FORMAT = 2  # bump when the package tree changes meaning
+LAYER_FORMAT = 2  # bump when the generated files change meaning
 PACKAGES_FILE = "usr/lib/microvm/packages.json"  # inside the system tree: name -> version
 # What every debian guest needs: systemd as init, udev (networkd waits for it), DNS, ip, modprobe.
 BASE_PACKAGES = ["systemd-sysv", "udev", "dbus", "systemd-resolved", "iproute2", "kmod"]
@@ -313,8 +313,6 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
 
 def _network(vm: VMConfig, layer: Layer) -> None:
     """systemd-networkd files for ``microvm.interfaces``, matched by MAC, settings from ``guest.network``."""
-    from ..model.options import InterfaceNetwork
-
     network = vm.guest.network
     for iface in vm.microvm.interfaces:
         settings = network.interfaces.get(iface.id, InterfaceNetwork())
@@ -592,30 +590,44 @@ def build_debian_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kern
     }
 
     def build(out: Path) -> None:
-        # the tree keeps its owners; copy into the (empty) temporary entry
+        # the tree keeps its owners and modes (the store took them from the package tree: give them back);
+        # copy into the (empty, private) temporary entry
         proc.run(["cp", "-a", "--reflink=auto", f"{tree}/.", out])
+        out.chmod(0o700)  # cp gave it the tree's 0755: keep it unreachable while it has the guest's modes
+        restore(out, store.permissions(base), under="rootfs/")
         for rel, (mode, uid, gid) in sorted(layer.dirs.items()):
-            path = out / rel
+            path = _in_tree(out, rel, rel)
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, uid, gid)
             path.chmod(mode)
         for rel, (content, mode, uid, gid) in layer.files.items():
-            path = out / rel
+            path = _in_tree(out, rel, str(Path(rel).parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.write_bytes(content)
             os.chown(path, uid, gid)
             path.chmod(mode)
         for rel, target in layer.links.items():
-            path = out / rel
+            path = _in_tree(out, rel, str(Path(rel).parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.symlink_to(target)
         if modules and kernel.modules_dir is not None:
             _install_modules(kernel.modules_dir, modules, out)
 
-    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path))
+    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path), private=True)
     return entry
+
+
+def _in_tree(root: Path, rel: str, through: str) -> Path:
+    """``root/rel``, refused if the symlinks on the way to ``through`` (``rel`` or its directory) lead out
+    of the tree: the package tree has absolute ones (/var/run -> /run) that would reach the host's own files."""
+    if not (root / through).resolve().is_relative_to(root.resolve()):
+        raise MicrovmError(
+            f"/{rel}: /{through} is a symlink in the guest that leads out of the system tree",
+            hint="declare the file where the guest's symlink points to",
+        )
+    return root / rel
 
 
 def _install_modules(modules_dir: Path, modules: list[str], root: Path) -> None:

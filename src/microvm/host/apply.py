@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
 from ..runner import privileges
-from ..store import Store
+from ..store import PRIVATE_GROUP, Store
 from . import lifecycle, network, statedir, systemd, units
 from .network.units import DNSMASQ_PREFIX, DNSMASQ_UNITS
 from .plan import (
@@ -121,12 +121,13 @@ def _owned(state_dir: Path) -> bool:
 
 
 def _system_changes(state_dir: Path) -> list[Change]:
-    """The ``kvm`` group, the ``microvm`` user, and the state directory they own."""
+    """The ``kvm`` and ``microvm`` groups, the ``microvm`` user, and the state directory they own."""
     changes: list[Change] = []
-    try:
-        grp.getgrnam(units.GROUP)
-    except KeyError:
-        changes.append(EnsureGroup(units.GROUP))
+    for group in (units.GROUP, PRIVATE_GROUP):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            changes.append(EnsureGroup(group))
     try:
         pwd.getpwnam(units.USER)
     except KeyError:

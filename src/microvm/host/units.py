@@ -1,7 +1,7 @@
 """The systemd units that run installed VMs (microvm.nix's host module, as unit files).
 
 - ``microvm@.service``: runs ``<stateDir>/%i/current/bin/microvm-run`` as user
-  ``microvm`` (group ``kvm``) in the VM's state directory (Type=notify with
+  ``microvm`` (group ``kvm``, and ``microvm`` to read the private store entries) in the VM's state directory (Type=notify with
   ``host.useNotifySockets``: ready when the guest says so, see microvm.runner.ready);
   sets ``booted`` before it starts and removes it after it stopped; stops with
   ``booted/bin/microvm-shutdown``, which asks the guest to power off and returns
@@ -24,6 +24,7 @@ from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
 from ..model.options import DeclaredVM, VMConfig
+from ..store import PRIVATE_GROUP
 from .unitfile import command, environment, escape, render
 
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
@@ -65,6 +66,7 @@ def vm_service(state_dir: Path, notify: bool = False) -> str:
                 *([("Type", "notify"), ("NotifyAccess", "all")] if notify else [("Type", "simple")]),
                 ("User", USER),
                 ("Group", GROUP),
+                ("SupplementaryGroups", PRIVATE_GROUP),  # reads the private store entries (root images)
                 ("WorkingDirectory", f"{vm}"),
                 ("ExecStartPre", command(proc.which("sh"), "-c", booted_link)),
                 ("ExecStart", f"{vm}/current/bin/microvm-run"),

@@ -12,6 +12,7 @@ options (uniqueness, hypervisor capabilities) live in
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -22,16 +23,17 @@ from .addresses import BASE_N_MAX, base_mac, base_tap, ipv6_host_interface, nth_
 from .names import Hypervisor
 
 # A name that is safe as a file name, a systemd instance and a shell word.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# Used with fullmatch: `$` would also match before a final newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 IFNAME_MAX = 15
 # A systemd unit name (systemd.unit(5)): an optional instance after '@', as in postgresql@15-main.service.
 UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?(\.[a-z]+)?$")
 
 
 def _name(value: str) -> str:
-    if not NAME_RE.match(value) or ".." in value:
+    if not NAME_RE.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
             "starting with a letter or digit (no '/', spaces or shell characters)"
@@ -56,7 +58,7 @@ def _ifname(value: str) -> str:
 
 
 def valid_hostname(value: str) -> str:
-    if not HOSTNAME_RE.match(value):
+    if not HOSTNAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid host name: 1-63 letters, digits and '-', not starting or ending with '-'"
         )
@@ -64,7 +66,7 @@ def valid_hostname(value: str) -> str:
 
 
 def _mac(value: str) -> str:
-    if not MAC_RE.match(value):
+    if not MAC_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a MAC address; expected six hex pairs like 02:00:00:00:00:01")
     if int(value[:2], 16) & 1:
         raise ValueError(f"{value!r} is a multicast MAC address; the first octet must be even (e.g. 02:...)")
@@ -838,6 +840,23 @@ class VMConfig(Options):
     @property
     def name(self) -> str:
         return self.guest.hostName
+
+    def public_dump(self) -> dict:
+        """``dump()`` without secret values, for files others may read (the runner's vm.json).
+
+        A password hash becomes a digest of it (it is salted: the digest tells nothing, and a
+        change still shows in `microvm diff`); the text of a guest file that others may not
+        read in the guest becomes a placeholder (a digest of a short text could be guessed).
+        """
+        data = self.dump()
+        for user in data["guest"].get("users", {}).values():
+            if "hashedPassword" in user:
+                digest = hashlib.sha256(user["hashedPassword"].encode()).hexdigest()[:16]
+                user["hashedPassword"] = f"<secret sha256:{digest}>"
+        for spec in data["guest"].get("files", {}).values():
+            if "text" in spec and not int(spec["mode"], 8) & 0o004:
+                spec["text"] = "<secret>"
+        return data
 
 
 # The share that carries the guest system when storeOnDisk is false is the one whose source is the store

@@ -85,13 +85,13 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
-    user, env = None, None
+    user, groups, env = None, [], None
     if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
         if files := runner_config(plan.runner).get("microvm", {}).get("credentialFiles"):
             # root reads the host's private files; the unprivileged runner then uses the disk made here
             credentials.pack(workdir / CREDENTIALS_IMAGE, [f"{n}={workdir / p}" for n, p in files.items()])
             env = {credentials.PACKED_ENV: "1"}
-        user = privileges.drop_to(plan.runner, workdir)
+        *user, groups = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
         from . import virtiofsd
@@ -103,7 +103,8 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         cwd=workdir,
         start_new_session=console is not None,
         stdin=subprocess.DEVNULL if console else None,
-        user=user,
+        user=tuple(user) if user else None,
+        groups=groups,
         env=env,
     )
     interrupts = 0

@@ -80,6 +80,7 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
         "#!/usr/bin/env bash",
         HEADER.format(version=__version__, name=vm.guest.hostName, hypervisor=hypervisor.name),
         "set -euo pipefail",
+        "umask 077  # what the VM leaves in its state directory (console log, sockets, saved state) is not others'",
     ]
     creatable = [v for v in mv.volumes if v.autoCreate]
     if creatable:
@@ -113,8 +114,10 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if console := hypervisor.console_socket(vm):
         # the console log is this boot's: emptied here, appended to by the hypervisor, so a resumed
         # VM keeps what it printed before, and logrotate's copytruncate is safe
-        truncate = f": > {shlex.quote(console[1])}"
+        log = shlex.quote(console[1])
+        truncate = f": > {log}"
         lines += ["", f"if [ ${{#resume[@]}} -eq 0 ]; then {truncate}; fi" if resumable else truncate]
+        lines.append(f"if [ -e {log} ]; then chmod 0600 {log}; fi  # a log from before the umask was readable by all")
     for fd, target in spec.fds:
         # targets are our own generated words (a tap device by ifindex), quoted but expanded
         lines.append(f'exec {fd}<>"{target}"')
@@ -242,7 +245,7 @@ def runner_files(
         if packages is not None:
             # name -> version of every installed package, for `microvm diff`/`update` and as a lock
             files[RUNNER_PACKAGES] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
-    files[RUNNER_CONFIG] = (json.dumps(vm.dump(), indent=1, sort_keys=True) + "\n", 0o644)
+    files[RUNNER_CONFIG] = (json.dumps(vm.public_dump(), indent=1, sort_keys=True) + "\n", 0o644)
     for rel, content in spec.files.items():
         files[rel] = (content.replace(RunnerSpec.RUNNER, str(runner_dir)), 0o644)
     return files
