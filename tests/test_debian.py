@@ -20,7 +20,7 @@ from notify import FakeSystemd
 
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
-from microvm.guest.debian import Accounts
+from microvm.guest.debian import Accounts, Layer, _service_units
 from microvm.model.options import VMConfig
 from microvm.runner.build import build_vm
 from microvm.store import Store
@@ -251,6 +251,21 @@ def test_bad_input_is_named_and_nothing_is_written(
         assert str(file) in str(info.value)  # the file that names the source
     assert "busybox" not in str(info.value)  # only what is wrong is named
     assert _store_contents(shared_store, "bad") == before  # no entry, no temporary directory
+
+
+def test_a_multi_line_command_stays_one_exec_start_line() -> None:
+    """Each line of the script is part of one quoted ExecStart= word: none becomes a directive of its own."""
+    command = 'echo "a\\b" 50%\nExecStartPre=/bin/evil $HOME\r\nreboot'
+    vm = VMConfig.model_validate(
+        {"guest": {"hostName": "g", "base": "debian", "services": {"a": {"command": command}}}}
+    )
+    layer = Layer()
+    _service_units(vm, layer)
+    content, *_ = layer.files["etc/systemd/system/a.service"]
+    unit = content.decode().splitlines()
+    assert [line for line in unit if line.startswith("Exec")] == [
+        'ExecStart=/bin/sh -c "echo \\"a\\\\b\\" 50%%\\nExecStartPre=/bin/evil $$HOME\\r\\nreboot"'
+    ]
 
 
 def test_declared_groups_are_created_after_the_users_and_must_agree_with_the_guest(tmp_path: Path) -> None:
