@@ -360,6 +360,14 @@ bridge = "br-dmz"
     assert "microvm.interfaces[0].bridge" in str(warning) and "br-dmz is not a bridge of this host file" in str(warning)
 
 
+def test_own_guest_warns_of_what_only_microvms_guest_side_uses(tmp_path: Path) -> None:
+    text = MINIMAL + '[guest.fileSystems."/x"]\ndevice = "tmpfs"\nfsType = "tmpfs"\n[microvm]\n'
+    text += 'kernelParams = ["root=/dev/vda"]\ncredentialFiles = { a = "/etc/a" }\n[microvm.guest]\nenable = false\n'
+    warnings = [str(w) for w in load_vm(write_vm(tmp_path, text)).warnings]
+    assert any("guest.fileSystems: is not used" in w for w in warnings)
+    assert any("microvm.credentialFiles: is not used" in w for w in warnings)
+
+
 def test_warnings_do_not_stop(tmp_path: Path) -> None:
     loaded = load_vm(write_vm(tmp_path, MINIMAL + "[microvm]\nmem = 2048\n"))
     assert any("2048" in str(w) for w in loaded.warnings)

@@ -254,10 +254,16 @@ def _own_guest(vm: VMConfig) -> Iterator[Problem]:
         )
     if mv.storeOnDisk is False:
         yield Problem(("microvm", "storeOnDisk"), "there is no system tree to share: microvm.guest.enable is false")
-    unused = {"commands": guest.commands, "services": guest.services, "packages": guest.packages}
-    for option, value in unused.items():
+    unused = {
+        ("guest", "commands"): guest.commands,
+        ("guest", "services"): guest.services,
+        ("guest", "packages"): guest.packages,
+        ("guest", "fileSystems"): guest.fileSystems,
+        ("microvm", "credentialFiles"): mv.credentialFiles,  # the disk is attached; nothing unpacks it
+    }
+    for path, value in unused.items():
         if value:
-            yield Problem(("guest", option), "is not used: microvm.guest.enable is false", severity="warning")
+            yield Problem(path, "is not used: microvm.guest.enable is false", severity="warning")
 
 
 def check_vm(vm: VMConfig) -> list[Problem]:
