@@ -151,6 +151,22 @@ def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> 
     assert "mkfs.ext4" in failed.console.split("microvm: creating volume data.img (16 MB, ext4)")[1]
 
 
+def test_a_share_whose_source_is_the_store_carries_the_system(tmp_path: Path) -> None:
+    """As a microvm.nix file says it: a share of the store (any tag, any mount point) and no storeOnDisk."""
+    file = write_vm(
+        tmp_path,
+        MARKER_VM.format(
+            name="storeshare",
+            extra='[[microvm.shares]]\ntag = "nix-store"\nsource = "store"\nmountPoint = "/nix/.ro-store"\n'
+            'proto = "virtiofs"',
+        ),
+    )
+    result = microvm("run", str(file))
+    assert result.returncode == 0, result.stderr
+    assert "marker: storeshare up" in result.stdout
+    assert load_vm(file).config.microvm.storeOnDisk is False
+
+
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = BOOT_TIMEOUT) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -47,6 +47,7 @@ def _runner_commands() -> list[list[str]]:
                 "readiness": True,
                 "socket": "web.sock",
                 "registerWithMachined": True,
+                "credentialFiles": {"token": "/etc/microvm/token"},
                 "interfaces": [
                     {"type": "tap", "id": "vm-web", "mac": "02:00:00:00:00:01"},
                     {"type": "macvtap", "id": "vm-mv", "mac": "02:00:00:00:00:02", "macvtap": {"link": "eth0"}},

@@ -15,6 +15,7 @@ import pytest
 from conftest import CACHE, build_file, entries_built_for, microvm, write_vm
 
 from microvm.cli import translate_legacy
+from microvm.config import load_host
 from microvm.host import lifecycle, statedir, unitfile, units
 from microvm.host.statedir import VMState, gc_roots, locked
 from microvm.store import Store
@@ -158,10 +159,12 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
     src = tmp_path / "src"
     extra = '[[microvm.volumes]]\nimage = "data.img"\nmountPoint = "/data"\nsize = 8'
+    extra += '\n[microvm.credentialFiles]\ntoken = "/etc/hostname"'
     define(src, "vols", extra=extra)
     ok("create", "vols", "-f", str(src))
     state = vm_state("vols")
     (state.path / "data.img").write_text("user data")  # as microvm-run would have made it
+    (state.path / "credentials.img").write_text("a copy of the secrets: not data to keep")
     ok("remove", "vols")
     assert (state.path / "data.img").read_text() == "user data"
     assert sorted(p.name for p in state.path.iterdir()) == ["data.img"]
@@ -322,6 +325,46 @@ def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatc
     assert f"would link {tmp_path}/units/multi-user.target.wants/microvms.target" in out
     target = tmp_path / "units/microvms.target"
     assert not target.exists() and not host_state.exists()
+
+
+def test_unit_overrides_and_credentials_become_drop_ins_systemd_accepts(tmp_path: Path) -> None:
+    define(tmp_path / "src", "web")
+    ok("create", "web", "-f", str(tmp_path / "src"))  # verify checks the programs the unit runs
+    host_file = write_vm(
+        tmp_path,
+        f"""
+        [microvm]
+        stateDir = "{state_dir()}"
+        [microvm.vms.web]
+        config = {{ guest = {{ shell = false }}, microvm = {{ credentialFiles = {{ db = "/etc/secrets/db", tls = "tls.pem" }} }} }}
+        [microvm.vms.web.unitOverrides.Unit]
+        RequiresMountsFor = "/srv"
+        After = ["srv-data.mount", "network-online.target"]
+        [microvm.vms.web.unitOverrides.Service]
+        CacheDirectory = "microvm-web"
+        TimeoutStartSec = "5min"
+        """,
+        "host.toml",
+    )
+    host = load_host(host_file)
+    dropins = units.vm_dropins("web", host.config.microvm.vms["web"], host.vms["web"].config, state_dir())
+    overrides = dropins["microvm@web.service.d/overrides.conf"]
+    assert "After=srv-data.mount\nAfter=network-online.target\n" in overrides and "TimeoutStartSec=5min" in overrides
+    credentials = dropins["microvm@web.service.d/credentials.conf"]
+    assert f"LoadCredential=db:/etc/secrets/db\nLoadCredential=tls:{state_dir()}/web/tls.pem\n" in credentials
+    unit_dir = tmp_path / "units"
+    for rel, content in (units.all_units(state_dir(), CACHE / "store", [], {}) | dropins).items():
+        (unit_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (unit_dir / rel).write_text(content)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit_dir / "microvm@web.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    bad = write_vm(tmp_path / "bad", '[microvm.vms.x]\nsource = "/s"\n[microvm.vms.x.unitOverrides.Install]\nA = "b"\n')
+    assert "microvm.vms.x.unitOverrides.Install" in failing("host", "apply", "--dry-run", str(bad))
 
 
 def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-from ..layout import RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
+from ..layout import CREDENTIALS_IMAGE, RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
 from ..model.names import valid_name
 from ..store import Store
 
@@ -271,7 +271,8 @@ class VMState:
         if self.runner_missing:
             return [p for p in self.path.iterdir() if p.name not in BOOKKEEPING and not p.is_socket()]
         mv = self.config().get("microvm", {})
-        paths = [v["image"] for v in mv.get("volumes", [])] + [s["source"] for s in mv.get("shares", [])]
+        volumes = [v["image"] for v in mv.get("volumes", []) if v["image"] != CREDENTIALS_IMAGE]  # secrets: not kept
+        paths = volumes + [s["source"] for s in mv.get("shares", [])]
         return [self.path / p for p in paths if (self.path / p).exists() and (self.path / p).is_relative_to(self.path)]
 
     def remove(self, keep_data: bool) -> list[Path]:

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import proc
 from ..control.process import connect_when_there
-from . import privileges
+from ..layout import CREDENTIALS_IMAGE, runner_config
+from . import credentials, privileges
 from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
@@ -84,8 +85,12 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
-    user, groups = None, []
+    user, groups, env = None, [], None
     if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
+        if files := runner_config(plan.runner).get("microvm", {}).get("credentialFiles"):
+            # root reads the host's private files; the unprivileged runner then uses the disk made here
+            credentials.pack(workdir / CREDENTIALS_IMAGE, [f"{n}={workdir / p}" for n, p in files.items()])
+            env = {credentials.PACKED_ENV: "1"}
         *user, groups = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
@@ -100,6 +105,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         stdin=subprocess.DEVNULL if console else None,
         user=tuple(user) if user else None,
         groups=groups,
+        env=env,
     )
     interrupts = 0
 
