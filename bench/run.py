@@ -648,7 +648,9 @@ class Results:
     domain_xml: dict[str, str]
     debian: Any = None  # debian.DebianResults, unless skipped
     suspend: Any = None  # suspend.SuspendResults, unless skipped
+    startup: Any = None  # cli.CliResults
     pictures: list[str] = field(default_factory=list)
+    startup_picture: str | None = None
 
 
 def report(r: Results) -> str:
@@ -841,6 +843,10 @@ def report(r: Results) -> str:
     ):
         w(f"| {what} | {fmt_ms(median(xs))} | {spread(xs, fmt_ms)} |")
     w("")
+    if r.startup is not None:
+        from cli import report_section as startup_section  # bench/cli.py, which imports this module's helpers
+
+        out += startup_section(r.startup, r.startup_picture)
     if r.suspend is not None:
         from suspend import report_section as suspend_section
 
@@ -892,7 +898,7 @@ def bench_cli(runs: int, count: int, work: Path) -> Cli:
     res.install_s = time.perf_counter() - t0
     for _ in range(runs):
         t, listed = timed(run_checked, [*cmd, "list"], env)
-        assert len(listed.stdout.splitlines()) == count, listed.stdout
+        assert len(listed.stdout.splitlines()) == count + 1, listed.stdout  # a header, a line per VM
         res.list_s.append(t)
         t, _ = timed(run_checked, [*cmd, "status", "cli000"], env)
         res.status_s.append(t)
@@ -961,6 +967,12 @@ def main(argv: list[str] | None = None) -> int:
                 if lv
                 else {}
             )
+            from cli import bench_cli_startup  # bench/cli.py, imports this module's helpers
+            from cli import plot as plot_startup
+
+            startup = bench_cli_startup(
+                1 if args.quick else max(args.runs, 10), args.quick, work, built, host_file(work), lv
+            )
         counts = DENSITY_COUNTS[:1] if args.quick else DENSITY_COUNTS
         if args.quick:
             skipped["density beyond 1 VM"] = "quick mode"
@@ -976,10 +988,11 @@ def main(argv: list[str] | None = None) -> int:
         mach["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         results = Results(
             argv, args.runs, mach, sources[0] if sources else None, builds, built, store.root,
-            boot_methods, boots, density, cli, skipped, domain_xml, debian_results, suspend_results,
+            boot_methods, boots, density, cli, skipped, domain_xml, debian_results, suspend_results, startup,
         )  # fmt: skip
         args.output.parent.mkdir(parents=True, exist_ok=True)
         results.pictures = plots(args.output, boot_methods, boots, density)
+        results.startup_picture = plot_startup(args.output, startup)
         if not results.pictures:
             skipped["plots"] = "matplotlib is not installed (`make bench` installs it)"
         text = report(results)

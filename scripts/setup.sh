@@ -33,6 +33,20 @@ if [[ ",${EXTRAS:-}," == *,bench,* ]]; then
   APT_PACKAGES+=(libvirt-daemon-system virtinst)  # bench/libvirt.py uses a running libvirtd or runs its own
 fi
 
+# One line per stage; the tools' own output goes to a log, whose last lines are shown if a stage fails.
+LOG=$(mktemp -t microvm-setup.XXXXXX)
+trap 'rm -f "$LOG"' EXIT
+stage() {
+  local what=$1
+  shift
+  echo "setup: $what" >&2
+  if ! "$@" >"$LOG" 2>&1; then
+    echo "setup: $what failed:" >&2
+    tail -n 20 "$LOG" >&2
+    exit 1
+  fi
+}
+
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for pkg in "${APT_PACKAGES[@]}"; do
@@ -41,10 +55,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # The guest kernel comes from the apt lists: keep them fresh once a day.
   lists_age=$(( $(date +%s) - $(stat -c %Y /var/lib/apt/lists 2>/dev/null || echo 0) ))
   if [ "${#missing[@]}" -gt 0 ] || [ "$lists_age" -gt 86400 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
-    apt-get update -qq
+    stage "refreshing the Debian package lists" apt-get update -qq
   fi
   if [ "${#missing[@]}" -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    stage "installing ${missing[*]} (Debian)" \
+      env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
 else
   echo "setup: not root or no apt-get; install these yourself: ${APT_PACKAGES[*]}" >&2
@@ -52,9 +67,14 @@ fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  stage "creating .venv" "$PYTHON" -m venv .venv
 fi
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test,web${EXTRAS:+,$EXTRAS}]"
+pip_install() {
+  .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e ".[test,web${EXTRAS:+,$EXTRAS}]"
+}
+stage "installing microvm into .venv (pip)" pip_install
 # The page's libraries, served as they are (no build step): the versions package-lock.json pins.
-(cd src/microvm/web/static && npm ci --no-audit --no-fund --loglevel=error)
+npm_install() {
+  (cd src/microvm/web/static && npm ci --no-audit --no-fund --loglevel=error)
+}
+stage "installing the web page's libraries (npm)" npm_install

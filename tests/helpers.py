@@ -346,24 +346,39 @@ authorizedKeys = ["{key}"]
 
 [guest.users.alice]
 uid = 1234
-groups = ["users"]
+groups = ["users", "media"]
 authorizedKeys = ["{key}"]
+
+[guest.groups.media]  # the guest lacks it: created
+gid = 2345
 
 [guest.files."/etc/microvm-test"]
 source = "files/marker.txt"
 mode = "0640"
 user = "alice"
+group = "media"
 
 [guest.services.prepare]
 type = "oneshot"
-command = "mkdir -p /srv/www && echo served-by-$NAME > /srv/www/index.html"
+command = '''
+mkdir -p /srv/www
+echo "served-by-$NAME" > /srv/www/index.html
+'''
 environment = {{ NAME = "{name}" }}
+after = ["getty@tty1.service"]
 
 [guest.services.web]
 description = "a small web server"
 command = "exec busybox httpd -f -p 8000 -h /srv/www"
 user = "www-data"
 after = ["prepare"]
+
+[guest.services.secretive]  # a credential as a file and as environment, for a user that cannot read the disk's copy
+type = "oneshot"
+user = "alice"
+credentials = ["token"]
+environmentCredential = "env"
+command = 'echo "$API_KEY $(cat "$CREDENTIALS_DIRECTORY/token")" > /home/alice/seen'
 
 [guest.services.tick]
 command = "date >> /var/lib/data/ticks"
@@ -401,6 +416,11 @@ type = "user"
 id = "eth0"
 mac = "02:00:00:00:00:42"
 
+[guest.network.interfaces.eth0]  # found by its MAC, named by udev; IPv4 only
+name = "uplink0"
+linkLocal = false
+acceptRA = false
+
 [[microvm.forwardPorts]]
 host.port = {web}
 guest.port = 8000
@@ -412,8 +432,13 @@ guest.port = 22
 [[microvm.forwardPorts]]
 host.port = {closed}
 guest.port = 9000
-"""
 
+[microvm.credentialFiles]
+token = "{secrets}/token"
+env = "{secrets}/env"
+"""
+# what the VM's credential files hold: it must reach the guest and never the store
+DEBIAN_SECRET = "d3b-s3cret-4a9e-not-in-the-store"
 DEBIAN_PACKAGES = ["openssh-server", "busybox"]
 
 
@@ -427,6 +452,10 @@ def write_debian_vm(
     (directory / "files").mkdir(parents=True, exist_ok=True)
     if not (directory / "files/marker.txt").exists():
         (directory / "files/marker.txt").write_text("declared file, round 1\n")
+    secrets = directory / "secrets"  # the host's private files: read at start, never built in
+    secrets.mkdir(mode=0o700, exist_ok=True)
+    (secrets / "token").write_text(DEBIAN_SECRET)
+    (secrets / "env").write_text(f"API_KEY={DEBIAN_SECRET}-env\n")
     text = DEBIAN_VM.format(
         name=name,
         packages=json.dumps(packages),
@@ -435,6 +464,7 @@ def write_debian_vm(
         web=WEB_PORT,
         ssh=SSH_PORT,
         closed=CLOSED_PORT,
+        secrets=secrets,
     )
     return write_vm(directory, text)
 
@@ -520,9 +550,7 @@ class Host:
         return int(self.systemctl("show", "-P", "MainPID", f"microvm@{name}.service"))
 
     def states(self) -> dict[str, str]:
-        lines = self.microvm("list").stdout.splitlines()
-        # "NAME: STATE (ADDRESSES), ADVICE: COMMAND" -> {NAME: STATE}
-        return {line.split(": ")[0]: re.split(r" \(|,", line.split(": ", 1)[1])[0] for line in lines}
+        return {vm["name"]: vm["state"] for vm in json.loads(self.microvm("list", "--json").stdout)}
 
     def wait_booted(self, name: str, gen: int) -> None:
         """Wait for a boot of ``name`` at ``gen`` not seen before."""

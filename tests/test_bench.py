@@ -18,6 +18,7 @@ SECTIONS = (
     "## Density",
     "## Image sizes",
     "## CLI on installed VMs",
+    "## Command start-up",
     "## Suspend to disk and resume",
 )
 
@@ -72,6 +73,15 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
     for row in ("`microvm list` (3 VMs)", "`microvm status NAME`", "`microvm create NAME` of an already-built VM"):
         assert re.search(rf"{re.escape(row)} \| \d+ ms \|", cli), row
 
+    startup = section(text, "## Command start-up")
+    floor = r"\| \d+ ms \| – \| 1\.0× \| – \| – \| \d+ ms \(1\.0×\) \|"
+    assert re.search(r"\| `python -c pass` \(the floor\) " + floor, startup), startup
+    for row in ("`microvm --help`", "`microvm status NAME`", "`microvm check FILE` (one VM)"):
+        assert re.search(rf"{re.escape(row)} \| \d+ ms \| – \| \d+\.\d× \| ≤ \d+× \| (yes|\*\*no\*\*) \|", startup), row
+    for count in (3, 10):  # quick mode's installed VMs
+        assert re.search(rf"^\| {count} \| \d+ ms \| \d+\.\d× \| n/a \|$", startup, re.MULTILINE), count
+    assert re.search(r"costs \*\*-?\d+\.\d+ ms per extra installed VM\*\*", startup)
+
     suspend = section(text, "## Suspend to disk and resume")
     row = r"\| microvm \(`microvm suspend`.*\| \d+\.\d+ s \| \d+\.\d+ s \| \d+ MiB \| \d+\.\d+ s \(–\) \|"
     assert re.search(row, suspend), suspend
@@ -112,3 +122,15 @@ def test_debian_section_of_the_report(tmp_path: Path) -> None:
     assert "| boot to login | 20.00 s | – |" in text
     assert "| Root image, erofs (default, lz4hc) | 3.00 MiB |" in text
     assert re.search(r"squashfs.*\| n/a \|", text)
+
+
+def test_the_start_up_section_replaces_its_old_self() -> None:
+    """bench/cli.py run alone rewrites its own section of the report and leaves the others as they are."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from cli import splice
+
+    report = "# r\n\n## Boot\n\nboots\n\n## Suspend to disk and resume\n\nsaves\n"
+    first = splice(report, "## Command start-up\n\nold\n")
+    assert first == "# r\n\n## Boot\n\nboots\n\n## Command start-up\n\nold\n\n## Suspend to disk and resume\n\nsaves\n"
+    assert splice(first, "## Command start-up\n\nnew\n") == first.replace("old", "new")
+    assert splice("# r\n", "## Command start-up\n\nnew\n") == "# r\n\n## Command start-up\n\nnew\n"

@@ -136,10 +136,35 @@ def test_volume_is_created_once_and_keeps_data(shared_store, tmp_path: Path) -> 
     state = tmp_path / "state"
     first = boot(shared_store, file, state)
     assert "boots before: 0" in first.console, first.console
+    assert "microvm: creating volume data.img (16 MB, ext4)" in first.console  # the step, on stderr
     inode = (state / "data.img").stat().st_ino
     second = boot(shared_store, file, state)
     assert "boots before: 1" in second.console, second.console
     assert (state / "data.img").stat().st_ino == inode  # the image was not recreated
+    assert "creating volume" not in second.console
+
+    # a volume mkfs refuses: the runner stops before the hypervisor, naming the step after mkfs's own words
+    write_vm(tmp_path, file.read_text().replace('label = "data"', 'mkfsExtraArgs = ["-b", "3"]'))
+    failed = boot(shared_store, file, tmp_path / "other")
+    assert failed.returncode != 0 and not (tmp_path / "other" / "data.img").exists()
+    assert failed.console.rstrip().endswith("microvm: creating volume data.img failed: mkfs.ext4 said so above")
+    assert "mkfs.ext4" in failed.console.split("microvm: creating volume data.img (16 MB, ext4)")[1]
+
+
+def test_a_share_whose_source_is_the_store_carries_the_system(tmp_path: Path) -> None:
+    """As a microvm.nix file says it: a share of the store (any tag, any mount point) and no storeOnDisk."""
+    file = write_vm(
+        tmp_path,
+        MARKER_VM.format(
+            name="storeshare",
+            extra='[[microvm.shares]]\ntag = "nix-store"\nsource = "store"\nmountPoint = "/nix/.ro-store"\n'
+            'proto = "virtiofs"',
+        ),
+    )
+    result = microvm("run", str(file))
+    assert result.returncode == 0, result.stderr
+    assert "marker: storeshare up" in result.stdout
+    assert load_vm(file).config.microvm.storeOnDisk is False
 
 
 def test_microvm_shutdown_stops_guest_gracefully(shared_store, tmp_path: Path) -> None:

@@ -113,6 +113,29 @@ BAD = {
     "packages on busybox": (MINIMAL_VM + 'packages = ["nginx"]\n', ["guest.packages", 'guest.base = "debian"']),
     "kvm with emulated cpu": (MINIMAL_VM + '[microvm]\naccel = "kvm"\ncpu = "Haswell"\n', ["microvm.accel"]),
     "unknown after": (MINIMAL_VM + '[guest.services.a]\ncommand = "x"\nafter = ["b"]\n', ["no service named 'b'"]),
+    "bad unit name in after": (
+        MINIMAL_VM + '[guest.services.a]\ncommand = "x"\nafter = ["a b@c@d"]\n',
+        ["guest.services.a.after[0]", "postgresql@15-main.service"],
+    ),
+    "same guest interface name": (
+        MINIMAL_VM + '[[microvm.interfaces]]\nid = "a"\nmac = "02:00:00:00:00:01"\n'
+        '[[microvm.interfaces]]\nid = "b"\nmac = "02:00:00:00:00:02"\n'
+        '[guest.network.interfaces.a]\nname = "lan"\n[guest.network.interfaces.b]\nname = "lan"\n',
+        ["guest.network.interfaces.b.name", "also used by guest.network.interfaces.a.name"],
+    ),
+    "undeclared credential": (
+        MINIMAL_VM + '[guest.services.a]\ncommand = "x"\nenvironmentCredential = "db"\n',
+        ["guest.services.a.environmentCredential", "no credential named 'db'"],
+    ),
+    "store tag on a data share": (
+        MINIMAL_VM + '[[microvm.shares]]\ntag = "ro-store"\nsource = "/srv"\nmountPoint = "/srv"\n',
+        ["microvm.shares[0].tag", "'ro-store' is the tag of the share of the guest system"],
+    ),
+    "store share with storeOnDisk": (
+        MINIMAL_VM
+        + '[microvm]\nstoreOnDisk = true\n[[microvm.shares]]\ntag = "s"\nsource = "store"\nmountPoint = "/s"\n',
+        ["microvm.storeOnDisk", "source is the store"],
+    ),
     "bad machine id": (MINIMAL_VM + 'machineId = "xyz"\n', ["guest.machineId", "32 lowercase hex"]),
     "imports not a list": ('imports = "a.toml"\n' + MINIMAL_VM, ["imports", "list of file names"]),
     "missing import": ('imports = ["nope.toml"]\n' + MINIMAL_VM, ["imports[0]", "does not exist"]),
@@ -124,6 +147,11 @@ BAD = {
     "modulesDir without image": (
         MINIMAL_VM + '[guest.kernel]\nmodulesDir = "/lib/modules/x"\n',
         ["guest.kernel.modulesDir"],
+    ),
+    "read-only 9p on crosvm": (
+        MINIMAL_VM + '[microvm]\nhypervisor = "crosvm"\n'
+        '[[microvm.shares]]\ntag = "a"\nsource = "/a:b"\nmountPoint = "/a"\nreadOnly = true\n',
+        ["microvm.shares[0].readOnly", "no read-only mode", "microvm.shares[0].source", "':' separates"],
     ),
     "9p on qemu-less hypervisor": (
         MINIMAL_VM + '[microvm]\nhypervisor = "cloud-hypervisor"\n'
@@ -161,3 +189,52 @@ def test_host_file_config_and_source_conflict(tmp_path: Path) -> None:
     write_vm(tmp_path, "", "a.toml")
     with pytest.raises(ConfigErrors, match="cannot also set source"):
         load_host(file)
+
+
+def test_a_debian_service_may_order_after_a_unit_instance(tmp_path: Path) -> None:
+    text = MINIMAL_VM + 'base = "debian"\n[guest.services.a]\ncommand = "x"\nafter = ["postgresql@15-main.service"]\n'
+    assert load_vm(write_vm(tmp_path, text)).config.guest.services["a"].after == ["postgresql@15-main.service"]
+
+
+def test_host_bridges_and_vlans_are_checked(tmp_path: Path) -> None:
+    text = """
+[network.basic]
+enable = true
+ports = ["eth1"]
+[network.bridges.microvm]
+[network.bridges.br-a]
+ports = ["eth1"]
+[network.vlans.br-a]
+link = "eth0"
+id = 7
+"""
+    with pytest.raises(ConfigErrors) as info:
+        load_host(write_vm(tmp_path, text, "host.toml"))
+    message = str(info.value)
+    assert "network.bridges.microvm: is network.basic's bridge already" in message
+    assert "network.vlans.br-a: a VLAN needs its own name" in message
+    assert "network.bridges.br-a.ports[0]: bridge port 'eth1' is also used by network.basic.ports[0]" in message
+
+
+def test_a_tap_naming_a_bridge_the_host_file_lacks_is_a_warning(tmp_path: Path) -> None:
+    text = """
+[network.bridges.br-lan]
+[microvm.vms.web.config.guest]
+shell = false
+[[microvm.vms.web.config.microvm.interfaces]]
+type = "tap"
+id = "vm-web"
+mac = "02:00:00:00:00:01"
+bridge = "br-dmz"
+"""
+    host = load_host(write_vm(tmp_path, text, "host.toml"))
+    (warning,) = host.warnings
+    assert "microvm.interfaces[0].bridge" in str(warning) and "br-dmz is not a bridge of this host file" in str(warning)
+
+
+def test_own_guest_warns_of_what_only_microvms_guest_side_uses(tmp_path: Path) -> None:
+    text = MINIMAL_VM + '[guest.fileSystems."/x"]\ndevice = "tmpfs"\nfsType = "tmpfs"\n[microvm]\n'
+    text += 'kernelParams = ["root=/dev/vda"]\ncredentialFiles = { a = "/etc/a" }\n[microvm.guest]\nenable = false\n'
+    warnings = [str(w) for w in load_vm(write_vm(tmp_path, text)).warnings]
+    assert any("guest.fileSystems: is not used" in w for w in warnings)
+    assert any("microvm.credentialFiles: is not used" in w for w in warnings)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import tomli_w
-from helpers import MINIMAL_VM, write_vm
+from helpers import MINIMAL_VM, REPO, write_vm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -119,6 +119,32 @@ def test_any_valid_config_round_trips_through_eval_json(tmp_path: Path, data: di
     second.write_text(tomli_w.dumps(json.loads(result.output)))
     assert load_vm(second).config == model
     assert VMConfig.model_validate(json.loads(result.output)) == model
+
+
+def test_check_and_eval_json_shapes(tmp_path: Path) -> None:
+    """`check --json`: ok, the VMs, problems and warnings with their file and option; `eval --json`: the config."""
+    runner = CliRunner()
+    good = REPO / "examples" / "hello" / "vm.toml"
+    result = runner.invoke(app, ["check", "--json", str(good)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "file": str(good), "ok": True, "host": False, "vms": [{"name": "hello", "hypervisor": "qemu"}],
+        "problems": [], "warnings": [],
+    }  # fmt: skip
+
+    bad = write_vm(tmp_path, '[guest]\nhostName = "x"\n[microvm]\nmem = 0\n')
+    result = runner.invoke(app, ["check", "--json", str(bad)])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["vms"] == [] and report["warnings"] == []
+    (problem,) = report["problems"]
+    assert problem["file"] == str(bad) and problem["option"] == "microvm.mem" and "greater than 0" in problem["message"]
+
+    result = runner.invoke(app, ["eval", "--json", str(good)])
+    assert result.exit_code == 0
+    config = json.loads(result.stdout)
+    assert config["guest"]["hostName"] == "hello" and config["microvm"]["hypervisor"] == "qemu"
+    assert VMConfig.model_validate(config).dump() == config  # the full config, every default filled in
 
 
 def test_public_dump_hides_secrets_but_shows_that_they_changed() -> None:

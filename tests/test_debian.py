@@ -19,6 +19,7 @@ from helpers import (
     BOOT_TIMEOUT,
     CLOSED_PORT,
     DEBIAN_PACKAGES,
+    DEBIAN_SECRET,
     SSH_PORT,
     WEB_PORT,
     build_file,
@@ -31,6 +32,8 @@ from notify import FakeSystemd
 
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
+from microvm.guest.debian import Accounts, Layer, _service_units
+from microvm.model.options import VMConfig
 from microvm.runner.build import build_vm
 from microvm.store import Store
 
@@ -125,6 +128,41 @@ def test_bad_input_is_named_and_nothing_is_written(
     assert _store_contents(shared_store, "bad") == before  # no entry, no temporary directory
 
 
+def test_a_multi_line_command_stays_one_exec_start_line() -> None:
+    """Each line of the script is part of one quoted ExecStart= word: none becomes a directive of its own."""
+    command = 'echo "a\\b" 50%\nExecStartPre=/bin/evil $HOME\r\nreboot'
+    vm = VMConfig.model_validate(
+        {"guest": {"hostName": "g", "base": "debian", "services": {"a": {"command": command}}}}
+    )
+    layer = Layer()
+    _service_units(vm, layer)
+    content, *_ = layer.files["etc/systemd/system/a.service"]
+    unit = content.decode().splitlines()
+    assert [line for line in unit if line.startswith("Exec")] == [
+        'ExecStart=/bin/sh -c "echo \\"a\\\\b\\" 50%%\\nExecStartPre=/bin/evil $$HOME\\r\\nreboot"'
+    ]
+
+
+def test_declared_groups_are_created_after_the_users_and_must_agree_with_the_guest(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nusers:x:100:\n")
+    (tmp_path / "etc/shadow").write_text("root:*:1::::::\n")
+
+    def guest(groups: dict) -> VMConfig:
+        users = {"bob": {"groups": ["media", "users"]}}
+        return VMConfig.model_validate({"guest": {"hostName": "g", "base": "debian", "users": users, "groups": groups}})
+
+    accounts = Accounts(tmp_path)
+    assert accounts.add(guest({"media": {}, "users": {}}))["bob"][0] == 1000  # the user's id comes first
+    assert (accounts.gid("media"), accounts.gid("users")) == (1001, 100)
+    assert ["media", "x", "1001", "bob"] in accounts.group and ["users", "x", "100", "bob"] in accounts.group
+    with pytest.raises(MicrovmError, match=r"guest.groups.users.gid: the guest already has group users with gid 100"):
+        Accounts(tmp_path).add(guest({"media": {}, "users": {"gid": 500}}))
+    with pytest.raises(MicrovmError, match=r"guest.users.bob.groups: the guest has no group 'media'"):
+        Accounts(tmp_path).add(guest({}))
+
+
 # --- builds ------------------------------------------------------------------------
 
 
@@ -174,12 +212,18 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
     assert "OnCalendar=minutely" in (root / "etc/systemd/system/tick.timer").read_text()
     web = (root / "etc/systemd/system/web.service").read_text()
     assert "User=www-data" in web and "After=prepare.service" in web
+    prepare = (root / "etc/systemd/system/prepare.service").read_text()
+    assert "After=getty@tty1.service" in prepare and "RemainAfterExit=yes" in prepare
+    # a multi-line command is one ExecStart= line; a timer's oneshot goes inactive after each run
+    assert '-c "mkdir -p /srv/www\\necho' in prepare
+    assert "RemainAfterExit" not in (root / "etc/systemd/system/tick.service").read_text()
     assert "MACAddress=02:00:00:00:00:42" in (root / "etc/systemd/network/10-eth0.network").read_text()
     assert "tcp dport { 22, 8000 } accept" in (root / "etc/nftables.conf").read_text()
     # the store keeps every file root's; the image gives the guest's owners back
     assert (root / "etc/microvm-test").stat().st_uid == 0
     assert built.root_image is not None
-    assert "Uid: 1234   Gid: 0  Access: 0640" in _image_inode(built.root_image, "/etc/microvm-test")
+    assert "Uid: 1234   Gid: 2345  Access: 0640" in _image_inode(built.root_image, "/etc/microvm-test")
+    assert "media:x:2345:alice\n" in (root / "etc/group").read_text()
     assert "alice:x:1234:1234::/home/alice:/bin/bash" in (root / "etc/passwd").read_text()
     assert "Uid: 1234   Gid: 1234" in _image_inode(built.root_image, "/home/alice/.ssh/authorized_keys")
     assert not list((root / "etc/ssh").glob("ssh_host_*"))  # never shared between VMs through the store
@@ -190,7 +234,7 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
         capture_output=True,
         text=True,
     )
-    assert verify.returncode == 0, verify.stderr
+    assert verify.returncode == 0 and not verify.stderr, verify.stderr
 
 
 def _image_inode(image: Path, path: str) -> str:
@@ -277,8 +321,17 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
     # microvm.readiness: the guest's unit after multi-user.target said so, through the runner
     assert systemd.wait_for("READY=1", BOOT_TIMEOUT), systemd.messages
     assert guest.ssh("root", "systemctl show -p Result --value microvm-ready").stdout == "success\n"
-    assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users"]
+    assert guest.ssh("alice", "id -un; id -u; id -Gn").stdout.split() == ["alice", "1234", "alice", "users", "media"]
     assert guest.ssh("alice", "cat /etc/microvm-test").stdout == "declared file, round 1\n"
+    # microvm.credentialFiles: LoadCredential= and EnvironmentFile= from the credentials disk, not the store
+    assert guest.ssh("alice", "cat seen").stdout == f"{DEBIAN_SECRET}-env {DEBIAN_SECRET}\n"
+    assert guest.ssh("root", "stat -c %a /run/microvm/credentials").stdout == "700\n"
+    assert guest.ssh("root", "ls /sys/class/net; ip -6 addr show dev uplink0").stdout == "lo\nuplink0\n"
+    built = build_file(shared_store, file)  # what `microvm run` built: a cache hit
+    store_grep = subprocess.run(
+        ["grep", "-rlF", DEBIAN_SECRET, built.runner, built.system], capture_output=True, check=False
+    )
+    assert store_grep.returncode == 1, store_grep.stdout
     web = ns.run(
         "curl", "-sf", "--retry", "30", "--retry-all-errors", "--retry-delay", "1", f"http://127.0.0.1:{WEB_PORT}/"
     )

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from microvm.model.desugar import desugar_host, desugar_vm
 from microvm.model.names import host_arch
-from microvm.model.options import STORE_RW_MOUNTPOINT, STORE_SHARE_TAG, HostConfig, VMConfig
+from microvm.model.options import STORE_RW_MOUNTPOINT, STORE_SHARE_SOURCE, STORE_SHARE_TAG, HostConfig, VMConfig
 
 
 def desugared(guest: dict[str, Any], microvm: dict[str, Any] | None = None, control_socket: bool = True) -> VMConfig:
@@ -86,7 +86,7 @@ def test_a_mount_is_a_volume_or_a_share() -> None:
 def test_the_store_shorthands() -> None:
     shared = desugared({"hostName": "web", "store": {"readonly": {"enable": True}}})
     assert [(s.tag, s.source, s.mountPoint, s.readOnly) for s in shared.microvm.shares] == [
-        (STORE_SHARE_TAG, "system", "/", True)
+        (STORE_SHARE_TAG, STORE_SHARE_SOURCE, "/", True)
     ]
     assert shared.microvm.storeOnDisk is False
     writable = desugared({"hostName": "web", "store": {"readwrite": {"enable": True, "size": 300}}})
@@ -96,6 +96,21 @@ def test_the_store_shorthands() -> None:
     assert writable.microvm.writableStoreOverlay == STORE_RW_MOUNTPOINT
     # storeOnDisk = false by hand shares the store as well
     assert [s.tag for s in desugared({"hostName": "web"}, {"storeOnDisk": False}).microvm.shares] == [STORE_SHARE_TAG]
+
+
+def test_the_store_share_is_the_one_whose_source_is_the_store() -> None:
+    # as microvm.nix's `{ tag = "nix-store"; source = "/nix/store"; ... }` translates: any tag, any mount point
+    shared = desugared(
+        {"hostName": "web"},
+        {"shares": [{"tag": "nix-store", "source": "store", "mountPoint": "/nix/.ro-store", "proto": "virtiofs"}]},
+    )
+    assert [(s.tag, s.mountPoint, s.readOnly) for s in shared.microvm.shares] == [(STORE_SHARE_TAG, "/", True)]
+    assert shared.microvm.storeOnDisk is False
+    # a share that only carries the tag is data: the system stays on its disk (and check refuses the tag)
+    data = desugared(
+        {"hostName": "web"}, {"shares": [{"tag": STORE_SHARE_TAG, "source": "/srv", "mountPoint": "/srv"}]}
+    )
+    assert data.microvm.storeOnDisk is True
 
 
 def test_the_base_interface_and_the_routed_layout() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from helpers import BOOT_TIMEOUT, microvm, write_vm
 
 from microvm.cli import fast_run
+from microvm.cli.fast import command
 from microvm.hypervisors.qemu import host_tsc_khz
 from microvm.runner import fastpath
 
@@ -141,3 +143,105 @@ def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
     unsigned = without_signature(signed)
     assert signed.startswith(unsigned) and len(signed) - len(unsigned) > 512  # an RSA signature went
     assert unsigned.startswith(b"\x7fELF") and without_signature(unsigned) == unsigned
+
+
+def _command_in_child(*argv: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """`microvm ARGV` in a fresh interpreter, and which of the heavy modules it imported."""
+    heavy = ("typer", "click", "rich", "pydantic", "microvm.config", "microvm.runner.build")
+    probe = (
+        "import atexit, sys; "
+        f"atexit.register(lambda: print('loaded', *[m for m in {heavy!r} if m in sys.modules], file=sys.stderr)); "
+        "sys.argv[0] = 'microvm'; from microvm.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    loaded = next(line for line in result.stderr.splitlines() if line.startswith("loaded")).split()[1:]
+    return result, loaded
+
+
+def _installed(tmp_path: Path) -> Path:
+    """VM ``fast`` installed from a directory source into the test's state directory (the real command)."""
+    _vm(tmp_path / "src")
+    (tmp_path / "src" / "vm.toml").rename(tmp_path / "src" / "fast.toml")
+    created = microvm("create", "fast", "-f", str(tmp_path / "src"))
+    assert created.returncode == 0, created.stderr
+    return Path(os.environ["MICROVM_STATE_DIR"])
+
+
+STATUS_KEYS = {
+    "name", "state", "running", "hypervisor", "vcpu", "mem", "addresses", "uptime",
+    "advice", "command", "source", "current", "booted",
+}  # fmt: skip
+
+
+def test_list_and_status_run_without_typer_or_the_option_model(tmp_path: Path) -> None:
+    """The frequent commands' fast dispatch; `list --json` and `status --json` have the documented shape,
+    and `list` neither evaluates nor builds (not even imports what would)."""
+    state = _installed(tmp_path)
+    entries = sorted((Path(os.environ["MICROVM_STORE"])).iterdir())
+
+    listed, loaded = _command_in_child("list", "--json")
+    assert listed.returncode == 0 and loaded == [], (listed.stderr, loaded)
+    (vm,) = json.loads(listed.stdout)
+    assert set(vm) == STATUS_KEYS
+    runner = os.readlink(state / "fast" / "current")
+    assert vm | {"source": None} == {
+        "name": "fast", "state": "not booted", "running": False, "hypervisor": "qemu", "vcpu": 1, "mem": 128,
+        "addresses": [], "uptime": None, "advice": "start with", "command": "microvm start fast", "source": None,
+        "current": runner, "booted": None,
+    }  # fmt: skip
+    assert vm["source"] == str(tmp_path / "src")
+
+    status, loaded = _command_in_child("status", "fast", "--json")
+    assert status.returncode == 0 and loaded == [] and json.loads(status.stdout) == vm, status.stderr
+    table, loaded = _command_in_child("list")
+    assert loaded == [] and table.stdout.splitlines()[1].split()[:3] == ["fast", "not", "booted"]
+    assert sorted(Path(os.environ["MICROVM_STORE"]).iterdir()) == entries  # nothing built
+
+    # the systemd commands check the name and say systemd is missing, without typer
+    started, loaded = _command_in_child("start", "fast")
+    assert started.returncode == 1 and loaded == [] and "systemd is not running" in started.stderr
+    bad, loaded = _command_in_child("stop", "../x")
+    assert bad.returncode == 1 and loaded == [] and "'../x' is not a valid name" in bad.stderr
+    missing, _ = _command_in_child("status", "nope")
+    assert missing.returncode == 1 and "error: VM 'nope' is not installed" in missing.stderr
+
+
+def test_help_is_typers_text_kept_for_next_time(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MICROVM_STORE", str(tmp_path / "store"))  # nothing kept yet
+    first, loaded = _command_in_child("--help")
+    assert first.returncode == 0 and "typer" in loaded and "Commands:" in first.stdout
+    again, loaded = _command_in_child("--help")
+    assert again.returncode == 0 and loaded == [] and again.stdout == first.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, fast",
+    [
+        (["list"], True),
+        (["list", "--json"], True),
+        (["status", "vm1"], True),
+        (["--json", "status", "vm1"], True),
+        (["start", "vm1"], True),
+        (["list", "--help"], False),  # a subcommand's help, an unknown option, a typo: typer answers
+        (["list", "--bogus"], False),
+        (["status"], False),
+        (["status", "--help"], False),
+        (["start", "vm1", "vm2"], False),
+        (["start", "vm1", "--json"], False),
+        (["lsit"], False),
+        ([], False),
+    ],
+)
+def test_only_exact_command_shapes_take_the_fast_dispatch(argv: list[str], fast: bool) -> None:
+    assert (command(argv) is not None) == fast
+
+
+def test_shell_completion_offers_installed_vm_names(tmp_path: Path) -> None:
+    _installed(tmp_path)
+    for words, names in (("microvm status f", ["fast"]), ("microvm start ", ["fast"]), ("microvm update fa", ["fast"]),
+                         ("microvm stop x", [])):  # fmt: skip
+        env = {**os.environ, "_MICROVM_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": "2"}
+        result = subprocess.run([sys.executable, "-m", "microvm"], env=env, capture_output=True, text=True, check=False)
+        assert result.stdout.split() == names, (words, result.stdout, result.stderr)

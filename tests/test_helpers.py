@@ -47,6 +47,7 @@ def _runner_commands() -> list[list[str]]:
                 "readiness": True,
                 "socket": "web.sock",
                 "registerWithMachined": True,
+                "credentialFiles": {"token": "/etc/microvm/token"},
                 "interfaces": [
                     {"type": "tap", "id": "vm-web", "mac": "02:00:00:00:00:01"},
                     {"type": "macvtap", "id": "vm-mv", "mac": "02:00:00:00:00:02", "macvtap": {"link": "eth0"}},
@@ -142,7 +143,7 @@ def test_the_dispatcher_imports_only_the_command_asked_for(tmp_path: Path) -> No
     }
     install = _imported("install", "web", "--runner", str(tmp_path), "--owner", "nobody:nogroup-missing")
     assert "microvm.host.install" in install
-    assert not {"pydantic", "microvm.host.taps", "microvm.runner.control", "microvm.model"} & install
+    assert not {"pydantic", "microvm.host.taps", "microvm.runner.control", "microvm.model.options"} & install
 
 
 def test_bad_arguments_and_missing_files_are_told_without_a_traceback(

@@ -15,6 +15,7 @@ import pytest
 from helpers import CACHE, POWEROFF_VM, build_file, entries_built_for, microvm, write_vm
 
 from microvm.cli import translate_legacy
+from microvm.config import load_host
 from microvm.host import lifecycle, statedir, unitfile, units
 from microvm.host.statedir import VMState, gc_roots, locked
 from microvm.store import Store
@@ -47,10 +48,9 @@ def define(source: Path, name: str, mem: int = 256, extra: str = "", layout: str
     return write_vm(source / name, POWEROFF_VM.format(name=name, mem=mem, extra=extra))
 
 
-def list_states() -> dict[str, str]:
-    """`microvm list` as {name: rest of the line}."""
-    lines = ok("list").splitlines()
-    return dict(line.split(": ", 1) for line in lines)
+def list_states() -> dict[str, tuple[str, str | None]]:
+    """`microvm list --json` as {name: (state, the command to run next)}."""
+    return {vm["name"]: (vm["state"], vm["command"]) for vm in json.loads(ok("list", "--json"))}
 
 
 def test_create_list_update_diff_remove(tmp_path: Path) -> None:
@@ -61,22 +61,22 @@ def test_create_list_update_diff_remove(tmp_path: Path) -> None:
     first = state.current
     assert first is not None and (first / "bin/microvm-run").exists()
     assert state.source == str(src)
-    assert list_states() == {"web": "not booted, start with: microvm start web"}
+    assert list_states() == {"web": ("not booted", "microvm start web")}
     assert "already exists" in failing("create", "web", "-f", str(src))
 
     # the source changes: list says outdated without building anything
     define(src, "web", mem=320, layout="nested")
     entries = entries_built_for(CACHE / "store", "web")
-    assert list_states()["web"] == "outdated, rebuild and reboot: microvm -Ru web"
+    assert list_states()["web"] == ("outdated", "microvm -Ru web")
     assert entries_built_for(CACHE / "store", "web") == entries
 
     # booted = what runs; an update makes it stale, diff shows what the restart would change
     state.mark_booted()
-    assert list_states()["web"] == "outdated, rebuild and reboot: microvm -Ru web"
+    assert list_states()["web"] == ("outdated", "microvm -Ru web")
     out = ok("-u", "web")
     assert "microvm.mem: 256 -> 320" in out
     assert state.current != first and state.booted == first
-    assert list_states()["web"] == "stale, restart with: microvm restart web"
+    assert list_states()["web"] == ("stale", "microvm restart web")
     assert "microvm.mem: 256 -> 320" in ok("diff", "web")
     assert "no change" in ok("update", "web")
     assert set(gc_roots(state_dir())) == {first, state.current}
@@ -99,14 +99,14 @@ def test_git_source_by_ref(tmp_path: Path) -> None:
     url = f"git+file://{repo}?ref=stable"
     ok("create", "gitvm", "-f", url)
     assert vm_state("gitvm").config()["microvm"]["mem"] == 256
-    assert list_states()["gitvm"].startswith("not booted")
+    assert list_states()["gitvm"][0] == "not booted"
 
     subprocess.run([*git, "commit", "-qam", "two"], check=True)  # on main: stable is unchanged
-    assert list_states()["gitvm"].startswith("not booted")
+    assert list_states()["gitvm"][0] == "not booted"
     subprocess.run([*git, "branch", "-f", "stable", "main"], check=True)
-    assert list_states()["gitvm"].startswith("outdated")
+    assert list_states()["gitvm"][0] == "outdated"
     assert "microvm.mem: 256 -> 300" in ok("update", "gitvm")
-    assert list_states()["gitvm"].startswith("not booted")
+    assert list_states()["gitvm"][0] == "not booted"
 
 
 def test_update_source_is_recorded_for_updates(tmp_path: Path) -> None:
@@ -117,9 +117,9 @@ def test_update_source_is_recorded_for_updates(tmp_path: Path) -> None:
         "upd", str(tmp_path / "deploy"), Store(CACHE / "store"), state_dir(), update_source=str(tmp_path / "later")
     )
     assert vm_state("upd").source == str(tmp_path / "later")
-    assert list_states()["upd"].startswith("outdated")
+    assert list_states()["upd"][0] == "outdated"
     assert "microvm.mem: 256 -> 300" in ok("update", "upd")
-    assert list_states()["upd"].startswith("not booted")
+    assert list_states()["upd"][0] == "not booted"
 
 
 def test_bad_source_and_missing_vm_are_clear(tmp_path: Path) -> None:
@@ -149,10 +149,12 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
     src = tmp_path / "src"
     extra = '[[microvm.volumes]]\nimage = "data.img"\nmountPoint = "/data"\nsize = 8'
+    extra += '\n[microvm.credentialFiles]\ntoken = "/etc/hostname"'
     define(src, "vols", extra=extra)
     ok("create", "vols", "-f", str(src))
     state = vm_state("vols")
     (state.path / "data.img").write_text("user data")  # as microvm-run would have made it
+    (state.path / "credentials.img").write_text("a copy of the secrets: not data to keep")
     ok("remove", "vols")
     assert (state.path / "data.img").read_text() == "user data"
     assert sorted(p.name for p in state.path.iterdir()) == ["data.img"]
@@ -315,6 +317,46 @@ def test_host_apply_dry_run_plans_and_changes_nothing(tmp_path: Path, monkeypatc
     assert not target.exists() and not host_state.exists()
 
 
+def test_unit_overrides_and_credentials_become_drop_ins_systemd_accepts(tmp_path: Path) -> None:
+    define(tmp_path / "src", "web")
+    ok("create", "web", "-f", str(tmp_path / "src"))  # verify checks the programs the unit runs
+    host_file = write_vm(
+        tmp_path,
+        f"""
+        [microvm]
+        stateDir = "{state_dir()}"
+        [microvm.vms.web]
+        config = {{ guest = {{ shell = false }}, microvm = {{ credentialFiles = {{ db = "/etc/secrets/db", tls = "tls.pem" }} }} }}
+        [microvm.vms.web.unitOverrides.Unit]
+        RequiresMountsFor = "/srv"
+        After = ["srv-data.mount", "network-online.target"]
+        [microvm.vms.web.unitOverrides.Service]
+        CacheDirectory = "microvm-web"
+        TimeoutStartSec = "5min"
+        """,
+        "host.toml",
+    )
+    host = load_host(host_file)
+    dropins = units.vm_dropins("web", host.config.microvm.vms["web"], host.vms["web"].config, state_dir())
+    overrides = dropins["microvm@web.service.d/overrides.conf"]
+    assert "After=srv-data.mount\nAfter=network-online.target\n" in overrides and "TimeoutStartSec=5min" in overrides
+    credentials = dropins["microvm@web.service.d/credentials.conf"]
+    assert f"LoadCredential=db:/etc/secrets/db\nLoadCredential=tls:{state_dir()}/web/tls.pem\n" in credentials
+    unit_dir = tmp_path / "units"
+    for rel, content in (units.all_units(state_dir(), CACHE / "store", [], {}) | dropins).items():
+        (unit_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (unit_dir / rel).write_text(content)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit_dir / "microvm@web.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    bad = write_vm(tmp_path / "bad", '[microvm.vms.x]\nsource = "/s"\n[microvm.vms.x.unitOverrides.Install]\nA = "b"\n')
+    assert "microvm.vms.x.unitOverrides.Install" in failing("host", "apply", "--dry-run", str(bad))
+
+
 def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: Path) -> None:
     """What microvm-virtiofsd@ runs: one virtiofsd per share, READY=1 once all sockets exist, SIGTERM ends all."""
     import socket
@@ -443,13 +485,13 @@ def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None
     assert first.wait(timeout=60) == 0
     last, boot = _ticks(state.console_files()[1])[-1]
     assert saved.stat().st_size > 1 << 20 and saver.read_text() == f"{state.current}\n"
-    assert list_states()["susp"] == "suspended, resume with: microvm start susp"
+    assert list_states()["susp"] == ("suspended", "microvm start susp")
 
     # the same guest goes on counting: same boot, no reboot; the state is gone once loaded
     second, ticks = _run_until_ticks("susp", tmp_path / "run2.out", 2)
     assert last < ticks[0][0] <= last + 2 and {b for _, b in ticks} == {boot}, (last, ticks)
     assert not saved.exists() and not saver.exists()
-    assert list_states()["susp"] == "current"
+    assert list_states()["susp"] == ("current", None)
 
     # after an update the saved state is the old build's: kept aside, and the VM boots afresh
     assert "suspended to" in ok("suspend", "susp")
@@ -457,7 +499,7 @@ def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None
     assert "resuming susp" in (tmp_path / "run2.out").read_text()
     write_vm(tmp_path / "src", TICKING.format(name="susp").replace("mem = 256", "mem = 300"), "susp.toml")
     assert "the next start boots afresh" in ok("update", "susp")
-    assert list_states()["susp"] == "not booted, start with: microvm start susp"  # what the start will do
+    assert list_states()["susp"] == ("not booted", "microvm start susp")  # what the start will do
     third, ticks = _run_until_ticks("susp", tmp_path / "run3.out", 1)
     assert ticks[0][0] == 1 and ticks[0][1] != boot
     assert saved.with_name(saved.name + ".old").exists() and not saved.exists()
@@ -504,7 +546,11 @@ addresses = ["192.168.7.2/24"]
 """
     define(src, "addr", extra=extra)
     ok("create", "addr", "-f", str(src))
-    assert list_states()["addr"] == "not booted (192.168.7.2), start with: microvm start addr"
+    table = ok("list").splitlines()  # not a terminal: the table in plain text
+    assert "\033[" not in "\n".join(table)
+    assert table[0].split() == ["NAME", "STATE", "HYPERVISOR", "VCPU", "MEM", "ADDRESSES", "UPTIME", "NEXT"]
+    row = ["addr", "not booted", "qemu", "1", "256 MB", "192.168.7.2", "-", "microvm start addr"]
+    assert re.split(r"\s{2,}", table[1]) == row
 
     host = write_vm(tmp_path, "[network.basic]\nenable = true\n", "host.toml")
     up = ns.run(sys.executable, "-m", "microvm", "host", "network", "up", str(host), check=False)
@@ -513,3 +559,8 @@ addresses = ["192.168.7.2/24"]
     addresses = next(line for line in status.splitlines() if line.startswith("addresses:"))
     # VM n=5: 10.213.0.(n+2) from the bridge's DHCP table; SLAAC from its MAC 02:00:00:01:00:05
     assert addresses == "addresses: 192.168.7.2, 10.213.0.7, fd12:3456:789a::ff:fe01:5"
+    assert json.loads(ok("status", "addr", "--json"))["addresses"] == [
+        "192.168.7.2",
+        "10.213.0.7",
+        "fd12:3456:789a::ff:fe01:5",
+    ]

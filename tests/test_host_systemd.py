@@ -21,6 +21,9 @@ from nspawn import _children, container
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
+# The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
+# machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
+
 
 # alpha is VM 1 on the host's bridge: DHCP gives it 10.213.0.3 (n + 2), which it reports on its console
 NET = """
@@ -30,6 +33,16 @@ n = 1
 [guest.services.address]
 type = "oneshot"
 command = 'for i in $(seq 100); do ip -4 -o addr show | grep -q 10.213. && break; sleep 0.1; done; ip -4 -o addr show'
+"""
+# a secret only root can read on the host: systemd loads it for the unprivileged runner (LoadCredential=)
+SECRET = "alpha-s3cret-under-systemd"
+CREDENTIAL = """
+[guest.services.secret]
+type = "oneshot"
+credentials = ["token"]
+command = 'echo "secret: $(cat $CREDENTIALS_DIRECTORY/token)"'
+[microvm.credentialFiles]
+token = "/etc/microvm/token"
 """
 VM = """
 imports = ["{common}"]
@@ -63,6 +76,7 @@ def setup(shared_store, tmp_path: Path):
     )
     alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false")
     alpha += "readiness = true\nregisterWithMachined = true\n" + NET
+    alpha += CREDENTIAL
     write_vm(work, alpha, "alpha.toml")
     write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256, shell="true"), "beta.toml")
     host_file = write_vm(
@@ -72,6 +86,7 @@ def setup(shared_store, tmp_path: Path):
         stateDir = "{STATE}"
         [microvm.vms.alpha]
         config = "alpha.toml"
+        unitOverrides.Service.TimeoutStartSec = "7min"
         [microvm.vms.beta]
         source = "{work / "src"}"
         [network.basic]
@@ -83,6 +98,9 @@ def setup(shared_store, tmp_path: Path):
         "host.toml",
     )
     rootfs, ro_binds = unpacked_rootfs(tmp_path)
+    (rootfs / "etc/microvm").mkdir(mode=0o700)
+    (rootfs / "etc/microvm/token").write_text(SECRET)
+    (rootfs / "etc/microvm/token").chmod(0o600)
     return rootfs, work, host_file, [str(CACHE / "store"), str(work)], ro_binds, tmp_path
 
 
@@ -112,6 +130,11 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         user = host.box.run("ps", "-o", "user=", "-p", str(host.main_pid("alpha")), check=False).stdout.strip()
         assert user in ("microvm", ""), user  # ps may be missing from minbase; then the unit says it
         assert host.systemctl("show", "-P", "User", "microvm@alpha.service") == "microvm"
+        # credentialFiles: the root-only file reached the guest through LoadCredential= and the credentials disk
+        wait_until("alpha's secret", lambda: f"secret: {SECRET}" in host.console("alpha"))
+        disk = rootfs / STATE.relative_to("/") / "alpha" / "credentials.img"
+        assert disk.stat().st_mode & 0o777 == 0o600 and disk.stat().st_uid == _passwd_uid(rootfs, "microvm")
+        assert host.systemctl("show", "-P", "TimeoutStartUSec", "microvm@alpha.service") == "7min"  # unitOverrides
         # it reads its root image as a member of group microvm; other users cannot (issue 15: 2)
         image = host.box.run("readlink", "-f", f"{STATE}/alpha/current").stdout.strip()
         image = next(line for line in (Path(image) / ".references").read_text().splitlines() if "-rootimage-" in line)
@@ -240,6 +263,9 @@ def test_host_network_up_and_down_under_systemd(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
+    (rootfs / "etc/microvm").mkdir(mode=0o700)
+    (rootfs / "etc/microvm/token").write_text(SECRET)
+    (rootfs / "etc/microvm/token").chmod(0o600)
     host_file = write_vm(
         tmp_path / "work", "[network.basic]\nenable = true\n[network.nat]\nenable = true\n", "host.toml"
     )

@@ -157,10 +157,6 @@ DESTINATIONS: dict[str, tuple[str, list[str]]] = {
         MINIMAL + '[guest.services.a]\ncommand = "true"\nenvironment = { "A;reboot" = "1" }\n',
         ["guest.services.a.environment", "not an environment variable name"],
     ),
-    "multi-line command in a unit": (
-        DEBIAN + '[guest.services.a]\ncommand = "true\\nreboot"\n',
-        ["guest.services.a.command", "ExecStart= is one line"],
-    ),
     "blank in a kernel parameter": (
         MINIMAL + '[microvm]\nkernelParams = ["quiet init=/bin/sh"]\n',
         ["microvm.kernelParams[0]", "not one kernel parameter"],

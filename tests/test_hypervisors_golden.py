@@ -208,7 +208,7 @@ def test_firecracker(case: str) -> None:
 # console,stdin, --params, --initrd, --no-balloon, --init-mem, --hugepages, --pivot-root, --socket,
 # --block path=,ro=,o_direct=,id=, --net tap-name=|tap-fd=,mac=,vq-pairs=, --vsock cid=, --vfio; kernel
 # positional) and docs/book/src/devices/block.md; --vhost-user type=fs,socket= as microvm.nix's
-# lib/runners/crosvm.nix.
+# lib/runners/crosvm.nix; --shared-dir SRC:TAG:type=p9 as src/crosvm/sys/linux/config.rs (SharedDir::from_str).
 @pytest.mark.parametrize("case", all_cases("crosvm"))
 def test_crosvm(case: str) -> None:
     check_golden("crosvm", case)

@@ -264,3 +264,122 @@ def test_routed_guest_reaches_host_and_uplink(shared_store, ns, uplink, tmp_path
         ns.run(str(built.runner / "bin/tap-down"), cwd=state)
     microvm_in(ns, "host", "network", "down", str(host_file))
     assert snapshot(ns) == before
+
+
+def vlans_work() -> bool:
+    """Whether this kernel creates VLAN interfaces (the development machines' has no 8021q)."""
+    from netns import netns
+
+    with netns("mvv") as probe:
+        probe.run("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        return (
+            probe.run(
+                "ip", "link", "add", "link", "v0", "name", "v0.7", "type", "vlan", "id", "7", check=False
+            ).returncode
+            == 0
+        )
+
+
+TRUNK_HOST = """
+{vlan}
+[network.bridges.br-dmz]         # unaddressed: layer 2 onto the trunk (or its VLAN)
+ports = ["{port}"]
+[network.bridges.br-lan]         # addressed, no port
+addresses = ["10.60.0.1/24"]
+"""
+VLAN = """
+[network.vlans."trunk0.100"]     # VLAN 100 of the trunk port
+link = "trunk0"
+id = 100
+"""
+
+TRUNK_GUEST = """
+[guest]
+hostName = "nettrunk"
+shell = false
+commands = [
+  '''{check}
+check ping-dmz-peer ping -c1 -W1 10.50.0.2
+check ping-lan-bridge ping -c1 -W1 10.60.0.1
+echo "checks done"''',
+]
+[[microvm.interfaces]]
+type = "tap"
+id = "vmdmz"
+mac = "02:00:00:00:20:01"
+bridge = "br-dmz"
+[[microvm.interfaces]]
+type = "tap"
+id = "vmlan"
+mac = "02:00:00:00:20:02"
+bridge = "br-lan"
+[guest.network.interfaces.vmdmz]
+dhcp = false
+acceptRA = false
+addresses = ["10.50.0.5/24"]
+[guest.network.interfaces.vmlan]
+dhcp = false
+acceptRA = false
+addresses = ["10.60.0.5/24"]
+[microvm]
+mem = 256
+"""
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["untagged-port", "vlan-of-a-trunk"])
+def test_two_bridges_each_interface_on_its_own(shared_store, ns, uplink, tmp_path: Path, tagged: bool) -> None:
+    """A port to a switch (the uplink namespace; with VLANs it speaks VLAN 100 only tagged): the guest reaches
+    the far end through the unaddressed bridge on that port, and the host through the addressed bridge."""
+    if tagged and not vlans_work():
+        pytest.skip("this kernel cannot create VLAN interfaces (no 802.1Q support): the VLAN path cannot run here")
+    ns.run("ip", "link", "add", "trunk0", "type", "veth", "peer", "name", "far0", "netns", uplink.name)
+    uplink.run("ip", "link", "set", "far0", "up")
+    far = "far0"
+    if tagged:
+        far = "far0.100"
+        uplink.run("ip", "link", "add", "link", "far0", "name", far, "type", "vlan", "id", "100")
+    uplink.run("ip", "address", "add", "10.50.0.2/24", "dev", far)
+    uplink.run("ip", "link", "set", far, "up")
+    port = "trunk0.100" if tagged else "trunk0"
+    before = snapshot(ns)
+    host_file = write_vm(tmp_path, TRUNK_HOST.format(vlan=VLAN if tagged else "", port=port), "host.toml")
+    planned = microvm_in(ns, "host", "network", "up", "--dry-run", str(host_file)).stdout
+    assert f"add {port} on bridge br-dmz" in planned and "add bridge br-lan" in planned
+    microvm_in(ns, "host", "network", "up", str(host_file))
+    if tagged:
+        assert "vlan protocol 802.1Q id 100" in ns.run("ip", "-d", "link", "show", port).stdout
+    assert "master br-dmz" in ns.run("ip", "link", "show", port).stdout
+    assert (
+        "scope global" not in ns.run("ip", "-o", "address", "show", "dev", "br-dmz").stdout
+    )  # the kernel's fe80:: only
+    assert "10.60.0.1/24" in ns.run("ip", "-o", "address", "show", "dev", "br-lan").stdout
+    assert microvm_in(ns, "host", "network", "up", "--dry-run", str(host_file)).stdout == ""  # nothing left to do
+
+    file = write_vm(tmp_path / "vm", TRUNK_GUEST.format(check=CHECK.strip()))
+    built = build_file(shared_store, file)
+    state = tmp_path / "state" / "nettrunk"
+    state.mkdir(parents=True)
+    ns.run(str(built.runner / "bin/tap-up"), cwd=state)
+    try:
+        assert "master br-dmz" in ns.run("ip", "link", "show", "vmdmz").stdout
+        assert "master br-lan" in ns.run("ip", "link", "show", "vmlan").stdout
+        vm = ns.popen([built.run], cwd=state, stdin=subprocess.DEVNULL)
+        console = wait_for_text(state / "nettrunk-console.log", "checks done", vm)
+        assert "ok: ping-dmz-peer" in console and "ok: ping-lan-bridge" in console, console
+        subprocess.run([built.runner / "bin/microvm-shutdown"], cwd=state, timeout=120, check=False)
+        vm.wait(timeout=30)
+    finally:
+        ns.run(str(built.runner / "bin/tap-down"), cwd=state)
+    microvm_in(ns, "host", "network", "down", str(host_file))
+    assert snapshot(ns) == before
+
+
+def test_a_kernel_without_vlans_is_a_clear_error(ns, tmp_path: Path) -> None:
+    if vlans_work():
+        pytest.skip("this kernel creates VLAN interfaces (the VLAN boot test covers them)")
+    ns.run("ip", "link", "add", "trunk0", "type", "veth", "peer", "name", "far0")
+    host_file = write_vm(tmp_path, TRUNK_HOST.format(vlan=VLAN, port="trunk0.100"), "host.toml")
+    failed = microvm_in(ns, "host", "network", "up", str(host_file), check=False)
+    assert failed.returncode != 0
+    assert "network.vlans.trunk0.100: the kernel refused VLAN 100 on trunk0" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr

@@ -124,6 +124,11 @@ def _vsock_proxy(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--mux", type=Path, help="cloud-hypervisor's vsock socket (CONNECT <port>)")
 
 
+def _credentials(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="the credentials disk to write")
+    parser.add_argument("credentials", nargs="*", metavar="NAME=PATH", help="microvm.credentialFiles")
+
+
 def _network_restore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("state_dir", type=Path, nargs="?", help="the host's microvm.stateDir")
 
@@ -142,6 +147,9 @@ HELPERS = {
     "tap-down": Helper("microvm.host.taps:tap_down", "remove the runner's taps", _interfaces_down, _names),
     "macvtap-up": Helper("microvm.host.taps:macvtap_up", "create the runner's macvtaps", _interfaces_up, _names),
     "macvtap-down": Helper("microvm.host.taps:macvtap_down", "remove the runner's macvtaps", _interfaces_down, _names),
+    "credentials": Helper(
+        "microvm.runner.credentials:pack", "(bin/microvm-run) write the guest's credentials disk", _credentials
+    ),
     "virtiofsd": Helper("microvm.runner.virtiofsd:serve", "run the VM's virtiofs daemons", _virtiofsd),
     "install": Helper("microvm.host.install:install", "install a VM (install-microvm-NAME.service)", _install),
     "machine-register": Helper(

@@ -23,6 +23,9 @@ MACVTAP_INTERFACES = f"{SHARE}/macvtap-interfaces"
 PCI_DEVICES = f"{SHARE}/pci-devices"
 VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
 
+# In the state directory: what the last `microvm host apply` of the network added and set (host/network/record.py).
+NETWORK_RECORD = ".network.json"
+
 # Who runs hypervisors on the host: the systemd units' User= and Group=, and `microvm run` as root.
 HYPERVISOR_USER, HYPERVISOR_GROUP = "microvm", "kvm"
 
@@ -34,6 +37,12 @@ VM_NAME_MAX = 63
 
 # The virtio-blk serial of the read-only system disk; the guest's init mounts it as /.
 ROOT_SERIAL = "microvm-root"
+
+# microvm.credentialFiles: the runner packs them at every start into this read-only disk (a tar archive,
+# in the state directory, readable by the hypervisor's user only), a volume of its own; the guest's initrd
+# unpacks it into a tmpfs, at the directory of its base.
+CREDENTIALS_IMAGE = "credentials.img"
+CREDENTIALS_DIRS = {"busybox": "/run/credentials", "debian": "/run/microvm/credentials"}
 
 # The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
 READINESS_PORT = "org.microvm.ready"

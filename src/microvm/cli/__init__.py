@@ -1,7 +1,8 @@
 """The ``microvm`` command: a thin layer over the library, one module per command group.
 
 Nothing heavy is imported here: ``microvm run`` of an unchanged, built VM takes
-a fast path (:func:`fast_run`) that never loads typer, rich or pydantic.
+a fast path (:func:`fast_run`), and ``list``, ``status``, ``start``/``stop`` and
+``--help`` another (:mod:`.fast`), that never load typer, rich or pydantic.
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ def fast_run(argv: list[str]) -> int | None:
     return run_foreground(plan, vm_dir(name, state_dir))
 
 
+def full(argv: list[str]) -> None:
+    """The typer application (every command, its options and usage errors)."""
+    from .app import app
+
+    code = app(args=argv, prog_name="microvm", standalone_mode=False)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
 def main() -> None:
     faults.install()
     if os.environ.get("MICROVM_DEBUG"):
@@ -107,17 +117,24 @@ def main() -> None:
     try:
         if (code := fast_run(argv)) is not None:
             sys.exit(code)
-        from .app import app
+        from . import fast
 
-        code = app(args=argv, prog_name="microvm", standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        if (quick := fast.command(argv)) is not None:
+            quick()
+            return
+        if argv == ["--help"]:
+            fast.print_help(lambda: full(argv))
+            return
+        full(argv)
+    except BrokenPipeError:  # `microvm list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(141)
     except (MicrovmError, OSError) as exc:
-        from .app import err
+        from .show import error
 
         if isinstance(exc, OSError):  # an I/O failure no step named: one line with the command, not a traceback
             exc = io_error(argv[0] if argv else "microvm", exc)
-        err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+        error(exc)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -11,6 +11,7 @@ import typer
 from ..host.statedir import installed_configs
 from ..store import Store
 from .app import app, err, out, warn
+from .progress import steps
 
 HypervisorOpt = Annotated[
     str | None, typer.Option("--hypervisor", help="Build the runner for this hypervisor instead of the declared one.")
@@ -30,8 +31,8 @@ def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  
     loaded = load_vm(file, installed=installed_configs(), state_dir=state_dir)
     warn(loaded.warnings)
     store = Store()
-    with err.status("building", spinner="dots") as status:
-        built = build_vm(store, loaded.config, hypervisor, progress=lambda step: status.update(f"building {step}"))
+    with steps(f"building {loaded.name}") as say:
+        built = build_vm(store, loaded.config, hypervisor, progress=say)
     store.add_root(f"build-{loaded.name}", built.runner)
     notes = [f"warning: {warning}" for warning in loaded.warnings]
     if (note := _tcg_note(loaded.config, built)) is not None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ..errors import MicrovmError
+from ..errors import ConfigError, ConfigErrors, MicrovmError
 from ..host.statedir import installed_configs
 from .app import app, out, warn
 
@@ -56,11 +56,44 @@ def eval_(
         print(tomli_w.dumps(data), end="")
 
 
+def _problem(error: ConfigError | MicrovmError) -> dict[str, str | None]:
+    return {"message": error.message, "file": getattr(error, "file", None), "option": getattr(error, "option", None)}
+
+
+def _check_report(file: Path, host: bool) -> dict[str, Any]:
+    """What `check --json` prints: ``ok``, the VMs it found, warnings and problems (docs/guide.md)."""
+    from ..config import load_host, load_vm
+
+    report: dict[str, Any] = {"file": str(file), "ok": True, "host": _is_host_file(file, host), "vms": []}
+    try:
+        if report["host"]:
+            loaded_host = load_host(file, installed_configs())
+            vms = {name: vm.config for name, vm in loaded_host.vms.items()}
+            warnings = loaded_host.warnings
+        else:
+            loaded = load_vm(file, installed=installed_configs())
+            vms, warnings = {loaded.name: loaded.config}, loaded.warnings
+    except ConfigErrors as exc:
+        return report | {"ok": False, "problems": [_problem(e) for e in exc.errors], "warnings": []}
+    except MicrovmError as exc:
+        return report | {"ok": False, "problems": [_problem(exc)], "warnings": []}
+    report["vms"] = [{"name": name, "hypervisor": vm.microvm.hypervisor} for name, vm in vms.items()]
+    return report | {"problems": [], "warnings": [_problem(w) for w in warnings]}
+
+
 @app.command()
-def check(file: FileArg, host: HostFlag = False) -> None:
+def check(
+    file: FileArg,
+    host: HostFlag = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON (docs/guide.md).")] = False,
+) -> None:
     """Validate a config file; exit non-zero with every problem found."""
     from ..config import load_host, load_vm
 
+    if json_:
+        report = _check_report(file, host)
+        print(json.dumps(report, indent=1))
+        raise typer.Exit(0 if report["ok"] else 1)
     if _is_host_file(file, host):
         loaded_host = load_host(file, installed_configs())
         warn(loaded_host.warnings)

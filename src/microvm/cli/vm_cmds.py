@@ -5,21 +5,26 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from .. import proc
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd, vsock
 from ..host.sources import DEFAULT_SOURCE
-from ..host.statedir import VMState, default_state_dir
+from ..host.statedir import VMState, installed
 from ..store import Store
+from . import show
 from .app import app, err, out
+from .progress import steps
 
-NameArg = Annotated[str, typer.Argument(help="The VM's name (its directory in the state directory).")]
+
+def installed_names(incomplete: str) -> list[str]:
+    """Shell completion: the installed VMs whose name starts with what was typed."""
+    return [state.name for state in installed() if state.name.startswith(incomplete)]
 
 
-def _progress(status):
-    return lambda step: status.update(f"building {step}")
+NameArg = Annotated[
+    str, typer.Argument(help="The VM's name (its directory in the state directory).", autocompletion=installed_names)
+]
 
 
 def _print_diff(lines: list[str]) -> None:
@@ -35,22 +40,24 @@ def create(
     ] = DEFAULT_SOURCE,
 ) -> None:
     """Build a VM from a source and install it (refuses an existing one). microvm.nix: -c."""
-    with err.status(f"building {name}", spinner="dots") as status:
-        change = lifecycle.create(name, source, Store(), progress=_progress(status))
+    with steps(f"building {name}") as say:
+        change = lifecycle.create(name, source, Store(), progress=say)
     out.print(f"created {name} in {change.state.path}")
     out.print(f"start it with: microvm start {name} (systemd) or microvm run {name} (foreground)")
 
 
 @app.command()
 def update(
-    names: Annotated[list[str], typer.Argument(help="The VMs to rebuild from their recorded source.")],
+    names: Annotated[
+        list[str], typer.Argument(help="The VMs to rebuild from their recorded source.", autocompletion=installed_names)
+    ],
     restart: Annotated[bool, typer.Option("--restart", "-R", help="Restart the VMs that changed.")] = False,
 ) -> None:
     """Rebuild VMs from their source, show what changed, switch to the new build. microvm.nix: -u [-R]."""
     store = Store()
     for name in names:
-        with err.status(f"building {name}", spinner="dots") as status:
-            change = lifecycle.update(name, store, progress=_progress(status))
+        with steps(f"building {name}") as say:
+            change = lifecycle.update(name, store, progress=say)
         out.print(f"{name}: updated" if change.changed else f"{name}: no change")
         _print_diff(change.diff())
         stale = change.state.booted not in (None, change.state.current)
@@ -63,51 +70,32 @@ def update(
             out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
 
 
-STATE_COLOURS = {
-    "current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red", "missing": "red",
-}  # fmt: skip
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (its shape: docs/guide.md).")]
 
 
 @app.command(name="list")
-def list_() -> None:
-    """Each installed VM's state: current, outdated, stale or not booted, and what to do next. microvm.nix: -l."""
-    vms = lifecycle.list_vms()
-    if not vms:
-        err.print(f"no VMs installed in {default_state_dir()}", markup=False)
-    for vm in vms:
-        colour = "green" if vm.running else "yellow" if vm.booted else "red"
-        line = f"[{colour}]{vm.name}[/{colour}]: [{STATE_COLOURS[vm.state]}]{vm.state}[/{STATE_COLOURS[vm.state]}]"
-        if vm.addresses:
-            line += f" ({escape(', '.join(vm.addresses))})"
-        if vm.advice:
-            line += f", {vm.advice}: [bold]{escape(vm.command or '')}[/bold]"
-        out.print(line, soft_wrap=True)
+def list_(json_: JsonFlag = False) -> None:
+    """Each installed VM: state (current, outdated, stale, suspended, not booted, missing), hypervisor, size,
+    addresses, uptime, what to do next. microvm.nix: -l."""
+    show.list_command(json_)
 
 
 @app.command()
 def start(name: NameArg) -> None:
     """Start the VM through systemd (microvm@NAME.service)."""
-    _require_runner(name)
-    systemd.control("start", name)
-
-
-def _require_runner(name: str) -> None:
-    """Say here, not in a failing unit, that the runner to start is gone from the store."""
-    if (state := VMState.of(name)).runner_missing:
-        raise state.missing_runner_error()
+    lifecycle.control("start", name)
 
 
 @app.command()
 def stop(name: NameArg) -> None:
     """Shut the VM down gracefully through systemd."""
-    systemd.control("stop", name)
+    lifecycle.control("stop", name)
 
 
 @app.command()
 def restart(name: NameArg) -> None:
     """Restart the VM through systemd (it then boots the current build)."""
-    _require_runner(name)
-    systemd.control("restart", name)
+    lifecycle.control("restart", name)
 
 
 @app.command()
@@ -120,20 +108,9 @@ def suspend(name: NameArg) -> None:
 
 
 @app.command()
-def status(name: NameArg) -> None:
+def status(name: NameArg, json_: JsonFlag = False) -> None:
     """The VM's state (as in list), its source, and systemd's view of it."""
-    state = VMState.of(name)
-    if not state.installed:
-        raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
-    vm = lifecycle.status(state)
-    summary = f"{name}: {'running' if vm.running else 'stopped'}, {vm.state}"
-    summary += f" ({vm.next_step})" if vm.next_step else ""
-    summary += f"\ncurrent: {state.current}\nbooted:  {state.booted or '-'}\nsource:  {vm.source or '-'}"
-    summary += f"\naddresses: {', '.join(vm.addresses) or '-'}"
-    out.print(summary, soft_wrap=True, markup=False)
-    if systemd.running():
-        unit = systemd.systemctl("status", "--no-pager", "--lines=5", systemd.unit(name), check=False)
-        out.print(unit, end="", soft_wrap=True, markup=False)
+    show.status_command(name, json_)
 
 
 @app.command()

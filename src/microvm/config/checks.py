@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from ..hypervisors import get
 from ..model.addresses import nth_host_address
 from ..model.names import host_arch
-from ..model.options import HostConfig, VMConfig
+from ..model.options import STORE_SHARE_SOURCE, STORE_SHARE_TAG, HostConfig, VMConfig
 from ..model.problems import OptionPath, Problem, format_path
 
 
@@ -60,6 +60,10 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
     yield from _duplicates(
         ((("microvm", "interfaces", i, "mac"), iface.mac) for i, iface in enumerate(vm.microvm.interfaces)),
         "MAC address",
+    )
+    yield from _duplicates(
+        ((("guest", "network", "interfaces", i, "name"), n.name) for i, n in vm.guest.network.interfaces.items()),
+        "guest interface name",
     )
     ids = {iface.id for iface in vm.microvm.interfaces}
     for name in vm.guest.network.interfaces:
@@ -116,6 +120,18 @@ def _storage(vm: VMConfig) -> Iterator[Problem]:
         "mount point",
     )
     for i, share in enumerate(shares):
+        if share.tag == STORE_SHARE_TAG and share.source != STORE_SHARE_SOURCE:
+            yield Problem(
+                ("microvm", "shares", i, "tag"),
+                f"{STORE_SHARE_TAG!r} is the tag of the share of the guest system, whose source is {STORE_SHARE_SOURCE!r}",
+                hint=f'give this share another tag, or source = "{STORE_SHARE_SOURCE}" to share the system',
+            )
+        if share.source == STORE_SHARE_SOURCE and mv.storeOnDisk:
+            yield Problem(
+                ("microvm", "storeOnDisk"),
+                "is true, but a share's source is the store (the guest system is shared, not on a disk)",
+                hint="leave storeOnDisk unset, or remove the share",
+            )
         if share.proto == "9p" and share.socket is not None:
             yield Problem(("microvm", "shares", i, "socket"), "only virtiofs shares have a socket")
     for i, volume in enumerate(volumes):
@@ -152,6 +168,7 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
         debian_only = {
             "packages": bool(guest.packages),
             "users": bool(guest.users),
+            "groups": bool(guest.groups),
             "files": bool(guest.files),
             "firewall": guest.firewall.enable,
         }
@@ -166,6 +183,19 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
                 ("microvm", "vsock", "ssh", "enable"),
                 'an SSH server needs guest.base = "debian" (busybox has none)',
                 hint='set guest.base = "debian", or turn microvm.vsock.ssh off',
+            )
+        for path, fs in guest.fileSystems.items():
+            if fs.network:
+                yield Problem(
+                    ("guest", "fileSystems", path, "fsType"), f'{fs.fsType} mounts need guest.base = "debian"'
+                )
+    for path, fs in guest.fileSystems.items():
+        helper = NETWORK_FS_PACKAGES.get(fs.fsType)
+        if guest.base == "debian" and helper and not any(p.split("=")[0] == helper for p in guest.packages):
+            yield Problem(
+                ("guest", "fileSystems", path, "fsType"),
+                f"mounting {fs.fsType} needs the package {helper} (its mount helper)",
+                hint=f'add "{helper}" to guest.packages',
             )
     if guest.kernel.modulesDir is not None and guest.kernel.image is None:
         yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
@@ -182,6 +212,15 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
             hint='use accel = "tcg" or "auto"',
         )
     for name, service in guest.services.items():
+        wanted = [(("credentials", i), c) for i, c in enumerate(service.credentials)]
+        wanted += [(("environmentCredential",), service.environmentCredential)] if service.environmentCredential else []
+        for path, credential in wanted:
+            if credential not in mv.credentialFiles:
+                yield Problem(
+                    ("guest", "services", name, *path),
+                    f"no credential named {credential!r} in microvm.credentialFiles",
+                    hint=f"credentials: {', '.join(sorted(mv.credentialFiles)) or 'none'}",
+                )
         for i, dep in enumerate(service.after):
             # a debian guest may also order after a systemd unit of its own (network-online.target)
             if dep not in guest.services and not (guest.base == "debian" and "." in dep):
@@ -190,6 +229,10 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
                     f"no service named {dep!r}",
                     hint=f"defined services: {', '.join(sorted(guest.services)) or 'none'}",
                 )
+
+
+# The Debian package with the mount helper of each network file system.
+NETWORK_FS_PACKAGES = {"nfs": "nfs-common", "nfs4": "nfs-common", "cifs": "cifs-utils", "smb3": "cifs-utils"}
 
 
 def _host_wide(vm: VMConfig) -> Iterator[tuple[str, OptionPath, object]]:
@@ -233,10 +276,16 @@ def _own_guest(vm: VMConfig) -> Iterator[Problem]:
         )
     if mv.storeOnDisk is False:
         yield Problem(("microvm", "storeOnDisk"), "there is no system tree to share: microvm.guest.enable is false")
-    unused = {"commands": guest.commands, "services": guest.services, "packages": guest.packages}
-    for option, value in unused.items():
+    unused = {
+        ("guest", "commands"): guest.commands,
+        ("guest", "services"): guest.services,
+        ("guest", "packages"): guest.packages,
+        ("guest", "fileSystems"): guest.fileSystems,
+        ("microvm", "credentialFiles"): mv.credentialFiles,  # the disk is attached; nothing unpacks it
+    }
+    for path, value in unused.items():
         if value:
-            yield Problem(("guest", option), "is not used: microvm.guest.enable is false", severity="warning")
+            yield Problem(path, "is not used: microvm.guest.enable is false", severity="warning")
 
 
 def check_vm(vm: VMConfig) -> list[Problem]:
@@ -251,8 +300,27 @@ def check_vm(vm: VMConfig) -> list[Problem]:
     ]
 
 
+def _interface_bridges(host: HostConfig, vm: VMConfig) -> Iterator[Problem]:
+    """A tap naming a bridge this host file does not make: tap-up fails unless the host has it otherwise."""
+    network = host.network
+    made = {*network.bridges, *([network.basic.name] if network.basic.enable else [])}
+    for i, iface in enumerate(vm.microvm.interfaces):
+        if iface.type == "tap" and iface.bridge is not None and iface.bridge not in made:
+            yield Problem(
+                ("microvm", "interfaces", i, "bridge"),
+                f"{iface.bridge} is not a bridge of this host file",
+                "warning",
+                hint=f"bridges here: {', '.join(sorted(made)) or 'none'}; fine if the host makes it otherwise",
+            )
+
+
 def check_host_vm(host: HostConfig, vm: VMConfig) -> list[Problem]:
     """Whether a VM declared in a host file fits the host's network."""
+    return [*_interface_bridges(host, vm), *_base_fits(host, vm)]
+
+
+def _base_fits(host: HostConfig, vm: VMConfig) -> list[Problem]:
+    """Whether ``guest.network.base`` fits the host's bridge or routed layout."""
     base, basic, routed = vm.guest.network.base, host.network.basic, host.network.routed
     path = ("guest", "network", "base")
     if not base.enable:
@@ -288,9 +356,24 @@ def check_host_vm(host: HostConfig, vm: VMConfig) -> list[Problem]:
     return problems
 
 
+def _host_bridges(host: HostConfig) -> Iterator[Problem]:
+    """The bridges and VLANs of ``network``: distinct names, each port on one bridge, a VLAN on another link."""
+    network = host.network
+    if network.basic.enable and network.basic.name in network.bridges:
+        yield Problem(("network", "bridges", network.basic.name), "is network.basic's bridge already")
+    for name, vlan in network.vlans.items():
+        if name in network.bridges or vlan.link == name:
+            yield Problem(("network", "vlans", name), "a VLAN needs its own name, other than its link's and a bridge's")
+    ports = [(("network", "basic", "ports", i), p) for i, p in enumerate(network.basic.ports) if network.basic.enable]
+    ports += [
+        (("network", "bridges", b, "ports", i), p) for b, o in network.bridges.items() for i, p in enumerate(o.ports)
+    ]
+    yield from _duplicates(ports, "bridge port")
+
+
 def check_host(host: HostConfig) -> list[Problem]:
     """Problems of a host file that no single VM can see."""
-    problems = []
+    problems = list(_host_bridges(host))
     for name, declared in host.microvm.vms.items():
         path = ("microvm", "vms", name)
         if declared.config is not None and declared.source is not None:

@@ -28,9 +28,10 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..layout import CREDENTIALS_DIRS
 from ..model.options import InterfaceNetwork, Service, VMConfig
 from ..store import Store, restore
-from .initrd import needed_modules
+from .initrd import needed_modules, ordered_file_systems
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
@@ -258,9 +259,12 @@ class Layer:
 
 
 def _unit_value(text: str) -> str:
-    """Quote ``text`` as one word of a systemd ExecStart= line (no specifier or variable expansion)."""
+    """Quote ``text`` as one word of a systemd ExecStart= line (no specifier or variable expansion).
+
+    Line breaks become C escapes, which systemd undoes inside the quotes: a unit file line cannot hold them.
+    """
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"'
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
 
 
 def _unit_name(name: str, services: dict[str, Service]) -> str:
@@ -275,11 +279,16 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
         if after:
             unit += [f"After={after}", f"Wants={after}"]
         unit += ["", "[Service]", f"Type={service.type}", f"ExecStart=/bin/sh -c {_unit_value(service.command)}"]
-        if service.type == "oneshot":
+        if service.type == "oneshot" and service.startAt is None:
+            # active after its run at boot; a timer's service must go inactive again, or its timer fires once
             unit.append("RemainAfterExit=yes")
         if service.user:
             unit.append(f"User={service.user}")
         unit += [f"Environment={_unit_value(f'{k}={v}')}" for k, v in service.environment.items()]
+        credentials = CREDENTIALS_DIRS["debian"]
+        unit += [f"LoadCredential={name}:{credentials}/{name}" for name in service.credentials]
+        if service.environmentCredential:
+            unit.append(f"EnvironmentFile={credentials}/{service.environmentCredential}")
         if service.restart:
             unit += ["Restart=always", "RestartSec=1"]
         unit += ["", "[Install]", "WantedBy=multi-user.target", ""]
@@ -316,6 +325,7 @@ def _network(vm: VMConfig, layer: Layer) -> None:
             "[Network]",
             f"DHCP={'ipv4' if settings.dhcp else 'no'}",
             f"IPv6AcceptRA={'yes' if settings.acceptRA else 'no'}",
+            *([] if settings.linkLocal else ["LinkLocalAddressing=no"]),
             *[f"Address={a}" for a in settings.addresses],
             *[f"DNS={ns}" for ns in network.nameservers],
         ]
@@ -326,6 +336,9 @@ def _network(vm: VMConfig, layer: Layer) -> None:
             if route.gateway:
                 lines.append(f"Gateway={route.gateway}")
         layer.text(f"etc/systemd/network/10-{iface.id}.network", "\n".join(lines) + "\n")
+        if settings.name is not None:  # udev names it as it (re)adds the device
+            link = f"[Match]\nMACAddress={iface.mac}\n\n[Link]\nName={settings.name}\n"
+            layer.text(f"etc/systemd/network/10-{iface.id}.link", link)
     # interfaces not declared (e.g. added by the host's network.base) use DHCP and SLAAC, as guest.network says
     layer.text(
         "etc/systemd/network/99-microvm-default.network",
@@ -410,17 +423,41 @@ class Accounts:
             for entry in self.shadow:
                 if entry[0] == name and user.hashedPassword is not None:
                     entry[1] = user.hashedPassword
+            homes[name] = (uid, gid, home)
+        self._add_groups(vm, used)
+        for name, user in sorted(vm.guest.users.items()):
             for group in user.groups:
                 entry = next((e for e in self.group if e[0] == group), None)
                 if entry is None:
                     raise MicrovmError(
                         f"guest.users.{name}.groups: the guest has no group {group!r}",
-                        hint=f"groups of this guest: {', '.join(sorted(e[0] for e in self.group))}",
+                        hint=f"declare it in guest.groups, or use one of: {', '.join(sorted(e[0] for e in self.group))}",
                     )
                 members = [m for m in entry[3].split(",") if m]
                 entry[3] = ",".join(dict.fromkeys([*members, name]))
-            homes[name] = (uid, gid, home)
         return homes
+
+    def _add_groups(self, vm: VMConfig, used: set[int]) -> None:
+        """Create the declared groups the guest lacks (ids after the users'); an existing one must agree."""
+        next_gid = FIRST_UID
+        for name, group in sorted(vm.guest.groups.items()):
+            existing = next((e for e in self.group if e[0] == name), None)
+            if existing is not None:
+                if group.gid is not None and int(existing[2]) != group.gid:
+                    raise MicrovmError(
+                        f"guest.groups.{name}.gid: the guest already has group {name} with gid {existing[2]}",
+                        hint="leave gid unset to use it, or pick another name",
+                    )
+                continue
+            gid = group.gid
+            if gid is None:
+                while next_gid in used:
+                    next_gid += 1
+                gid = next_gid
+            elif gid in {int(e[2]) for e in self.group}:
+                raise MicrovmError(f"guest.groups.{name}.gid: {gid} is already a group id of the guest")
+            used.add(gid)
+            self.group.append([name, "x", str(gid), ""])
 
     def write(self, layer: Layer) -> None:
         shadow_gid = self.gid("shadow")
@@ -475,7 +512,10 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
     layer.text("etc/timezone", guest.timeZone + "\n")
     layer.text("etc/default/locale", f"LANG={guest.locale}\n")
     layer.text("etc/locale.conf", f"LANG={guest.locale}\n")
-    layer.text("etc/fstab", "# the initrd mounts the system, volumes and shares (see microvm.volumes/shares)\n")
+    layer.text("etc/fstab", fstab(vm))
+    if any(fs.network for fs in guest.fileSystems.values()):
+        # network-online.target, which _netdev mounts wait for, then means: networkd configured the links
+        layer.enable("systemd-networkd-wait-online.service", "network-online.target")
     if guest.shell:
         layer.text(
             "etc/systemd/system/serial-getty@.service.d/autologin.conf",
@@ -535,6 +575,21 @@ def _vsock_ssh(layer: Layer) -> None:
     layer.text("etc/systemd/system/sshd-vsock.socket", VSOCK_SSH_SOCKET)
     layer.text("etc/systemd/system/sshd-vsock@.service", VSOCK_SSH_SERVICE)
     layer.enable("sshd-vsock.socket", "sockets.target", "/etc/systemd/system")
+
+
+def fstab(vm: VMConfig) -> str:
+    """/etc/fstab: the network file systems (the initrd mounts the others)."""
+    lines = ["# the initrd mounts the system, volumes, shares and local guest.fileSystems; the network ones:"]
+    for path, fs in ordered_file_systems(vm):
+        if fs.network:
+            options = ",".join([*fs.options, "_netdev"])  # after network-online.target
+            lines.append(f"{_fstab_word(fs.device)} {_fstab_word(path)} {fs.fsType} {options} 0 0")
+    return "\n".join(lines) + "\n"
+
+
+def _fstab_word(text: str) -> str:
+    """``text`` as one field of /etc/fstab (octal escapes for its separators)."""
+    return text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
 
 def _guest_modules(vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> list[str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import shlex
 import shutil
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Feature, Hypervisor
-from ..layout import ROOT_SERIAL
-from ..model.options import STORE_SHARE_TAG, VMConfig
+from ..layout import CREDENTIALS_DIRS, CREDENTIALS_IMAGE, ROOT_SERIAL
+from ..model.options import STORE_SHARE_TAG, FileSystem, VMConfig
 from ..store import Store, file_digest
 from .cpio import CpioArchive
 from .debarch import busybox_path, guest_busybox, runs_here
@@ -32,6 +33,9 @@ from .kmod import resolve_modules, without_signature
 # half of that cost (see bench/notes.md).
 SYSTEM_READ_AHEAD_KIB = 4096
 INITRD_FORMAT = 4  # bump when the generated /init changes meaning
+# guest.fileSystems types: the modules they need, and those every kernel has built in
+FS_MODULES = {"nfs": ["nfs", "nfsv3"], "nfs4": ["nfs", "nfsv4"], "cifs": ["cifs"], "smb3": ["cifs"]}
+BUILT_IN_FS = ("none", "tmpfs", "ramfs", "proc", "sysfs", "devtmpfs")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,9 @@ def needed_modules(vm: VMConfig, hypervisor: Hypervisor) -> list[str]:
         modules.append("virtio_mem")
     if mv.vsock.cid is not None:
         modules.append("vmw_vsock_virtio_transport")
-    modules += [volume.fsType for volume in mv.volumes]
+    modules += [volume.fsType for volume in mv.volumes if volume.image != CREDENTIALS_IMAGE]
+    for fs in vm.guest.fileSystems.values():
+        modules += FS_MODULES.get(fs.fsType, [] if fs.fsType in BUILT_IN_FS else [fs.fsType])
     modules += vm.guest.kernel.extraModules
     return list(dict.fromkeys(modules))
 
@@ -97,7 +103,7 @@ def mounts(vm: VMConfig, hypervisor: Hypervisor) -> tuple[Mount, list[Mount]]:
         system = _share_mount(share.proto, share.tag, "/", read_only=True)
         first_volume = 0
     others: list[Mount] = []
-    for i, volume in enumerate(mv.volumes):
+    for i, volume in enumerate(mv.volumes):  # the credentials disk has no mount point
         if volume.mountPoint is None:
             continue
         source = (
@@ -110,6 +116,64 @@ def mounts(vm: VMConfig, hypervisor: Hypervisor) -> tuple[Mount, list[Mount]]:
         if share.tag != STORE_SHARE_TAG:
             others.append(_share_mount(share.proto, share.tag, share.mountPoint, share.readOnly))
     return system, others
+
+
+def ordered_file_systems(vm: VMConfig) -> list[tuple[str, FileSystem]]:
+    """``guest.fileSystems`` in mount order: a mount after those holding its mount point or its bind source."""
+    declared = vm.guest.fileSystems
+
+    def under(path: str, mount: str) -> bool:
+        return path == mount or path.startswith(mount.rstrip("/") + "/")
+
+    graph = {
+        path: {
+            other
+            for other in declared
+            if other != path and (under(path, other) or (fs.bind and under(fs.device, other)))
+        }
+        for path, fs in sorted(declared.items())
+    }
+    try:
+        return [(path, declared[path]) for path in TopologicalSorter(graph).static_order()]
+    except CycleError as exc:
+        raise MicrovmError(
+            f"guest.fileSystems: these bind mounts need each other: {' -> '.join(exc.args[1])}"
+        ) from None
+
+
+def _file_systems(vm: VMConfig) -> list[str]:
+    """Lines mounting every file system but the network ones (bind sources are made if missing)."""
+    lines = []
+    for path, fs in ordered_file_systems(vm):
+        if fs.network:
+            continue
+        source = shlex.quote(f"/sysroot/root{fs.device}" if fs.bind else fs.device)
+        if fs.bind:
+            lines.append(f"mkdir -p {source}")
+        options = shlex.quote(",".join(fs.options) or "defaults")
+        lines.append(f"mount_at {source} {shlex.quote('/sysroot/root' + path)} {fs.fsType} {options}")
+    return ["# guest.fileSystems", *lines] if lines else []
+
+
+def _credentials(vm: VMConfig, hypervisor: Hypervisor) -> list[str]:
+    """Lines unpacking the credentials disk (microvm.credentialFiles) into a tmpfs at the guest's /run.
+
+    The guest's init keeps that /run (systemd and rc.sysinit mount one only where none is).
+    """
+    mv = vm.microvm
+    index = next((i for i, v in enumerate(mv.volumes) if v.image == CREDENTIALS_IMAGE), None)
+    if index is None:
+        return []
+    device = _disk(hypervisor, (1 if mv.storeOnDisk else 0) + index, None)
+    target = shlex.quote("/sysroot/root" + CREDENTIALS_DIRS[vm.guest.base])
+    return [
+        "# microvm.credentialFiles: from their disk into memory, for root only",
+        f"credentials={device}",
+        'wait_for "$credentials"',
+        "mount_at run /sysroot/root/run tmpfs mode=0755,nosuid,nodev",
+        f"mkdir -p {target} && chmod 0700 {target}",
+        f'tar -x -f "$credentials" -C {target} || fail "cannot unpack the credentials disk $credentials"',
+    ]
 
 
 def _share_mount(proto: str, tag: str, target: str, read_only: bool) -> Mount:
@@ -240,6 +304,8 @@ def init_script(vm: VMConfig, hypervisor: Hypervisor, modules: list[str]) -> str
             lines.append(
                 f"mount_at {m.source} {shlex.quote('/sysroot/root' + m.target)} {m.fstype} {shlex.quote(m.options)}"
             )
+    lines += _credentials(vm, hypervisor)
+    lines += _file_systems(vm)
     lines += [
         "",
         f"echo {shlex.quote(guest.hostName)} > /sysroot/root/etc/hostname",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
+from ..layout import CREDENTIALS_DIRS
 from ..model.options import InterfaceNetwork, Service, VMConfig
 from ..store import Store, file_digest
 from .debarch import guest_busybox
@@ -39,6 +40,11 @@ def _service_order(vm: VMConfig) -> list[str]:
 def _service_script(name: str, service: Service) -> str:
     lines = ["#!/bin/sh", f"# service {name}: {service.description}".rstrip(": ")]
     lines += [f"export {key}={shlex.quote(value)}" for key, value in service.environment.items()]
+    credentials = CREDENTIALS_DIRS["busybox"]
+    if service.credentials:
+        lines.append(f"export CREDENTIALS_DIRECTORY={credentials}")
+    if service.environmentCredential:
+        lines.append(f"set -a; . {shlex.quote(f'{credentials}/{service.environmentCredential}')}; set +a")
     if service.user not in (None, "root"):
         lines.append(f"exec su -s /bin/sh {shlex.quote(service.user)} -c {shlex.quote(service.command)}")
     else:
@@ -74,7 +80,7 @@ RC_SYSINIT = """#!/bin/sh
 # Early boot of a microvm busybox guest (run once by init before anything else).
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
-mount -t tmpfs -o mode=0755 tmpfs /run
+grep -q " /run " /proc/mounts || mount -t tmpfs -o mode=0755 tmpfs /run  # the initrd's holds credentials
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 hostname -F /etc/hostname
 ip link set lo up
@@ -189,7 +195,12 @@ def _network_script(vm: VMConfig) -> str:
         config = net.interfaces.get(iface.id, InterfaceNetwork())
         lines.append(f"# {iface.id} ({iface.type})")
         lines.append(f"if dev=$(by_mac {shlex.quote(iface.mac)}); then")
-        body = [
+        body = []
+        if config.name is not None:
+            body += [f'ip link set "$dev" name {shlex.quote(config.name)}', f"dev={shlex.quote(config.name)}"]
+        if not config.linkLocal:
+            body.append('echo 1 > "/proc/sys/net/ipv6/conf/$dev/addr_gen_mode"  # no link-local address')
+        body += [
             # before the link comes up, so the first router solicitation already counts
             f'echo {int(config.acceptRA)} > "/proc/sys/net/ipv6/conf/$dev/accept_ra"',
             f'echo {int(config.acceptRA)} > "/proc/sys/net/ipv6/conf/$dev/autoconf"',

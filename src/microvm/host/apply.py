@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
 from ..runner import privileges
+from ..runner.build import build_vm
 from ..store import PRIVATE_GROUP, Store
 from . import lifecycle, network, statedir, systemd, units
 from .network.units import DNSMASQ_PREFIX, DNSMASQ_UNITS
@@ -146,8 +147,6 @@ class _VMPlan:
 
 def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[str], None]) -> _VMPlan:
     """Build the fully declared VMs; install those that changed, create the source-deployed ones missing."""
-    from ..runner.build import build_vm
-
     owner = (units.USER, units.GROUP)
     result = _VMPlan()
     for name, declared in host.config.microvm.vms.items():
@@ -189,9 +188,11 @@ def plan(
     )
     web = {units.WEB: units.web_service(config.web, state_dir, store.root)} if config.web.enable else {}
     wanted |= net_units | web
-    stale = generated(
-        unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS, units.WEB
-    )
+    for name, declared in config.vms.items():
+        loaded = host.vms.get(name)
+        wanted |= units.vm_dropins(name, declared, loaded.config if loaded else None, state_dir)
+    dropins = [f"microvm@*.service.d/{d}" for d in ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN)]
+    stale = generated(unit_dir, "install-microvm-*.service", *dropins, DNSMASQ_UNITS, units.WEB)
     files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units, *web], stale=stale)
     net = network.plan_network(host.config, state_dir)
     record = _record_changes(state_dir, host.loaded.file) if unit_dir == DEFAULT_UNIT_DIR else []

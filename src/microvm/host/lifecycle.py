@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MicrovmError
-from ..layout import RUNNER_PACKAGES, runner_config
+from ..layout import NETWORK_RECORD, RUNNER_PACKAGES, runner_config
+from ..model.addresses import config_addresses
 from ..store import Store
 from . import sources, systemd
-from .statedir import VMState, installed, locked, owner_ids, write_atomic
+from .statedir import VMState, default_state_dir, installed, locked, owner_ids, write_atomic
 
 if TYPE_CHECKING:
     from ..config import LoadedVM
@@ -147,6 +149,15 @@ def remove(name: str, state_dir: Path | None = None, keep_data: bool = True) -> 
         return state.remove(keep_data)
 
 
+def control(action: str, name: str) -> None:
+    """``systemctl start|stop|restart microvm@NAME.service``, once the name is valid and, to start, its runner
+    is still in the store (said here, not by a unit that fails)."""
+    state = VMState.of(name)
+    if action != "stop" and state.runner_missing:
+        raise state.missing_runner_error()
+    systemd.control(action, name)
+
+
 # --- list ---------------------------------------------------------------------
 
 
@@ -162,51 +173,91 @@ class Status:
     command: str | None = None  # ... with which command
     source: str | None = None
     addresses: list[str] = field(default_factory=list)  # what the guest has or gets on this host
+    hypervisor: str | None = None  # of the current build (None: its vm.json is unreadable)
+    vcpu: int | None = None
+    mem: int | None = None  # MB
+    uptime: float | None = None  # seconds since it was started, while it runs
+    current: Path | None = None
+    booted_runner: Path | None = None
 
     @property
     def next_step(self) -> str | None:
         return f"{self.advice}: {self.command}" if self.advice else None
 
+    def to_json(self) -> dict[str, Any]:
+        """The shape `list --json` and `status --json` print (docs/guide.md)."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "running": self.running,
+            "hypervisor": self.hypervisor,
+            "vcpu": self.vcpu,
+            "mem": self.mem,
+            "addresses": self.addresses,
+            "uptime": None if self.uptime is None else round(self.uptime, 1),
+            "advice": self.advice,
+            "command": self.command,
+            "source": self.source,
+            "current": str(self.current) if self.current else None,
+            "booted": str(self.booted_runner) if self.booted_runner else None,
+        }
 
-def status(state: VMState) -> Status:
-    """Decide without building: compare links and the recorded source fingerprint."""
-    running = systemd.is_active(state.name) or state.running_here()
-    booted = state.booted is not None
-    outdated = sources.changed_since(state.source, state.build_record.get("fingerprint", {}))
+
+def host_bridge(state_dir: Path | None = None) -> dict[str, Any] | None:
+    """The host's ``network.basic`` as the last apply recorded it (read as JSON: no option model)."""
+    try:
+        return json.loads((state_dir or default_state_dir()).joinpath(NETWORK_RECORD).read_text()).get("basic")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | None = None) -> Status:
+    """Decide without building: compare links and the recorded source fingerprint.
+
+    Reads the current build's vm.json as plain JSON; ``active`` (systemd's
+    view) and ``bridge`` (:func:`host_bridge`) are passed in by `list`, which
+    asks for every VM at once.
+    """
+    current, booted_runner = state.current, state.booted
+    booted = booted_runner is not None
+    running = (systemd.is_active(state.name) if active is None else active) or (booted and state.running_here())
+    source, declared_by = state.source, state.declared_by
+    outdated = sources.changed_since(source, state.build_record.get("fingerprint", {}))
     verdict: tuple[str, str | None, str | None]
     if state.runner_missing:
         verdict = ("missing", "its runner is gone from the store, rebuild it", state.rebuild_command())
-    elif outdated and state.declared_by:
-        verdict = ("outdated", "apply the host", f"microvm host apply {state.declared_by}")
+    elif outdated and declared_by:
+        verdict = ("outdated", "apply the host", f"microvm host apply {declared_by}")
     elif outdated:
         verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
     elif not booted and state.resumable:
         verdict = ("suspended", "resume with", f"microvm start {state.name}")
     elif not booted:
         verdict = ("not booted", "start with", f"microvm start {state.name}")
-    elif state.booted != state.current:
+    elif booted_runner != current:
         verdict = ("stale", "restart with", f"microvm restart {state.name}")
     else:
         verdict = ("current", None, None)
-    return Status(
-        state.name, running, booted, *verdict, source=state.source or state.declared_by, addresses=_addresses(state)
-    )
-
-
-def _addresses(state: VMState) -> list[str]:
-    from pydantic import ValidationError
-
-    from ..model.options import VMConfig
-    from .network import vm_addresses
-
+    vm = Status(state.name, running, booted, *verdict, source=source or declared_by)
+    vm.current, vm.booted_runner = current, booted_runner
+    if running and booted:
+        vm.uptime = max(0.0, time.time() - (state.path / "booted").lstat().st_mtime)
     try:
-        return vm_addresses(VMConfig.model_validate(state.config()), host=None)
-    except (OSError, ValueError, ValidationError, MicrovmError):
-        return []  # a runner written by another version, or gone: its state still shows
+        config = runner_config(current)  # type: ignore[arg-type]  # installed: current is set
+        options = config["microvm"]
+        vm.hypervisor, vm.vcpu, vm.mem = options.get("hypervisor"), options.get("vcpu"), options.get("mem")
+        vm.addresses = config_addresses(config, host_bridge(state.path.parent) if bridge is None else bridge)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # a runner written by another version, or gone: its state still shows
+    return vm
 
 
 def list_vms(state_dir: Path | None = None) -> list[Status]:
-    return [status(s) for s in installed(state_dir)]
+    """Every installed VM's status; systemd is asked once for all of them."""
+    states = installed(state_dir)
+    active = systemd.active_units([systemd.unit(s.name) for s in states])
+    bridge = host_bridge(state_dir) or {}
+    return [status(s, systemd.unit(s.name) in active, bridge) for s in states]
 
 
 # --- diff ---------------------------------------------------------------------

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +75,8 @@ class Source:
                 raise MicrovmError(f"source {self.url} is not a directory")
             yield self.path, None
             return
+        import tarfile  # here for start-up speed: `list` and `status` import this module and never check out
+
         commit = self.commit()
         with store.scratch("source") as tmp:
             archive = tmp / "source.tar"
@@ -123,7 +124,7 @@ class Evaluated:
 def evaluate(source: Source, name: str, store: Store, state_dir: Path | None = None) -> Iterator[Evaluated]:
     """Load VM ``name`` (to live in ``state_dir``) from ``source``; the files stay available while the context is open (for the build)."""
     with source.checkout(store) as (root, commit):
-        from ..config import load_vm
+        from ..config import load_vm  # late on purpose: pydantic; list and status import this module
 
         loaded = load_vm(vm_file(root, name, source.url), name=name, installed=installed_configs(), state_dir=state_dir)
         yield Evaluated(loaded, {"commit": commit} if commit is not None else files_fingerprint(loaded.files))

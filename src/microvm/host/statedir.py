@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-from ..layout import RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
+from ..layout import CREDENTIALS_IMAGE, RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
+from ..model.names import valid_name
 from ..store import Store
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
@@ -124,21 +125,25 @@ class VMState:
     @classmethod
     def of(cls, name: str, state_dir: Path | None = None) -> VMState:
         """The state of VM ``name`` (a plain name: it becomes a directory and a systemd instance)."""
-        from pydantic import TypeAdapter, ValidationError
-
-        from ..model.options import Name
-
         try:
-            TypeAdapter(Name).validate_python(name)
-        except ValidationError as exc:
-            raise MicrovmError("VM name: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+            valid_name(name)
+        except ValueError as exc:
+            raise MicrovmError(f"VM name: {exc}") from None
         if len(name) > VM_NAME_MAX:
             raise MicrovmError(f"VM name {name[:20]}... is {len(name)} characters long; at most {VM_NAME_MAX}")
         return cls(name, vm_dir(name, state_dir))
 
     def _target(self, link: str) -> Path | None:
-        path = self.path / link
-        return Path(os.readlink(path)) if path.is_symlink() else None
+        try:
+            return Path(os.readlink(self.path / link))
+        except OSError:  # no link (or not a link): `list` asks this of every VM, one system call each
+            return None
+
+    def _line(self, file: str) -> str | None:
+        try:
+            return (self.path / file).read_text().strip()
+        except FileNotFoundError:
+            return None
 
     @property
     def current(self) -> Path | None:
@@ -154,14 +159,12 @@ class VMState:
 
     @property
     def source(self) -> str | None:
-        path = self.path / "source"
-        return path.read_text().strip() if path.exists() else None
+        return self._line("source")
 
     @property
     def declared_by(self) -> str | None:
         """The host file of a fully declarative VM."""
-        path = self.path / "declared"
-        return path.read_text().strip() if path.exists() else None
+        return self._line("declared")
 
     def _record_file(self, runner: Path) -> Path:
         return self.path / "builds" / f"{runner.name}.json"
@@ -268,7 +271,8 @@ class VMState:
         if self.runner_missing:
             return [p for p in self.path.iterdir() if p.name not in BOOKKEEPING and not p.is_socket()]
         mv = self.config().get("microvm", {})
-        paths = [v["image"] for v in mv.get("volumes", [])] + [s["source"] for s in mv.get("shares", [])]
+        volumes = [v["image"] for v in mv.get("volumes", []) if v["image"] != CREDENTIALS_IMAGE]  # secrets: not kept
+        paths = volumes + [s["source"] for s in mv.get("shares", [])]
         return [self.path / p for p in paths if (self.path / p).exists() and (self.path / p).is_relative_to(self.path)]
 
     def remove(self, keep_data: bool) -> list[Path]:
@@ -302,9 +306,11 @@ def locked(name: str, state_dir: Path | None = None, wait: bool = True) -> Itera
 def installed(state_dir: Path | None = None) -> list[VMState]:
     """Every installed VM (a directory with a ``current`` link), by name."""
     root = state_dir or default_state_dir()
-    if not root.is_dir():
+    try:
+        entries = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    states = [VMState(p.name, p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    states = [VMState(name, root / name) for name in entries]
     return [s for s in states if s.installed]
 
 

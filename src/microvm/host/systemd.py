@@ -38,6 +38,14 @@ def is_active_unit(unit_name: str) -> bool:
     return running() and proc.run(["systemctl", "is-active", "--quiet", unit_name], check=False).returncode == 0
 
 
+def active_units(units: list[str]) -> set[str]:
+    """Which of ``units`` are active, in one systemctl call (none without systemd)."""
+    if not units or not running():
+        return set()
+    states = proc.run(["systemctl", "is-active", *units], check=False).stdout.split()
+    return {u for u, state in zip(units, states, strict=False) if state == "active"}
+
+
 def control(action: str, name: str) -> None:
     """``systemctl start|stop|restart microvm@NAME.service``."""
     require(action, name)

@@ -12,6 +12,8 @@
   ``microvm-virtiofsd@``: what the VM needs before it starts, each conditioned on
   the runner declaring it, part of the VM's unit.
 - ``install-microvm-<name>.service``: puts a declared VM in place before it starts.
+- ``microvm@<name>.service.d/{overrides,credentials}.conf``: the host file's ``unitOverrides`` and
+  ``LoadCredential=`` for the VM's ``credentialFiles``.
 - ``microvms.target``: wants the autostarted VMs; enabled for multi-user.target.
 - ``microvm-web.service``: `microvm web`, when the host file enables ``microvm.web``.
 """
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
+from ..model.options import DeclaredVM, VMConfig
 from ..store import PRIVATE_GROUP
 from .unitfile import command, environment, escape, render
 
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
+# Drop-ins of microvm@NAME written from the host file (install.conf is the installation's).
+OVERRIDES_DROPIN, CREDENTIALS_DROPIN = "overrides.conf", "credentials.conf"
 NEEDS = ("microvm-tap-interfaces@%i.service", "microvm-macvtap-interfaces@%i.service",
          "microvm-pci-devices@%i.service", "microvm-virtiofsd@%i.service")  # fmt: skip
 
@@ -261,6 +266,28 @@ def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
             "Install": [("WantedBy", "multi-user.target")],
         }
     )
+
+
+def vm_dropins(name: str, declared: DeclaredVM, vm: VMConfig | None, state_dir: Path) -> dict[str, str]:
+    """Drop-ins of ``microvm@<name>`` from the host file: its ``unitOverrides``, and ``LoadCredential=`` for
+    the ``credentialFiles`` of a fully declared VM (systemd reads them as root; the runner, unprivileged, gets
+    copies in ``$CREDENTIALS_DIRECTORY``)."""
+    found = {}
+    if declared.unitOverrides:
+        sections = {
+            section: [
+                (key, v) for key, value in settings.items() for v in ([value] if isinstance(value, str) else value)
+            ]
+            for section, settings in declared.unitOverrides.items()
+        }
+        found[f"microvm@{name}.service.d/{OVERRIDES_DROPIN}"] = render(sections)
+    if vm is not None and vm.microvm.credentialFiles:
+        load = [
+            ("LoadCredential", escape(f"{credential}:{state_dir / name / path}", variables=False))  # absolute: kept
+            for credential, path in vm.microvm.credentialFiles.items()
+        ]
+        found[f"microvm@{name}.service.d/{CREDENTIALS_DROPIN}"] = render({"Service": load})
+    return found
 
 
 def target(autostart: list[str]) -> str:

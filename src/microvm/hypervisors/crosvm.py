@@ -7,19 +7,23 @@ Follows crosvm's ``src/crosvm/cmdline.rs`` (``RunCommand``: ``--block``,
 ``devices/block.md``, ``devices/balloon.md``, ``devices/vsock.md``
 (docs/research/hypervisors.md section 3). virtiofs uses the generic
 ``--vhost-user type=fs`` front-end as microvm.nix does; it reads the tag from
-virtiofsd (which must run with ``--tag``). 9p (``--shared-dir``) is not
-offered: microvm.nix documents it as broken.
+virtiofsd (which must run with ``--tag``). 9p shares are crosvm's own server,
+``--shared-dir SOURCE:TAG:type=p9`` (``src/crosvm/sys/linux/config.rs``,
+``SharedDir::from_str``: fields split at ``:``, the source must be a
+directory; its 9p server has no read-only mode).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import proc
 from ..errors import MicrovmError
+from ..model.problems import Problem
 from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, open_macvtap, plain, remove_stale_socket, true_false
 
@@ -33,6 +37,7 @@ class Backend(Hypervisor, Balloon):
     features = frozenset(
         {
             Feature.SHARE_VIRTIOFS,
+            Feature.SHARE_9P,
             Feature.CONTROL_SOCKET,
             Feature.TAP,
             Feature.MACVTAP,
@@ -53,6 +58,24 @@ class Backend(Hypervisor, Balloon):
     guest_kernel_params = ("reboot=k",)  # as microvm.nix: a guest reboot ends the process
     plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
     control_api = "`crosvm powerbtn`"
+
+    def check(self, vm: VMConfig) -> Iterator[Problem]:
+        yield from super().check(vm)
+        for i, share in enumerate(vm.microvm.shares):
+            if share.proto != "9p":
+                continue
+            if share.readOnly:
+                yield Problem(
+                    ("microvm", "shares", i, "readOnly"),
+                    f"crosvm cannot share {share.source} read-only over 9p (its 9p server has no read-only mode)",
+                    hint='use proto = "virtiofs", drop readOnly, or use a read-only volume',
+                )
+            if ":" in share.source:
+                yield Problem(
+                    ("microvm", "shares", i, "source"),
+                    f"crosvm cannot take 9p share source {share.source!r}: ':' separates --shared-dir's fields",
+                    hint="choose a directory without ':'",
+                )
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
@@ -81,7 +104,10 @@ class Backend(Hypervisor, Balloon):
                 opts.append(f"id={plain(disk.serial, 'volume serial', self.name)}")
             argv += ["--block", ",".join(opts)]
         for share in mv.shares:
-            argv += ["--vhost-user", f"type=fs,socket={plain(str(share.socket), 'virtiofs socket', self.name)}"]
+            if share.proto == "9p":
+                argv += ["--shared-dir", f"{share.source}:{share.tag}:type=p9"]
+            else:
+                argv += ["--vhost-user", f"type=fs,socket={plain(str(share.socket), 'virtiofs socket', self.name)}"]
         for iface in mv.interfaces:
             if iface.type == "tap":
                 # crosvm opens the tap multi-queue when vq-pairs > 1

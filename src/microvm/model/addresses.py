@@ -10,7 +10,8 @@ addresses the same way. Pure functions of strings and numbers.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal, Protocol
+from types import SimpleNamespace
+from typing import Any, Literal, Protocol
 
 BASE_N_MAX = 0xFFFF  # network.base.n fills the last two bytes of the MAC
 
@@ -46,9 +47,9 @@ def ipv6_host_interface(prefix: str) -> str:
     return f"{net.network_address + 1}/{net.prefixlen}"
 
 
-def base_tap(n: int) -> str:
-    """The tap name of VM ``n``'s base interface (matches the default ``tapMatch`` "vm*")."""
-    return f"vm{n}"
+def base_tap(n: int, routed: bool = False) -> str:
+    """The tap name of VM ``n``'s base interface (matches the default ``tapMatch`` "vm*"; ``rvm<n>`` routed)."""
+    return f"rvm{n}" if routed else f"vm{n}"
 
 
 def base_mac(n: int) -> str:
@@ -79,3 +80,26 @@ def slaac_ipv6(prefix: ipaddress.IPv6Network, mac: str) -> ipaddress.IPv6Address
     octets[0] ^= 0x02
     eui = octets[:3] + [0xFF, 0xFE] + octets[3:]
     return ipaddress.IPv6Address(int(prefix.network_address) | int.from_bytes(bytes(eui), "big"))
+
+
+def config_addresses(vm: dict[str, Any], basic: dict[str, Any] | None) -> list[str]:
+    """The addresses a VM has or will get on this host, from dumped options (a runner's vm.json) as they are.
+
+    Static addresses of ``guest.network.interfaces``, and for the base
+    interface the DHCP and SLAAC addresses when the host's bridge (``basic``,
+    its dumped ``network.basic``) serves them. Plain dicts: ``microvm list``
+    reads hundreds of these and validating each through the model costs ms.
+    """
+    network = vm["guest"]["network"]
+    interfaces = network.get("interfaces", {})
+    found = [addr.split("/")[0] for iface in interfaces.values() for addr in iface.get("addresses", [])]
+    base = network.get("base", {})
+    if base.get("enable") and basic and basic.get("enable"):
+        n = base.get("n", 0)
+        own = interfaces.get(base_tap(n, base.get("routed", {}).get("enable", False)), {})
+        if basic.get("dhcp") and own.get("dhcp", True) and (v4 := base_ipv4(SimpleNamespace(**basic), n)) is not None:
+            found.append(str(v4))
+        if basic.get("routerAdvertisements") and own.get("acceptRA", True) and basic.get("ipv6Prefix"):
+            v6 = bridge_ipv6(SimpleNamespace(**basic))
+            found.append(str(slaac_ipv6(v6.network, base_mac(n))))  # type: ignore[union-attr]
+    return list(dict.fromkeys(found))

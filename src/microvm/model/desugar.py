@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 
+from ..layout import CREDENTIALS_IMAGE
 from .addresses import nth_host_address
 from .names import host_arch
 from .options import (
     STORE_RW_IMAGE,
     STORE_RW_MOUNTPOINT,
+    STORE_SHARE_SOURCE,
     STORE_SHARE_TAG,
     DeclaredVM,
     GuestNetwork,
@@ -56,7 +58,9 @@ def desugar_vm(vm: VMConfig, *, control_socket: bool) -> VMConfig:
             "shares": shares,
             "qemu": mv.qemu.model_copy(update={"machine": machine}),
             "storeOnDisk": (
-                not any(share.tag == STORE_SHARE_TAG for share in shares) if mv.storeOnDisk is None else mv.storeOnDisk
+                not any(share.source == STORE_SHARE_SOURCE for share in shares)
+                if mv.storeOnDisk is None
+                else mv.storeOnDisk
             ),
             # a config read back from vm.json already has it; a different interface with its name stays a duplicate
             "interfaces": [*mv.interfaces, base] if base is not None and base not in mv.interfaces else mv.interfaces,
@@ -82,9 +86,16 @@ def _expand_mounts(mv: MicroVMOptions, guest: GuestOptions) -> tuple[MicroVMOpti
 
     Returns the microvm table with them, and the mounts with their defaults filled.
     """
-    tags = {s.tag for s in mv.shares}
+    shares = [
+        # the system's share: whatever the file calls it, the initrd and the runner know it by its tag
+        share.model_copy(update={"tag": STORE_SHARE_TAG, "mountPoint": "/", "readOnly": True})
+        if share.source == STORE_SHARE_SOURCE
+        else share
+        for share in mv.shares
+    ]
+    tags = {s.tag for s in shares}
     images = {v.image for v in mv.volumes}
-    shares, volumes, mounts = list(mv.shares), list(mv.volumes), {}
+    volumes, mounts = list(mv.volumes), {}
     for name, mount in guest.mounts.items():
         if mount.enable:
             as_volume = not mount.share.enable if mount.volume.enable is None else mount.volume.enable
@@ -109,7 +120,12 @@ def _expand_mounts(mv: MicroVMOptions, guest: GuestOptions) -> tuple[MicroVMOpti
                 )
         mounts[name] = mount
     if (guest.store.readonly.enable or mv.storeOnDisk is False) and STORE_SHARE_TAG not in tags:
-        shares.append(Share(tag=STORE_SHARE_TAG, source="system", mountPoint="/", proto="virtiofs", readOnly=True))
+        shares.append(
+            Share(tag=STORE_SHARE_TAG, source=STORE_SHARE_SOURCE, mountPoint="/", proto="virtiofs", readOnly=True)
+        )
+    if mv.credentialFiles and CREDENTIALS_IMAGE not in images:
+        # made by the runner at every start; the initrd finds it by its place among the disks and unpacks it
+        volumes.append(Volume(image=CREDENTIALS_IMAGE, size=1, autoCreate=False, fsType="tar", readOnly=True))
     overlay = mv.writableStoreOverlay
     if guest.store.readwrite.enable and STORE_RW_IMAGE not in images:
         volumes.append(

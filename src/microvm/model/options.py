@@ -20,27 +20,27 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .addresses import BASE_N_MAX, base_mac, base_tap, ipv6_host_interface, nth_host_address
-from .names import Hypervisor
+from .names import Hypervisor, valid_name
 
-# A name that is safe as a file name, a systemd instance and a shell word.
 # Used with fullmatch: `$` would also match before a final newline.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 IFNAME_MAX = 15
+# A systemd unit name (systemd.unit(5)): an optional instance after '@', as in postgresql@15-main.service.
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?(\.[a-z]+)?$")
 
 
-def _name(value: str) -> str:
-    if not NAME_RE.fullmatch(value) or ".." in value:
+def _unit_name(value: str) -> str:
+    if not UNIT_RE.match(value):
         raise ValueError(
-            f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
-            "starting with a letter or digit (no '/', spaces or shell characters)"
+            f"{value!r} is not a service or systemd unit name: use letters, digits and ':', '_', '.', '-', "
+            "with at most one '@' for an instance (e.g. postgresql@15-main.service)"
         )
     return value
 
 
 def _ifname(value: str) -> str:
-    _name(value)
+    valid_name(value)
     if len(value) > IFNAME_MAX:
         raise ValueError(f"{value!r} is {len(value)} characters long; Linux interface names have at most 15")
     return value
@@ -120,7 +120,8 @@ def _guest_path(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(_name)]
+Name = Annotated[str, AfterValidator(valid_name)]
+UnitName = Annotated[str, AfterValidator(_unit_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
 Mac = Annotated[str, AfterValidator(_mac)]
@@ -187,8 +188,8 @@ class Interface(Options):
         None,
         description=(
             "Bridge to attach to: for type bridge the one qemu-bridge-helper uses (required); for type tap the one "
-            "`bin/tap-up` attaches the tap to (optional: taps matching the host's `network.basic.tapMatch` join "
-            "its bridge anyway)."
+            "`bin/tap-up` attaches the tap to, e.g. one of the host's `network.bridges` (optional: taps matching "
+            "the host's `network.basic.tapMatch` join its bridge anyway)."
         ),
     )
     macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
@@ -259,7 +260,12 @@ class Volume(Options):
 class Share(Options):
     tag: Name = Field(description="Unique tag the guest mounts the share by.", examples=["ro-store"])
     source: str = Field(
-        description="Host directory; relative paths are in the VM's state directory.", examples=["/srv/data"]
+        description=(
+            "Host directory; relative paths are in the VM's state directory. The word `store` (microvm.nix's "
+            "`/nix/store`) shares the guest system from the host store: that share is the guest's root, "
+            "read-only, with the tag `ro-store`, and `storeOnDisk` defaults to false."
+        ),
+        examples=["/srv/data"],
     )
     mountPoint: AbsolutePath = Field(description="Where the guest mounts it.")
     proto: Literal["9p", "virtiofs"] = Field("9p", description="9p (served by qemu) or virtiofs (by virtiofsd).")
@@ -477,6 +483,18 @@ class MicroVMOptions(Options):
         None,
         description="Guest path (usually a volume's mountPoint) holding a writable overlay over the system.",
     )
+    credentialFiles: dict[Name, str] = Field(
+        {},
+        description=(
+            "Secrets for the guest: credential name -> host file (relative paths are in the VM's state directory). "
+            "Read at every start, never copied into the store: the runner packs them into a small read-only "
+            "disk (`credentials.img`, mode 0600) that the guest unpacks into a tmpfs, `/run/credentials` (busybox) "
+            "or `/run/microvm/credentials` (debian, for `LoadCredential=`); services take them with "
+            "`guest.services.<name>.credentials`. Under systemd the runner reads `$CREDENTIALS_DIRECTORY/<name>` "
+            "first, so the host unit may load root-only files with `LoadCredential=`. Every hypervisor."
+        ),
+        examples=[{"db-password": "/etc/microvm/secrets/db-password"}],
+    )
     devices: list[Device] = Field([], description="Host devices passed through.")
     vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
     graphics: GraphicsOptions = Field(default_factory=lambda: GraphicsOptions(), description="A graphical display.")
@@ -548,7 +566,13 @@ class Service(Options):
     )
     user: Name | None = Field(None, description="User to run as; default root.")
     environment: dict[str, str] = Field({}, description="Environment variables.")
-    after: list[Name] = Field([], description="Services to start before this one.")
+    after: list[UnitName] = Field(
+        [],
+        description=(
+            "Services to start before this one; base debian: also any systemd unit, instances included "
+            "(`postgresql@15-main.service`, `network-online.target`)."
+        ),
+    )
     restart: bool = Field(False, description="Restart the service when it exits (simple services).")
     enable: bool = Field(True, description="Start at boot.")
     startAt: str | None = Field(
@@ -557,6 +581,17 @@ class Service(Options):
             "Base debian: run the service on this systemd calendar schedule (a timer, `OnCalendar=`) "
             "instead of at boot, e.g. `hourly` or `*-*-* 04:00:00`."
         ),
+    )
+    credentials: list[Name] = Field(
+        [],
+        description=(
+            "Names of `microvm.credentialFiles` the service reads from `$CREDENTIALS_DIRECTORY` (debian: "
+            "`LoadCredential=`, readable by the service's user; busybox: `/run/credentials`, root only)."
+        ),
+    )
+    environmentCredential: Name | None = Field(
+        None,
+        description="A credential of `KEY=value` lines that become the service's environment (`EnvironmentFile=`).",
     )
 
 
@@ -599,6 +634,11 @@ class Route(Options):
 class InterfaceNetwork(Options):
     dhcp: bool = Field(True, description="Get an IPv4 address by DHCP.")
     acceptRA: bool = Field(True, description="Configure IPv6 from router advertisements (SLAAC).")
+    name: IfName | None = Field(
+        None,
+        description="Name of the interface in the guest (it is found by its MAC); null keeps the kernel's (eth0...).",
+    )
+    linkLocal: bool = Field(True, description="Give the interface an IPv6 link-local address (fe80::/64).")
     addresses: list[IPInterface] = Field(
         [], description="Static addresses with prefix length.", examples=[["10.0.0.2/24"]]
     )
@@ -669,7 +709,7 @@ class BaseNetwork(Options):
 
     @property
     def tap(self) -> str:
-        return f"rvm{self.n}" if self.routed.enable else base_tap(self.n)
+        return base_tap(self.n, self.routed.enable)
 
     @property
     def mac(self) -> str:
@@ -702,12 +742,24 @@ class User(Options):
         None, json_schema_extra=COMPUTED, description="Home directory, created at build time. Default: /home/<name>."
     )
     shell: AbsolutePath = Field("/bin/bash", description="Login shell.")
-    groups: list[Name] = Field([], description="Supplementary groups (they must exist in the guest, e.g. sudo).")
+    groups: list[Name] = Field(
+        [], description="Supplementary groups: the guest's own (e.g. sudo) or ones declared in `guest.groups`."
+    )
     hashedPassword: str | None = Field(
         None,
         description="crypt(3) hash of the password (`mkpasswd -m sha-512`); null locks password login.",
     )
     authorizedKeys: list[str] = Field([], description="SSH public keys allowed to log in as this user.")
+
+
+class Group(Options):
+    """A group of the guest (NixOS ``users.groups.<name>``), base debian."""
+
+    gid: Annotated[int, Field(ge=0, lt=65534)] | None = Field(
+        None,
+        json_schema_extra=COMPUTED,
+        description="Group id; an existing group must have it. Default: the next free id from 1000, after the users'.",
+    )
 
 
 class GuestFile(Options):
@@ -796,6 +848,50 @@ class Mount(Options):
         return self
 
 
+# File system types mounted over the network: after the guest's network is up, never by the initrd.
+NETWORK_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3")
+
+
+def _mount_option(value: str) -> str:
+    if not value or re.search(r"[,\s]", value):
+        raise ValueError(f"{value!r} is not one mount option: no commas or spaces (give each option on its own)")
+    return value
+
+
+class FileSystem(Options):
+    """A guest mount beyond volumes and shares (NixOS ``fileSystems.<path>``)."""
+
+    device: Annotated[str, Field(min_length=1, pattern=r"^\S+$")] = Field(
+        description=(
+            "What to mount: a guest path for a bind mount, `tmpfs`, `server:/export` (nfs), `//server/share` "
+            "(cifs), or a device such as `/dev/disk/by-label/x`."
+        ),
+        examples=["/var/lib/persist/ssh"],
+    )
+    fsType: Annotated[str, Field(pattern=r"^[a-z0-9.]+$")] = Field(
+        "none", description="File system type: `none` with the option `bind`, `tmpfs`, `nfs`, `nfs4`, `cifs`, `ext4`..."
+    )
+    options: list[Annotated[str, AfterValidator(_mount_option)]] = Field(
+        [],
+        description="Mount options, one per item: `bind`, `ro`, `size=64M`, `mode=0750`, `vers=4.2`, `credentials=...`.",
+        examples=[["bind"], ["size=64M", "mode=0750"]],
+    )
+
+    @property
+    def network(self) -> bool:
+        return self.fsType in NETWORK_FS_TYPES
+
+    @property
+    def bind(self) -> bool:
+        return "bind" in self.options or "rbind" in self.options
+
+    @model_validator(mode="after")
+    def _bind_from_a_path(self) -> FileSystem:
+        if self.bind and not (self.device.startswith("/") and ".." not in self.device.split("/")):
+            raise ValueError(f"a bind mount's device is the guest path it shows elsewhere, not {self.device!r}")
+        return self
+
+
 class StoreReadWrite(Options):
     enable: bool = Field(
         False, description="Keep a writable overlay over the system on a volume (packages can be installed)."
@@ -837,6 +933,9 @@ class GuestOptions(Options):
     network: GuestNetwork = Field(default_factory=GuestNetwork, description="How the guest configures its interfaces.")
     debian: DebianOptions = Field(default_factory=DebianOptions, description="How the debian base is installed.")
     users: dict[Name, User] = Field({}, description="Accounts (base debian); `root` changes the root account.")
+    groups: dict[Name, Group] = Field(
+        {}, description="Groups created if the guest lacks them (base debian); users and files may name them."
+    )
     files: dict[GuestPath, GuestFile] = Field({}, description="Files written into the guest, by guest path.")
     firewall: Firewall = Field(default_factory=Firewall, description="Incoming packet filter (base debian).")
     timeZone: Annotated[str, Field(pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")] = Field(
@@ -849,6 +948,16 @@ class GuestOptions(Options):
         {}, description="Volumes and shares by name, expanded into microvm.volumes/shares."
     )
     store: StoreOptions = Field(default_factory=StoreOptions, description="Shared or writable guest system.")
+    fileSystems: dict[GuestPath, FileSystem] = Field(
+        {},
+        description=(
+            "More mounts, by guest path: bind mounts (e.g. `/etc/ssh` kept on a volume), tmpfs with size and mode, "
+            "network file systems. All but network ones are mounted by the initrd after the volumes and shares, "
+            "before the guest's init (so early boot sees them), a mount after the ones holding its path or its "
+            "bind source. nfs/nfs4/cifs/smb3 (base debian, with nfs-common or cifs-utils in guest.packages) "
+            "are mounted once the network is online (`/etc/fstab` with `_netdev`)."
+        ),
+    )
 
 
 class VMConfig(Options):
@@ -879,8 +988,10 @@ class VMConfig(Options):
         return data
 
 
-# The share tag that carries the guest system when storeOnDisk is false; its source is set to the
-# system's store entry at build time.
+# The share that carries the guest system when storeOnDisk is false is the one whose source is the store
+# (microvm.nix's `/nix/store`); its source is set to the system's store entry at build time, and its tag is
+# always this one.
+STORE_SHARE_SOURCE = "store"
 STORE_SHARE_TAG = "ro-store"
 # Where guest.store.readwrite puts the volume that holds the writable overlay.
 STORE_RW_MOUNTPOINT = "/var/lib/microvm-store-rw"
@@ -933,6 +1044,20 @@ class WebOptions(Options):
         return self
 
 
+def _unit_setting_value(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("a unit setting's value is one line")
+    return value
+
+
+UnitSettingValue = Annotated[str, AfterValidator(_unit_setting_value)]
+# Drop-in settings for a VM's microvm@NAME unit: section -> setting -> value (a list repeats the setting).
+UnitOverrides = dict[
+    Literal["Unit", "Service"],
+    dict[Annotated[str, Field(pattern=r"^[A-Z][A-Za-z0-9]*$")], UnitSettingValue | list[UnitSettingValue]],
+]
+
+
 class DeclaredVM(Options):
     config: str | dict[str, Any] | None = Field(
         None,
@@ -953,6 +1078,16 @@ class DeclaredVM(Options):
         None,
         json_schema_extra=COMPUTED,
         description="Restart the VM when `microvm host apply` changed it. Default: true with config, false with source.",
+    )
+    unitOverrides: UnitOverrides = Field(
+        {},
+        description=(
+            "Settings added to this VM's `microvm@NAME` unit (a drop-in `microvm@NAME.service.d/overrides.conf` "
+            "written by `host apply`): section (`Unit`, `Service`) -> setting -> value, a list repeating the "
+            "setting. E.g. `Unit.RequiresMountsFor`, `Unit.After`, `Service.CacheDirectory`, "
+            "`Service.TimeoutStartSec`, `Service.LoadCredential`."
+        ),
+        examples=[{"Unit": {"After": ["srv.mount"]}, "Service": {"TimeoutStartSec": "5min"}}],
     )
 
 
@@ -999,8 +1134,38 @@ class NatOptions(Options):
     uplink: IfName | None = Field(None, description="Interface to masquerade out of; null for any.")
 
 
+class HostBridge(Options):
+    """One more bridge on the host, besides ``network.basic``'s: VM taps join it by their ``bridge``."""
+
+    addresses: list[IPInterface] = Field(
+        [], description="The bridge's own addresses; none for a pure layer-2 bridge.", examples=[["192.0.2.1/24"]]
+    )
+    ports: list[IfName] = Field(
+        [],
+        description="Host interfaces added to the bridge: a NIC, or a VLAN of `network.vlans`.",
+        examples=[["eth0.100"]],
+    )
+
+
+class HostVlan(Options):
+    """A VLAN interface on a trunk port, to be a bridge's port."""
+
+    link: IfName = Field(description="The trunk interface carrying the VLAN.", examples=["eth0"])
+    id: Annotated[int, Field(ge=1, le=4094)] = Field(description="The VLAN id (802.1Q tag).", examples=[100])
+
+
 class HostNetwork(Options):
     basic: BasicNetwork = Field(default_factory=BasicNetwork, description="The VM bridge.")
+    bridges: dict[IfName, HostBridge] = Field(
+        {},
+        description=(
+            "More bridges, by name (addressed or not, without DHCP or NAT); a VM's tap interface names the one it "
+            "joins with `microvm.interfaces[].bridge`."
+        ),
+    )
+    vlans: dict[IfName, HostVlan] = Field(
+        {}, description="VLAN interfaces created on trunk ports, by name (e.g. `eth0.100`), for bridges' ports."
+    )
     nat: NatOptions = Field(default_factory=NatOptions, description="NAT for the bridge and the routed VMs.")
     routed: RoutedNetwork = Field(
         default_factory=RoutedNetwork, description="Routed VMs (`guest.network.base.routed`): forwarding and NAT."

@@ -65,6 +65,7 @@ def _code_stamp() -> list[int]:
 
 def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
     """Host paths whose change can change what the build of ``vm`` produces."""
+    # late on purpose, here and below: only recording (after a build) needs them, never the fast lookup
     from .accel import CACHE
 
     paths = [str(store_root / CACHE), "/dev/kvm"]  # the KVM verdict
@@ -121,7 +122,7 @@ def record(
 
 def lookup(file: Path, hypervisor: str | None) -> tuple[str, Foreground, list[str]] | None:
     """(VM name, plan, notes to print) if ``file`` was built before and nothing it depends on changed."""
-    from .foreground import Foreground
+    from .foreground import Foreground  # late on purpose: a miss (the common case) does not need it
 
     try:
         stamp = json.loads(stamp_file(file, hypervisor).read_text())

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import proc
 from ..control.process import connect_when_there
-from . import privileges
+from ..layout import CREDENTIALS_IMAGE, runner_config
+from . import credentials, privileges
 from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class Foreground:
 
     @classmethod
     def of(cls, vm: VMConfig, runner: Path, hypervisor: str | None = None) -> Foreground:
-        from ..hypervisors import Control, get
+        from ..hypervisors import Control, get  # late on purpose: the fast path runs without the backends
 
         backend = get(hypervisor or vm.microvm.hypervisor)
         control = vm.microvm.socket if isinstance(backend, Control) else None
@@ -84,12 +85,16 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
-    user, groups = None, []
+    user, groups, env = None, [], None
     if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
+        if files := runner_config(plan.runner).get("microvm", {}).get("credentialFiles"):
+            # root reads the host's private files; the unprivileged runner then uses the disk made here
+            credentials.pack(workdir / CREDENTIALS_IMAGE, [f"{n}={workdir / p}" for n, p in files.items()])
+            env = {credentials.PACKED_ENV: "1"}
         *user, groups = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
-        from . import virtiofsd
+        from . import virtiofsd  # late on purpose: it loads the option model; only virtiofs shares need it
 
         assert vm is not None, "a VM with virtiofs shares is run from its config"
         daemons = virtiofsd.start(vm, workdir, runner=plan.runner)
@@ -100,6 +105,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         stdin=subprocess.DEVNULL if console else None,
         user=tuple(user) if user else None,
         groups=groups,
+        env=env,
     )
     interrupts = 0
 
@@ -107,7 +113,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and plan.control:
-            from ..hypervisors import Control, capable
+            from ..hypervisors import Control, capable  # late on purpose: only a signal needs the backend
 
             again = "Ctrl-C" if signum == signal.SIGINT else "signal"
             _say(f"microvm: shutting down gracefully ({again} again to stop it now)")
@@ -144,7 +150,7 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
             child.kill()
             child.wait()
         if daemons:
-            from . import virtiofsd
+            from . import virtiofsd  # late on purpose: it loads the option model; only virtiofs shares need it
 
             virtiofsd.stop(daemons)
 

@@ -12,7 +12,7 @@ from ... import proc
 from ...errors import MicrovmError
 from ..plan import Item
 from ..statedir import write_atomic
-from .netlink import add_address, iproute, link_index, link_kind
+from .netlink import add_address, iproute, link_index, link_kind, netlink_error
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,7 @@ class Bridge(Item):
             ipr.link("set", index=link_index(ipr, self.name), state="up")
 
     def remove(self, undo: Any) -> None:
-        with iproute() as ipr:
-            if (index := link_index(ipr, self.name)) is not None:
-                ipr.link("del", index=index)
+        _delete_link(self.name)
 
 
 @dataclass(frozen=True)
@@ -82,6 +80,7 @@ class Port(Item):
 
     bridge: str
     device: str
+    made_here: bool = False  # a VLAN of network.vlans: the same plan adds it first
 
     @property
     def key(self) -> str:
@@ -90,8 +89,12 @@ class Port(Item):
     def present(self) -> bool:
         with iproute() as ipr:
             index, master = link_index(ipr, self.device), link_index(ipr, self.bridge)
+            if index is None and self.made_here:
+                return False
             if index is None:
-                raise MicrovmError(f"{self.device} does not exist on this host", hint="fix network.basic.ports")
+                raise MicrovmError(
+                    f"{self.device} does not exist on this host", hint="fix the bridge's ports, or declare it a VLAN"
+                )
             return master is not None and ipr.get_links(index)[0].get_attr("IFLA_MASTER") == master
 
     def add(self) -> bool:
@@ -108,6 +111,53 @@ class Port(Item):
                 ipr.link("set", index=index, master=0)
                 if undo is False:
                     ipr.link("set", index=index, state="down")
+
+
+@dataclass(frozen=True)
+class Vlan(Item):
+    """A VLAN interface on a trunk port (``ip link add NAME link LINK type vlan id ID``), up."""
+
+    name: str
+    link: str
+    id: int
+
+    @property
+    def key(self) -> str:
+        return f"vlan {self.name} (id {self.id} on {self.link})"
+
+    def present(self) -> bool:
+        with iproute() as ipr:
+            index = link_index(ipr, self.name)
+            if index is None:
+                return False
+            link = ipr.get_links(index)[0]
+            info = link.get_attr("IFLA_LINKINFO")
+            data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+            if link_kind(link) != "vlan" or data is None or data.get_attr("IFLA_VLAN_ID") != self.id:
+                raise MicrovmError(f"{self.name} exists and is not VLAN {self.id}", hint="rename it in network.vlans")
+            if link.get_attr("IFLA_LINK") != link_index(ipr, self.link):
+                raise MicrovmError(f"{self.name} exists on another link than {self.link}", hint="fix network.vlans")
+        return True
+
+    def add(self) -> None:
+        with iproute() as ipr:
+            trunk = link_index(ipr, self.link)
+            if trunk is None:
+                raise MicrovmError(
+                    f"{self.link} does not exist on this host", hint=f"fix network.vlans.{self.name}.link"
+                )
+            try:
+                ipr.link("add", ifname=self.name, kind="vlan", link=trunk, vlan_id=self.id)
+            except netlink_error() as exc:
+                raise MicrovmError(
+                    f"network.vlans.{self.name}: the kernel refused VLAN {self.id} on {self.link}: {exc.args[-1]}",
+                    hint="the host kernel needs 802.1Q VLAN support (module 8021q)",
+                ) from None
+            ipr.link("set", index=link_index(ipr, self.name), state="up")
+            ipr.link("set", index=trunk, state="up")
+
+    def remove(self, undo: Any) -> None:
+        _delete_link(self.name)
 
 
 @dataclass(frozen=True)
@@ -182,8 +232,14 @@ class File(Item):
         Path(self.path).unlink(missing_ok=True)
 
 
+def _delete_link(name: str) -> None:
+    with iproute() as ipr:
+        if (index := link_index(ipr, name)) is not None:
+            ipr.link("del", index=index)
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-ITEM_TYPES: tuple[type[Item], ...] = (Bridge, Address, Port, Sysctl, NftTable, File)
+ITEM_TYPES: tuple[type[Item], ...] = (Vlan, Bridge, Address, Port, Sysctl, NftTable, File)

@@ -16,6 +16,13 @@ def iproute() -> Iterator:
         yield ipr
 
 
+def netlink_error() -> type[Exception]:
+    """pyroute2's error for a request the kernel refused (``except netlink_error() as exc``; ``exc.code``: errno)."""
+    from pyroute2.netlink.exceptions import NetlinkError  # heavy: as in iproute(), for start-up speed
+
+    return NetlinkError
+
+
 def link_index(ipr, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None

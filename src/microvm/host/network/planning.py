@@ -41,7 +41,7 @@ from ..plan import (
 )
 from ..unitfile import generated
 from .dnsmasq import daemon_changes, dhcp_hosts, dhcp_hosts_path, serves_dhcp, stop_daemon
-from .items import Address, Bridge, File, NftTable, Port, Sysctl
+from .items import Address, Bridge, File, NftTable, Port, Sysctl, Vlan
 from .netlink import iproute, link_index, link_kind
 from .record import network_dir, network_record, record_path, recorded_basic, recorded_host, with_tap_settings
 from .units import DNSMASQ_PREFIX, DNSMASQ_UNITS, network_units, systemd_running
@@ -75,14 +75,19 @@ def nft_ruleset(host: HostConfig) -> str:
 
 def desired_items(host: HostConfig, state_dir: Path | None = None) -> list[Item]:
     basic, nat, routed = host.network.basic, host.network.nat, host.network.routed
-    items: list[Item] = []
+    vlans = host.network.vlans
+    items: list[Item] = [Vlan(name, vlan.link, vlan.id) for name, vlan in vlans.items()]
     if basic.enable:
         items.append(Bridge(basic.name))
         if basic.ipv4Subnet:
             items.append(Address(basic.name, basic.ipv4Subnet))
         if (v6 := bridge_ipv6(basic)) is not None:
             items.append(Address(basic.name, str(v6)))
-        items += [Port(basic.name, port) for port in basic.ports]
+        items += [Port(basic.name, port, port in vlans) for port in basic.ports]
+    for name, bridge in host.network.bridges.items():
+        items.append(Bridge(name))
+        items += [Address(name, address) for address in bridge.addresses]
+        items += [Port(name, port, port in vlans) for port in bridge.ports]
     if routed.enable or (nat.enable and basic.enable):
         items += [Sysctl(name, "1") for name in FORWARDING]
     if nat.enable and (basic.enable or routed.enable):

@@ -7,18 +7,18 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
-from ...model.addresses import base_ipv4, bridge_ipv6, slaac_ipv6
+from ...layout import NETWORK_RECORD
+from ...model.addresses import config_addresses
 from ...model.options import BasicNetwork, HostConfig, RoutedNetwork, VMConfig
 from ..plan import Record
 from ..statedir import default_state_dir
 from .items import ITEM_TYPES
 
-RECORD = ".network.json"
 DEFAULT_TAP_SCRIPT = 'ip link set "$id" up'
 
 
 def record_path(state_dir: Path | None = None) -> Path:
-    return (state_dir or default_state_dir()) / RECORD
+    return (state_dir or default_state_dir()) / NETWORK_RECORD
 
 
 def network_record(state_dir: Path | None = None) -> Record:
@@ -79,19 +79,7 @@ def recorded_host(state_dir: Path | None = None) -> HostConfig:
 
 
 def vm_addresses(vm: VMConfig, host: HostConfig | None = None) -> list[str]:
-    """The addresses ``vm`` has or will get on this host (for ``microvm status``/``list``).
-
-    Static addresses of ``guest.network.interfaces``, and for the base
-    interface the bridge's DHCP address and SLAAC address when the host's
-    bridge serves them. ``host`` None means: as recorded by the last apply.
-    """
-    found = [addr.split("/")[0] for iface in vm.guest.network.interfaces.values() for addr in iface.addresses]
-    base = vm.guest.network.base
-    basic = host.network.basic if host is not None else recorded_basic()
-    if base.enable and basic is not None and basic.enable:
-        own = vm.guest.network.interfaces.get(base.tap)
-        if basic.dhcp and (own is None or own.dhcp) and (v4 := base_ipv4(basic, base.n)) is not None:
-            found.append(str(v4))
-        if basic.routerAdvertisements and (own is None or own.acceptRA) and (v6 := bridge_ipv6(basic)) is not None:
-            found.append(str(slaac_ipv6(v6.network, base.mac)))
-    return list(dict.fromkeys(found))
+    """The addresses ``vm`` has or will get on this host (:func:`config_addresses`); ``host`` None means: as
+    recorded by the last apply."""
+    basic = host.network.basic.dump() if host is not None else read_record().get("basic")
+    return config_addresses(vm.dump(), basic)

@@ -24,7 +24,8 @@ def dhcp_unit_name(host: HostConfig) -> str:
 
 def network_units(host: HostConfig, state_dir: Path | None = None) -> dict[str, str]:
     """systemd units for the host network: its restoration at boot, and the bridge's dnsmasq if it serves."""
-    if not (host.network.basic.enable or host.network.routed.enable):
+    network = host.network
+    if not (network.basic.enable or network.routed.enable or network.bridges or network.vlans):
         return {}
     restore = command(*helper_argv("network-restore", str(state_dir or default_state_dir())))
     units = {
