@@ -21,9 +21,6 @@ from nspawn import _children, container
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
-# The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
-# machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
-
 
 # alpha is VM 1 on the host's bridge: DHCP gives it 10.213.0.3 (n + 2), which it reports on its console
 NET = """
