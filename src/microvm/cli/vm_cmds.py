@@ -116,6 +116,7 @@ def status(name: NameArg, json_: JsonFlag = False) -> None:
 @app.command()
 def console(name: NameArg) -> None:
     """Attach to the serial console of a running VM (Ctrl-] detaches)."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.console import attach
 
     attach(name, *VMState.of(name).console_files())

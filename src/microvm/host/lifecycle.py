@@ -46,6 +46,7 @@ class Change:
 
 
 def _build(store: Store, loaded: LoadedVM, progress: Progress | None) -> Path:
+    # late on purpose: list/status import this module and need no pydantic or builders
     from ..runner.build import build_vm
 
     return build_vm(store, loaded.config, progress=progress).runner
@@ -56,6 +57,7 @@ def service_owner() -> tuple[int, int] | None:
 
     The VM's state directory belongs to them: the hypervisor writes its sockets, volumes and ``booted`` there.
     """
+    # late on purpose: list/status import this module and need no pydantic or builders
     from .units import GROUP, USER
 
     if os.geteuid() != 0:
@@ -332,6 +334,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 
     Returns the saved state. On failure the VM runs on and nothing is saved.
     """
+    # late on purpose: list/status import this module and need no pydantic or builders
     from ..hypervisors import Feature, Suspend, get
 
     with locked(name, state_dir) as state:
@@ -365,6 +368,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 
 def run_installed(name: str, state_dir: Path | None = None) -> int:
     """Run an installed VM in the foreground (console here), with ``booted`` set while it runs."""
+    # late on purpose: list/status import this module and need no pydantic or builders
     from ..model.options import VMConfig
     from ..runner.foreground import Foreground, run_foreground
 
