@@ -1,0 +1,188 @@
+"""Several hosts: copy, deploy over real SSH between systemd-nspawn containers.
+
+Each "host" is a container booted from the cached test rootfs (with sshd), in
+its own network namespace, wired to a bridge in a namespace of the test. The
+test generates the host and client keys. h1 has the shared test store (the
+builds); h2 has an empty store at the same path and no build inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CACHE, REPO, build_file, write_vm
+from netns import netns
+from nspawn import container
+from test_host_systemd import Host, rootfs_tarball, wait_for
+
+from microvm.store import content_hash
+
+pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
+
+HOSTS = ("h1", "h2")
+STORE = CACHE / "store"
+WRAPPER = f"""#!/bin/sh
+export MICROVM_STORE={STORE} MICROVM_ACCEL=tcg
+exec {REPO}/.venv/bin/microvm "$@"
+"""
+
+
+def _keys(directory: Path, name: str) -> tuple[str, str]:
+    key = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key], check=True)
+    return key.read_text(), (directory / f"{name}.pub").read_text()
+
+
+def _prepare(rootfs: Path, index: int, client: tuple[str, str], host_key: tuple[str, str], known: str) -> None:
+    """sshd's host key, root's client key, authorized_keys, known_hosts and ssh config for the names h1, h2."""
+    ssh = rootfs / "root/.ssh"
+    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ssh / "id_ed25519").write_text(client[0])
+    (ssh / "id_ed25519").chmod(0o600)
+    (ssh / "authorized_keys").write_text(client[1])
+    (ssh / "known_hosts").write_text(known)
+    (ssh / "config").write_text(
+        "".join(f"Host {h}\n  HostName 10.77.0.{i}\n" for i, h in enumerate(HOSTS, 1)) + "StrictHostKeyChecking yes\n"
+    )
+    for old in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        old.unlink()
+    (rootfs / "etc/ssh/ssh_host_ed25519_key").write_text(host_key[0])
+    (rootfs / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
+    (rootfs / "etc/ssh/ssh_host_ed25519_key.pub").write_text(host_key[1])
+    (rootfs / "etc/hostname").write_text(f"{HOSTS[index - 1]}\n")
+    wrapper = rootfs / "usr/local/bin/microvm"
+    wrapper.write_text(WRAPPER)
+    wrapper.chmod(0o755)
+    (rootfs / STORE.relative_to("/")).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    """h1 and h2, booted, sshd running, each able to ssh to the other (and itself) by name."""
+    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
+        pytest.skip("needs systemd-nspawn")
+    tmp = tmp_path_factory.mktemp("hosts")
+    keys = tmp / "keys"
+    keys.mkdir()
+    client = _keys(keys, "client")
+    host_keys = [_keys(keys, h) for h in HOSTS]
+    known = "".join(f"10.77.0.{i} {key[1]}" for i, key in enumerate(host_keys, 1))
+    shared = tmp / "shared"  # stands in for NFS/Ceph: the same directory at the same path on every host
+    shared.mkdir()
+    ro_binds = [str(REPO)] + ([sys.base_prefix] if not sys.base_prefix.startswith("/usr") else [])
+    with contextlib.ExitStack() as stack:
+        bridge = stack.enter_context(netns("mvh"))
+        bridge.run("ip", "link", "add", "br0", "type", "bridge")
+        bridge.run("ip", "link", "set", "br0", "up")
+        booted = []
+        for i, name in enumerate(HOSTS, 1):
+            ns = stack.enter_context(netns("mvh"))
+            bridge.run("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+            bridge.run("ip", "link", "set", name, "master", "br0", "up")
+            ns.run("ip", "addr", "add", f"10.77.0.{i}/24", "dev", "eth0")
+            ns.run("ip", "link", "set", "eth0", "up")
+            rootfs = tmp / name / "rootfs"
+            rootfs.mkdir(parents=True)
+            subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
+            _prepare(rootfs, i, client, host_keys[i - 1], known)
+            binds = [f"{shared}:/srv/shared"] + ([str(STORE), str(tmp / "work")] if name == "h1" else [])
+            (tmp / "work").mkdir(exist_ok=True)
+            box = stack.enter_context(container(rootfs, binds, ro_binds, tmp / f"{name}.log", netns=ns.name))
+            booted.append(Host(box, rootfs, set()))
+        for host in booted:
+            host.box.wait_running()
+            host.env["PATH"] = "/usr/local/bin:" + host.env["PATH"]
+            host.systemctl("start", "ssh.service")
+            host.microvm("host", "apply", str(_host_file(host.rootfs)))
+        for host in booted:
+            wait_for("ssh between the hosts", lambda h=host: _ssh_ok(h), timeout=60)
+        yield booted, tmp
+
+
+def _host_file(rootfs: Path) -> Path:
+    """An empty host file: apply installs the units, the microvm user and the state directory."""
+    write_vm(rootfs / "etc/microvm", "[microvm]\n", "host.toml")
+    return Path("/etc/microvm/host.toml")
+
+
+def _ssh_ok(host: Host) -> bool:
+    return all(host.box.run("ssh", h, "true", check=False).returncode == 0 for h in HOSTS)
+
+
+def _vm(shared_store, work: Path, name: str, mem: int = 256) -> Path:
+    """A small busybox VM file using the kernel already in the shared store."""
+    kernel = build_file(shared_store, write_vm(work / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    return write_vm(
+        work,
+        f"""
+        [guest]
+        hostName = "{name}"
+        shell = false
+        commands = ['echo "marker: {name} mem $(grep MemTotal /proc/meminfo) boot $(cat /proc/sys/kernel/random/boot_id)"']
+        [guest.kernel]
+        image = "{kernel.boot_image}"
+        modulesDir = "{kernel.modules_dir}"
+        [microvm]
+        mem = {mem}
+        """,
+        f"{name}.toml",
+    )
+
+
+def _in_store(rootfs: Path) -> set[str]:
+    store = rootfs / STORE.relative_to("/")
+    return {p.name for p in store.iterdir()}
+
+
+def test_copy_sends_only_what_is_missing_verified_and_all_or_nothing(hosts, shared_store) -> None:
+    (h1, h2), tmp = hosts
+    work = tmp / "work"
+    runner = build_file(shared_store, _vm(shared_store, work, "cpa")).runner
+    closure = [e.name for e in shared_store.in_dependency_order([runner])]
+    first = h1.microvm("copy", "--to", "ssh://h2", str(runner)).stdout
+    assert re.match(rf"copied {len(closure)} of {len(closure)} entries \(\d+\.\d MB\) to ssh://h2", first), first
+    assert set(closure) <= _in_store(h2.rootfs)
+    for name in closure:  # the same trees arrived
+        assert content_hash(h2.rootfs / STORE.relative_to("/") / name) == content_hash(STORE / name)
+    second = h1.microvm("copy", "--to", "ssh://root@h2:22", str(runner)).stdout
+    assert second.startswith(f"copied 0 of {len(closure)} entries (0.0 MB)"), second
+
+    # a second VM: its own entries are new on h2, the kernel is not
+    other = build_file(shared_store, _vm(shared_store, work, "cpb")).runner
+    new = [e.name for e in shared_store.in_dependency_order([other]) if e.name not in closure]
+    assert new
+    names = "\\n".join(new)
+    before = _in_store(h2.rootfs)
+    # a corrupted transfer (one bit flipped in the stream) and an interrupted one: refused, nothing left
+    flip = "import sys; d = bytearray(sys.stdin.buffer.read()); d[len(d) // 2] ^= 1; sys.stdout.buffer.write(d)"
+    for mangle, error in ((f"python3 -c '{flip}'", "arrived corrupted"), ("head -c 100000", "ended early")):
+        pipeline = f"printf '{names}' | microvm store send | {mangle} | ssh h2 microvm store receive"
+        result = h1.box.run("sh", "-c", pipeline, env=h1.env, check=False)
+        assert result.returncode != 0 and error in result.stderr, result.stderr
+        assert _in_store(h2.rootfs) == before  # no entry, no temporary directory
+    # fetched from h2's side (--from): only the new entries travel
+    fetched = h2.microvm("copy", "--from", "h1", str(other)).stdout
+    assert fetched.startswith(
+        f"copied {len(new)} of {len(new) + len(set(closure) & _closure_names(shared_store, other))}"
+    )
+    assert set(new) <= _in_store(h2.rootfs)
+
+
+def _closure_names(store, runner: Path) -> set[str]:
+    return {e.name for e in store.in_dependency_order([runner])}
+
+
+def test_copy_refuses_bad_input_clearly(hosts) -> None:
+    (h1, _), _ = hosts
+    unreachable = h1.microvm("copy", "--to", "ssh://10.77.0.99:22", "/nonexistent", check=False)
+    assert unreachable.returncode == 1 and "not in the store" in unreachable.stderr
+    no_vm = h1.microvm("copy", "--to", "h2", "novm", check=False)
+    assert no_vm.returncode == 1 and "neither a store path nor a VM installed" in no_vm.stderr
+    both = h1.microvm("copy", "novm", check=False)
+    assert both.returncode == 1 and "exactly one of --to HOST or --from HOST" in both.stderr
