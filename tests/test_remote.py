@@ -186,3 +186,41 @@ def test_copy_refuses_bad_input_clearly(hosts) -> None:
     assert no_vm.returncode == 1 and "neither a store path nor a VM installed" in no_vm.stderr
     both = h1.microvm("copy", "novm", check=False)
     assert both.returncode == 1 and "exactly one of --to HOST or --from HOST" in both.stderr
+
+
+def _console(host: Host, name: str) -> str:
+    log = host.rootfs / "var/lib/microvms" / name / f"{name}-console.log"
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+def _boots(host: Host, name: str) -> list[tuple[str, str]]:
+    """(MemTotal, boot id) of every boot of ``name`` on its console log."""
+    return re.findall(rf"marker: {name} mem MemTotal:\s+(\d+) kB boot (\S+)", _console(host, name))
+
+
+def test_deploy_creates_then_updates_with_the_diff_then_restarts(hosts, shared_store) -> None:
+    (h1, h2), tmp = hosts
+    file = _vm(shared_store, tmp / "work", "dpl")
+    first = h1.microvm("deploy", "h2", str(file)).stdout
+    assert "dpl: created" in first, first
+    assert h2.states() == {"dpl": "not booted"}
+    h2.microvm("start", "dpl")
+    wait_for("dpl to boot on h2", lambda: len(_boots(h2, "dpl")) == 1)
+    assert h2.active("dpl")
+    [(mem1, boot1)] = _boots(h2, "dpl")
+
+    _vm(shared_store, tmp / "work", "dpl", mem=300)
+    second = h1.microvm("deploy", "ssh://h2", str(file)).stdout
+    assert "dpl: updated" in second and "microvm.mem: 256 -> 300" in second, second
+    assert "restart to boot it" in second
+    assert h2.states()["dpl"] == "stale"
+    assert _boots(h2, "dpl") == [(mem1, boot1)]  # not restarted without -R
+
+    third = h1.microvm("deploy", "-R", "h2", str(file)).stdout
+    assert "dpl: restarted" in third, third
+    wait_for("dpl to boot again on h2", lambda: _boots(h2, "dpl")[-1:] not in ([], [(mem1, boot1)]))
+    mem2, _ = _boots(h2, "dpl")[-1]
+    assert int(mem2) > int(mem1)
+    assert h2.states()["dpl"] == "current" and h2.active("dpl")
+    assert "dpl" not in h1.microvm("list", check=False).stdout  # built on h1, installed only on h2
+    h2.microvm("stop", "dpl")

@@ -136,7 +136,8 @@ def install_built(name: str, runner: Path, state_dir: Path | None = None) -> Cha
                 f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",
                 hint=f"microvm host apply {state.declared_by}",
             )
-        return _install(state, runner, source=None, declared_by=None, fingerprint={}, owner=None)
+        # no source here to compare with: never "outdated" (changed_since sees no files: unknown)
+        return _install(state, runner, source=None, declared_by=None, fingerprint={"deployed": True}, owner=None)
 
 
 def install_declared(
