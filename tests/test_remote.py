@@ -27,6 +27,9 @@ pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 HOSTS = ("h1", "h2")
 STORE = CACHE / "store"
+# The shared storage, at one path on every host: inside the state directory of the VM that migrates, as
+# its unit may write only there (ProtectSystem=strict; a host mounts its NFS/Ceph volume there too).
+SHARED = Path("/var/lib/microvms/mig/shared")
 WRAPPER = f"""#!/bin/sh
 export MICROVM_STORE={STORE} MICROVM_ACCEL=tcg
 exec {REPO}/.venv/bin/microvm "$@"
@@ -75,6 +78,7 @@ def hosts(tmp_path_factory):
     known = "".join(f"10.77.0.{i} {key[1]}" for i, key in enumerate(host_keys, 1))
     shared = tmp / "shared"  # stands in for NFS/Ceph: the same directory at the same path on every host
     shared.mkdir()
+    shared.chmod(0o777)  # the hypervisors run as user microvm
     ro_binds = [str(REPO)] + ([sys.base_prefix] if not sys.base_prefix.startswith("/usr") else [])
     with contextlib.ExitStack() as stack:
         bridge = stack.enter_context(netns("mvh"))
@@ -91,7 +95,7 @@ def hosts(tmp_path_factory):
             rootfs.mkdir(parents=True)
             subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
             _prepare(rootfs, i, client, host_keys[i - 1], known)
-            binds = [f"{shared}:/srv/shared"] + ([str(STORE), str(tmp / "work")] if name == "h1" else [])
+            binds = [f"{shared}:{SHARED}"] + ([str(STORE), str(tmp / "work")] if name == "h1" else [])
             (tmp / "work").mkdir(exist_ok=True)
             box = stack.enter_context(container(rootfs, binds, ro_binds, tmp / f"{name}.log", netns=ns.name))
             booted.append(Host(box, rootfs, set()))
@@ -115,9 +119,14 @@ def _ssh_ok(host: Host) -> bool:
     return all(host.box.run("ssh", h, "true", check=False).returncode == 0 for h in HOSTS)
 
 
-def _vm(shared_store, work: Path, name: str, mem: int = 256) -> Path:
-    """A small busybox VM file using the kernel already in the shared store."""
+def _kernel(shared_store, work: Path) -> str:
+    """guest.kernel settings for the kernel already in the shared store (the hosts cannot download)."""
     kernel = build_file(shared_store, write_vm(work / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    return f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"\n'
+
+
+def _vm(shared_store, work: Path, name: str, mem: int = 256) -> Path:
+    """A small busybox VM file that prints its memory and boot id."""
     return write_vm(
         work,
         f"""
@@ -125,12 +134,10 @@ def _vm(shared_store, work: Path, name: str, mem: int = 256) -> Path:
         hostName = "{name}"
         shell = false
         commands = ['echo "marker: {name} mem $(grep MemTotal /proc/meminfo) boot $(cat /proc/sys/kernel/random/boot_id)"']
-        [guest.kernel]
-        image = "{kernel.boot_image}"
-        modulesDir = "{kernel.modules_dir}"
         [microvm]
         mem = {mem}
-        """,
+        """
+        + _kernel(shared_store, work),
         f"{name}.toml",
     )
 
@@ -224,3 +231,77 @@ def test_deploy_creates_then_updates_with_the_diff_then_restarts(hosts, shared_s
     assert h2.states()["dpl"] == "current" and h2.active("dpl")
     assert "dpl" not in h1.microvm("list", check=False).stdout  # built on h1, installed only on h2
     h2.microvm("stop", "dpl")
+
+
+MIGRATING = """
+[guest]
+hostName = "{name}"
+shell = false
+[guest.services.ticker]
+command = 'echo kept-{name} > /data/proof && sync; i=0; while :; do echo "tick $i $(cat /proc/sys/kernel/random/boot_id)"; i=$((i+1)); sleep 0.1; done'
+[microvm]
+mem = 256
+migratable = true
+[[microvm.volumes]]
+image = "{image}"
+mountPoint = "/data"
+size = 16
+"""
+
+
+def _ticks(host: Host, name: str) -> list[tuple[int, str]]:
+    return [(int(n), boot) for n, boot in re.findall(r"tick (\d+) (\S+)", _console(host, name))]
+
+
+def _qemu_of(host: Host, name: str) -> bool:
+    # [x]: the pattern does not match grep's own command line
+    pattern = f"microvm@[{name[0]}]{name[1:]}"
+    found = host.box.run("sh", "-c", f"grep -l '{pattern}' /proc/[0-9]*/cmdline", check=False).stdout
+    return bool(found.strip())
+
+
+def test_migrate_moves_a_running_vm_live_and_refuses_clearly(hosts, shared_store) -> None:
+    (h1, h2), tmp = hosts
+    source = tmp / "work" / "src"
+    kernel = _kernel(shared_store, tmp / "work")
+    write_vm(source, MIGRATING.format(name="mig", image=f"{SHARED.name}/mig.img") + kernel, "mig.toml")
+    write_vm(source, MIGRATING.format(name="loc", image="loc.img") + kernel, "loc.toml")  # in h1's state directory
+    for name in ("mig", "loc"):
+        h1.microvm("create", name, "-f", str(source))
+        h1.microvm("start", name)
+    wait_for("both VMs ticking on h1", lambda: len(_ticks(h1, "mig")) > 5 and len(_ticks(h1, "loc")) > 5)
+    boot = _ticks(h1, "mig")[0][1]
+
+    refusals = [
+        (("migrate", "mig", "ssh://10.77.0.99"), "cannot reach 10.77.0.99"),
+        (("migrate", "--no-copy", "mig", "h2"), "h2 lacks the build of mig"),
+        (("migrate", "loc", "h2"), "volume loc.img is not on storage this host shares with the source"),
+    ]
+    for args, error in refusals:
+        refused = h1.microvm(*args, check=False)
+        assert refused.returncode == 1 and error in refused.stderr, refused.stderr
+        name = args[-2]
+        ticks = len(_ticks(h1, name))
+        wait_for(f"{name} still ticking on h1", lambda n=name, t=ticks: len(_ticks(h1, n)) > t + 3, timeout=60)
+        assert h1.active(name)
+    assert not h2.active("mig") and not h2.active("loc")
+    assert not list(Path(tmp / "shared").glob(".microvm-migrate-*"))  # the shared-storage markers are gone
+
+    assert _qemu_of(h1, "mig")
+    moved = h1.microvm("migrate", "mig", "h2").stdout
+    print(f"\n{moved}")
+    assert re.search(r"mig: migrated to h2 in \d+ ms \(downtime \d+ ms", moved), moved
+    last_here = _ticks(h1, "mig")[-1][0]
+    wait_for("mig ticking on h2", lambda: any(n > last_here + 5 for n, _ in _ticks(h2, "mig")), timeout=60)
+    there = _ticks(h2, "mig")
+    assert {b for _, b in there} == {boot}  # the same boot: no reset
+    assert there[0][0] <= last_here + 10  # it went on counting where it was (no restart from 0)
+    assert "Linux version" not in _console(h2, "mig")  # no kernel booted there
+    assert h2.active("mig") and not h1.active("mig") and not _qemu_of(h1, "mig")
+    assert h1.states()["mig"] == "not booted" and h2.states()["mig"] == "current"
+    proof = subprocess.run(
+        ["debugfs", "-R", "cat /proof", tmp / "shared" / "mig.img"], capture_output=True, text=True, check=True
+    )
+    assert proof.stdout.strip() == "kept-mig"
+    for host, name in ((h2, "mig"), (h1, "loc")):
+        host.microvm("stop", name)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 from conftest import build_file, entries_built_for, write_vm
 
-from microvm.errors import CommandError
-from microvm.store import Store
+from microvm.errors import CommandError, MicrovmError
+from microvm.store import Store, content_hash
 
 VM = """
 [guest]
@@ -88,3 +89,51 @@ def test_failed_image_build_leaves_no_partial_entry(shared_store, tmp_path: Path
     assert not [p for p in shared_store.root.glob(".tmp-*-rootimage-badimage-*")]
     assert not [p for p in shared_store.root.glob("*-rootimage-badimage")]
     assert [p for p in shared_store.root.glob("*-system-badimage")]  # the steps before it are complete
+
+
+def _tree(root: Path) -> Path:
+    """An entry with a file, an executable, a symlink and a subdirectory."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "run").write_text("#!/bin/sh\necho hi\n")
+    (root / "bin" / "run").chmod(0o755)
+    (root / "data").write_bytes(bytes(range(256)) * 1000)
+    (root / "link").symlink_to("bin/run")
+    (root / ".references").write_text("")
+    return root
+
+
+def test_copy_stream_round_trips_with_equal_content_hashes(tmp_path: Path) -> None:
+    source = Store(tmp_path / "a")
+    entry = _tree(source.root / f"{'0' * 32}-thing")
+    buffer = io.BytesIO()
+    sent = source.send([entry], buffer)
+    assert sent > 256000
+    target = Store(tmp_path / "b")
+    assert target.receive(io.BytesIO(buffer.getvalue())) == [target.root / entry.name]
+    copy = target.root / entry.name
+    assert content_hash(copy) == content_hash(entry)
+    assert (copy / "bin" / "run").stat().st_mode & 0o100 and (copy / "link").readlink() == Path("bin/run")
+    (copy / "data").write_bytes(b"changed")
+    assert content_hash(copy) != content_hash(entry)
+    assert target.missing([entry.name, f"{'1' * 32}-other"]) == [f"{'1' * 32}-other"]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "error"),
+    [
+        (lambda d: d[: len(d) // 2], "ended early"),
+        (lambda d: d[: len(d) // 2] + bytes([d[len(d) // 2] ^ 1]) + d[len(d) // 2 + 1 :], "arrived corrupted"),
+        (lambda d: d.replace(b"entry 0", b"entry /"), "malformed"),
+    ],
+    ids=["interrupted", "corrupted", "bad-name"],
+)
+def test_a_bad_copy_stream_leaves_nothing(tmp_path: Path, mangle, error: str) -> None:
+    source = Store(tmp_path / "a")
+    first = _tree(source.root / f"{'0' * 32}-first")
+    second = _tree(source.root / f"{'2' * 32}-second")
+    buffer = io.BytesIO()
+    source.send([first, second], buffer)
+    target = Store(tmp_path / "b")
+    with pytest.raises(MicrovmError, match=error):
+        target.receive(io.BytesIO(mangle(buffer.getvalue())))
+    assert [p.name for p in target.root.iterdir()] == []  # no entry, no temporary directory

@@ -13,6 +13,7 @@ from ..errors import MicrovmError
 from ..host import lifecycle
 from ..remote import copy as remote_copy
 from ..remote import deploy as remote_deploy
+from ..remote import migrate as remote_migrate
 from ..remote.ssh import Remote
 from ..store import Store
 from .app import app, err, out
@@ -110,3 +111,33 @@ def install(
         out.print(f"{name}: created; start it with: microvm start {name}", markup=False)
     else:
         report_update(name, change, restart)
+
+
+@app.command()
+def migrate(
+    name: Annotated[str, typer.Argument(help="A running VM installed here (with microvm.migratable).")],
+    host: HostArg,
+    copy: Annotated[
+        bool, typer.Option("--copy/--no-copy", help="Copy the build to HOST first if it lacks it (default).")
+    ] = True,
+) -> None:
+    """Move a running VM to HOST without stopping its guest (qemu live migration through ssh)."""
+    remote = Remote.parse(host)
+    with err.status(f"migrating {name} to {remote}", spinner="dots"):
+        done = remote_migrate.migrate(name, remote, Store(), copy=copy)
+    out.print(
+        f"{name}: migrated to {remote} in {done.total_ms} ms (downtime {done.downtime_ms} ms, "
+        f"{_mb(done.transferred)} of RAM sent)",
+        markup=False,
+    )
+
+
+@app.command("migrate-receive", hidden=True)
+def migrate_receive(
+    name: str,
+    runner: Path,
+    shared: Annotated[list[str], typer.Option("--shared", help="WHAT=MARKER: a file the source made.")] = [],  # noqa: B006
+) -> None:
+    """The target's side of migrate: take the stream on stdin, run the VM here."""
+    markers = [(what, Path(marker)) for what, _, marker in (s.rpartition("=") for s in shared)]
+    remote_migrate.receive(name, runner, markers, sys.stdin.buffer, sys.stdout.buffer)

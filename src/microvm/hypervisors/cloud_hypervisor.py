@@ -63,6 +63,7 @@ class Backend(Hypervisor, Balloon):
     console = "ttyS0"
     guest_kernel_params = ("reboot=t",)  # as microvm.nix: a guest reboot is a triple fault, which ends the process
     plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
+    migration_api = "cloud-hypervisor has live migration (`PUT /vm.send-migration`, `/vm.receive-migration`) and snapshots in its REST API"
     control_api = "REST (`PUT /api/v1/vm.power-button`)"
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:

@@ -46,6 +46,7 @@ class Backend(Hypervisor, Balloon):
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
     incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "docs/hugepages.md"),)
+    migration_api = "firecracker has snapshots (`PUT /snapshot/create`, `/snapshot/load`) but no live migration"
     control_api = "REST (`PUT /actions` SendCtrlAltDel)"
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
