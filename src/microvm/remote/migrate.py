@@ -16,11 +16,12 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
+from ..control.process import peer_pid
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.statedir import VMState, write_atomic
@@ -31,8 +32,8 @@ from .copy import copy_to, remote_lacks
 from .ssh import Remote
 
 READY = b"ready\n"
-OPEN_TIMEOUT = 120  # the target's unit prepares (taps, volumes) before its runner opens the pipe
-RESUME_TIMEOUT = 120
+START_TIMEOUT = 120  # the target's unit prepares (taps, volumes) before its qemu reads the stream
+T = TypeVar("T")
 
 
 def _migratable(state: VMState) -> tuple[Path, dict[str, Any], Migrate]:
@@ -143,7 +144,7 @@ def _failed(remote: Remote, receiver: subprocess.Popen[bytes], args: list[str], 
 def receive(name: str, runner: Path, shared: list[tuple[str, Path]], stream: BinaryIO, out: BinaryIO) -> None:
     """Install ``runner`` as VM ``name``, start its unit resuming from a FIFO, feed it ``stream``.
 
-    Says ``ready`` on ``out`` once the unit reads the FIFO; returns once the VM runs here.
+    Says ``ready`` on ``out`` once its qemu is set up to read the FIFO; returns once the VM runs here.
     On failure the unit is stopped and the FIFO removed: the source runs on.
     """
     for what, marker in shared:
@@ -166,18 +167,23 @@ def receive(name: str, runner: Path, shared: list[tuple[str, Path]], stream: Bin
         os.chown(path, owner.st_uid, owner.st_gid)
     try:
         systemd.systemctl("start", "--no-block", systemd.unit(name))
-        fd = _open_writer(saved, name)
+        fd = _until(lambda: _open_writer(saved), f"VM {name!r} did not start here to take the migration", name)
         try:
+            # qemu listens on its control socket once it is set up, just before it reads the stream:
+            # the source starts sending only then, so the target's start-up is not migration time
+            control = state.path / runner_config(runner)["microvm"]["socket"]
+            _until(lambda: peer_pid(control), f"VM {name!r} did not start here to take the migration", name)
             out.write(READY)
             out.flush()
             shutil.copyfileobj(stream, os.fdopen(fd, "wb", closefd=False), 1 << 20)
         finally:
             os.close(fd)
-        deadline = time.monotonic() + RESUME_TIMEOUT
-        while saved.exists() or not systemd.is_active(name):  # the resume helper removes it once loaded
-            if time.monotonic() > deadline or _unit_state(name) not in ("active", "activating"):
-                raise MicrovmError(f"VM {name!r} did not resume here from the migration stream")
-            time.sleep(0.05)
+        # the resume helper removes the FIFO once the state is loaded; the unit is active once it runs
+        _until(
+            lambda: not saved.exists() and systemd.is_active(name),
+            f"VM {name!r} did not resume here from the migration stream",
+            name,
+        )
     except BaseException:
         systemd.systemctl("stop", systemd.unit(name), check=False)
         raise
@@ -191,18 +197,23 @@ def _unit_state(name: str) -> str:
     return systemd.systemctl("show", "-P", "ActiveState", systemd.unit(name), check=False).strip()
 
 
-def _open_writer(fifo: Path, name: str) -> int:
-    """Open the FIFO for writing once the VM's runner has opened it for reading."""
-    deadline = time.monotonic() + OPEN_TIMEOUT
-    while True:
-        try:
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:
-                raise
-            if time.monotonic() > deadline or _unit_state(name) not in ("active", "activating"):
-                raise MicrovmError(f"VM {name!r} did not start here to take the migration") from None
-            time.sleep(0.05)
-            continue
-        os.set_blocking(fd, True)
-        return fd
+def _until(check: Callable[[], T | None], failure: str, name: str, timeout: float = START_TIMEOUT) -> T:
+    """Poll ``check`` until it returns something; fail if the VM's unit stops or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline or _unit_state(name) not in ("active", "activating"):
+            raise MicrovmError(failure)
+        time.sleep(0.02)
+    return found
+
+
+def _open_writer(fifo: Path) -> int | None:
+    """The FIFO opened for writing, once the VM's runner has opened it for reading."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        return None
+    os.set_blocking(fd, True)
+    return fd
