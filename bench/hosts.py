@@ -18,8 +18,10 @@ The report replaces (or appends) the section "## Several hosts" of the output fi
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from sshhosts import MIGRATING, SHARED, console, kernel_settings, ticks, two_hos
 from test_host_systemd import Host, wait_for
 
 from microvm.config import load_vm
+from microvm.control.process import peer_pid
 from microvm.hypervisors import qmp
 from microvm.runner.build import build_vm
 from microvm.store import Store
@@ -71,9 +74,7 @@ def floor_round(h1: Host, h2: Host, runner: Path) -> tuple[int, int, int]:
     """Plain qemu on both hosts, migrating over tcp; (total ms, downtime ms, bytes)."""
     argv = _qemu_argv(runner)
     cwd = "/var/lib/microvms/mig"
-    for host in (h1, h2):  # what the units left: a new log, no stale sockets to mistake for live ones
-        for left in ("mig-console.log", "mig.sock", "mig-console.sock"):
-            (host.rootfs / cwd.lstrip("/") / left).unlink(missing_ok=True)
+    _clean(h1, h2)  # what the units left: a new log, no stale sockets to mistake for live ones
     source = h1.box.popen("sh", "-c", f"cd {cwd} && exec {shlex.join(argv)}")
     target = h2.box.popen("sh", "-c", f"cd {cwd} && exec {shlex.join([*argv, '-incoming', f'tcp:0.0.0.0:{PORT}'])}")
     try:
@@ -86,12 +87,19 @@ def floor_round(h1: Host, h2: Host, runner: Path) -> tuple[int, int, int]:
         assert info["status"] == "completed", info
         return info["total-time"], info["downtime"], info["ram"]["transferred"]
     finally:
-        for host, process in ((h1, source), (h2, target)):  # nsenter forks: end qemu itself, through QMP
-            if process.poll() is None:
-                qmp.execute(_sock(host), "quit")
+        for host, process in ((h1, source), (h2, target)):  # nsenter forks: end qemu itself (its socket's peer)
+            if process.poll() is None and (pid := peer_pid(_sock(host))):
+                os.kill(pid, signal.SIGTERM)
             _, errors = process.communicate(timeout=30)
             if process.returncode:
                 print(f"plain qemu on {host.box.run('hostname').stdout.strip()}: {errors}", file=sys.stderr)
+        _clean(h1, h2)  # root's files, which the units (as user microvm) could not write
+
+
+def _clean(*hosts: Host) -> None:
+    for host in hosts:
+        for left in ("mig-console.log", "mig.sock", "mig-console.sock"):
+            (host.rootfs / "var/lib/microvms/mig" / left).unlink(missing_ok=True)
 
 
 def bench_migrate(h1: Host, h2: Host, tmp: Path, store: Store, rounds: int) -> list[str]:
