@@ -21,7 +21,10 @@ APT_PACKAGES=(
   shellcheck                     # generated scripts are checked
   mmdebstrap debian-archive-keyring  # debian guests (guest.base = "debian")
   openssh-client curl            # tests reach debian guests over SSH and HTTP
+  chromium chromium-driver       # tests drive `microvm web`'s page in a headless browser
 )
+# xterm.js for `microvm web`'s consoles comes from the npm registry: Debian's npm, unless one is there already
+command -v npm >/dev/null || APT_PACKAGES+=(npm)
 # `--bench` (or EXTRAS=bench): what the benchmark compares against, and matplotlib for its plots
 if [ "${1:-}" = "--bench" ]; then
   EXTRAS=${EXTRAS:+$EXTRAS,}bench
@@ -52,4 +55,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test${EXTRAS:+,$EXTRAS}]"
+.venv/bin/pip install -q -e ".[test,web${EXTRAS:+,$EXTRAS}]"
+# The page's libraries, served as they are (no build step): the versions package-lock.json pins.
+(cd src/microvm/web/static && npm ci --no-audit --no-fund --loglevel=error)

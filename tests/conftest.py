@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,8 @@ UNUSED_DAYS = 3  # shared-store entries no test run used for this long are delet
 class _TouchingStore(Store):
     """The shared store, marking every entry a test uses (new or a cache hit) as used now."""
 
-    def add(
-        self, name: str, inputs: Any, build: Callable[[Path], None], references: tuple[Path, ...] = ()
-    ) -> tuple[Path, bool]:
-        path, built = super().add(name, inputs, build, references)
+    def add(self, *args: Any, **kwargs: Any) -> tuple[Path, bool]:
+        path, built = super().add(*args, **kwargs)
         os.utime(path)
         return path, built
 
@@ -73,6 +72,37 @@ def entries_built_for(store_root: Path, host_name: str) -> set[str]:
     """Store entries of the VM ``host_name`` (xdist workers share the store: compare these, not all entries)."""
     kinds = ("system", "rootimage", "initrd", "microvm-qemu")
     return {e for e in os.listdir(store_root) if e.endswith(tuple(f"-{kind}-{host_name}" for kind in kinds))}
+
+
+def exposure(roots: list[Path], secret: bytes) -> tuple[list[Path], list[Path]]:
+    """What other users could change or read below ``roots``: (everything every user may write,
+    the files every user may read - the file and each directory above it up to its root - that hold ``secret``).
+
+    Where the roots are (the tests' cache is under root's private home) does not count: on a host the
+    store and the state directory are where every user may look.
+    """
+    writable, readable = [], []
+
+    def reachable(directory: Path, root: Path) -> bool:
+        return all(d.stat().st_mode & 0o001 for d in (directory, *directory.parents) if d.is_relative_to(root))
+
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            for name in [*dirnames, *filenames]:
+                mode = (here / name).lstat().st_mode
+                if stat.S_ISLNK(mode):
+                    continue
+                if mode & 0o002:
+                    writable.append(here / name)
+                if (
+                    stat.S_ISREG(mode)
+                    and mode & 0o004
+                    and reachable(here, root)
+                    and secret in (here / name).read_bytes()
+                ):
+                    readable.append(here / name)
+    return writable, readable
 
 
 def write_vm(directory: Path, text: str, name: str = "vm.toml") -> Path:

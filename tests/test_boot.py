@@ -15,7 +15,7 @@ from conftest import BOOT_TIMEOUT, REPO, boot, microvm, shut_down, started, writ
 
 from microvm.config import load_vm
 from microvm.guest.cpio import CpioArchive
-from microvm.guest.initrd import busybox_path
+from microvm.guest.debarch import busybox_path
 from microvm.hypervisors import get
 from microvm.runner.build import kernel_cmdline
 
@@ -52,6 +52,8 @@ def test_machine_and_image_variants_boot(shared_store, tmp_path: Path, name: str
     assert booted.returncode == 0, booted.console
     assert f"marker: {name} up" in booted.console
     assert "stopped cleanly" in booted.console
+    # what the guest printed is its user's alone (issue 15: 2), as is the rest of what the run left
+    assert [p.name for p in booted.workdir.iterdir() if p.lstat().st_mode & 0o077] == []
 
 
 def test_one_cpu_guest_boots_trimmed_for_emulation(shared_store, tmp_path: Path) -> None:

@@ -353,7 +353,7 @@ def vm_configs(draw: st.DrawFn) -> dict:
     return {
         "guest": {
             "hostName": draw(names),
-            "commands": draw(st.lists(st.text(max_size=20), max_size=3)),
+            "commands": draw(st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=20), max_size=3)),
             "shell": draw(st.booleans()),
         },
         "microvm": {
@@ -387,3 +387,19 @@ def test_any_valid_config_round_trips_through_eval_json(tmp_path: Path, data: di
     second.write_text(tomli_w.dumps(json.loads(result.output)))
     assert load_vm(second).config == model
     assert VMConfig.model_validate(json.loads(result.output)) == model
+
+
+def test_public_dump_hides_secrets_but_shows_that_they_changed() -> None:
+    """What the runner's vm.json holds for every user to read (issue 15: 2)."""
+
+    def vm(password: str) -> VMConfig:
+        files = {"/etc/key": {"text": "k3y", "mode": "0600"}, "/etc/motd": {"text": "hello", "mode": "0644"}}
+        users = {"alice": {"hashedPassword": password}}
+        return VMConfig.model_validate({"guest": {"hostName": "v", "base": "debian", "users": users, "files": files}})
+
+    one, two = vm("$6$salt$one").public_dump(), vm("$6$salt$two").public_dump()
+    text = json.dumps(one)
+    assert "$6$salt$one" not in text and "k3y" not in text
+    assert one["guest"]["files"]["/etc/motd"]["text"] == "hello"  # others may read it in the guest too
+    assert one["guest"]["users"]["alice"]["hashedPassword"] != two["guest"]["users"]["alice"]["hashedPassword"]
+    VMConfig.model_validate(one)  # still a config: `run` and `diff` read it back

@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BOOT_TIMEOUT, build_file, microvm, write_vm
+from conftest import BOOT_TIMEOUT, build_file, exposure, microvm, write_vm
 from notify import FakeSystemd
 
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
+from microvm.runner.build import build_vm
 from microvm.store import Store
 
 WEB_PORT, SSH_PORT, CLOSED_PORT = 18080, 12222, 19000
@@ -271,10 +272,12 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
     assert "User=www-data" in web and "After=prepare.service" in web
     assert "MACAddress=02:00:00:00:00:42" in (root / "etc/systemd/network/10-eth0.network").read_text()
     assert "tcp dport { 22, 8000 } accept" in (root / "etc/nftables.conf").read_text()
-    stat = (root / "etc/microvm-test").stat()
-    assert (stat.st_uid, oct(stat.st_mode & 0o777)) == (1234, "0o640")
+    # the store keeps every file root's; the image gives the guest's owners back
+    assert (root / "etc/microvm-test").stat().st_uid == 0
+    assert built.root_image is not None
+    assert "Uid: 1234   Gid: 0  Access: 0640" in _image_inode(built.root_image, "/etc/microvm-test")
     assert "alice:x:1234:1234::/home/alice:/bin/bash" in (root / "etc/passwd").read_text()
-    assert (root / "home/alice/.ssh/authorized_keys").stat().st_uid == 1234
+    assert "Uid: 1234   Gid: 1234" in _image_inode(built.root_image, "/home/alice/.ssh/authorized_keys")
     assert not list((root / "etc/ssh").glob("ssh_host_*"))  # never shared between VMs through the store
     assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
     verify = subprocess.run(
@@ -284,6 +287,11 @@ def test_units_and_accounts_in_the_system_tree(tmp_path: Path, shared_store: Sto
         text=True,
     )
     assert verify.returncode == 0, verify.stderr
+
+
+def _image_inode(image: Path, path: str) -> str:
+    """dump.erofs's account of ``path`` in the image: owner, group, mode."""
+    return subprocess.run(["dump.erofs", f"--path={path}", image], check=True, capture_output=True, text=True).stdout
 
 
 # --- boots -------------------------------------------------------------------------
@@ -412,3 +420,62 @@ def test_debian_guest_serves_web_and_ssh_and_keeps_state(
         in guest.ssh("root", "mount -t virtiofs ro-store /mnt && touch /mnt/x", check=False).stderr
     )
     # no clean shutdown needed: the namespace's processes are killed when the test ends
+
+
+SECRET_HASH = "$6$microvm-test$PlantedHashThatNoOtherUserMaySee0123456789"
+SECRET_TEXT = "planted-private-file-text-4711"
+SECRET_VM = f"""
+[guest]
+hostName = "deb-secret"
+base = "debian"
+packages = ["openssh-server", "busybox", "nftables"]  # the package tree of the other tests
+[guest.users.root]
+hashedPassword = "{SECRET_HASH}"
+[guest.files."/etc/microvm-private"]
+text = "{SECRET_TEXT}"
+mode = "0600"
+[microvm]
+storeDiskErofsFlags = []  # uncompressed: a secret in the image would be found by the search below
+"""
+
+
+def test_secrets_reach_the_guest_and_no_other_user(tmp_path: Path) -> None:
+    """A password hash and a private file are in the guest's image, and no other user of the host can
+    read them or change what the VM uses: not in the store, not in the state directory (issue 15: 2, 3)."""
+    write_vm(tmp_path / "src" / "deb-secret", SECRET_VM)
+    debug = {**os.environ, "MICROVM_DEBUG": "1"}  # logs every command it runs
+    created = microvm("create", "deb-secret", "--source", str(tmp_path / "src"), timeout=1800, env=debug)
+    assert created.returncode == 0, created.stderr
+    assert "run: " in created.stderr
+    assert SECRET_HASH not in created.stdout + created.stderr and SECRET_TEXT not in created.stdout + created.stderr
+    runner = (tmp_path / "state" / "deb-secret" / "current").resolve()
+    vm_json = (runner / "share/microvm/vm.json").read_text()
+    assert SECRET_HASH not in vm_json and SECRET_TEXT not in vm_json
+    store = Store(Path(os.environ["MICROVM_STORE"]))
+    closure = store.closure([runner])
+    system = next(p for p in closure if p.name.endswith("-system-deb-secret"))
+    image = next(p for p in closure if p.name.endswith("-rootimage-deb-secret")) / "root.erofs"
+    assert SECRET_HASH in (system / "etc/shadow").read_text()
+    assert (system / "etc/microvm-private").read_text() == SECRET_TEXT
+    assert "Gid: 42  Access: 0640" in _image_inode(
+        image, "/etc/shadow"
+    )  # the guest's own shadow group and mode, given back in the image
+    for secret in (SECRET_HASH, SECRET_TEXT):
+        writable, readable = exposure([*closure, tmp_path / "state"], secret.encode())
+        print(
+            f"{len(closure)} store entries: {len(writable)} world-writable, {len(readable)} hold {secret!r} readable by all"
+        )
+        assert (writable, readable) == ([], [])
+
+
+def test_a_declared_file_is_never_written_through_a_symlink_out_of_the_tree(tmp_path: Path) -> None:
+    """/var/run is a symlink to /run in Debian: writing there at build time would write the host's /run (15: 3)."""
+    host_file = Path("/run/microvm-test-escape")
+    escape = SECRET_VM.replace('"/etc/microvm-private"', f'"/var{host_file}"').replace("deb-secret", "deb-escape")
+    file = write_vm(tmp_path, escape)
+    try:
+        with pytest.raises(MicrovmError, match="/var/run is a symlink"):
+            build_vm(Store(Path(os.environ["MICROVM_STORE"])), load_vm(file).config)
+        assert not host_file.exists()
+    finally:
+        host_file.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import shlex
 import subprocess
@@ -20,6 +21,8 @@ from test_hypervisors_golden import guest_for
 
 from microvm.helpers import HELPERS, main, parser
 from microvm.host import units
+from microvm.host.statedir import VMState
+from microvm.host.vsock import ssh_argv
 from microvm.hypervisors import get
 from microvm.layout import HELPERS as HELPERS_MODULE
 from microvm.model.options import VMConfig
@@ -43,6 +46,7 @@ def _runner_commands() -> list[list[str]]:
                 "balloon": True,
                 "readiness": True,
                 "socket": "web.sock",
+                "registerWithMachined": True,
                 "interfaces": [
                     {"type": "tap", "id": "vm-web", "mac": "02:00:00:00:00:01"},
                     {"type": "macvtap", "id": "vm-mv", "mac": "02:00:00:00:00:02", "macvtap": {"link": "eth0"}},
@@ -57,7 +61,8 @@ def _runner_commands() -> list[list[str]]:
     for rel, (content, _) in runner_files(vm, qemu, spec, RUNNER, None).items():
         if rel.startswith("bin/") and rel != "bin/microvm-run":
             line = content.splitlines()[-1]
-            found.append(shlex.split(line.replace('"$@"', "256" if rel == "bin/microvm-balloon" else ""))[1:])
+            number = {"bin/microvm-balloon": "256", "bin/microvm-register": "4242"}.get(rel, "")
+            found.append(shlex.split(line.replace('"$@"', number))[1:])
     for line in run_script(vm, qemu, spec, RUNNER).splitlines():
         if HELPERS_MODULE in line:
             found.append(shlex.split(line.replace('"$$"', "4242").rstrip("&")))
@@ -74,6 +79,18 @@ def _unit_commands(state_dir: Path) -> list[list[str]]:
     return [shlex.split(line.removeprefix("ExecStart=")) for line in lines]
 
 
+def _ssh_proxy_command(state_dir: Path) -> list[str]:
+    """The ProxyCommand of `microvm ssh` for an installed VM with vsock.ssh."""
+    runner = state_dir / "runner"
+    (runner / "share/microvm").mkdir(parents=True)
+    config = {"microvm": {"vsock": {"cid": 5, "ssh": {"enable": True}}}, "guest": {"hostName": "web"}}
+    (runner / "share/microvm/vm.json").write_text(json.dumps(config))
+    (state_dir / "web").mkdir()
+    (state_dir / "web/current").symlink_to(runner)
+    argv = ssh_argv(VMState.of("web", state_dir), [])
+    return shlex.split(argv[argv.index("-o") + 1].removeprefix("ProxyCommand="))
+
+
 def _reaches_its_function(args: list[str]) -> str:
     """Parse ``args`` and bind them to the command's function (without calling it); the command."""
     arguments = vars(parser().parse_args(args))
@@ -87,7 +104,8 @@ def test_every_command_line_generated_parses_and_reaches_its_function(tmp_path: 
     """Every command the runner and the units call parses, and its function takes exactly what the
     parser gives it; besides, ready-now (a runner without a readiness port) and network-restore (its unit is
     host/network.py's)."""
-    generated = [_helper_args(argv) for argv in [*_runner_commands(), *_unit_commands(tmp_path)]]
+    commands = [*_runner_commands(), *_unit_commands(tmp_path), _ssh_proxy_command(tmp_path)]
+    generated = [_helper_args(argv) for argv in commands]
     others = [["ready-now"], ["network-restore", str(tmp_path)]]
     assert sorted(_reaches_its_function(args) for args in [*generated, *others]) == sorted(HELPERS)
 

@@ -145,7 +145,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
     define(src, "keep")
     ok("create", "keep", "-f", str(src))
     state = vm_state("keep")
-    before = (state.current, (state.path / "build.json").read_text())
+    before = (state.current, state.build_record)
     (src / "keep.toml").write_text(VM.format(name="keep", mem=256, extra="vcpu = 0"))
     message = failing("update", "keep")
     assert "keep.toml" in message and "microvm.vcpu" in message
@@ -153,7 +153,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
         VM.format(name="keep", mem=512, extra='[guest.kernel]\nimage = "/nonexistent/vmlinuz"')
     )
     assert "/nonexistent/vmlinuz" in failing("update", "keep")  # a valid config whose build fails
-    assert (state.current, (state.path / "build.json").read_text()) == before
+    assert (state.current, state.build_record) == before
 
 
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_concurrent_creates_install_once(tmp_path: Path) -> None:
     codes = [r.wait(timeout=120) for r in racers]
     assert sorted(codes) == [0, 1, 1]
     state = vm_state("race")
-    assert json.loads((state.path / "build.json").read_text())["runner"] == str(state.current)
+    assert state.build_record["runner"] == str(state.current)
     assert [p.name for p in state.path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -217,6 +217,7 @@ def test_legacy_flags() -> None:
     assert translate_legacy(["-l"]) == ["list"]
     assert translate_legacy(["-r", "web"]) == ["run", "web"]
     assert translate_legacy(["run", "-r"]) == ["run", "-r"]
+    assert translate_legacy(["-s", "web", "-l", "alice", "uptime"]) == ["ssh", "web", "-l", "alice", "uptime"]
 
 
 def test_diff_reads_kernel_options_and_packages(tmp_path: Path) -> None:

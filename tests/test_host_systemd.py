@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "qemu-system-x86", "busybox-static",
-    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables", "openssh-server", "openssh-client",
+    "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables", "systemd-container",
+    "openssh-server", "openssh-client",
 ]  # fmt: skip
 # The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
 # machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
@@ -156,7 +157,8 @@ def setup(shared_store, tmp_path: Path):
         """,
         "common.toml",
     )
-    alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false") + "readiness = true\n" + NET
+    alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false")
+    alpha += "readiness = true\nregisterWithMachined = true\n" + NET
     write_vm(work, alpha, "alpha.toml")
     write_vm(work / "src", VM.format(common="../common.toml", name="beta", gen=1, mem=256, shell="true"), "beta.toml")
     host_file = write_vm(
@@ -172,17 +174,23 @@ def setup(shared_store, tmp_path: Path):
         enable = true
         [microvm.host]
         useNotifySockets = true  # alpha says when it has booted; beta is ready as its hypervisor starts
+        startupTimeout = 200
         """,
         "host.toml",
     )
+    rootfs, ro_binds = unpacked_rootfs(tmp_path)
+    return rootfs, work, host_file, [str(CACHE / "store"), str(work)], ro_binds, tmp_path
+
+
+def unpacked_rootfs(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The rootfs unpacked under ``tmp_path``, and the read-only binds the venv needs in the container."""
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
     subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
-    binds = [str(CACHE / "store"), str(work)]
     ro_binds = [str(REPO)]
     if not sys.base_prefix.startswith("/usr"):
         ro_binds.append(sys.base_prefix)  # the venv's interpreter (e.g. pyenv's) lives outside /usr
-    return rootfs, work, host_file, binds, ro_binds, tmp_path
+    return rootfs, ro_binds
 
 
 def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
@@ -211,6 +219,10 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         user = host.box.run("ps", "-o", "user=", "-p", str(host.main_pid("alpha")), check=False).stdout.strip()
         assert user in ("microvm", ""), user  # ps may be missing from minbase; then the unit says it
         assert host.systemctl("show", "-P", "User", "microvm@alpha.service") == "microvm"
+        # it reads its root image as a member of group microvm; other users cannot (issue 15: 2)
+        image = host.box.run("readlink", "-f", f"{STATE}/alpha/current").stdout.strip()
+        image = next(line for line in (Path(image) / ".references").read_text().splitlines() if "-rootimage-" in line)
+        assert host.box.run("stat", "-c", "%a %U %G", image).stdout.split() == ["750", "root", "microvm"]
         # the hardened unit, as systemd rates it (0 safest .. 10): the VMs above booted with it
         exposure = {
             unit: host.box.run("systemd-analyze", "security", "--no-pager", unit).stdout
@@ -219,6 +231,12 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         figures = {u: float(re.search(rf"exposure level for {u}: ([0-9.]+)", t).group(1)) for u, t in exposure.items()}
         print(f"\nsystemd-analyze security: {figures}")
         assert figures["microvm@alpha.service"] <= 4.0, exposure["microvm@alpha.service"]
+        assert host.systemctl("show", "-P", "TimeoutStartUSec", "microvm@alpha.service") == "3min 20s"
+        # registerWithMachined: machinectl sees alpha (a vm, its unit's main process), not beta
+        machines = host.box.run("machinectl", "list", "--no-legend").stdout
+        assert re.search(r"^alpha\s+vm\s+microvm", machines, re.MULTILINE) and "beta" not in machines, machines
+        shown = host.box.run("machinectl", "show", "alpha", "-p", "Class", "-p", "Unit", "-p", "Leader").stdout
+        assert {"Class=vm", "Unit=microvm@alpha.service", f"Leader={host.main_pid('alpha')}"} <= set(shown.split())
     # the container's shutdown stopped the VMs gracefully
     for name in ("alpha", "beta"):
         assert f"microvm: {name} stopped cleanly" in host.console(name)
@@ -237,12 +255,18 @@ def test_host_apply_and_vm_lifecycle_under_systemd(setup) -> None:
         assert "microvm: alpha is shutting down" in log and "microvm: alpha stopped cleanly" in log
         assert not (rootfs / STATE.relative_to("/") / "alpha/booted").is_symlink()
         assert host.states()["alpha"] == "not booted"
+        assert host.box.run("machinectl", "status", "alpha", check=False).returncode != 0  # unregistered
         # Type=notify: start returns once alpha's guest said READY=1, after its oneshot services, so
         # its DHCP address is on this boot's console already
         assert host.systemctl("show", "-P", "Type", "microvm@alpha.service") == "notify"
         host.microvm("start", "alpha")
         assert "inet 10.213.0.3/24" in host.console("alpha")
         host.wait_booted("alpha", 1)
+        # machinectl terminate stops the VM's unit (for good: a stop, not a crash Restart=always undoes)
+        host.box.run("machinectl", "terminate", "alpha")
+        wait_for("alpha to stop", lambda: not host.active("alpha"), timeout=120)
+        host.microvm("start", "alpha")
+        assert "alpha" in host.box.run("machinectl", "list", "--no-legend").stdout
 
         # the console of a VM systemd runs: type into its shell, read the answer, detach with Ctrl-]
         assert "console-42" in host.console_answer("beta", "echo console-$((6 * 7))", "console-42")

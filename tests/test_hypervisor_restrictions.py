@@ -17,6 +17,7 @@ import pytest
 from microvm.config import load_vm
 from microvm.errors import ConfigErrors, MicrovmError
 from microvm.hypervisors import Feature, available, get
+from microvm.hypervisors.base import IMAGE_FEATURES
 from microvm.runner.build import check_for
 
 # The smallest TOML (below [microvm]) asking for one feature, and the option path the error names.
@@ -70,6 +71,21 @@ ASKS: dict[Feature, tuple[str, str]] = {
     ),
     Feature.DIRECT_IO: ('[[microvm.volumes]]\nimage = "a.img"\nsize = 8\ndirect = true\n', "microvm.volumes[0].direct"),
     Feature.MIGRATE: ("migratable = true\n", "microvm.migratable"),
+    **{
+        feature: (
+            f'[[microvm.volumes]]\nimage = "a.{f}"\nsize = 8\nimageType = "{f}"\n',
+            "microvm.volumes[0].imageType",
+        )
+        for f, feature in IMAGE_FEATURES.items()
+    },
+    Feature.BACKING_FILE: (
+        '[[microvm.volumes]]\nimage = "a.qcow2"\nsize = 8\nimageType = "qcow2"\nbackingFile = "base.img"\n',
+        "microvm.volumes[0].backingFile",
+    ),
+    Feature.VHOST_NET: (
+        '[[microvm.interfaces]]\ntype = "tap"\nid = "vm-a"\nmac = "02:00:00:00:00:01"\ntap.vhost = true\n',
+        "microvm.interfaces[0].tap.vhost",
+    ),
 }
 # Features no option asks for directly (the host asks), or asked for with a companion option.
 # Multi-queue taps are used where the hypervisor has them, single-queue elsewhere.

@@ -23,6 +23,7 @@ import pytest
 
 from microvm.config import vm_config
 from microvm.hypervisors import Feature, GuestArtifacts, RunnerSpec, get
+from microvm.hypervisors.base import IMAGE_FEATURES
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -107,8 +108,30 @@ def cases(hypervisor: str) -> dict[str, dict[str, Any]]:
     }
     if get(hypervisor).supports(Feature.HUGEPAGES):
         found["hugepages"] = {**base, "hugepageMem": True}
+    found |= upstream_cases(hypervisor)
     if hypervisor == "qemu":
         found |= qemu_cases(full_options(hypervisor))
+    return found
+
+
+def upstream_cases(hypervisor: str) -> dict[str, dict[str, Any]]:
+    """Options microvm.nix added later: image formats and backing files, vhost-net, firecracker's CPU template."""
+    has = get(hypervisor).supports
+    base = {"hypervisor": hypervisor}
+    found: dict[str, dict[str, Any]] = {}
+    formats = [f for f, feature in IMAGE_FEATURES.items() if has(feature)]
+    if formats:
+        volumes = [{"image": f"data.{f}", "size": 64, "imageType": f} for f in formats]
+        if has(Feature.BACKING_FILE):
+            volumes.append({"image": "over.qcow2", "size": 64, "imageType": "qcow2", "backingFile": "base.img"})
+        found["image-types"] = {**base, "volumes": volumes}
+    if has(Feature.VHOST_NET):
+        tap = {"type": "tap", "id": "vm-fast", "mac": "02:00:00:00:00:0e", "tap": {"vhost": True}}
+        found["tap-vhost"] = {**base, "interfaces": [tap]}
+    if hypervisor == "firecracker":
+        template = {"cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0, "modifiers": []}]}
+        firecracker = {"cpu": template, "driveIoEngine": "Sync"}
+        found["cpu-template"] = {**base, "volumes": [{"image": "var.img", "size": 64}], "firecracker": firecracker}
     return found
 
 
@@ -133,6 +156,18 @@ def qemu_cases(full: dict[str, Any]) -> dict[str, dict[str, Any]]:
         },
         "emulated-cpu": {"cpu": "Skylake-Server", "vsock": {"cid": 7}},
         "graphics": {"graphics": {"enable": True}},
+        "graphics-headless": {"graphics": {"enable": True, "backend": "headless"}},
+        # docs/pcie.txt: root ports on pcie.0 first, the devices then placed (or hot-plugged) on them
+        "pcie-root-ports": {
+            "qemu": {
+                "machine": "q35",
+                "pcieRootPorts": [
+                    {"id": "rp0", "chassis": 1, "slot": 0},
+                    {"id": "rp1", "bus": "pcie.0", "chassis": 1, "slot": 1, "addr": "1c.0"},
+                ],
+            },
+            "devices": [{"bus": "pci", "path": "0000:03:00.0"}],
+        },
         "runas-bridge": {
             "user": "microvm",
             "interfaces": [{"type": "bridge", "id": "br-if", "mac": "02:00:00:00:00:0a", "bridge": "br0"}],
@@ -190,8 +225,10 @@ def all_cases(hypervisor: str) -> list[str]:
 # -device qemu-xhci + usb-host,vendorid=,productid=; -device virtio-balloon-*,deflate-on-oom=,
 # free-page-reporting=; -object memory-backend-ram + -device virtio-mem-pci,memdev=,requested-size=;
 # -runas; -sandbox on; -qmp unix:PATH,server=on,wait=off; -chardev socket,...,logfile=,logappend=;
-# -device virtio-serial-device|pci + virtconsole,chardev= / virtserialport,chardev=,name=)
-# and docs/system/i386/microvm.rst (virtio-mmio devices, pcie=on).
+# -device virtio-serial-device|pci + virtconsole,chardev= / virtserialport,chardev=,name=; -drive format=
+# qcow2|vpc|vhdx (docs/system/qemu-block-drivers.rst: VHD is "vpc"); -netdev tap,vhost=on; -display none +
+# -vnc unix:PATH; -device pcie-root-port,id=,bus=,chassis=,slot=,addr=)
+# and docs/system/i386/microvm.rst (virtio-mmio devices, pcie=on), docs/pcie.txt (root ports for hot-plug).
 @pytest.mark.parametrize("case", all_cases("qemu"))
 def test_qemu(case: str) -> None:
     spec = check_golden("qemu", case)
@@ -213,7 +250,8 @@ def test_golden_files_do_not_depend_on_where_qemu_lives(tmp_path: Path, monkeypa
 # cloud-hypervisor: "Commands" help (cloud-hypervisor.github.io: --cpus boot=, --memory size=,shared=,
 # hugepages=,hotplug_method=virtio-mem, --disk path=,readonly=,direct=,serial=,num_queues=,
 # --net tap=|fd=[..],mac=,num_queues=, --fs tag=,socket=, --balloon size=,deflate_on_oom=,
-# free_page_reporting=, --vsock cid=,socket=, --device path=, --platform oem_strings=[..], --api-socket);
+# free_page_reporting=, --vsock cid=,socket=, --device path=, --platform oem_strings=[..], --api-socket;
+# v51 release notes: --disk image_type=, backing_files=on);
 # cloud-hypervisor/cloud-hypervisor docs/fs.md (shared=on), docs/macvtap-bridge.md (fd), vmm/src/config.rs (serial).
 @pytest.mark.parametrize("case", all_cases("cloud-hypervisor"))
 def test_cloud_hypervisor(case: str) -> None:
@@ -222,8 +260,9 @@ def test_cloud_hypervisor(case: str) -> None:
 
 # firecracker: firecracker-microvm/firecracker src/firecracker/swagger/firecracker.yaml
 # (FullVmConfiguration: boot-source, machine-config huge_pages, drives, network-interfaces, vsock,
-# balloon amount_mib/deflate_on_oom/stats_polling_interval_s) and src/firecracker/src/main.rs
-# (--config-file, --api-sock, --no-api).
+# balloon amount_mib/deflate_on_oom/stats_polling_interval_s, drives io_engine Async|Sync),
+# src/vmm/src/resources.rs (VmmConfig "cpu-config": the path of a custom CPU template, docs/cpu_templates)
+# and src/firecracker/src/main.rs (--config-file, --api-sock, --no-api).
 @pytest.mark.parametrize("case", all_cases("firecracker"))
 def test_firecracker(case: str) -> None:
     spec = check_golden("firecracker", case)

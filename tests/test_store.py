@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import build_file, entries_built_for, write_vm
+from conftest import build_file, entries_built_for, exposure, write_vm
 
 from microvm.errors import CommandError, MicrovmError
+from microvm.guest.image import build_root_image
 from microvm.store import Store, content_hash
 
 VM = """
@@ -91,6 +96,62 @@ def test_failed_image_build_leaves_no_partial_entry(shared_store, tmp_path: Path
     assert [p for p in shared_store.root.glob("*-system-badimage")]  # the steps before it are complete
 
 
+def test_finished_entry_is_immutable_to_others(tmp_path: Path) -> None:
+    """No write bit for group or others, no set-id or sticky bit, anywhere in a finished entry (issue 15, 3)."""
+    store = Store(tmp_path / "store")
+
+    def build(out: Path) -> None:
+        (out / "tmp").mkdir(mode=0o777)
+        (out / "tmp").chmod(0o1777)
+        (out / "open").write_text("anyone may change me")
+        (out / "open").chmod(0o666)
+        (out / "suid").write_text("#!/bin/sh\n")
+        (out / "suid").chmod(0o4755)
+        (out / "link").symlink_to("/etc/passwd")
+        os.mknod(out / "console", 0o666 | stat.S_IFCHR, os.makedev(5, 1))  # as mmdebstrap leaves in a tree
+
+    entry, _ = store.add("sealed", {}, build)
+    assert exposure([entry], b"")[0] == []
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in entry.iterdir() if not p.is_symlink()}
+    assert not [name for name, mode in modes.items() if mode & 0o7022], modes
+    assert modes["console"] == 0o600  # nobody else opens the host's console through the store
+    assert os.readlink(entry / "link") == "/etc/passwd"  # kept, never followed
+
+
+def extract(image: Path, kind: str, dest: Path) -> Path:
+    """Unpack a root image with its own tools (they keep modes and owners), to see what the guest sees."""
+    if kind == "erofs":
+        subprocess.run(["fsck.erofs", f"--extract={dest}", image], check=True, capture_output=True)
+    else:
+        subprocess.run(["unsquashfs", "-no-progress", "-d", dest, image], check=True, capture_output=True)
+    return dest
+
+
+@pytest.mark.parametrize("kind", ["erofs", "squashfs"])
+def test_store_tree_is_sealed_and_the_image_keeps_guest_modes(shared_store, tmp_path: Path, kind: str) -> None:
+    """The guest's /tmp is 1777 inside the image, not in the store; the store's own files stay out (15: 3, 11)."""
+    extra = f'storeDiskType = "{kind}"'
+    built = build_file(shared_store, write_vm(tmp_path, VM.format(name=f"seal-{kind}", word="x", extra=extra)))
+    assert built.system is not None and built.root_image is not None
+    assert exposure([built.system, built.root_image.parent], b"")[0] == []
+    guest = extract(built.root_image, kind, tmp_path / "guest")
+    assert stat.S_IMODE(guest.stat().st_mode) == 0o755
+    assert stat.S_IMODE((guest / "tmp").stat().st_mode) == 0o1777
+    assert stat.S_IMODE((guest / "bin/busybox").stat().st_mode) == 0o755
+    assert not [p.name for p in guest.iterdir() if p.name.startswith(".")]  # .inputs.json, .references, ...
+
+
+def test_squashfs_image_is_reproducible(shared_store, tmp_path: Path) -> None:
+    """Two builds of one system's squashfs image, a second apart, are the same bytes (15: 11)."""
+    built = build_file(shared_store, write_vm(tmp_path, VM.format(name="repro", word="x", extra="")))
+    assert built.system is not None
+    images = []
+    for n in range(2):
+        time.sleep(1.1 * n)  # another second: a build time in the image would differ
+        images.append(build_root_image(Store(tmp_path / f"store{n}"), built.system, "squashfs", [], "repro"))
+    assert images[0].read_bytes() == images[1].read_bytes()
+
+
 def _tree(root: Path) -> Path:
     """An entry with a file, an executable, a symlink and a subdirectory."""
     (root / "bin").mkdir(parents=True)
@@ -116,6 +177,22 @@ def test_copy_stream_round_trips_with_equal_content_hashes(tmp_path: Path) -> No
     (copy / "data").write_bytes(b"changed")
     assert content_hash(copy) != content_hash(entry)
     assert target.missing([entry.name, f"{'1' * 32}-other"]) == [f"{'1' * 32}-other"]
+
+
+def test_a_private_entry_arrives_private(tmp_path: Path) -> None:
+    """An entry that may hold secrets (a guest system) is readable by no other user on the receiving host either."""
+    source = Store(tmp_path / "a")
+    entry = _tree(source.root / f"{'3' * 32}-system")
+    (entry / "shadow").write_text("root:$6$secret\n")
+    (entry / "shadow").chmod(0o600)
+    entry.chmod(0o700)
+    buffer = io.BytesIO()
+    source.send([entry], buffer)
+    target = Store(tmp_path / "b")
+    [copy] = target.receive(io.BytesIO(buffer.getvalue()))
+    assert stat.S_IMODE(copy.stat().st_mode) & 0o007 == 0
+    assert stat.S_IMODE((copy / "shadow").stat().st_mode) == 0o600
+    assert stat.S_IMODE((copy / "data").stat().st_mode) == stat.S_IMODE((entry / "data").stat().st_mode)
 
 
 @pytest.mark.parametrize(

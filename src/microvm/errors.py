@@ -6,6 +6,10 @@ prints its message (and hint) without a traceback and exits non-zero.
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 
 class MicrovmError(Exception):
     """An expected failure with a message meant for the user."""
@@ -58,3 +62,18 @@ class CommandError(MicrovmError):
         self.argv = argv
         self.returncode = returncode
         self.output = output
+
+
+def io_error(step: str, exc: OSError, where: Path | None = None) -> MicrovmError:
+    """One line for a failed file operation (a full disk, an I/O error, no permission, a read-only file system):
+    the step, the reason and the path, instead of a traceback (shutil's copytree lists every file that failed).
+
+    ``where`` is named when the error has no path of its own (a failed write).
+    """
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        _, path, why = exc.args[0][0]
+        reason = re.sub(r"^\[Errno \d+\] ", "", str(why)).split(":")[0]
+    else:
+        reason = exc.strerror or str(exc)
+        path = exc.filename2 or exc.filename or where  # a copy's or a rename's destination
+    return MicrovmError(f"{step}: {reason}" + (f": {path}" if path else ""))

@@ -106,6 +106,24 @@ def _install(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner", type=_user_group, required=True, help="USER:GROUP owning the VM's state directory")
 
 
+def _machine_register(parser: argparse.ArgumentParser) -> None:
+    _machine_unregister(parser)
+    parser.add_argument("--uuid", required=True, help="the machine's id (guest.machineId), 32 hex digits")
+    parser.add_argument("--interface", action="append", default=[], help="a host interface of the VM (repeated)")
+    parser.add_argument("pid", type=int, help="the hypervisor's PID (the unit's $MAINPID)")
+
+
+def _machine_unregister(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="the VM's name")
+
+
+def _vsock_proxy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, required=True, help="the guest's vsock port")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--cid", type=int, help="the guest's context id (AF_VSOCK)")
+    where.add_argument("--mux", type=Path, help="cloud-hypervisor's vsock socket (CONNECT <port>)")
+
+
 def _network_restore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("state_dir", type=Path, nargs="?", help="the host's microvm.stateDir")
 
@@ -126,6 +144,15 @@ HELPERS = {
     "macvtap-down": Helper("microvm.host.taps:macvtap_down", "remove the runner's macvtaps", _interfaces_down, _names),
     "virtiofsd": Helper("microvm.runner.virtiofsd:serve", "run the VM's virtiofs daemons", _virtiofsd),
     "install": Helper("microvm.host.install:install", "install a VM (install-microvm-NAME.service)", _install),
+    "machine-register": Helper(
+        "microvm.host.machined:register", "(ExecStartPost) register the VM with machined", _machine_register
+    ),
+    "machine-unregister": Helper(
+        "microvm.host.machined:unregister", "(ExecStopPost) unregister the VM from machined", _machine_unregister
+    ),
+    "vsock-proxy": Helper(
+        "microvm.host.vsock:proxy", "(ssh ProxyCommand) connect stdin/stdout to a guest's vsock port", _vsock_proxy
+    ),
     "network-restore": Helper(
         "microvm.host.network.restore:restore", "restore the host network (microvm-network.service)", _network_restore
     ),

@@ -26,6 +26,12 @@ VIRTIOFS = f"{SHARE}/virtiofs"  # one directory per share tag
 # Who runs hypervisors on the host: the systemd units' User= and Group=, and `microvm run` as root.
 HYPERVISOR_USER, HYPERVISOR_GROUP = "microvm", "kvm"
 
+# Where root's VMs live unless the host file or $MICROVM_STATE_DIR says otherwise.
+SYSTEM_STATE_DIR = Path("/var/lib/microvms")
+
+# A VM's name is a directory, a lock file, systemd instances and socket names: as a host name, 63 at most.
+VM_NAME_MAX = 63
+
 # The virtio-blk serial of the read-only system disk; the guest's init mounts it as /.
 ROOT_SERIAL = "microvm-root"
 

@@ -33,6 +33,8 @@ DEBIAN_PACKAGES = {
     "dnsmasq": "dnsmasq-base",
     "nft": "nftables",
     "ip": "iproute2",
+    "ssh": "openssh-client",
+    "busctl": "systemd",
     "systemd-nspawn": "systemd-container",
     "shellcheck": "shellcheck",
     "depmod": "kmod",
@@ -130,14 +132,15 @@ def spawn(
     stderr: int | None = None,
     start_new_session: bool = False,
     user: tuple[int, int] | None = None,
+    groups: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a long-running program (a hypervisor, virtiofsd, dnsmasq); it dies with us.
 
-    ``user``: (uid, gid) to run it as, without root's supplementary groups.
+    ``user``: (uid, gid) to run it as, with ``groups`` instead of root's supplementary groups.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("spawn: %s%s", shlex.join(args), f"  (as uid {user[0]})" if user else "")
-    drop = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
+    drop = {"user": user[0], "group": user[1], "extra_groups": list(groups)} if user else {}
     full_env = None if env is None else {**os.environ, **env}
     return subprocess.Popen(
         args,

@@ -10,8 +10,11 @@ import os
 import sys
 from pathlib import Path
 
+from .. import faults
+
 # microvm.nix's short flags, mapped onto our subcommands so old habits work
-# (`microvm -c NAME -f SOURCE`, `microvm -Ru NAME`, `microvm -r NAME`, `microvm -l`).
+# (`microvm -c NAME -f SOURCE`, `microvm -Ru NAME`, `microvm -r NAME`, `microvm -l`; `microvm -s NAME ...`,
+# whose arguments are ssh's, below).
 LEGACY_FLAGS: dict[str, str] = {"-c": "create", "-u": "update", "-r": "run", "-l": "list"}
 # ... and the original's flags that modify them.
 LEGACY_OPTIONS: dict[str, str] = {"-R": "--restart", "-f": "--source"}
@@ -27,6 +30,8 @@ def _split_short(arg: str) -> list[str] | None:
 
 def translate_legacy(argv: list[str]) -> list[str]:
     """``microvm -Ru NAME`` -> ``microvm update NAME --restart`` (and the other original flags)."""
+    if argv[:1] == ["-s"]:  # the rest is ssh's (its -l is not our -l)
+        return ["ssh", *argv[1:]]
     if not argv or not (first := _split_short(argv[0])) or not any(f in LEGACY_FLAGS for f in first):
         return argv
     command, rest = None, []
@@ -91,12 +96,13 @@ def fast_run(argv: list[str]) -> int | None:
 
 
 def main() -> None:
+    faults.install()
     if os.environ.get("MICROVM_DEBUG"):
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     argv = translate_legacy(sys.argv[1:])
-    from ..errors import MicrovmError
+    from ..errors import MicrovmError, io_error
 
     try:
         if (code := fast_run(argv)) is not None:
@@ -106,9 +112,11 @@ def main() -> None:
         code = app(args=argv, prog_name="microvm", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except MicrovmError as exc:
+    except (MicrovmError, OSError) as exc:
         from .app import err
 
+        if isinstance(exc, OSError):  # an I/O failure no step named: one line with the command, not a traceback
+            exc = io_error(argv[0] if argv else "microvm", exc)
         err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -19,14 +20,14 @@ StateDirOpt = Annotated[
 ]
 
 
-def _build(file: Path, hypervisor: str | None):  # -> (LoadedVM, BuiltVM)
-    """Evaluate and build ``file``; record what the build depended on for ``run``'s fast path."""
+def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  # -> (LoadedVM, BuiltVM)
+    """Evaluate and build ``file`` (to run in ``state_dir``); record what the build depended on for ``run``'s fast path."""
     from ..config import load_vm
     from ..runner import fastpath
     from ..runner.build import build_vm
     from ..runner.foreground import Foreground
 
-    loaded = load_vm(file, installed=installed_configs())
+    loaded = load_vm(file, installed=installed_configs(), state_dir=state_dir)
     warn(loaded.warnings)
     store = Store()
     with err.status("building", spinner="dots") as status:
@@ -66,11 +67,11 @@ def run(
     from ..runner.foreground import Foreground, run_foreground
 
     file = Path(target)
-    if not file.exists() and "/" not in target and not target.endswith(".toml"):
+    if not os.path.exists(target) and "/" not in target and not target.endswith(".toml"):
         from ..host.lifecycle import run_installed
 
         raise typer.Exit(run_installed(target, state_dir))
-    loaded, built = _build(file, hypervisor)
+    loaded, built = _build(file, hypervisor, state_dir)
     if (note := _tcg_note(loaded.config, built)) is not None:
         err.print(f"[yellow]note:[/yellow] {note}", markup=True)
     plan = Foreground.of(loaded.config, built.runner, hypervisor)

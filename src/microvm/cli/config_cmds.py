@@ -25,9 +25,10 @@ def _is_host_file(file: Path, host: bool) -> bool:
 
     try:
         data = tomllib.loads(file.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not TOML, nested too deeply
         return False  # let the loader report it with the file name
-    return "network" in data or "vms" in data.get("microvm", {}) or "stateDir" in data.get("microvm", {})
+    microvm = data.get("microvm")
+    return "network" in data or (isinstance(microvm, dict) and ("vms" in microvm or "stateDir" in microvm))
 
 
 @app.command("eval")

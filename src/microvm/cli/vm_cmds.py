@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from .. import proc
 from ..errors import MicrovmError
-from ..host import lifecycle, systemd
+from ..host import lifecycle, systemd, vsock
 from ..host.sources import DEFAULT_SOURCE
 from ..host.statedir import VMState, default_state_dir
 from ..store import Store
@@ -67,7 +68,9 @@ def report_update(name: str, change: lifecycle.Change, restart: bool) -> None:
         out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
 
 
-STATE_COLOURS = {"current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red"}
+STATE_COLOURS = {
+    "current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red", "missing": "red",
+}  # fmt: skip
 
 
 @app.command(name="list")
@@ -89,7 +92,14 @@ def list_() -> None:
 @app.command()
 def start(name: NameArg) -> None:
     """Start the VM through systemd (microvm@NAME.service)."""
+    _require_runner(name)
     systemd.control("start", name)
+
+
+def _require_runner(name: str) -> None:
+    """Say here, not in a failing unit, that the runner to start is gone from the store."""
+    if (state := VMState.of(name)).runner_missing:
+        raise state.missing_runner_error()
 
 
 @app.command()
@@ -101,6 +111,7 @@ def stop(name: NameArg) -> None:
 @app.command()
 def restart(name: NameArg) -> None:
     """Restart the VM through systemd (it then boots the current build)."""
+    _require_runner(name)
     systemd.control("restart", name)
 
 
@@ -138,6 +149,18 @@ def console(name: NameArg) -> None:
     attach(name, *VMState.of(name).console_files())
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    name: NameArg,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="ssh options and the remote command, after the host (e.g. uptime).")
+    ] = None,
+) -> None:
+    """SSH into the VM over vsock (microvm.vsock.ssh), as root unless -l USER. microvm.nix: -s."""
+    argv = vsock.ssh_argv(VMState.of(name), args or [])
+    raise typer.Exit(proc.run([proc.which("ssh"), *argv[1:]], check=False, capture=False).returncode)
+
+
 @app.command()
 def logs(
     name: NameArg,
@@ -145,8 +168,6 @@ def logs(
     journal: Annotated[bool, typer.Option("--journal", help="systemd's journal of the VM's units instead.")] = False,
 ) -> None:
     """Print the VM's console log (what the guest printed), or its journal."""
-    from .. import proc
-
     if journal:
         systemd.require("show the journal of", name)
         proc.run(["journalctl", "--no-pager", "-u", systemd.unit(name), *(["-f"] if follow else [])], capture=False)

@@ -10,6 +10,7 @@ already has (the installed VMs) is passed in by the caller, never read here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from ..model.desugar import desugar_host, desugar_vm
 from ..model.options import HostConfig, VMConfig
 from ..model.problems import OptionPath, Problem, format_path
 from .checks import check_against_others, check_host, check_host_vm, check_vm
-from .loader import Loaded, load, validate, validation_errors, value_at
+from .destinations import check_host_destinations, check_vm_destinations
+from .loader import Loaded, Referrer, load, validate, validation_errors, value_at
 
 
 @dataclass
@@ -80,10 +82,12 @@ def vm_from_loaded(
     prefix: OptionPath = (),
     name: str | None = None,
     installed: Mapping[str, VMConfig] = {},
+    state_dir: Path | None = None,
 ) -> LoadedVM:
     """Validate and check one VM's merged data (a file, or a table in a host file).
 
-    ``installed``: the VMs on this host, by name, whose ``n``, MACs and the like this one must not take.
+    ``installed``: the VMs on this host, by name, whose ``n``, MACs and the like this one must not take;
+    ``state_dir``: where its state directory will be (sockets there must fit; default the system's).
     """
     data = _with_default_name(data, name)
     data, missing = _resolve_sources(data, loaded, prefix)
@@ -96,6 +100,7 @@ def vm_from_loaded(
     name = name or config.guest.hostName
     others = {other: vm for other, vm in installed.items() if other != name}
     problems = check_vm(config) + check_against_others(config, others, "installed")
+    problems += check_vm_destinations(config, name, state_dir)
     warnings = _report(problems, loaded, prefix)
     return LoadedVM(name, config, loaded, warnings)
 
@@ -119,7 +124,7 @@ def _resolve_sources(
         full = (*prefix, *path)
         origin = loaded.origin(full)
         resolved = (origin.parent / value).absolute()
-        if not resolved.is_file():
+        if not os.path.isfile(resolved):  # False, not OSError, for a name too long or a symlink loop
             errors.append(
                 ConfigError(
                     f"{resolved} does not exist or is not a file",
@@ -138,25 +143,37 @@ def _replaced(data: dict[str, Any], path: OptionPath, value: Any) -> dict[str, A
     return {**data, head: _replaced(data[head], tuple(rest), value) if rest else value}
 
 
-def load_vm(file: Path, name: str | None = None, installed: Mapping[str, VMConfig] = {}) -> LoadedVM:
-    """Load, merge, validate and check a VM file (against the ``installed`` VMs, by name)."""
-    loaded = load(file)
-    return vm_from_loaded(loaded, loaded.data, name=name, installed=installed)
+def load_vm(
+    file: Path,
+    name: str | None = None,
+    installed: Mapping[str, VMConfig] = {},
+    state_dir: Path | None = None,
+    referrer: Referrer | None = None,
+) -> LoadedVM:
+    """Load, merge, validate and check a VM file (against the ``installed`` VMs, by name; ``referrer``:
+    the host file and option naming it)."""
+    loaded = load(file, referrer)
+    return vm_from_loaded(loaded, loaded.data, name=name, installed=installed, state_dir=state_dir)
 
 
 def load_host(file: Path, installed: Mapping[str, VMConfig] = {}) -> LoadedHost:
     """Load a host file and every VM it declares with ``config`` (checked against the ``installed`` VMs)."""
     loaded = load(file)
     config = desugar_host(validate(loaded, HostConfig))
-    warnings = _report(check_host(config), loaded)
+    warnings = _report(check_host(config) + check_host_destinations(config), loaded)
+    state_dir = Path(config.microvm.stateDir)
     vms: dict[str, LoadedVM] = {}
     for name in config.microvm.vms:
         raw = loaded.data["microvm"]["vms"][name].get("config")
+        path = ("microvm", "vms", name, "config")
         if isinstance(raw, str):
-            path = loaded.origin(("microvm", "vms", name, "config")).parent / raw
-            vms[name] = load_vm(path, name=name, installed=installed)
+            origin = loaded.origin(path)
+            referrer = Referrer(origin, format_path(path), "VM file")
+            vms[name] = load_vm(
+                origin.parent / raw, name=name, installed=installed, state_dir=state_dir, referrer=referrer
+            )
         elif isinstance(raw, dict):
-            vms[name] = vm_from_loaded(loaded, raw, ("microvm", "vms", name, "config"), name=name, installed=installed)
+            vms[name] = vm_from_loaded(loaded, raw, path, name=name, installed=installed, state_dir=state_dir)
         if name in vms:
             declared_before = {other: vm.config for other, vm in vms.items() if other != name}
             warnings += _report(

@@ -43,6 +43,10 @@ def _interfaces(vm: VMConfig) -> Iterator[Problem]:
                 "warning",
                 hint="use a locally administered one (first byte 02, 06, 0a, ...) unless it was assigned to you",
             )
+        if iface.tap.vhost and iface.type != "tap":
+            yield Problem(
+                (*path, "tap", "vhost"), f'only interfaces of type "tap" use vhost-net (this is {iface.type!r})'
+            )
         if iface.type == "bridge" and iface.bridge is None:
             yield Problem((*path, "bridge"), 'is required for an interface of type "bridge"')
         if iface.type == "macvtap":
@@ -88,6 +92,18 @@ def _storage(vm: VMConfig) -> Iterator[Problem]:
     )
     yield from _duplicates(
         ((("microvm", "volumes", i, "label"), v.label) for i, v in enumerate(volumes)), "volume label"
+    )
+    images = {v.image for v in volumes}
+    for i, volume in enumerate(volumes):
+        if volume.backingFile in images:
+            yield Problem(
+                ("microvm", "volumes", i, "backingFile"),
+                f"{volume.backingFile!r} is a volume the guest writes; a backing file must not change under its overlay",
+                hint="back the overlay with an image no volume uses",
+            )
+    ports = mv.qemu.pcieRootPorts
+    yield from _duplicates(
+        ((("microvm", "qemu", "pcieRootPorts", i, "id"), p.id) for i, p in enumerate(ports)), "root port id"
     )
     yield from _duplicates(((("microvm", "shares", i, "tag"), s.tag) for i, s in enumerate(shares)), "share tag")
     yield from _duplicates(
@@ -145,6 +161,12 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
         for name, service in guest.services.items():
             if service.startAt is not None:
                 yield Problem(("guest", "services", name, "startAt"), 'timers need guest.base = "debian"')
+        if mv.vsock.ssh.enable:
+            yield Problem(
+                ("microvm", "vsock", "ssh", "enable"),
+                'an SSH server needs guest.base = "debian" (busybox has none)',
+                hint='set guest.base = "debian", or turn microvm.vsock.ssh off',
+            )
     if guest.kernel.modulesDir is not None and guest.kernel.image is None:
         yield Problem(("guest", "kernel", "modulesDir"), "only applies together with guest.kernel.image")
     if guest.kernel.package is not None and guest.kernel.image is not None:

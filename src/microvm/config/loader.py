@@ -13,6 +13,7 @@ file and the option path (``microvm.interfaces[1].mac``).
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError, ConfigErrors
+from ..model import options
 from ..model.problems import OptionPath, format_path
 
 
@@ -138,28 +140,74 @@ class Loaded:
         return self.file
 
 
-def _read_toml(file: Path, imported_by: tuple[Path, int] | None) -> dict[str, Any]:
+# Deeper than this is no config (the options nest a few levels) and would exhaust Python's stack.
+MAX_NESTING = 64
+MAX_IMPORT_DEPTH = 64  # files importing files importing ... this deep
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """The file and option that name another config file: errors about that file are reported there."""
+
+    file: Path
+    option: str
+    what: str = "imported file"
+
+
+def _nesting(data: Any) -> int:
+    """How deep tables and lists nest in ``data`` (iteratively: the answer must not need the stack it measures)."""
+    deepest, todo = 0, [(data, 0)]
+    while todo:
+        node, depth = todo.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth + 1)
+            todo += [(child, depth + 1) for child in children]
+    return deepest
+
+
+def _read_toml(file: Path, referrer: Referrer | None) -> dict[str, Any]:
+    def error(problem: str) -> ConfigError:
+        if referrer is None:
+            return ConfigError(problem, file=str(file))
+        return ConfigError(f"{referrer.what} {file} {problem}", file=str(referrer.file), option=referrer.option)
+
     try:
-        text = file.read_text()
+        data = file.read_bytes()
     except FileNotFoundError:
-        if imported_by:
-            parent, index = imported_by
-            raise ConfigError(f"imported file {file} does not exist", file=str(parent), option=f"imports[{index}]")
-        raise ConfigError("file does not exist", file=str(file)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(file)) from None
+        raise error("does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot be read: {exc.strerror or exc}") from None
+    except ValueError:  # the name holds a NUL, which no file name can
+        raise error("cannot be read: its name contains a NUL character") from None
     try:
-        return tomllib.loads(text)
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(f"is not valid UTF-8 (line {line}, byte {exc.start})") from None
+    try:
+        parsed = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(file)) from None
+        raise error(f"is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise error(f"nests tables and lists too deeply; at most {MAX_NESTING} levels") from None
+    if (depth := _nesting(parsed)) > MAX_NESTING:
+        raise error(f"nests tables and lists {depth} levels deep; at most {MAX_NESTING}")
+    return parsed
 
 
-def _load_tree(file: Path, stack: tuple[Path, ...], files: list[Path], imported_by: tuple[Path, int] | None) -> Any:
+def _load_tree(file: Path, stack: tuple[Path, ...], files: list[Path], referrer: Referrer | None) -> Any:
     file = file.absolute()
     if file in stack:
         cycle = " -> ".join(str(p) for p in (*stack[stack.index(file) :], file))
         raise ConfigError(f"imports form a cycle: {cycle}", file=str(stack[-1]), option="imports")
-    raw = _read_toml(file, imported_by)
+    if len(stack) >= MAX_IMPORT_DEPTH and referrer is not None:
+        raise ConfigError(
+            f"imports nest more than {MAX_IMPORT_DEPTH} files deep (the chain starts at {stack[0]})",
+            file=str(referrer.file),
+            option=referrer.option,
+        )
+    raw = _read_toml(file, referrer)
     files.append(file)
     imports = raw.pop("imports", [])
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
@@ -172,15 +220,15 @@ def _load_tree(file: Path, stack: tuple[Path, ...], files: list[Path], imported_
     own = _annotate(raw, file)
     merged: Any = {}
     for index, name in enumerate(imports):
-        child = _load_tree(file.parent / name, (*stack, file), files, (file, index))
+        child = _load_tree(file.parent / name, (*stack, file), files, Referrer(file, f"imports[{index}]"))
         merged = _merge(merged, child, (), own=own, importer=file) if merged else child
     return _merge(merged, own, ()) if merged else own
 
 
-def load(file: Path) -> Loaded:
-    """Read ``file`` and its imports and merge them."""
+def load(file: Path, referrer: Referrer | None = None) -> Loaded:
+    """Read ``file`` and its imports and merge them; ``referrer``: the file and option that name ``file``."""
     files: list[Path] = []
-    tree = _load_tree(Path(file), (), files, None)
+    tree = _load_tree(Path(file), (), files, referrer)
     origins: dict[OptionPath, Path] = {}
     data = _unwrap(tree, (), origins)
     return Loaded(Path(file).absolute(), data, origins, files)
@@ -218,7 +266,7 @@ def _model_at(root: type[BaseModel], loc: OptionPath) -> type[BaseModel] | None:
 
 def _suggest(root: type[BaseModel], loc: OptionPath) -> str | None:
     model = _model_at(root, loc[:-1])
-    if model is None:
+    if model is None or not loc:  # a key named like one of pydantic's markers (`str = 1`) leaves no location
         return None
     known = [f.alias or name for name, f in model.model_fields.items()]
     wrong = str(loc[-1])
@@ -253,13 +301,14 @@ def validation_errors(
     """Turn pydantic's errors into ours: file, option path, message, hint."""
     errors = []
     for error in exc.errors():
-        loc = (*prefix, *_clean_loc(error["loc"]))
+        loc = (*prefix, *(_clean_loc(error["loc"]) or error["loc"][-1:]))
         hint = _suggest(root, loc[len(prefix) :]) if error["type"] == "extra_forbidden" else None
         errors.append(ConfigError(_message(error), file=str(loaded.origin(loc)), option=format_path(loc), hint=hint))
     return ConfigErrors(errors)
 
 
 _BRANCH_MARKERS = {"str", "int", "bool", "float", "none", "list", "dict", "constrained-int", "constrained-str"}
+_BRANCH_CALL = re.compile(r"[a-z-]+\[.*\]")  # function-after[_name(), str], list[str]: not a key such as "["
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
@@ -267,13 +316,12 @@ def _clean_loc(loc: tuple[Any, ...]) -> OptionPath:
     return tuple(
         part
         for part in loc
-        if isinstance(part, int) or not (part in _BRANCH_MARKERS or "[" in part or part in _option_model_names())
+        if isinstance(part, int)
+        or not (part in _BRANCH_MARKERS or _BRANCH_CALL.fullmatch(part) or part in _option_model_names())
     )
 
 
 def _option_model_names() -> set[str]:
-    from ..model import options
-
     return {name for name, obj in vars(options).items() if isinstance(obj, type) and issubclass(obj, BaseModel)}
 
 

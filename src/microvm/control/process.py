@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -54,8 +55,6 @@ def wait_exit(pid: int, timeout: float) -> bool:
     except ProcessLookupError:
         return True
     try:
-        import select
-
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,11 @@ from ..store import Store
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 HOST_APT_LISTS = Path("/var/lib/apt/lists")
 HOST_APT_PKGCACHE = Path("/var/cache/apt/pkgcache.bin")
+
+
+def busybox_path() -> Path:
+    """The host's busybox: the guest's userland, and its applet list, where the architectures match."""
+    return Path(proc.which("busybox", purpose="for the guest's userland"))
 
 
 def newest_mtime(*paths: Path) -> int:
@@ -144,8 +148,6 @@ def runs_here(binary: Path) -> bool:
 
 def guest_busybox(store: Store, arch: str) -> Path:
     """The static busybox for ``arch``: the host's own, or the Debian package's for a foreign guest."""
-    from .initrd import busybox_path
-
     apt = Apt.for_arch(store, arch)
     if apt.state is None:
         return busybox_path()
@@ -153,10 +155,10 @@ def guest_busybox(store: Store, arch: str) -> Path:
 
     def build(out: Path) -> None:
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack busybox")
-        with tempfile.TemporaryDirectory(prefix="microvm-busybox-") as tmp:
-            deb = apt.download("busybox-static", version, Path(tmp))
-            proc.run([dpkg_deb, "-x", deb, Path(tmp) / "root"])
-            (Path(tmp) / "root/bin/busybox").rename(out / "busybox")
+        with store.scratch("busybox") as tmp:
+            deb = apt.download("busybox-static", version, tmp)
+            proc.run([dpkg_deb, "-x", deb, tmp / "root"])
+            (tmp / "root/bin/busybox").rename(out / "busybox")
 
     entry, _ = store.add(f"busybox-{apt.deb_arch}", {"package": "busybox-static", "version": version}, build)
     return entry / "busybox"

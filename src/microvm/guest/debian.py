@@ -28,15 +28,15 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
-from ..model.options import Service, VMConfig
-from ..store import Store
+from ..model.options import InterfaceNetwork, Service, VMConfig
+from ..store import Store, restore
 from .initrd import needed_modules
 from .kernel import KernelEntry
 from .kmod import ModuleIndex
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH, READY_UNIT
 
-DEBIAN_FORMAT = 1  # bump when the package tree changes meaning
-LAYER_FORMAT = 1  # bump when the generated files change meaning
+DEBIAN_FORMAT = 2  # bump when the package tree changes meaning
+LAYER_FORMAT = 2  # bump when the generated files change meaning
 PACKAGES_FILE = "usr/lib/microvm/packages.json"  # inside the system tree: name -> version
 # What every debian guest needs: systemd as init, udev (networkd waits for it), DNS, ip, modprobe.
 BASE_PACKAGES = ["systemd-sysv", "udev", "dbus", "systemd-resolved", "iproute2", "kmod"]
@@ -70,6 +70,8 @@ def package_list(vm: VMConfig) -> list[str]:
         wanted.append("nftables")
     if guest.locale not in PLAIN_LOCALES:
         wanted.append("locales")
+    if vm.microvm.vsock.ssh.enable:
+        wanted.append("openssh-server")
     lock = read_lock(vm)
     pinned = []
     for spec in dict.fromkeys(wanted):
@@ -304,8 +306,6 @@ def _service_units(vm: VMConfig, layer: Layer) -> None:
 
 def _network(vm: VMConfig, layer: Layer) -> None:
     """systemd-networkd files for ``microvm.interfaces``, matched by MAC, settings from ``guest.network``."""
-    from ..model.options import InterfaceNetwork
-
     network = vm.guest.network
     for iface in vm.microvm.interfaces:
         settings = network.interfaces.get(iface.id, InterfaceNetwork())
@@ -494,6 +494,8 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
         )
         layer.enable("microvm-ssh-host-keys.service", "multi-user.target", "/etc/systemd/system")
         layer.enable("microvm-ssh-host-keys.service", "ssh.service", "/etc/systemd/system")
+    if vm.microvm.vsock.ssh.enable:
+        _vsock_ssh(layer)
     if vm.microvm.readiness:
         layer.text(READY_SCRIPT_PATH, READY_SCRIPT, mode=0o755)
         layer.text("etc/systemd/system/microvm-ready.service", READY_UNIT)
@@ -502,6 +504,37 @@ def _system_settings(vm: VMConfig, tree: Path, versions: dict[str, str], layer: 
         for unit in OPTIMIZE_MASK:
             layer.links[f"etc/systemd/system/{unit}"] = "/dev/null"
     layer.text(PACKAGES_FILE, json.dumps(versions, indent=1) + "\n")
+
+
+# microvm.vsock.ssh: sshd on vsock port 22, one sshd -i per connection (what systemd-ssh-generator,
+# systemd 256 and later, sets up by itself; bookworm has 252)
+VSOCK_SSH_SOCKET = """[Unit]
+Description=OpenSSH server on vsock port 22 (microvm ssh)
+Wants=microvm-ssh-host-keys.service
+After=microvm-ssh-host-keys.service
+
+[Socket]
+ListenStream=vsock::22
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+VSOCK_SSH_SERVICE = """[Unit]
+Description=OpenSSH connection over vsock
+
+[Service]
+ExecStart=-/usr/sbin/sshd -i
+StandardInput=socket
+RuntimeDirectory=sshd
+RuntimeDirectoryPreserve=yes
+"""
+
+
+def _vsock_ssh(layer: Layer) -> None:
+    layer.text("etc/systemd/system/sshd-vsock.socket", VSOCK_SSH_SOCKET)
+    layer.text("etc/systemd/system/sshd-vsock@.service", VSOCK_SSH_SERVICE)
+    layer.enable("sshd-vsock.socket", "sockets.target", "/etc/systemd/system")
 
 
 def _guest_modules(vm: VMConfig, hypervisor: Hypervisor, kernel: KernelEntry) -> list[str]:
@@ -537,30 +570,44 @@ def build_debian_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kern
     }
 
     def build(out: Path) -> None:
-        # the tree keeps its owners; copy into the (empty) temporary entry
+        # the tree keeps its owners and modes (the store took them from the package tree: give them back);
+        # copy into the (empty, private) temporary entry
         proc.run(["cp", "-a", "--reflink=auto", f"{tree}/.", out])
+        out.chmod(0o700)  # cp gave it the tree's 0755: keep it unreachable while it has the guest's modes
+        restore(out, store.permissions(base), under="rootfs/")
         for rel, (mode, uid, gid) in sorted(layer.dirs.items()):
-            path = out / rel
+            path = _in_tree(out, rel, rel)
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, uid, gid)
             path.chmod(mode)
         for rel, (content, mode, uid, gid) in layer.files.items():
-            path = out / rel
+            path = _in_tree(out, rel, str(Path(rel).parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.write_bytes(content)
             os.chown(path, uid, gid)
             path.chmod(mode)
         for rel, target in layer.links.items():
-            path = out / rel
+            path = _in_tree(out, rel, str(Path(rel).parent))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.symlink_to(target)
         if modules and kernel.modules_dir is not None:
             _install_modules(kernel.modules_dir, modules, out)
 
-    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path))
+    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, references=(base, kernel.path), private=True)
     return entry
+
+
+def _in_tree(root: Path, rel: str, through: str) -> Path:
+    """``root/rel``, refused if the symlinks on the way to ``through`` (``rel`` or its directory) lead out
+    of the tree: the package tree has absolute ones (/var/run -> /run) that would reach the host's own files."""
+    if not (root / through).resolve().is_relative_to(root.resolve()):
+        raise MicrovmError(
+            f"/{rel}: /{through} is a symlink in the guest that leads out of the system tree",
+            hint="declare the file where the guest's symlink points to",
+        )
+    return root / rel
 
 
 def _install_modules(modules_dir: Path, modules: list[str], root: Path) -> None:

@@ -1,13 +1,22 @@
-"""Read-only root images (erofs or squashfs) made from a system tree."""
+"""Read-only root images (erofs or squashfs) made from a system tree.
+
+The image is made from a private copy of the tree with what the store's sealing
+took away given back (the guest's 1777 /tmp, setuid programs, its users' files)
+and without the store's own files: neither image tool can change modes on the
+way (erofs-utils 1.5 has no pseudo files). Both images are byte-reproducible.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from functools import cache
 from pathlib import Path
 
 from .. import proc
-from ..store import Store
+from ..store import METADATA, Store, restore
 
+IMAGE_FORMAT = 2  # bump when the image of one tree changes
 TOOLS = {"erofs": "mkfs.erofs", "squashfs": "mksquashfs"}
 PACKAGES = {"erofs": "erofs-utils", "squashfs": "squashfs-tools"}
 
@@ -28,7 +37,7 @@ def build_root_image(
     else every file is root's, whoever built the tree.
     """
     tool = proc.which(TOOLS[kind], purpose=f"to build {kind} root images")
-    inputs = {"system": str(system), "kind": kind, "flags": flags, "tool": tool_version(kind)}
+    inputs = {"format": IMAGE_FORMAT, "system": str(system), "kind": kind, "flags": flags, "tool": tool_version(kind)}
     if keep_owners:
         inputs["keepOwners"] = True
     all_root = [] if keep_owners else ["--all-root" if kind == "erofs" else "-all-root"]
@@ -36,10 +45,20 @@ def build_root_image(
 
     def build(out: Path) -> None:
         image = out / filename
+        tree = out / "tree"  # in the store's private build directory, gone before the entry is finished
+        proc.run(["cp", "-a", "--reflink=auto", f"{system}/.", tree])
+        for meta in METADATA:
+            (tree / meta).unlink(missing_ok=True)
+        restore(tree, store.permissions(system))
+        if os.geteuid() == 0:
+            os.chown(tree, 0, 0)
+        tree.chmod(0o755)  # the guest's /; the entry's own mode says who on the host may read it
         if kind == "erofs":
-            proc.run([tool, *flags, *all_root, "-T0", image, system])  # -T0: reproducible
+            proc.run([tool, *flags, *all_root, "-T0", image, tree])  # -T0: reproducible
         else:
-            proc.run([tool, system, image, "-noappend", *all_root, "-quiet", "-no-progress", *flags])
+            fixed_times = ["-mkfs-time", "0", "-all-time", "0"]  # with -reproducible (the default): reproducible
+            proc.run([tool, tree, image, "-noappend", *all_root, *fixed_times, "-quiet", "-no-progress", *flags])
+        shutil.rmtree(tree)
 
-    entry, _ = store.add(f"rootimage-{name}", inputs, build, references=(system,))
+    entry, _ = store.add(f"rootimage-{name}", inputs, build, references=(system,), private=True)
     return entry / filename

@@ -22,7 +22,7 @@ from ..layout import ROOT_SERIAL
 from ..model.options import STORE_SHARE_TAG, VMConfig
 from ..store import Store, file_digest
 from .cpio import CpioArchive
-from .debarch import guest_busybox
+from .debarch import busybox_path, guest_busybox, runs_here
 from .kernel import KernelEntry
 from .kmod import resolve_modules, without_signature
 
@@ -44,10 +44,6 @@ class Mount:
     options: str
 
 
-def busybox_path() -> Path:
-    return Path(proc.which("busybox", purpose="for the guest's userland"))
-
-
 def busybox_applets(busybox: Path) -> list[str]:
     """Paths of every applet (``bin/sh``, ``sbin/insmod``...), for symlinks.
 
@@ -55,8 +51,6 @@ def busybox_applets(busybox: Path) -> list[str]:
     busybox-static from one configuration for every architecture, so the
     host's busybox lists the same applets.
     """
-    from .debarch import runs_here
-
     return proc.output([busybox if runs_here(busybox) else busybox_path(), "--list-full"]).split()
 
 

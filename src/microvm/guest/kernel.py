@@ -15,7 +15,6 @@ import lzma
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,8 +124,7 @@ def fetch_kernel(store: Store, package: KernelPackage, apt: Apt) -> KernelEntry:
 
     def build(out: Path) -> None:
         dpkg_deb = proc.which("dpkg-deb", purpose="to unpack the guest kernel")
-        with tempfile.TemporaryDirectory(prefix="microvm-kernel-") as tmp:
-            work = Path(tmp)  # private to root: apt warns it downloads unsandboxed, which is fine
+        with store.scratch("kernel") as work:  # in the store: a killed build's is collected by gc
             deb = apt.download(package.name, package.version, work)
             unpacked = work / "root"
             proc.run([dpkg_deb, "-x", deb, unpacked])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MicrovmError
 from ..hypervisors.base import Hypervisor
-from ..model.options import Service, VMConfig
+from ..model.options import InterfaceNetwork, Service, VMConfig
 from ..store import Store, file_digest
 from .debarch import guest_busybox
 from .debian import build_debian_system
@@ -24,7 +24,7 @@ from .initrd import busybox_applets
 from .kernel import KernelEntry
 from .readiness import READY_SCRIPT, READY_SCRIPT_PATH
 
-SYSTEM_FORMAT = 3  # bump when the generated files change meaning
+SYSTEM_FORMAT = 4  # bump when the generated files change meaning
 BUSYBOX_USERS = {"root": 0, "nobody": 65534}
 
 
@@ -183,8 +183,6 @@ by_mac() {
 
 def _network_script(vm: VMConfig) -> str:
     """The commands that configure every interface of ``vm`` the way ``guest.network`` says."""
-    from ..model.options import InterfaceNetwork
-
     net = vm.guest.network
     lines = [NETWORK_HEAD]
     for iface in vm.microvm.interfaces:
@@ -275,7 +273,7 @@ def build_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
     def build(out: Path) -> None:
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "var/log", "root", "mnt"):
             (out / d).mkdir(parents=True, exist_ok=True)
-        (out / "tmp").chmod(0o1777)
+        (out / "tmp").chmod(0o1777)  # in the image; the store keeps it 0755 (see microvm.store.seal)
         (out / "bin/busybox").write_bytes(busybox.read_bytes())
         (out / "bin/busybox").chmod(0o755)
         for applet in busybox_applets(busybox):
@@ -290,5 +288,5 @@ def build_system(store: Store, vm: VMConfig, hypervisor: Hypervisor, kernel: Ker
             path.write_text(content)
             path.chmod(mode)
 
-    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build)
+    entry, _ = store.add(f"system-{vm.guest.hostName}", inputs, build, private=True)
     return entry

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
 from ..runner import privileges
-from ..store import Store
+from ..store import PRIVATE_GROUP, Store
 from . import lifecycle, network, statedir, systemd, units
 from .network.units import DNSMASQ_PREFIX, DNSMASQ_UNITS
 from .plan import (
@@ -121,12 +121,13 @@ def _owned(state_dir: Path) -> bool:
 
 
 def _system_changes(state_dir: Path) -> list[Change]:
-    """The ``kvm`` group, the ``microvm`` user, and the state directory they own."""
+    """The ``kvm`` and ``microvm`` groups, the ``microvm`` user, and the state directory they own."""
     changes: list[Change] = []
-    try:
-        grp.getgrnam(units.GROUP)
-    except KeyError:
-        changes.append(EnsureGroup(units.GROUP))
+    for group in (units.GROUP, PRIVATE_GROUP):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            changes.append(EnsureGroup(group))
     try:
         pwd.getpwnam(units.USER)
     except KeyError:
@@ -183,17 +184,22 @@ def plan(
     vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
     autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
     net_units = network.network_units(host.config, state_dir)
-    wanted = units.all_units(state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets)
-    wanted |= net_units
-    stale = generated(unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS)
-    files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units], stale=stale)
+    wanted = units.all_units(
+        state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets, config.host.startupTimeout
+    )
+    web = {units.WEB: units.web_service(config.web, state_dir, store.root)} if config.web.enable else {}
+    wanted |= net_units | web
+    stale = generated(
+        unit_dir, "install-microvm-*.service", "microvm@*.service.d/install.conf", DNSMASQ_UNITS, units.WEB
+    )
+    files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units, *web], stale=stale)
     net = network.plan_network(host.config, state_dir)
     record = _record_changes(state_dir, host.loaded.file) if unit_dir == DEFAULT_UNIT_DIR else []
     result = Plan([*_system_changes(state_dir), *record, *vms.changes, *files])
     if net:
         result.add(Group("network", net))
     if systemd.running() and unit_dir == DEFAULT_UNIT_DIR:
-        result.add(*activation_changes(files, net_units, "host network", DNSMASQ_PREFIX))
+        result.add(*activation_changes(files, [*net_units, *web], "host file", (DNSMASQ_PREFIX, units.WEB)))
         if stopped := [n for n in autostart if not systemd.is_active(n)]:
             result.add(Systemctl(("start", *map(systemd.unit, stopped)), "autostart"))
         for name in vms.to_restart:

@@ -77,7 +77,9 @@ def _install(
     state.path.mkdir(parents=True, exist_ok=True)
     if owner := owner or service_owner():
         os.chown(state.path, *owner)
-    state.record(source=source, declared_by=declared_by, build={"runner": str(runner), "fingerprint": fingerprint})
+    state.record(
+        runner, source=source, declared_by=declared_by, build={"runner": str(runner), "fingerprint": fingerprint}
+    )
     state.switch_current(runner)
     return Change(state, old, runner)
 
@@ -100,7 +102,7 @@ def create(
     with locked(name, state_dir) as state:
         if state.installed:
             raise MicrovmError(f"VM {name!r} already exists in {state.path}", hint=f"microvm update {name}")
-        with sources.evaluate(source, name) as evaluated:
+        with sources.evaluate(source, name, store, state.path.parent) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
         fingerprint = evaluated.fingerprint if recorded == source.url else {}  # {}: outdated until updated
         return _install(state, runner, source=recorded, declared_by=None, fingerprint=fingerprint, owner=owner)
@@ -119,7 +121,7 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
         if state.source is None:
             raise MicrovmError(f"VM {name!r} has no recorded source in {state.path}")
         source = sources.Source.parse(state.source)
-        with sources.evaluate(source, name) as evaluated:
+        with sources.evaluate(source, name, store, state.path.parent) as evaluated:
             runner = _build(store, evaluated.loaded, progress)
         return _install(
             state, runner, source=source.url, declared_by=None, fingerprint=evaluated.fingerprint, owner=None
@@ -169,7 +171,7 @@ class Status:
     name: str
     running: bool
     booted: bool
-    state: str  # current | outdated | stale | suspended | not booted
+    state: str  # current | outdated | stale | suspended | not booted | missing
     advice: str | None = None  # what to do ...
     command: str | None = None  # ... with which command
     source: str | None = None
@@ -186,7 +188,9 @@ def status(state: VMState) -> Status:
     booted = state.booted is not None
     outdated = sources.changed_since(state.source, state.build_record.get("fingerprint", {}))
     verdict: tuple[str, str | None, str | None]
-    if outdated and state.declared_by:
+    if state.runner_missing:
+        verdict = ("missing", "its runner is gone from the store, rebuild it", state.rebuild_command())
+    elif outdated and state.declared_by:
         verdict = ("outdated", "apply the host", f"microvm host apply {state.declared_by}")
     elif outdated:
         verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
@@ -211,8 +215,8 @@ def _addresses(state: VMState) -> list[str]:
 
     try:
         return vm_addresses(VMConfig.model_validate(state.config()), host=None)
-    except (OSError, ValueError, ValidationError):
-        return []  # a runner written by another version: its state still shows
+    except (OSError, ValueError, ValidationError, MicrovmError):
+        return []  # a runner written by another version, or gone: its state still shows
 
 
 def list_vms(state_dir: Path | None = None) -> list[Status]:
@@ -332,7 +336,7 @@ def run_installed(name: str, state_dir: Path | None = None) -> int:
         raise MicrovmError(f"{name!r} is neither a VM file nor a VM installed in {state.path.parent}")
     if systemd.is_active(name) or state.running_here():
         raise MicrovmError(f"VM {name!r} is already running", hint=f"attach to it: microvm console {name}")
-    config = VMConfig.model_validate(runner_config(runner))
+    config = VMConfig.model_validate(state.config())
     state.mark_booted()
     try:
         return run_foreground(Foreground.of(config, runner), state.path, config)

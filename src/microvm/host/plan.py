@@ -153,9 +153,11 @@ def unit_file_changes(unit_dir: Path, wanted: dict[str, str], enable: list[str],
     return changes
 
 
-def activation_changes(files: list[Change], services: Iterable[str], why: str, stop_prefix: str) -> list[Change]:
-    """After ``files`` changed units: reload systemd, stop removed ``stop_prefix*`` units, start ``services`` not
-    running, restart those whose unit changed.
+def activation_changes(
+    files: list[Change], services: Iterable[str], why: str, stop_prefix: str | tuple[str, ...]
+) -> list[Change]:
+    """After ``files`` changed units: reload systemd, stop removed ``stop_prefix*`` units (one prefix of several),
+    start ``services`` not running, restart those whose unit changed.
 
     Only for the host's own systemd (the caller knows it runs and the units are its).
     """

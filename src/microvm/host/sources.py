@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import proc
 from ..errors import MicrovmError
+from ..store import Store
 from .statedir import installed_configs
 
 if TYPE_CHECKING:
@@ -68,18 +68,19 @@ class Source:
         return result.stdout.strip()
 
     @contextlib.contextmanager
-    def checkout(self) -> Iterator[tuple[Path, str | None]]:
-        """The source's files as a directory (a git ref is exported to a temporary one), and its commit."""
+    def checkout(self, store: Store) -> Iterator[tuple[Path, str | None]]:
+        """The source's files as a directory (a git ref is exported to scratch space in the store, which gc
+        collects if we are killed), and its commit."""
         if not self.is_git:
             if not self.path.is_dir():
                 raise MicrovmError(f"source {self.url} is not a directory")
             yield self.path, None
             return
         commit = self.commit()
-        with tempfile.TemporaryDirectory(prefix="microvm-source-") as tmp:
-            archive = Path(tmp) / "source.tar"
+        with store.scratch("source") as tmp:
+            archive = tmp / "source.tar"
             proc.run(["git", "-C", self.path, "archive", "--format=tar", f"--output={archive}", commit])
-            tree = Path(tmp) / "tree"
+            tree = tmp / "tree"
             with tarfile.open(archive) as tar:
                 tar.extractall(tree, filter="data")
             yield tree, commit
@@ -119,12 +120,12 @@ class Evaluated:
 
 
 @contextlib.contextmanager
-def evaluate(source: Source, name: str) -> Iterator[Evaluated]:
-    """Load VM ``name`` from ``source``; the files stay available while the context is open (for the build)."""
-    with source.checkout() as (root, commit):
+def evaluate(source: Source, name: str, store: Store, state_dir: Path | None = None) -> Iterator[Evaluated]:
+    """Load VM ``name`` (to live in ``state_dir``) from ``source``; the files stay available while the context is open (for the build)."""
+    with source.checkout(store) as (root, commit):
         from ..config import load_vm
 
-        loaded = load_vm(vm_file(root, name, source.url), name=name, installed=installed_configs())
+        loaded = load_vm(vm_file(root, name, source.url), name=name, installed=installed_configs(), state_dir=state_dir)
         yield Evaluated(loaded, {"commit": commit} if commit is not None else files_fingerprint(loaded.files))
 
 

@@ -6,7 +6,9 @@ Layout of ``<stateDir>/<name>/`` (as microvm.nix's, with ``flake`` renamed ``sou
     booted          -> the runner the VM was started from (set at start, removed at stop)
     source          the source it is rebuilt from (`microvm update`), one line; or
     declared        the host file that declares it fully (`microvm host apply`); update refuses
-    build.json      what `list` compares without rebuilding: the source's fingerprint at build time
+    builds/<runner>.json  what `list` compares without rebuilding: the source's fingerprint when that
+                    runner was built; written before ``current`` is switched to it, so that one link
+                    switches the VM to a build and its record at once (a kill in between changes nothing)
     <volumes>, <name>.sock, <name>-console.sock, <name>-console.log, shares' sources ...
 
 Commands that change a VM hold ``<stateDir>/.lock-<name>`` so two of them never interleave.
@@ -28,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MicrovmError
-from ..layout import runner_config, saved_state_files
+from ..layout import RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
+from ..store import Store
 
 HOST_DEFAULTS = Path("/etc/default/microvm")  # written by `microvm host apply`: the host file's stateDir
-SYSTEM_STATE_DIR = Path("/var/lib/microvms")
+BOOKKEEPING = ("current", "booted", "source", "declared", "builds")  # ours, not the user's
 
 
 def default_state_dir() -> Path:
@@ -93,13 +96,20 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _socket_alive(path: Path) -> bool:
-    """Something accepts connections on the unix socket ``path`` (a stale file refuses them)."""
+    """Something listens on the unix socket ``path`` (a stale file refuses connections).
+
+    Without blocking: a hypervisor serving another client (an attached console) leaves new
+    ones in its backlog, and a blocking connect to a full backlog would wait until it detaches.
+    """
     if not path.is_socket():
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
         try:
             sock.connect(os.fspath(path))
             return True
+        except BlockingIOError:
+            return True  # its backlog is full: it listens, busy with a client
         except OSError:
             return False
 
@@ -122,6 +132,8 @@ class VMState:
             TypeAdapter(Name).validate_python(name)
         except ValidationError as exc:
             raise MicrovmError("VM name: " + exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        if len(name) > VM_NAME_MAX:
+            raise MicrovmError(f"VM name {name[:20]}... is {len(name)} characters long; at most {VM_NAME_MAX}")
         return cls(name, vm_dir(name, state_dir))
 
     def _target(self, link: str) -> Path | None:
@@ -151,17 +163,42 @@ class VMState:
         path = self.path / "declared"
         return path.read_text().strip() if path.exists() else None
 
+    def _record_file(self, runner: Path) -> Path:
+        return self.path / "builds" / f"{runner.name}.json"
+
     @property
     def build_record(self) -> dict[str, Any]:
+        """The record of the current build (empty if there is none)."""
+        if (runner := self.current) is None:
+            return {}
         try:
-            return json.loads((self.path / "build.json").read_text())
+            return json.loads(self._record_file(runner).read_text())
         except (FileNotFoundError, ValueError):
             return {}
+
+    @property
+    def runner_missing(self) -> bool:
+        """``current`` points at a runner that is no longer in the store (deleted by hand)."""
+        return (runner := self.current) is not None and not (runner / RUNNER_CONFIG).exists()
+
+    def rebuild_command(self) -> str:
+        """What rebuilds the VM: its host file's apply when declared there, else an update from its source."""
+        return (
+            f"microvm host apply {self.declared_by}" if self.declared_by is not None else f"microvm update {self.name}"
+        )
+
+    def missing_runner_error(self) -> MicrovmError:
+        return MicrovmError(
+            f"VM {self.name!r}: its runner {self.current} is missing from the store",
+            hint=f"rebuild it: {self.rebuild_command()}",
+        )
 
     def config(self) -> dict[str, Any]:
         """The evaluated config of the current runner."""
         if (runner := self.current) is None:
             raise MicrovmError(f"VM {self.name!r} is not installed in {self.path.parent}")
+        if self.runner_missing:
+            raise self.missing_runner_error()
         return runner_config(runner)
 
     @property
@@ -187,14 +224,23 @@ class VMState:
         """The booted hypervisor answers on its control or console socket (no systemd needed)."""
         if (booted := self.booted) is None:
             return False
-        control = runner_config(booted).get("microvm", {}).get("socket")
+        try:
+            control = runner_config(booted).get("microvm", {}).get("socket")
+        except (OSError, ValueError):  # the booted runner is gone from the store: its console socket still answers
+            control = None
         sockets = [self.console_files()[0], *([self.path / control] if control else [])]
         return any(_socket_alive(s) for s in sockets)
 
     # --- changes ----------------------------------------------------------------
 
     def switch_current(self, runner: Path) -> None:
+        """Switch to ``runner`` (and so to its build record) in one step; then drop the records no link uses."""
+        Store(runner.parent).share(runner)  # built before `host apply` made the microvm group, perhaps
         switch_link(self.path / "current", runner)
+        keep = {self._record_file(r).name for r in (runner, self.booted) if r is not None}
+        for record in (self.path / "builds").glob("*.json"):
+            if record.name not in keep:
+                record.unlink(missing_ok=True)
 
     def mark_booted(self) -> None:
         if (current := self.current) is not None:
@@ -203,9 +249,11 @@ class VMState:
     def clear_booted(self) -> None:
         (self.path / "booted").unlink(missing_ok=True)
 
-    def record(self, *, source: str | None, declared_by: str | None, build: dict[str, Any]) -> None:
-        """Write how the VM was built; exactly one of ``source`` / ``declared_by`` is kept."""
-        write_atomic(self.path / "build.json", json.dumps(build, indent=1, sort_keys=True) + "\n")
+    def record(self, runner: Path, *, source: str | None, declared_by: str | None, build: dict[str, Any]) -> None:
+        """Write how ``runner`` was built, before ``current`` is switched to it; exactly one of
+        ``source`` / ``declared_by`` is kept."""
+        self._record_file(runner).parent.mkdir(exist_ok=True)
+        write_atomic(self._record_file(runner), json.dumps(build, indent=1, sort_keys=True) + "\n")
         for name, value in (("source", source), ("declared", declared_by)):
             if value is None:
                 (self.path / name).unlink(missing_ok=True)
@@ -213,7 +261,12 @@ class VMState:
                 write_atomic(self.path / name, value + "\n")
 
     def data_files(self) -> list[Path]:
-        """Volumes and share sources in the directory: user data that `remove` keeps by default."""
+        """Volumes and share sources in the directory: user data that `remove` keeps by default.
+
+        Without the runner's config, which files are data is unknown: everything but our own files is kept.
+        """
+        if self.runner_missing:
+            return [p for p in self.path.iterdir() if p.name not in BOOKKEEPING and not p.is_socket()]
         mv = self.config().get("microvm", {})
         paths = [v["image"] for v in mv.get("volumes", [])] + [s["source"] for s in mv.get("shares", [])]
         return [self.path / p for p in paths if (self.path / p).exists() and (self.path / p).is_relative_to(self.path)]

@@ -1,27 +1,35 @@
 """The systemd units that run installed VMs (microvm.nix's host module, as unit files).
 
 - ``microvm@.service``: runs ``<stateDir>/%i/current/bin/microvm-run`` as user
-  ``microvm`` (group ``kvm``) in the VM's state directory (Type=notify with
+  ``microvm`` (group ``kvm``, and ``microvm`` to read the private store entries) in the VM's state directory (Type=notify with
   ``host.useNotifySockets``: ready when the guest says so, see microvm.runner.ready);
   sets ``booted`` before it starts and removes it after it stopped; stops with
   ``booted/bin/microvm-shutdown``, which asks the guest to power off and returns
   only once the hypervisor exited (the original returns at once, so systemd kills
-  the guest mid-shutdown).
+  the guest mid-shutdown). A runner with ``bin/microvm-register``
+  (``microvm.registerWithMachined``) is registered with systemd-machined while it runs.
 - ``microvm-{tap,macvtap}-interfaces@``, ``microvm-pci-devices@``,
   ``microvm-virtiofsd@``: what the VM needs before it starts, each conditioned on
   the runner declaring it, part of the VM's unit.
 - ``install-microvm-<name>.service``: puts a declared VM in place before it starts.
 - ``microvms.target``: wants the autostarted VMs; enabled for multi-user.target.
+- ``microvm-web.service``: `microvm web`, when the host file enables ``microvm.web``.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
+from ..store import PRIVATE_GROUP
 from .unitfile import command, environment, escape, render
+
+if TYPE_CHECKING:
+    from ..model.options import WebOptions
 
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
@@ -40,8 +48,9 @@ def _vm_dir(state_dir: Path) -> str:
     return escape(text) + "/%i"
 
 
-def vm_service(state_dir: Path, notify: bool = False) -> str:
-    """``microvm@.service``; ``notify`` (host.useNotifySockets): started once the VM says it is ready.
+def vm_service(state_dir: Path, notify: bool = False, timeout: int = 150) -> str:
+    """``microvm@.service``; ``notify`` (host.useNotifySockets): started once the VM says it is ready;
+    ``timeout`` (host.startupTimeout): seconds to start and to stop.
 
     The runner sends that from a helper process (see microvm.runner.ready), hence NotifyAccess=all.
     """
@@ -52,7 +61,8 @@ def vm_service(state_dir: Path, notify: bool = False) -> str:
             "Unit": [
                 ("Description", "MicroVM '%i'"),
                 ("Requires", " ".join(NEEDS)),
-                ("After", "network.target " + " ".join(NEEDS)),
+                # machined: registered VMs are unregistered before it stops
+                ("After", "network.target systemd-machined.service " + " ".join(NEEDS)),
                 ("ConditionPathExists", f"{vm}/current/bin/microvm-run"),
                 ("StartLimitIntervalSec", "0"),
             ],
@@ -60,22 +70,34 @@ def vm_service(state_dir: Path, notify: bool = False) -> str:
                 *([("Type", "notify"), ("NotifyAccess", "all")] if notify else [("Type", "simple")]),
                 ("User", USER),
                 ("Group", GROUP),
+                ("SupplementaryGroups", PRIVATE_GROUP),  # reads the private store entries (root images)
                 ("WorkingDirectory", f"{vm}"),
                 ("ExecStartPre", command(proc.which("sh"), "-c", booted_link)),
                 ("ExecStart", f"{vm}/current/bin/microvm-run"),
+                # '+': machined takes registrations from root only; '-': a VM whose registration
+                # failed (no machined) still runs, the journal says why
+                ("ExecStartPost", "-+" + _if_runner_has(f"{vm}/booted/bin/microvm-register", '"$$MAINPID"')),
                 # '-': hypervisors without a control socket have no microvm-shutdown; a guest
                 # that powered off by itself leaves nothing to shut down
                 ("ExecStop", f"-{vm}/booted/bin/microvm-shutdown"),
+                ("ExecStopPost", "-+" + _if_runner_has(f"{vm}/booted/bin/microvm-unregister")),
                 ("ExecStopPost", f"{proc.which('rm')} -f {vm}/booted"),
                 ("Restart", "always"),
                 ("RestartSec", "1"),
-                ("TimeoutSec", "150"),
+                ("TimeoutSec", str(timeout)),
                 ("LimitMEMLOCK", "infinity"),
                 ("LimitNOFILE", "1048576"),
                 *((key, value.format(vm=vm)) for key, value in HYPERVISOR_HARDENING),
             ],
         }
     )
+
+
+def _if_runner_has(script: str, *args: str) -> str:
+    """An Exec line running ``script`` (``<stateDir>/%i/...``, already escaped: no blanks or quotes, see
+    _vm_dir) if the runner has it; ``args`` are shell words (``"$$MAINPID"``: systemd makes ``$$`` a ``$``)."""
+    run = " ".join([script, *args])
+    return f"{proc.which('sh')} -c 'if [ -x {script} ]; then exec {run}; fi'"
 
 
 ONESHOT = [("Type", "oneshot"), ("RemainAfterExit", "yes")]
@@ -214,6 +236,33 @@ def install_dropin(name: str) -> str:
     return render({"Unit": [("Requires", unit), ("After", unit)]})
 
 
+WEB = "microvm-web.service"
+WEB_TOKEN = Path("/run/microvm/web.token")  # the address with the token, when it listens on a TCP port
+
+
+def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
+    """``microvm-web.service``: `microvm web` as the host file says, as root (it starts and stops VM units).
+
+    Not ProtectHome: `update` builds into the store, which may be under a home directory; not PrivateTmp:
+    its socket may be under /tmp.
+    """
+    tls = ["--tls-cert", web.tlsCertificate, "--tls-key", web.tlsKey] if web.tlsCertificate and web.tlsKey else []
+    argv = ["-m", "microvm", "web", "--listen", web.listen, "--group", web.group, "--token-file", str(WEB_TOKEN)]
+    return render(
+        {
+            "Unit": [("Description", "microvm web page"), ("After", "network.target")],
+            "Service": [
+                ("Type", "simple"),
+                ("Environment", environment({"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)})),
+                ("ExecStart", command(sys.executable, *argv, *tls)),
+                ("Restart", "on-failure"),
+                *(h for h in BASE_HARDENING if h[0] not in ("ProtectHome", "PrivateTmp")),
+            ],
+            "Install": [("WantedBy", "multi-user.target")],
+        }
+    )
+
+
 def target(autostart: list[str]) -> str:
     wants = [("Wants", " ".join(f"microvm@{n}.service" for n in autostart))] if autostart else []
     return render(
@@ -222,11 +271,16 @@ def target(autostart: list[str]) -> str:
 
 
 def all_units(
-    state_dir: Path, store: Path, autostart: list[str], installs: dict[str, list[str]], notify: bool = False
+    state_dir: Path,
+    store: Path,
+    autostart: list[str],
+    installs: dict[str, list[str]],
+    notify: bool = False,
+    timeout: int = 150,
 ) -> dict[str, str]:
     """Every unit file (path relative to the unit directory -> content) for a host."""
     units = {
-        "microvm@.service": vm_service(state_dir, notify),
+        "microvm@.service": vm_service(state_dir, notify, timeout),
         "microvm-tap-interfaces@.service": interfaces_service(state_dir, "tap"),
         "microvm-macvtap-interfaces@.service": interfaces_service(state_dir, "macvtap"),
         "microvm-pci-devices@.service": pci_service(state_dir),

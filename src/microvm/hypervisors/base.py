@@ -57,6 +57,11 @@ class Feature(enum.Enum):
     DIRECT_IO = "direct I/O volumes"
     SUSPEND = "suspend to disk, resume on start (microvm suspend)"
     MIGRATE = "live migration to another host (microvm.migratable, microvm migrate)"
+    IMAGE_QCOW2 = "qcow2 volumes"
+    IMAGE_VHD = "vhd volumes"
+    IMAGE_VHDX = "vhdx volumes"
+    BACKING_FILE = "qcow2 volumes with a backing file"
+    VHOST_NET = "vhost-net taps (tap.vhost)"
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,9 @@ class RunnerSpec:
     ready_socket: str | None = None
 
 
+IMAGE_FEATURES = {"qcow2": Feature.IMAGE_QCOW2, "vhd": Feature.IMAGE_VHD, "vhdx": Feature.IMAGE_VHDX}
+
+
 def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
     """Every feature ``vm`` asks of its hypervisor, with the option asking for it."""
     mv = vm.microvm
@@ -105,6 +113,8 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
     }
     for i, iface in enumerate(mv.interfaces):
         yield interface_features[iface.type], ("microvm", "interfaces", i, "type")
+        if iface.tap.vhost:
+            yield Feature.VHOST_NET, ("microvm", "interfaces", i, "tap", "vhost")
     if mv.forwardPorts:
         yield Feature.FORWARD_PORTS, ("microvm", "forwardPorts")
     if mv.balloon:
@@ -136,6 +146,10 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
             yield Feature.VOLUME_SERIAL, ("microvm", "volumes", i, "serial")
         if volume.direct:
             yield Feature.DIRECT_IO, ("microvm", "volumes", i, "direct")
+        if volume.imageType != "raw":
+            yield IMAGE_FEATURES[volume.imageType], ("microvm", "volumes", i, "imageType")
+        if volume.backingFile is not None:
+            yield Feature.BACKING_FILE, ("microvm", "volumes", i, "backingFile")
 
 
 def _option_values(vm: VMConfig, what: str) -> Iterator[tuple[OptionPath, str]]:
@@ -186,6 +200,10 @@ class Hypervisor(ABC):
     control_api: ClassVar[str] = "none (stopped with SIGTERM)"
     # What its own API offers towards moving a VM between hosts, where microvm does not drive it yet.
     migration_api: ClassVar[str | None] = None
+    # Where the host reaches the guest's vsock ports when they are a unix socket of the hypervisor
+    # (relative to the state directory; connect, send "CONNECT <port>\n", read "OK ..."); None when
+    # vsock is the host kernel's (vhost-vsock: AF_VSOCK to the guest's context id).
+    vsock_socket: ClassVar[str | None] = None
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         """Kernel parameters this hypervisor's guests need (besides the console)."""

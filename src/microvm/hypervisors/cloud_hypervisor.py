@@ -55,6 +55,10 @@ class Backend(Hypervisor, Balloon):
             Feature.READ_ONLY_VOLUMES,
             Feature.VOLUME_SERIAL,
             Feature.DIRECT_IO,
+            Feature.IMAGE_QCOW2,
+            Feature.IMAGE_VHD,
+            Feature.IMAGE_VHDX,
+            Feature.BACKING_FILE,
         }
     )
     # --kernel takes an ELF with a PVH note on x86_64 (no bzImage loader).
@@ -65,6 +69,7 @@ class Backend(Hypervisor, Balloon):
     plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
     migration_api = "cloud-hypervisor has live migration (`PUT /vm.send-migration`, `/vm.receive-migration`) and snapshots in its REST API"
     control_api = "REST (`PUT /api/v1/vm.power-button`)"
+    vsock_socket = NOTIFY_VSOCK  # docs/vsock.md
 
     def runner(self, vm: VMConfig, guest: GuestArtifacts) -> RunnerSpec:
         mv = vm.microvm
@@ -81,6 +86,10 @@ class Backend(Hypervisor, Balloon):
             opts = [f"path={plain(disk.path, 'disk image', self.name)}", f"readonly={on_off(disk.read_only)}"]
             if disk.direct:
                 opts.append("direct=on")
+            if disk.image_type != "raw":  # raw is what it assumes; older versions lack the option
+                opts.append(f"image_type={disk.image_type}")
+            if disk.backing:
+                opts.append("backing_files=on")  # off by default since v51
             if disk.serial is not None:
                 opts.append(f"serial={plain(disk.serial, 'volume serial', self.name)}")
             if multi_queue:

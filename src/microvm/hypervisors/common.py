@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
@@ -35,6 +35,8 @@ class Disk:
     read_only: bool
     serial: str | None = None
     direct: bool = False
+    image_type: str = "raw"  # microvm.volumes[].imageType
+    backing: bool = False  # a qcow2 overlay over a backing file
 
 
 def disks(vm: VMConfig, guest: GuestArtifacts) -> list[Disk]:
@@ -42,8 +44,11 @@ def disks(vm: VMConfig, guest: GuestArtifacts) -> list[Disk]:
     found: list[Disk] = []
     if guest.root_image is not None:
         found.append(Disk("", os.fspath(guest.root_image), True))
-    found += [Disk("", v.image, v.readOnly, v.serial, v.direct) for v in vm.microvm.volumes]
-    return [Disk(_drive_name(i), d.path, d.read_only, d.serial, d.direct) for i, d in enumerate(found)]
+    found += [
+        Disk("", v.image, v.readOnly, v.serial, v.direct, v.imageType, v.backingFile is not None)
+        for v in vm.microvm.volumes
+    ]
+    return [replace(d, name=_drive_name(i)) for i, d in enumerate(found)]
 
 
 def _drive_name(index: int) -> str:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..model.options import VMConfig
 
 CONFIG_FILE = f"{SHARE}/firecracker.json"
+CPU_TEMPLATE_FILE = f"{SHARE}/firecracker-cpu.json"  # firecracker.cpu, the config's cpu-config
 VSOCK_SOCKET = "notify.vsock"
 
 
@@ -48,6 +49,7 @@ class Backend(Hypervisor, Balloon):
     incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "docs/hugepages.md"),)
     migration_api = "firecracker has snapshots (`PUT /snapshot/create`, `/snapshot/load`) but no live migration"
     control_api = "REST (`PUT /actions` SendCtrlAltDel)"
+    vsock_socket = VSOCK_SOCKET  # docs/vsock.md: host-initiated connections
 
     def kernel_params(self, vm: VMConfig, accel: str) -> list[str]:
         # microvm.nix's boot_args: reboot=k so a guest reboot ends the process; i8042 probing
@@ -73,7 +75,7 @@ class Backend(Hypervisor, Balloon):
                     "path_on_host": disk.path,
                     "is_root_device": False,
                     "is_read_only": disk.read_only,
-                    "io_engine": "Async",
+                    "io_engine": mv.firecracker.driveIoEngine,
                 }
                 for disk in disks(vm, guest)
             ],
@@ -82,6 +84,8 @@ class Backend(Hypervisor, Balloon):
                 for i, iface in enumerate(mv.interfaces)
             ],
         }
+        if mv.firecracker.cpu is not None:
+            config["cpu-config"] = f"{RunnerSpec.RUNNER}/{CPU_TEMPLATE_FILE}"
         if mv.vsock.cid is not None:
             config["vsock"] = {"guest_cid": mv.vsock.cid, "uds_path": VSOCK_SOCKET}
         if mv.balloon:
@@ -99,6 +103,8 @@ class Backend(Hypervisor, Balloon):
             argv=[self.binary, "--config-file", f"{RunnerSpec.RUNNER}/{CONFIG_FILE}"],
             files={CONFIG_FILE: json.dumps(self.config(vm, guest), indent=2, sort_keys=True) + "\n"},
         )
+        if mv.firecracker.cpu is not None:
+            spec.files[CPU_TEMPLATE_FILE] = json.dumps(mv.firecracker.cpu, indent=2, sort_keys=True) + "\n"
         if mv.socket:
             spec.argv += ["--api-sock", mv.socket]
             # firecracker will not bind over an existing socket

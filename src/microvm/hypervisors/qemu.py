@@ -47,6 +47,15 @@ def ready_socket(vm: VMConfig) -> str:
     return f"{vm.guest.hostName}-ready.sock"
 
 
+def vnc_socket(vm: VMConfig) -> str:
+    """Where a headless display (graphics.backend) is served, relative to the state directory."""
+    return f"{vm.guest.hostName}-vnc.sock"
+
+
+# qemu's (and qemu-img's) block driver of each microvm.volumes[].imageType (qemu calls VHD "vpc")
+IMAGE_FORMATS = {"raw": "raw", "qcow2": "qcow2", "vhd": "vpc", "vhdx": "vhdx"}
+
+
 def _emulated_cpu(vm: VMConfig) -> str:
     """The CPU model under TCG: everything qemu emulates, less what only makes emulation slower.
 
@@ -107,6 +116,12 @@ class Backend(Hypervisor, Balloon, Migrate):
                     + " or ".join(map(repr, MACHINES[str(arch)])),
                     hint=f"remove microvm.qemu.machine or set it to {MACHINES[str(arch)][0]!r}",
                 )
+        if vm.microvm.qemu.pcieRootPorts and machine == "pc":
+            yield Problem(
+                ("microvm", "qemu", "pcieRootPorts"),
+                "qemu's 'pc' machine has no PCI Express for root ports (its PCI bus hot-plugs devices itself)",
+                hint='set microvm.qemu.machine = "q35", or remove microvm.qemu.pcieRootPorts',
+            )
         if vm.microvm.mem == 2048:
             yield Problem(
                 ("microvm", "mem"),
@@ -122,7 +137,8 @@ class Backend(Hypervisor, Balloon, Migrate):
         """PCI only when a device needs it: it costs boot time on the microvm machine."""
         mv = vm.microvm
         multi_queue = mv.vcpu > 1 and any(i.type in ("tap", "macvtap") for i in mv.interfaces)
-        return bool(mv.devices or mv.hotplugMem or mv.graphics.enable or multi_queue) or mv.qemu.machine != "microvm"
+        wants_pci = mv.devices or mv.hotplugMem or mv.graphics.enable or mv.qemu.pcieRootPorts or multi_queue
+        return bool(wants_pci) or mv.qemu.machine != "microvm"
 
     def _device(self, vm: VMConfig, kind: str) -> str:
         """virtio-X-device on the microvm machine's mmio bus, virtio-X-pci elsewhere or when PCI is on."""
@@ -225,7 +241,7 @@ class Backend(Hypervisor, Balloon, Migrate):
                 "-drive",
                 _opts(
                     f"id={drive}",
-                    format="raw",
+                    format=IMAGE_FORMATS[volume.imageType],
                     file=volume.image,
                     read_only=volume.readOnly or None,
                     cache="none" if volume.direct else None,
@@ -253,7 +269,14 @@ class Backend(Hypervisor, Balloon, Migrate):
             ]
             netdev = ",".join([f"user,id={iface.id}", *forwards])
         elif iface.type == "tap":
-            netdev = _opts(f"tap,id={iface.id}", ifname=iface.id, script="no", downscript="no", queues=queues)
+            netdev = _opts(
+                f"tap,id={iface.id}",
+                ifname=iface.id,
+                script="no",
+                downscript="no",
+                queues=queues,
+                vhost=iface.tap.vhost or None,
+            )
         elif iface.type == "macvtap":
             # one descriptor per queue, opened by the runner on the macvtap's /dev/tapN
             fds = open_macvtap(spec, iface, queues or 1)
@@ -289,6 +312,13 @@ class Backend(Hypervisor, Balloon, Migrate):
 
     def _passthrough(self, vm: VMConfig) -> list[str]:
         args: list[str] = []
+        for port in vm.microvm.qemu.pcieRootPorts:  # before the devices, which may be placed on them
+            args += [
+                "-device",
+                _opts(
+                    f"pcie-root-port,id={port.id}", bus=port.bus, chassis=port.chassis, slot=port.slot, addr=port.addr
+                ),
+            ]
         if any(d.bus == "usb" for d in vm.microvm.devices):
             args += ["-device", "qemu-xhci"]
         for device in vm.microvm.devices:
@@ -296,6 +326,15 @@ class Backend(Hypervisor, Balloon, Migrate):
             extra = device.qemu.deviceExtraArgs
             args += ["-device", f"{head},{extra}" if extra else head]
         return args
+
+    @staticmethod
+    def _display(vm: VMConfig) -> list[str]:
+        """A gtk window, or (headless) no window and the display on a VNC unix socket."""
+        graphics = vm.microvm.graphics
+        if graphics.enable and graphics.backend == "gtk":
+            return ["-display", "gtk,gl=off"]
+        headless = ["-vnc", f"unix:{vnc_socket(vm)}"] if graphics.enable else []
+        return ["-display", "none", *headless]
 
     # --- the runner ----------------------------------------------------------------
 
@@ -310,7 +349,7 @@ class Backend(Hypervisor, Balloon, Migrate):
         argv += self._machine(vm, guest, shared_memory)
         argv += self._memory(vm, shared_memory)
         argv += ["-nodefaults", "-no-user-config", "-no-reboot"]
-        argv += ["-display", "gtk,gl=off" if mv.graphics.enable else "none"]
+        argv += self._display(vm)
         if mv.user:
             argv += ["-runas", mv.user]
         if not any(i.type == "bridge" for i in mv.interfaces):

@@ -12,6 +12,7 @@ options (uniqueness, hypervisor capabilities) live in
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -22,14 +23,15 @@ from .addresses import BASE_N_MAX, base_mac, base_tap, ipv6_host_interface, nth_
 from .names import Hypervisor
 
 # A name that is safe as a file name, a systemd instance and a shell word.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+# Used with fullmatch: `$` would also match before a final newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 IFNAME_MAX = 15
 
 
 def _name(value: str) -> str:
-    if not NAME_RE.match(value) or ".." in value:
+    if not NAME_RE.fullmatch(value) or ".." in value:
         raise ValueError(
             f"{value!r} is not a valid name: use letters, digits, '-', '_' and '.', "
             "starting with a letter or digit (no '/', spaces or shell characters)"
@@ -45,7 +47,7 @@ def _ifname(value: str) -> str:
 
 
 def valid_hostname(value: str) -> str:
-    if not HOSTNAME_RE.match(value):
+    if not HOSTNAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid host name: 1-63 letters, digits and '-', not starting or ending with '-'"
         )
@@ -53,7 +55,7 @@ def valid_hostname(value: str) -> str:
 
 
 def _mac(value: str) -> str:
-    if not MAC_RE.match(value):
+    if not MAC_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a MAC address; expected six hex pairs like 02:00:00:00:00:01")
     if int(value[:2], 16) & 1:
         raise ValueError(f"{value!r} is a multicast MAC address; the first octet must be even (e.g. 02:...)")
@@ -87,6 +89,27 @@ def _ipv6_prefix(value: str) -> str:
         ipaddress.IPv6Network(f"{value}/64" if "/" not in value else value)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not an IPv6 /64 prefix like fd12:3456:789a::") from exc
+    return value
+
+
+def listen_address(value: str) -> tuple[str | None, str, int]:
+    """``unix:/PATH`` -> (PATH, "", 0); ``ADDRESS:PORT`` or ``[V6]:PORT`` -> (None, ADDRESS, PORT) (`microvm web`)."""
+    if value.startswith("unix:/"):
+        return value.removeprefix("unix:"), "", 0
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 <= number < 65536:
+        raise ValueError(f"{value!r} is not unix:/PATH (absolute) or ADDRESS:PORT (an IP address), e.g. 127.0.0.1:8480")
+    return None, host, number
+
+
+def _listen(value: str) -> str:
+    listen_address(value)
     return value
 
 
@@ -140,6 +163,16 @@ class MacvtapOptions(Options):
     )
 
 
+class TapOptions(Options):
+    vhost: bool = Field(
+        False,
+        description=(
+            "Move the tap's packet processing into the host kernel (vhost-net; qemu only): much faster than in "
+            "the hypervisor. Needs `/dev/vhost-net` on the host (`modprobe vhost_net`)."
+        ),
+    )
+
+
 class Interface(Options):
     type: Literal["user", "tap", "macvtap", "bridge"] = Field(
         "user",
@@ -159,6 +192,7 @@ class Interface(Options):
         ),
     )
     macvtap: MacvtapOptions = Field(default_factory=MacvtapOptions, description="macvtap settings.")
+    tap: TapOptions = Field(default_factory=TapOptions, description="tap settings (type tap).")
 
 
 class PortAddress(Options):
@@ -176,6 +210,8 @@ class ForwardPort(Options):
 
 
 # --- storage -------------------------------------------------------------------
+
+ImageType = Literal["raw", "qcow2", "vhd", "vhdx"]
 
 
 class Volume(Options):
@@ -196,6 +232,28 @@ class Volume(Options):
     )
     direct: bool = Field(False, description="Bypass the host page cache (O_DIRECT).")
     readOnly: bool = Field(False, description="Attach read-only.")
+    imageType: ImageType = Field(
+        "raw",
+        description=(
+            "Format of the image: the hypervisor is told it (no guessing from the content), and a missing image "
+            "is created in it (with `qemu-img`). qemu and cloud-hypervisor take all four."
+        ),
+    )
+    backingFile: str | None = Field(
+        None,
+        description=(
+            "qcow2 only: create the image as a copy-on-write overlay of this image (relative paths are in the "
+            "VM's state directory), which the guest reads but never changes; no mkfs then. The overlay is `size` "
+            "MB or the backing image's size, whichever is larger. Not in microvm.nix."
+        ),
+    )
+    backingFormat: ImageType = Field("raw", description="Format of `backingFile`. Not in microvm.nix.")
+
+    @model_validator(mode="after")
+    def _backing_needs_qcow2(self) -> Volume:
+        if self.backingFile is not None and self.imageType != "qcow2":
+            raise ValueError(f'backingFile needs imageType = "qcow2" (this is {self.imageType!r})')
+        return self
 
 
 class Share(Options):
@@ -215,7 +273,20 @@ class Share(Options):
     )
     readOnly: bool = Field(False, description="Share read-only.")
     posixAcl: bool = Field(True, description="virtiofs: let virtiofsd handle POSIX ACLs.")
+    cache: Literal["auto", "always", "metadata", "never"] = Field(
+        "auto",
+        description=(
+            "virtiofs: how long the guest caches what it read (virtiofsd `--cache`); `metadata` needs the Rust "
+            "virtiofsd. 9p shares take only auto."
+        ),
+    )
     virtiofsdExtraArgs: list[str] = Field([], description="virtiofs: extra arguments for this share's virtiofsd.")
+
+    @model_validator(mode="after")
+    def _cache_is_virtiofs(self) -> Share:
+        if self.cache != "auto" and self.proto != "virtiofs":
+            raise ValueError(f'cache = {self.cache!r} needs proto = "virtiofs" (qemu serves 9p shares uncached)')
+        return self
 
 
 class VirtiofsdOptions(Options):
@@ -259,6 +330,28 @@ class QemuOptions(Options):
     )
     extraArgs: list[str] = Field([], description="Extra qemu arguments, appended.")
     serialConsole: bool = Field(True, description="Console on the serial port (else virtio).")
+    pcieRootPorts: list[PcieRootPort] = Field(
+        [],
+        description=(
+            "PCIe root ports (`-device pcie-root-port`) to hot-plug PCIe devices into (through QMP `device_add`): "
+            "the q35 machine cannot hot-plug on its root bus. Not on the pc machine (no PCIe); microvm gets `pcie=on`."
+        ),
+    )
+
+
+class PcieRootPort(Options):
+    id: Name = Field(description="Unique id of the port, the `bus` of a device plugged into it.", examples=["rp0"])
+    bus: Name | None = Field(None, description="Bus the port sits on; null for the root bus (pcie.0).")
+    chassis: Annotated[int, Field(ge=0, le=255)] | None = Field(None, description="Chassis number.")
+    slot: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+        None, description="Slot number (chassis and slot must be unique together)."
+    )
+    addr: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{1,2}(\.[0-7])?$")] | None = Field(
+        None, description="Address on the parent bus, `slot[.function]` in hex like `1c.0`."
+    )
+
+
+QemuOptions.model_rebuild()
 
 
 class ExtraArgs(Options):
@@ -271,6 +364,16 @@ class CrosvmOptions(ExtraArgs):
 
 class FirecrackerOptions(ExtraArgs):
     extraConfig: dict = Field({}, description="Merged into the generated firecracker JSON config.")
+    cpu: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Custom CPU template (firecracker's docs/cpu_templates: `cpuid_modifiers`, `msr_modifiers`, "
+            "`reg_modifiers`, ...), written next to the config and given as its `cpu-config`."
+        ),
+    )
+    driveIoEngine: Literal["Async", "Sync"] = Field(
+        "Async", description="I/O engine of every drive: Async (io_uring) or Sync (blocking)."
+    )
 
 
 # --- the microvm table ----------------------------------------------------------
@@ -314,6 +417,20 @@ class MicroVMOptions(Options):
         description="Control socket (relative to the state directory). Default: `<hostName>.sock` where the hypervisor has one.",
     )
     preStart: str = Field("", description="Shell commands run before the hypervisor starts.")
+    extraArgsScript: str | None = Field(
+        None,
+        description=(
+            "Shell command run by `bin/microvm-run` just before the hypervisor starts (in the state directory, "
+            "after `preStart`); its output, split at blanks, is appended to the hypervisor's arguments."
+        ),
+    )
+    registerWithMachined: bool = Field(
+        False,
+        description=(
+            "Register the running VM with systemd-machined (class vm, `guest.machineId` as its UUID), so "
+            "`machinectl list/status/terminate` see it. Under systemd (`microvm@`) only."
+        ),
+    )
     readiness: bool = Field(
         False,
         description=(
@@ -370,7 +487,7 @@ class MicroVMOptions(Options):
     )
     devices: list[Device] = Field([], description="Host devices passed through.")
     vsock: VsockOptions = Field(default_factory=lambda: VsockOptions(), description="virtio-vsock.")
-    graphics: Enable = Field(default_factory=Enable, description="A graphical display (qemu, cloud-hypervisor).")
+    graphics: GraphicsOptions = Field(default_factory=lambda: GraphicsOptions(), description="A graphical display.")
     binScripts: dict[Name, str] = Field({}, description="Extra scripts put in the runner's bin/ (name -> script text).")
     qemu: QemuOptions = Field(default_factory=QemuOptions, description="qemu settings.")
     cloud_hypervisor: ExtraArgs = Field(
@@ -386,6 +503,31 @@ class MicroVMOptions(Options):
 class VsockOptions(Options):
     cid: Annotated[int, Field(ge=3, lt=2**32 - 1)] | None = Field(
         None, description="Guest context id (3 or more, unique per host); null for no vsock."
+    )
+    ssh: Enable = Field(
+        default_factory=Enable,
+        description=(
+            "An SSH server on vsock port 22 (base debian; installs openssh-server), for `microvm ssh NAME` "
+            "without any network. Needs `cid`."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ssh_needs_cid(self) -> VsockOptions:
+        if self.ssh.enable and self.cid is None:
+            raise ValueError("ssh.enable needs a cid (vsock is off without one)")
+        return self
+
+
+class GraphicsOptions(Options):
+    enable: bool = Field(False, description="A graphical display (qemu): virtio GPU, keyboard and tablet.")
+    backend: Literal["gtk", "headless"] = Field(
+        "gtk",
+        description=(
+            "gtk: a window on the host's desktop (for `microvm run` in a session, not under systemd); headless: "
+            "no window, the display is served by VNC on the unix socket `<hostName>-vnc.sock` in the state "
+            "directory (works under systemd)."
+        ),
     )
 
 
@@ -727,6 +869,23 @@ class VMConfig(Options):
     def name(self) -> str:
         return self.guest.hostName
 
+    def public_dump(self) -> dict:
+        """``dump()`` without secret values, for files others may read (the runner's vm.json).
+
+        A password hash becomes a digest of it (it is salted: the digest tells nothing, and a
+        change still shows in `microvm diff`); the text of a guest file that others may not
+        read in the guest becomes a placeholder (a digest of a short text could be guessed).
+        """
+        data = self.dump()
+        for user in data["guest"].get("users", {}).values():
+            if "hashedPassword" in user:
+                digest = hashlib.sha256(user["hashedPassword"].encode()).hexdigest()[:16]
+                user["hashedPassword"] = f"<secret sha256:{digest}>"
+        for spec in data["guest"].get("files", {}).values():
+            if "text" in spec and not int(spec["mode"], 8) & 0o004:
+                spec["text"] = "<secret>"
+        return data
+
 
 # The share tag that carries the guest system when storeOnDisk is false; its source is set to the
 # system's store entry at build time.
@@ -752,6 +911,34 @@ class HostOptions(Options):
         'ip link set "$id" up',
         description="Shell commands run after a tap `$id` is created.",
     )
+    startupTimeout: Annotated[int, Field(gt=0)] = Field(
+        150, description="Seconds systemd gives a VM to start (and to stop) before it fails it (`TimeoutSec=`)."
+    )
+
+
+class WebOptions(Options):
+    enable: bool = Field(
+        False, description="Serve `microvm web` (the VMs' page, API and consoles) as `microvm-web.service`."
+    )
+    listen: Annotated[str, AfterValidator(_listen)] = Field(
+        "unix:/run/microvm/web.sock",
+        description=(
+            "`unix:/PATH` (mode 0660, group `group`: its permissions authorise) or `ADDRESS:PORT` (a per-start "
+            "token, written to `/run/microvm/web.token`); an address beyond loopback needs `tlsCertificate`."
+        ),
+    )
+    group: Name = Field("kvm", description="Group that may use the unix socket.")
+    tlsCertificate: AbsolutePath | None = Field(None, description="TLS certificate (PEM) to serve https with.")
+    tlsKey: AbsolutePath | None = Field(None, description="The certificate's private key (PEM).")
+
+    @model_validator(mode="after")
+    def _tls_beyond_loopback(self) -> WebOptions:
+        if (self.tlsCertificate is None) != (self.tlsKey is None):
+            raise ValueError("set tlsCertificate and tlsKey together")
+        unix, host, _ = listen_address(self.listen)
+        if unix is None and not ipaddress.ip_address(host).is_loopback and self.tlsCertificate is None:
+            raise ValueError(f"listen {self.listen!r} is reachable from other machines: set tlsCertificate and tlsKey")
+        return self
 
 
 class DeclaredVM(Options):
@@ -784,6 +971,7 @@ class HostMicroVMOptions(Options):
     )
     autostart: list[Name] = Field([], description="VMs started at boot (microvms.target).")
     host: HostOptions = Field(default_factory=HostOptions, description="Host module settings.")
+    web: WebOptions = Field(default_factory=WebOptions, description="The web page of the host's VMs.")
     vms: dict[Name, DeclaredVM] = Field({}, description="VMs declared with the host.")
 
 

@@ -19,6 +19,7 @@ from typing import Literal
 
 from .. import proc
 from ..guest.cpio import CpioArchive
+from ..guest.debarch import busybox_path
 from ..store import Store
 
 Accel = Literal["kvm", "tcg"]
@@ -47,7 +48,6 @@ def kvm_usable_device() -> str | None:
 
 
 def _probe_initrd(store: Store) -> Path:
-    from ..guest.initrd import busybox_path
 
     busybox = busybox_path()
 

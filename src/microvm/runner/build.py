@@ -129,8 +129,6 @@ def build_vm(store: Store, vm: VMConfig, hypervisor: str | None = None, progress
         initrd = build_initrd(store, vm, backend, kernel)
     boot_image = kernel.vmlinux if backend.kernel_format == "vmlinux" else kernel.boot_image
     if boot_image is None:
-        from ..errors import MicrovmError
-
         raise MicrovmError(f"{backend.name} needs an uncompressed vmlinux, and none could be made from {kernel.image}")
     say("accelerator")
     verdict = accel.resolve(vm.microvm.accel, store, kernel.boot_image, emulated=emulation_reason(vm))

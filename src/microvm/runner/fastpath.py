@@ -74,7 +74,7 @@ def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
     # the guest's architecture's package lists: its kernel and (foreign) busybox are resolved from them
     apt = Apt(vm.guest.arch, Apt.state_dir(store_root, vm.guest.arch))
     if vm.guest.base == "busybox":
-        from ..guest.initrd import busybox_path
+        from ..guest.debarch import busybox_path
 
         paths.append(str(busybox_path()))
         paths += [str(p) for p in apt.list_paths()]

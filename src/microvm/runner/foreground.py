@@ -84,9 +84,9 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
     workdir.mkdir(parents=True, exist_ok=True)
     if console:
         (workdir / console[1]).unlink(missing_ok=True)
-    user = None
+    user, groups = None, []
     if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
-        user = privileges.drop_to(plan.runner, workdir)
+        *user, groups = privileges.drop_to(plan.runner, workdir)
     daemons: list[subprocess.Popen[bytes]] = []
     if plan.virtiofs:
         from . import virtiofsd
@@ -98,7 +98,8 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
         cwd=workdir,
         start_new_session=console is not None,
         stdin=subprocess.DEVNULL if console else None,
-        user=user,
+        user=tuple(user) if user else None,
+        groups=groups,
     )
     interrupts = 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER
+from ..store import PRIVATE_GROUP, Store
 
 ROOT_ENV = "MICROVM_RUN_AS_ROOT"  # the same as microvm.runAsRoot = true, for one command (tests, scripts)
 
@@ -40,12 +41,18 @@ def create_user(name: str, group: str, home: Path) -> None:
     )
 
 
+def group_id(name: str) -> int:
+    """The gid of group ``name``, created if missing."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        create_group(name)
+        return grp.getgrnam(name).gr_gid
+
+
 def hypervisor_ids(home: Path) -> tuple[int, int]:
     """(uid, gid) of the ``microvm`` user and ``kvm`` group, created (home ``home``) if missing."""
-    try:
-        grp.getgrnam(HYPERVISOR_GROUP)
-    except KeyError:
-        create_group(HYPERVISOR_GROUP)
+    group_id(HYPERVISOR_GROUP)
     try:
         pwd.getpwnam(HYPERVISOR_USER)
     except KeyError:
@@ -81,13 +88,16 @@ def _refuse(what: str, path: Path, blocked: Path, why: str) -> MicrovmError:
     )
 
 
-def drop_to(runner: Path, workdir: Path) -> tuple[int, int]:
-    """Prepare ``workdir`` (the VM's state directory) for an unprivileged hypervisor; return its (uid, gid).
+def drop_to(runner: Path, workdir: Path) -> tuple[int, int, list[int]]:
+    """Prepare ``workdir`` (the VM's state directory) for an unprivileged hypervisor; return its
+    (uid, gid, supplementary groups: the one that reads the private store entries, as under systemd).
 
     The directory and what root left directly in it (volumes, the console log, a share's
     directory; not what a share holds, not links) are given to the user.
     """
     uid, gid = hypervisor_ids(workdir.parent)
+    private = group_id(PRIVATE_GROUP)
+    Store(runner.parent).share(runner)  # the root image and system it uses, perhaps older than the group
     for entry in [workdir, *workdir.iterdir()]:
         st = entry.lstat()
         if st.st_uid == 0 and not stat.S_ISLNK(st.st_mode):
@@ -98,4 +108,4 @@ def drop_to(runner: Path, workdir: Path) -> tuple[int, int]:
         raise _refuse("reach the VM's state directory", workdir, blocked, f"mode {blocked.stat().st_mode & 0o777:o}")
     if not _allows(workdir.stat(), uid, gid, stat.S_IWOTH | stat.S_IXOTH):
         raise _refuse("write to the VM's state directory", workdir, workdir, f"owned by uid {workdir.stat().st_uid}")
-    return uid, gid
+    return uid, gid, [private]

@@ -26,6 +26,7 @@ from pathlib import Path
 from .. import __version__
 from ..guest.debian import guest_packages
 from ..hypervisors.base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
+from ..hypervisors.qemu import IMAGE_FORMATS  # qemu-img makes the images, whatever runs them
 from ..layout import (
     MACVTAP_INTERFACES,
     PCI_DEVICES,
@@ -54,19 +55,49 @@ def _mkfs_args(volume: Volume) -> list[str]:
 
 
 CREATE_VOLUME = """
-# create_volume IMAGE SIZE_MB FSTYPE MKFS_ARGS...: make a missing volume; never touch an existing one
+# create_volume IMAGE SIZE_MB FORMAT FSTYPE MKFS_ARGS...: make a missing volume; never touch an existing one
 create_volume() {
-    local image=$1 size=$2 fstype=$3
-    shift 3
+    local image=$1 size=$2 format=$3 fstype=$4
+    shift 4
     [ -e "$image" ] && return 0
     mkdir -p "$(dirname "$image")"
     local tmp
     tmp=$(mktemp "$image.new.XXXXXX")
     truncate -s "${size}M" "$tmp"
     "mkfs.$fstype" "$@" "$tmp" >/dev/null
-    # ln fails if the image appeared meanwhile: the existing one always wins
-    ln -T "$tmp" "$image" 2>/dev/null || true
-    rm -f "$tmp"
+    if [ "$format" != raw ]; then
+        qemu-img convert -q -f raw -O "$format" "$tmp" "$tmp.$format"
+        mv -f "$tmp.$format" "$tmp"
+    fi
+    publish_volume "$tmp" "$image"
+}
+
+# create_overlay IMAGE SIZE_MB BACKING BACKING_FORMAT: a missing qcow2 volume over a backing image,
+# as large as the backing image or SIZE_MB if that is larger (a smaller one would cut its filesystem)
+create_overlay() {
+    local image=$1 size=$2 backing=$3 backing_format=$4
+    [ -e "$image" ] && return 0
+    if [ ! -e "$backing" ]; then
+        echo "microvm: the backing file $backing of volume $image does not exist" >&2
+        exit 1
+    fi
+    mkdir -p "$(dirname "$image")"
+    local tmp
+    tmp=$(mktemp "$image.new.XXXXXX")
+    # the backing file is recorded by its absolute path: the image may live in another directory
+    qemu-img create -q -f qcow2 -F "$backing_format" -b "$(realpath -- "$backing")" "$tmp"
+    local base_bytes
+    base_bytes=$(qemu-img info --output=json "$tmp" | grep -o '"virtual-size": [0-9]*' | head -n 1 | grep -o '[0-9]*$')
+    if [ $((size * 1048576)) -gt "$base_bytes" ]; then
+        qemu-img resize -q "$tmp" "${size}M"
+    fi
+    publish_volume "$tmp" "$image"
+}
+
+# publish_volume TMP IMAGE: ln fails if the image appeared meanwhile: the existing one always wins
+publish_volume() {
+    ln -T "$1" "$2" 2>/dev/null || true
+    rm -f "$1"
 }
 """
 
@@ -78,13 +109,18 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
         "#!/usr/bin/env bash",
         HEADER.format(version=__version__, name=vm.guest.hostName, hypervisor=hypervisor.name),
         "set -euo pipefail",
+        "umask 077  # what the VM leaves in its state directory (console log, sockets, saved state) is not others'",
     ]
     creatable = [v for v in mv.volumes if v.autoCreate]
     if creatable:
         lines.append(CREATE_VOLUME)
         for volume in creatable:
-            args = [volume.image, str(volume.size), volume.fsType, *_mkfs_args(volume)]
-            lines.append("create_volume " + shlex.join(args))
+            if volume.backingFile is not None:
+                args = [volume.image, str(volume.size), volume.backingFile, IMAGE_FORMATS[volume.backingFormat]]
+                lines.append("create_overlay " + shlex.join(args))
+            else:
+                args = [volume.image, str(volume.size), IMAGE_FORMATS[volume.imageType], volume.fsType]
+                lines.append("create_volume " + shlex.join([*args, *_mkfs_args(volume)]))
     sources = [s.source for s in mv.shares if s.proto == "9p"]
     if sources:
         lines += [
@@ -92,9 +128,15 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
             "# 9p share sources (relative ones live in the state directory)",
             "mkdir -p " + shlex.join(sources),
         ]
+    if vhost := [i.id for i in mv.interfaces if i.tap.vhost]:
+        lines += ["", *_vhost_check(vhost)]
     if mv.preStart.strip():
         lines += ["", "# microvm.preStart", mv.preStart.rstrip()]
     lines += spec.pre_exec
+    if mv.extraArgsScript is not None:
+        lines += ["", "# microvm.extraArgsScript: its output, split at blanks (no globbing), ends the command line"]
+        lines.append(f"extra_output=$({mv.extraArgsScript})")
+        lines.append('read -r -d "" -a extra_args <<< "$extra_output" || true  # read ends at the end of input')
     resumable = bool(mv.socket) and isinstance(hypervisor, Suspend)
     if resumable:
         lines += _resume(vm, hypervisor, runner_dir)
@@ -102,17 +144,30 @@ def run_script(vm: VMConfig, hypervisor: Hypervisor, spec: RunnerSpec, runner_di
     if console := hypervisor.console_socket(vm):
         # the console log is this boot's: emptied here, appended to by the hypervisor, so a resumed
         # VM keeps what it printed before, and logrotate's copytruncate is safe
-        truncate = f": > {shlex.quote(console[1])}"
+        log = shlex.quote(console[1])
+        truncate = f": > {log}"
         lines += ["", f"if [ ${{#resume[@]}} -eq 0 ]; then {truncate}; fi" if resumable else truncate]
+        lines.append(f"if [ -e {log} ]; then chmod 0600 {log}; fi  # a log from before the umask was readable by all")
     for fd, target in spec.fds:
         # targets are our own generated words (a tap device by ifindex), quoted but expanded
         lines.append(f'exec {fd}<>"{target}"')
     argv = [shlex.quote(a.replace(RunnerSpec.RUNNER, str(runner_dir))) for a in spec.argv]
     if resumable:
         argv.append('"${resume[@]}"')
+    if mv.extraArgsScript is not None:
+        argv.append('"${extra_args[@]}"')
     exec_prefix = f"exec -a {shlex.quote('microvm@' + vm.guest.hostName)} " if mv.prettyProcnames else "exec "
     lines += ["", exec_prefix + " \\\n  ".join(argv)]
     return "\n".join(lines) + "\n"
+
+
+def _vhost_check(interfaces: list[str]) -> list[str]:
+    """Say why the hypervisor would fail on a host without vhost-net, before it starts."""
+    message = (
+        f"microvm: /dev/vhost-net is missing, which tap.vhost of {', '.join(interfaces)} needs; "
+        "load it (modprobe vhost_net) or set tap.vhost = false"
+    )
+    return ["if [ ! -e /dev/vhost-net ]; then", f"  echo {shlex.quote(message)} >&2", "  exit 1", "fi"]
 
 
 RESUME_FD = 8  # the saved state, opened by the runner for the hypervisor to read
@@ -202,6 +257,14 @@ def runner_files(
                 _control_script(vm, hypervisor, "balloon", "--socket", mv.socket, "--mem", str(mv.mem)),
                 0o755,
             )
+    if mv.registerWithMachined:
+        taps = [arg for i in mv.interfaces if i.type in ("tap", "macvtap") for arg in ("--interface", i.id)]
+        identity = ["--name", vm.guest.hostName]
+        register = _helper_script(
+            vm, hypervisor, "machine-register", *identity, "--uuid", str(vm.guest.machineId), *taps
+        )
+        files["bin/microvm-register"] = (register, 0o755)
+        files["bin/microvm-unregister"] = (_helper_script(vm, hypervisor, "machine-unregister", *identity), 0o755)
     for name, script in mv.binScripts.items():
         files[f"bin/{name}"] = (script if script.startswith("#!") else f"#!/bin/sh\n{script}\n", 0o755)
     by_type = {t: [i.id for i in mv.interfaces if i.type == t] for t in ("tap", "macvtap")}
@@ -231,7 +294,7 @@ def runner_files(
         if packages is not None:
             # name -> version of every installed package, for `microvm diff`/`update` and as a lock
             files[RUNNER_PACKAGES] = (json.dumps(packages, indent=1, sort_keys=True) + "\n", 0o644)
-    files[RUNNER_CONFIG] = (json.dumps(vm.dump(), indent=1, sort_keys=True) + "\n", 0o644)
+    files[RUNNER_CONFIG] = (json.dumps(vm.public_dump(), indent=1, sort_keys=True) + "\n", 0o644)
     for rel, content in spec.files.items():
         files[rel] = (content.replace(RunnerSpec.RUNNER, str(runner_dir)), 0o644)
     return files

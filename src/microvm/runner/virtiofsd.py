@@ -59,7 +59,8 @@ def _socket_group(vm: VMConfig) -> str | None:
 def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
     """The command line serving ``share``, run in the VM's state directory ``workdir``.
 
-    The system store share never changes under the guest, so the guest may cache it fully.
+    The system store share never changes under the guest, so the guest may cache it fully;
+    other shares cache as their ``cache`` says.
 
     The socket stays relative as configured (unix socket paths are limited to
     108 bytes); the source is made absolute (virtiofsd bind-mounts it).
@@ -80,7 +81,7 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
         args += ["--posix-acl"] if share.posixAcl else []
         args += [f"--inode-file-handles={opts.inodeFileHandles}"] if opts.inodeFileHandles else []
         args += ["--readonly"] if share.readOnly else []
-        args += ["--cache=always"] if share.tag == STORE_SHARE_TAG else []
+        args += [f"--cache={_cache(share)}"] if _cache(share) != "auto" else []
     else:
         args = [
             path,
@@ -93,12 +94,26 @@ def argv(vm: VMConfig, share: Share, workdir: Path) -> list[str]:
             "-o",
             "posix_acl" if share.posixAcl else "no_posix_acl",
         ]
-        if share.tag == STORE_SHARE_TAG:
-            args += ["-o", "cache=always"]
+        if (cache := _cache(share)) != "auto":
+            args += ["-o", f"cache={_c_cache(share, cache)}"]
         if share.readOnly:
             prefix = _read_only_bind(share, source)
     args += [f"--socket-group={group}"] if (group := _socket_group(vm)) else []
     return [*prefix, *args, *opts.extraArgs, *share.virtiofsdExtraArgs]
+
+
+def _cache(share: Share) -> str:
+    return "always" if share.tag == STORE_SHARE_TAG else share.cache
+
+
+def _c_cache(share: Share, cache: str) -> str:
+    """The C virtiofsd's name of a cache policy: it calls never "none" and has no metadata policy."""
+    if cache == "metadata":
+        raise MicrovmError(
+            f'microvm.shares: share {share.tag!r} asks for cache = "metadata", which the C virtiofsd lacks',
+            hint='install the Rust virtiofsd, or use cache = "auto" or "never"',
+        )
+    return "none" if cache == "never" else cache
 
 
 def _read_only_bind(share: Share, source: str) -> list[str]:
