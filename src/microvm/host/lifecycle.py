@@ -132,6 +132,20 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
         )
 
 
+def install_built(name: str, runner: Path, state_dir: Path | None = None) -> Change:
+    """Install a runner built on another host (microvm deploy): create the VM on first use, switch it after."""
+    if not (runner / "bin" / "microvm-run").exists():
+        raise MicrovmError(f"{runner} is not a VM runner (no bin/microvm-run)", hint="copy it here first")
+    with locked(name, state_dir) as state:
+        if state.declared_by is not None:
+            raise MicrovmError(
+                f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",
+                hint=f"microvm host apply {state.declared_by}",
+            )
+        # no source here to compare with: never "outdated" (changed_since sees no files: unknown)
+        return _install(state, runner, source=None, declared_by=None, fingerprint={"deployed": True}, owner=None)
+
+
 def install_declared(
     loaded: LoadedVM, runner: Path, host_file: Path, state_dir: Path, owner: tuple[int, int] | None = None
 ) -> Change:
