@@ -474,6 +474,7 @@ def write_debian_vm(
 HOST_PACKAGES = [
     "systemd", "systemd-sysv", "dbus", "iproute2", "python3", "qemu-system-x86", "busybox-static",
     "erofs-utils", "kmod", "e2fsprogs", "passwd", "git", "dnsmasq-base", "nftables", "systemd-container",
+    "openssh-server", "openssh-client",
 ]  # fmt: skip
 # The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
 # machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.

@@ -98,9 +98,15 @@ def _children(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def container(rootfs: Path, binds: list[str], ro_binds: list[str], log: Path) -> Iterator[Container]:
-    """Boot ``rootfs``; on exit shut it down (SIGTERM to nspawn: systemd powers off, stopping its units)."""
-    argv = ["systemd-nspawn", "-b", "-D", str(rootfs), "--register=no", "--keep-unit", "--private-network"]
+def container(
+    rootfs: Path, binds: list[str], ro_binds: list[str], log: Path, netns: str | None = None
+) -> Iterator[Container]:
+    """Boot ``rootfs``; on exit shut it down (SIGTERM to nspawn: systemd powers off, stopping its units).
+
+    ``netns``: the network namespace (``ip netns`` name) it joins, instead of a new empty one.
+    """
+    network = f"--network-namespace-path=/run/netns/{netns}" if netns else "--private-network"
+    argv = ["systemd-nspawn", "-b", "-D", str(rootfs), "--register=no", "--keep-unit", network]
     argv += [f"--bind={b}" for b in binds] + [f"--bind-ro={b}" for b in ro_binds]
     name = f"microvm-test-{os.getpid()}-{time.monotonic_ns()}"
     # nspawn starts in the new cgroups: a shell moves itself there, then execs it

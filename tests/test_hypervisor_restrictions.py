@@ -70,6 +70,7 @@ ASKS: dict[Feature, tuple[str, str]] = {
         "microvm.volumes[0].serial",
     ),
     Feature.DIRECT_IO: ('[[microvm.volumes]]\nimage = "a.img"\nsize = 8\ndirect = true\n', "microvm.volumes[0].direct"),
+    Feature.MIGRATE: ("migratable = true\n", "microvm.migratable"),
     **{
         feature: (
             f'[[microvm.volumes]]\nimage = "a.{f}"\nsize = 8\nimageType = "{f}"\n',
@@ -274,3 +275,9 @@ def test_build_for_another_hypervisor_applies_its_limits(tmp_path: Path) -> None
     with pytest.raises(MicrovmError, match="stratovirt cannot run this VM.*microvm.mem.*at least 128 MB"):
         check_for(get("stratovirt"), vm)
     check_for(get("kvmtool"), vm)  # qemu's control socket is just not used
+
+
+@pytest.mark.parametrize("hypervisor", ["cloud-hypervisor", "firecracker"])
+def test_migratable_names_what_the_hypervisor_api_offers(tmp_path: Path, hypervisor: str) -> None:
+    message = refusal(tmp_path, hypervisor, ASKS[Feature.MIGRATE][0])
+    assert "snapshot" in message and "microvm migrates qemu VMs only" in message

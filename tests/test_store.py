@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import build_file, entries_built_for, exposure, write_vm
 
-from microvm.errors import CommandError
+from microvm.errors import CommandError, MicrovmError
 from microvm.guest.image import build_root_image
-from microvm.store import Store
+from microvm.store import Store, content_hash
 
 VM = """
 [guest]
@@ -149,3 +150,67 @@ def test_squashfs_image_is_reproducible(shared_store, tmp_path: Path) -> None:
         time.sleep(1.1 * n)  # another second: a build time in the image would differ
         images.append(build_root_image(Store(tmp_path / f"store{n}"), built.system, "squashfs", [], "repro"))
     assert images[0].read_bytes() == images[1].read_bytes()
+
+
+def _tree(root: Path) -> Path:
+    """An entry with a file, an executable, a symlink and a subdirectory."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "run").write_text("#!/bin/sh\necho hi\n")
+    (root / "bin" / "run").chmod(0o755)
+    (root / "data").write_bytes(bytes(range(256)) * 1000)
+    (root / "link").symlink_to("bin/run")
+    (root / ".references").write_text("")
+    return root
+
+
+def test_copy_stream_round_trips_with_equal_content_hashes(tmp_path: Path) -> None:
+    source = Store(tmp_path / "a")
+    entry = _tree(source.root / f"{'0' * 32}-thing")
+    buffer = io.BytesIO()
+    sent = source.send([entry], buffer)
+    assert sent > 256000
+    target = Store(tmp_path / "b")
+    assert target.receive(io.BytesIO(buffer.getvalue())) == [target.root / entry.name]
+    copy = target.root / entry.name
+    assert content_hash(copy) == content_hash(entry)
+    assert (copy / "bin" / "run").stat().st_mode & 0o100 and (copy / "link").readlink() == Path("bin/run")
+    (copy / "data").write_bytes(b"changed")
+    assert content_hash(copy) != content_hash(entry)
+    assert target.missing([entry.name, f"{'1' * 32}-other"]) == [f"{'1' * 32}-other"]
+
+
+def test_a_private_entry_arrives_private(tmp_path: Path) -> None:
+    """An entry that may hold secrets (a guest system) is readable by no other user on the receiving host either."""
+    source = Store(tmp_path / "a")
+    entry = _tree(source.root / f"{'3' * 32}-system")
+    (entry / "shadow").write_text("root:$6$secret\n")
+    (entry / "shadow").chmod(0o600)
+    entry.chmod(0o700)
+    buffer = io.BytesIO()
+    source.send([entry], buffer)
+    target = Store(tmp_path / "b")
+    [copy] = target.receive(io.BytesIO(buffer.getvalue()))
+    assert stat.S_IMODE(copy.stat().st_mode) & 0o007 == 0
+    assert stat.S_IMODE((copy / "shadow").stat().st_mode) == 0o600
+    assert stat.S_IMODE((copy / "data").stat().st_mode) == stat.S_IMODE((entry / "data").stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "error"),
+    [
+        (lambda d: d[: len(d) // 2], "ended early"),
+        (lambda d: d[: len(d) // 2] + bytes([d[len(d) // 2] ^ 1]) + d[len(d) // 2 + 1 :], "arrived corrupted"),
+        (lambda d: d.replace(b"entry 0", b"entry /"), "malformed"),
+    ],
+    ids=["interrupted", "corrupted", "bad-name"],
+)
+def test_a_bad_copy_stream_leaves_nothing(tmp_path: Path, mangle, error: str) -> None:
+    source = Store(tmp_path / "a")
+    first = _tree(source.root / f"{'0' * 32}-first")
+    second = _tree(source.root / f"{'2' * 32}-second")
+    buffer = io.BytesIO()
+    source.send([first, second], buffer)
+    target = Store(tmp_path / "b")
+    with pytest.raises(MicrovmError, match=error):
+        target.receive(io.BytesIO(mangle(buffer.getvalue())))
+    assert [p.name for p in target.root.iterdir()] == []  # no entry, no temporary directory

@@ -32,6 +32,7 @@ import grp
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -39,9 +40,9 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
-from .errors import io_error
+from .errors import MicrovmError, io_error
 
 HASH_LEN = 32
 # The group that may read private entries: the VM units run with it (see microvm.host.units).
@@ -295,6 +296,89 @@ class Store:
             return None
         return self.root / rel.parts[0] if rel.parts else None
 
+    # --- copying between stores (the archive format is below the class) --------
+
+    def in_dependency_order(self, entries: list[Path]) -> list[Path]:
+        """The closure of ``entries``, each entry after the entries it references."""
+        ordered: list[Path] = []
+        seen: set[Path] = set()
+
+        def visit(entry: Path) -> None:
+            if entry in seen or not entry.exists():
+                return
+            seen.add(entry)
+            for ref in self.references(entry):
+                visit(ref)
+            ordered.append(entry)
+
+        for entry in entries:
+            visit(entry)
+        return ordered
+
+    def missing(self, names: list[str]) -> list[str]:
+        """Which of the entry ``names`` this store lacks."""
+        for name in names:
+            if not ENTRY_NAME.match(name):
+                raise MicrovmError(f"{name!r} is not a store entry name")
+        return [name for name in names if not (self.root / name).exists()]
+
+    def send(self, entries: list[Path], out: BinaryIO) -> int:
+        """Write ``entries`` (in this order) as one copy stream; returns the bytes written."""
+        written = 0
+
+        def write(data: bytes) -> None:
+            nonlocal written
+            out.write(data)
+            h.update(data)
+            written += len(data)
+
+        out.write(ARCHIVE_MAGIC)
+        for entry in entries:
+            h = hashlib.sha256()
+            out.write(b"entry %s\n" % entry.name.encode())
+            _archive(entry, write)
+            out.write(b"sha256 %s\n" % h.hexdigest().encode())
+        out.write(b"end\n")
+        out.flush()
+        return written
+
+    def receive(self, stream: BinaryIO) -> list[Path]:
+        """Read a copy stream; keep its entries only if every one arrived whole with its content hash.
+
+        Entries are unpacked under temporary names and renamed into place only
+        after the end of the stream: a corrupted or interrupted copy leaves nothing.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        staged: list[tuple[Path, Path]] = []
+        try:
+            if stream.readline(64) != ARCHIVE_MAGIC:
+                raise MicrovmError("not a microvm copy stream (or an empty one: the sender failed)")
+            while (line := _HashingReader(stream).line(hashed=False)) != b"end":
+                kind, _, name = line.partition(b" ")
+                if kind != b"entry" or not ENTRY_NAME.match(name.decode(errors="replace")):
+                    raise MicrovmError(f"the copy stream is malformed (at {line[:80]!r})")
+                final = self.root / name.decode()
+                tmp = Path(tempfile.mkdtemp(prefix=f".tmp-recv-{final.name}-", dir=self.root))
+                staged.append((tmp, final))
+                reader = _HashingReader(stream)
+                _unarchive(reader, tmp)
+                expected = reader.line(hashed=False).partition(b" ")[2].decode(errors="replace")
+                if expected != reader.hash.hexdigest():
+                    raise MicrovmError(
+                        f"store entry {final.name} arrived corrupted: content hash {reader.hash.hexdigest()}, "
+                        f"the sender's is {expected}"
+                    )
+            added = []
+            for tmp, final in staged:  # references first: never an entry whose references are missing
+                with self._lock(final.name):
+                    if not final.exists():
+                        os.rename(tmp, final)
+                        added.append(final)
+            return added
+        finally:
+            for tmp, _ in staged:
+                shutil.rmtree(tmp, ignore_errors=True)
+
     # --- garbage collection ---------------------------------------------------
 
     @property
@@ -383,3 +467,108 @@ class Store:
                     except OSError as exc:
                         raise io_error(f"gc: removing {path.name}", exc, doomed) from None
         return dead
+
+
+# --- moving entries between stores (microvm copy) -------------------------------
+#
+# An entry travels as a NAR-like archive of its tree: node type, permission bits
+# (sealed ones: a private entry stays private), names (sorted) and contents,
+# nothing else (no times, owners or inode order), so the same tree always gives
+# the same bytes. Its sha256 is the
+# entry's content hash; the sender appends it, the receiver recomputes it from
+# what arrived and keeps the entry only if the two agree.
+
+ARCHIVE_MAGIC = b"microvm-archive-1\n"
+ENTRY_NAME = re.compile(rf"^[0-9a-f]{{{HASH_LEN}}}-[A-Za-z0-9._+-]+$")
+_CHUNK = 1 << 20
+
+
+def _mode(path: Path, top: bool) -> int:
+    """The permission bits an archive carries: sealed ones; the top directory only public (755) or
+    private (700: the receiver gives it to its own ``microvm`` group), which differs between hosts."""
+    mode = stat.S_IMODE(path.lstat().st_mode) & ~UNSAFE_BITS
+    return (0o755 if mode & 0o005 else 0o700) if top else mode
+
+
+def _archive(path: Path, write: Callable[[bytes], None], top: bool = True) -> None:
+    if path.is_symlink():
+        target = os.fsencode(os.readlink(path))
+        write(b"l %d\n" % len(target) + target)
+    elif path.is_dir():
+        names = sorted(os.fsencode(n) for n in os.listdir(path))
+        write(b"d %o %d\n" % (_mode(path, top), len(names)))
+        for name in names:
+            write(b"%d\n" % len(name) + name)
+            _archive(path / os.fsdecode(name), write, top=False)
+    else:
+        size = path.stat().st_size
+        write(b"f %o %d\n" % (_mode(path, top), size))
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                write(chunk)
+
+
+def content_hash(entry: Path) -> str:
+    """sha256 of the entry's archive: equal trees, equal hashes, whatever host they are on."""
+    h = hashlib.sha256()
+    _archive(entry, h.update)
+    return h.hexdigest()
+
+
+class _HashingReader:
+    """Reads the incoming stream, hashing what it reads, refusing what is malformed or cut short."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.hash = hashlib.sha256()
+
+    def exact(self, size: int) -> bytes:
+        data = self.stream.read(size)
+        if len(data) != size:
+            raise MicrovmError("the copy stream ended early (interrupted transfer)")
+        self.hash.update(data)
+        return data
+
+    def line(self, hashed: bool = True) -> bytes:
+        data = self.stream.readline(4096)
+        if not data.endswith(b"\n"):
+            raise MicrovmError("the copy stream ended early (interrupted transfer)")
+        if hashed:
+            self.hash.update(data)
+        return data[:-1]
+
+    def header(self) -> tuple[bytes, list[bytes]]:
+        kind, *fields = self.line().split(b" ")
+        return kind, fields
+
+
+def _unarchive(reader: _HashingReader, path: Path, top: bool = True) -> None:
+    kind, fields = reader.header()
+    try:
+        if kind == b"l" and len(fields) == 1:
+            os.symlink(reader.exact(int(fields[0])), path)
+        elif kind == b"d" and len(fields) == 2:
+            path.mkdir(exist_ok=path.is_dir())
+            path.chmod(0o700)  # until it is complete
+            for _ in range(int(fields[1])):
+                name = reader.exact(int(reader.line()))
+                if b"/" in name or name in (b"", b".", b".."):
+                    raise MicrovmError(f"the copy stream has a bad file name {name!r}")
+                _unarchive(reader, path / os.fsdecode(name), top=False)
+            mode = int(fields[0], 8) & ~UNSAFE_BITS
+            if top:
+                set_access(path, private=mode != 0o755)
+            else:
+                path.chmod(mode)
+        elif kind == b"f" and len(fields) == 2:
+            with path.open("xb") as f:
+                left = int(fields[1])
+                while left:
+                    chunk = reader.exact(min(left, _CHUNK))
+                    f.write(chunk)
+                    left -= len(chunk)
+            path.chmod(int(fields[0], 8) & ~UNSAFE_BITS)
+        else:
+            raise MicrovmError(f"the copy stream is malformed (node {kind!r})")
+    except ValueError as exc:
+        raise MicrovmError(f"the copy stream is malformed ({exc})") from exc

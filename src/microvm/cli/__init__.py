@@ -82,12 +82,14 @@ def fast_run(argv: list[str]) -> int | None:
     """
     if os.environ.get("MICROVM_NO_FAST_RUN") or (parsed := _run_arguments(argv)) is None:
         return None
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..runner import fastpath
 
     file, hypervisor, state_dir = parsed
     if (found := fastpath.lookup(file, hypervisor)) is None:
         return None
     name, plan, notes = found
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.statedir import vm_dir
     from ..runner.foreground import run_foreground
 
@@ -98,6 +100,7 @@ def fast_run(argv: list[str]) -> int | None:
 
 def full(argv: list[str]) -> None:
     """The typer application (every command, its options and usage errors)."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from .app import app
 
     code = app(args=argv, prog_name="microvm", standalone_mode=False)
@@ -108,15 +111,18 @@ def full(argv: list[str]) -> None:
 def main() -> None:
     faults.install()
     if os.environ.get("MICROVM_DEBUG"):
+        # late on purpose: a command loads only what it runs (start-up speed)
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     argv = translate_legacy(sys.argv[1:])
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..errors import MicrovmError, io_error
 
     try:
         if (code := fast_run(argv)) is not None:
             sys.exit(code)
+        # late on purpose: a command loads only what it runs (start-up speed)
         from . import fast
 
         if (quick := fast.command(argv)) is not None:
@@ -130,6 +136,7 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         sys.exit(141)
     except (MicrovmError, OSError) as exc:
+        # late on purpose: a command loads only what it runs (start-up speed)
         from .show import error
 
         if isinstance(exc, OSError):  # an I/O failure no step named: one line with the command, not a traceback

@@ -23,6 +23,7 @@ StateDirOpt = Annotated[
 
 def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  # -> (LoadedVM, BuiltVM)
     """Evaluate and build ``file`` (to run in ``state_dir``); record what the build depended on for ``run``'s fast path."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_vm
     from ..runner import fastpath
     from ..runner.build import build_vm
@@ -64,11 +65,13 @@ def run(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Build the VM and run it in the foreground with its console here (Ctrl-C shuts it down). microvm.nix: -r."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.statedir import vm_dir
     from ..runner.foreground import Foreground, run_foreground
 
     file = Path(target)
     if not os.path.exists(target) and "/" not in target and not target.endswith(".toml"):
+        # late on purpose: a command loads only what it runs (start-up speed)
         from ..host.lifecycle import run_installed
 
         raise typer.Exit(run_installed(target, state_dir))
@@ -83,6 +86,7 @@ def run(
 @app.command()
 def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False) -> None:
     """Remove store entries that no root (recorded build, installed VM's current or booted) uses."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.statedir import gc_roots
 
     store = Store()
@@ -100,6 +104,7 @@ def doctor(
     ] = False,
 ) -> None:
     """Tell whether KVM can boot guests here, and why TCG is used otherwise."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_vm
     from ..runner import accel
     from ..runner.build import get_kernel

@@ -21,6 +21,7 @@ def _is_host_file(file: Path, host: bool) -> bool:
     """Host files are marked by --host or by declaring ``microvm.vms`` / ``network``."""
     if host:
         return True
+    # late on purpose: a command loads only what it runs (start-up speed)
     import tomllib
 
     try:
@@ -36,6 +37,7 @@ def eval_(
     file: FileArg, json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, host: HostFlag = False
 ) -> None:
     """Print the fully merged config with every default filled in."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_host, load_vm
 
     if _is_host_file(file, host):
@@ -51,6 +53,7 @@ def eval_(
     if json_:
         out.print_json(json.dumps(data)) if out.is_terminal else print(json.dumps(data, indent=2))
     else:
+        # late on purpose: a command loads only what it runs (start-up speed)
         import tomli_w
 
         print(tomli_w.dumps(data), end="")
@@ -62,6 +65,7 @@ def _problem(error: ConfigError | MicrovmError) -> dict[str, str | None]:
 
 def _check_report(file: Path, host: bool) -> dict[str, Any]:
     """What `check --json` prints: ``ok``, the VMs it found, warnings and problems (docs/guide.md)."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_host, load_vm
 
     report: dict[str, Any] = {"file": str(file), "ok": True, "host": _is_host_file(file, host), "vms": []}
@@ -88,6 +92,7 @@ def check(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON (docs/guide.md).")] = False,
 ) -> None:
     """Validate a config file; exit non-zero with every problem found."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_host, load_vm
 
     if json_:
@@ -112,6 +117,7 @@ class Format(str, Enum):
 @app.command()
 def options(fmt: Annotated[Format, typer.Option("--format", help="md or json.")] = Format.md) -> None:
     """Print the options reference, generated from the option model."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..model.reference import reference_json, reference_markdown
 
     print(reference_markdown() if fmt is Format.md else reference_json(), end="" if fmt is Format.md else "\n")
@@ -156,6 +162,7 @@ def init(
     name: Annotated[str | None, typer.Option(help="Host name; default the directory's name.")] = None,
 ) -> None:
     """Write a commented starter VM file (like `nix flake init -t microvm`)."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..model.names import HYPERVISORS
     from ..model.options import valid_hostname
 

@@ -32,18 +32,21 @@ LIFECYCLE = ("start", "stop", "restart")
 
 
 def _list(as_json: bool) -> None:
+    # late on purpose: a command loads only what it runs (start-up speed)
     from .show import list_command
 
     list_command(as_json)
 
 
 def _status(name: str, as_json: bool) -> None:
+    # late on purpose: a command loads only what it runs (start-up speed)
     from .show import status_command
 
     status_command(name, as_json)
 
 
 def _control(action: str, name: str) -> None:
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.lifecycle import control
 
     control(action, name)

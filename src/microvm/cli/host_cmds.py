@@ -22,6 +22,7 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build, then only show what would change.")] = False,
 ) -> None:
     """Build every declared VM, install units, user, group and state directory; restart what changed."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_host
     from ..host import apply as host_apply
 

@@ -25,6 +25,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only print the plan.
 
 def _run(file: Path, which: str, dry_run: bool) -> None:
     """Plan ``up`` or ``down`` for the host file's network (stateDir: $MICROVM_STATE_DIR or the file's), apply it."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_host
     from ..host import network
 

@@ -58,16 +58,21 @@ def update(
     for name in names:
         with steps(f"building {name}") as say:
             change = lifecycle.update(name, store, progress=say)
-        out.print(f"{name}: updated" if change.changed else f"{name}: no change")
-        _print_diff(change.diff())
-        stale = change.state.booted not in (None, change.state.current)
-        if restart and (change.changed or stale):
-            systemd.control("restart", name)
-            out.print(f"{name}: restarted")
-        elif stale:
-            out.print(f"{name}: restart to boot it: microvm restart {name}")
-        if change.changed and change.state.saved_state[0].exists():
-            out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
+        report_update(name, change, restart)
+
+
+def report_update(name: str, change: lifecycle.Change, restart: bool) -> None:
+    """What an update changed (the diff), and the restart it did (-R) or that is needed."""
+    out.print(f"{name}: updated" if change.changed else f"{name}: no change")
+    _print_diff(change.diff())
+    stale = change.state.booted not in (None, change.state.current)
+    if restart and (change.changed or stale):
+        systemd.control("restart", name)
+        out.print(f"{name}: restarted")
+    elif stale:
+        out.print(f"{name}: restart to boot it: microvm restart {name}")
+    if change.changed and change.state.saved_state[0].exists():
+        out.print(f"{name}: its suspended state is the old build's: the next start boots afresh", markup=False)
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON (its shape: docs/guide.md).")]
@@ -116,6 +121,7 @@ def status(name: NameArg, json_: JsonFlag = False) -> None:
 @app.command()
 def console(name: NameArg) -> None:
     """Attach to the serial console of a running VM (Ctrl-] detaches)."""
+    # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.console import attach
 
     attach(name, *VMState.of(name).console_files())

@@ -46,6 +46,7 @@ class Change:
 
 
 def _build(store: Store, loaded: LoadedVM, progress: Progress | None) -> Path:
+    # late on purpose: list/status import this module and need no pydantic or builders
     from ..runner.build import build_vm
 
     return build_vm(store, loaded.config, progress=progress).runner
@@ -56,6 +57,7 @@ def service_owner() -> tuple[int, int] | None:
 
     The VM's state directory belongs to them: the hypervisor writes its sockets, volumes and ``booted`` there.
     """
+    # late on purpose: list/status import this module and need no pydantic or builders
     from .units import GROUP, USER
 
     if os.geteuid() != 0:
@@ -128,6 +130,20 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
         return _install(
             state, runner, source=source.url, declared_by=None, fingerprint=evaluated.fingerprint, owner=None
         )
+
+
+def install_built(name: str, runner: Path, state_dir: Path | None = None) -> Change:
+    """Install a runner built on another host (microvm deploy): create the VM on first use, switch it after."""
+    if not (runner / "bin" / "microvm-run").exists():
+        raise MicrovmError(f"{runner} is not a VM runner (no bin/microvm-run)", hint="copy it here first")
+    with locked(name, state_dir) as state:
+        if state.declared_by is not None:
+            raise MicrovmError(
+                f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",
+                hint=f"microvm host apply {state.declared_by}",
+            )
+        # no source here to compare with: never "outdated" (changed_since sees no files: unknown)
+        return _install(state, runner, source=None, declared_by=None, fingerprint={"deployed": True}, owner=None)
 
 
 def install_declared(
@@ -332,6 +348,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 
     Returns the saved state. On failure the VM runs on and nothing is saved.
     """
+    # late on purpose: list/status import this module and need no pydantic or builders
     from ..hypervisors import Feature, Suspend, get
 
     with locked(name, state_dir) as state:
@@ -365,6 +382,7 @@ def suspend(name: str, state_dir: Path | None = None) -> Path:
 
 def run_installed(name: str, state_dir: Path | None = None) -> int:
     """Run an installed VM in the foreground (console here), with ``booted`` set while it runs."""
+    # late on purpose: list/status import this module and need no pydantic or builders
     from ..model.options import VMConfig
     from ..runner.foreground import Foreground, run_foreground
 

@@ -320,8 +320,10 @@ def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VM
     A VM whose recorded config no longer validates (written by another
     version) is left out rather than failing every command.
     """
+    # late on purpose: pydantic; list and status read vm.json without it
     from pydantic import ValidationError
 
+    # late on purpose: pydantic; list and status read vm.json without it
     from ..model.options import VMConfig
 
     found = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
+from .base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, Migrate, Migration, RunnerSpec, Suspend
 from .registry import available, capable, get
 
 __all__ = [
@@ -11,6 +11,8 @@ __all__ = [
     "Feature",
     "GuestArtifacts",
     "Hypervisor",
+    "Migrate",
+    "Migration",
     "RunnerSpec",
     "Suspend",
     "available",

@@ -7,7 +7,7 @@ finds everything a VM asks that it cannot do, so ``microvm check`` reports it
 rather than the build; ``docs/hypervisors.md`` is generated from the features.
 
 The control side is a capability only backends with a control socket have:
-:class:`Control` (graceful shutdown), :class:`Balloon` and :class:`Suspend`.
+:class:`Control` (graceful shutdown), :class:`Balloon`, :class:`Suspend` and :class:`Migrate`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Feature(enum.Enum):
     VOLUME_SERIAL = "volume serial numbers"
     DIRECT_IO = "direct I/O volumes"
     SUSPEND = "suspend to disk, resume on start (microvm suspend)"
+    MIGRATE = "live migration to another host (microvm.migratable, microvm migrate)"
     IMAGE_QCOW2 = "qcow2 volumes"
     IMAGE_VHD = "vhd volumes"
     IMAGE_VHDX = "vhdx volumes"
@@ -132,6 +133,8 @@ def required_features(vm: VMConfig) -> Iterator[tuple[Feature, OptionPath]]:
         yield Feature.GRAPHICS, ("microvm", "graphics", "enable")
     if mv.readiness:
         yield Feature.NOTIFY_READINESS, ("microvm", "readiness")
+    if mv.migratable:
+        yield Feature.MIGRATE, ("microvm", "migratable")
     if mv.cpu is not None:
         yield Feature.CPU_EMULATION, ("microvm", "cpu")
     if vm.guest.arch != host_arch():
@@ -195,6 +198,8 @@ class Hypervisor(ABC):
     plain_options: ClassVar[tuple[str, ...]] = ()
     # How its control socket is driven, for docs/hypervisors.md.
     control_api: ClassVar[str] = "none (stopped with SIGTERM)"
+    # What its own API offers towards moving a VM between hosts, where microvm does not drive it yet.
+    migration_api: ClassVar[str | None] = None
     # Where the host reaches the guest's vsock ports when they are a unix socket of the hypervisor
     # (relative to the state directory; connect, send "CONNECT <port>\n", read "OK ..."); None when
     # vsock is the host kernel's (vhost-vsock: AF_VSOCK to the guest's context id).
@@ -275,6 +280,8 @@ class Hypervisor(ABC):
             return alternatives[feature][1]
         if feature in (Feature.SHARE_9P, Feature.SHARE_VIRTIOFS):
             return "use a volume instead of a share"
+        if feature is Feature.MIGRATE and self.migration_api:
+            return f"{self.migration_api}; microvm migrates qemu VMs only"
         others = [b.name for b in registry.available() if b.supports(feature)]
         return f"hypervisors that can: {', '.join(others)}" if others else None
 
@@ -352,3 +359,31 @@ class Suspend(Control):
     def finish_resume(self, socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
         """Wait until the hypervisor has loaded the saved state, call ``loaded()``, then let the VM
         run; False if it did not load (it failed, or the hypervisor exited: ``alive()`` turned false)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What a finished live migration cost, as the hypervisor reports it."""
+
+    total_ms: int  # from the start to the VM running on the target
+    downtime_ms: int  # the guest stood still
+    transferred: int  # bytes of RAM sent
+
+
+class Migrate(Suspend):
+    """A backend that moves a running VM to another host live (:attr:`Feature.MIGRATE`).
+
+    The target starts the same build loading the incoming state the way a resume
+    does (:meth:`Suspend.resume_args`), from a pipe instead of a file.
+    """
+
+    what: ClassVar[str] = "live migration"
+
+    @abstractmethod
+    def migrate(self, socket: Path, fd: int) -> Migration:
+        """Send the running VM's state into the open file descriptor ``fd`` while it runs; it ends
+        paused here once the target has it all. On failure it runs on here."""
+
+    @abstractmethod
+    def continue_here(self, socket: Path) -> None:
+        """Let the VM run here again after a migration the target did not take over."""

@@ -67,6 +67,7 @@ class Backend(Hypervisor, Balloon):
     console = "ttyS0"
     guest_kernel_params = ("reboot=t",)  # as microvm.nix: a guest reboot is a triple fault, which ends the process
     plain_options = ("disk image", "volume serial", "virtiofs socket", "PCI address")
+    migration_api = "cloud-hypervisor has live migration (`PUT /vm.send-migration`, `/vm.receive-migration`) and snapshots in its REST API"
     control_api = "REST (`PUT /api/v1/vm.power-button`)"
     vsock_socket = NOTIFY_VSOCK  # docs/vsock.md
 

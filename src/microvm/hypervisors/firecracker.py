@@ -47,6 +47,7 @@ class Backend(Hypervisor, Balloon):
     transport_modules = ("virtio_mmio",)
     console = "ttyS0"
     incompatible = ((Feature.BALLOON, Feature.HUGEPAGES, "docs/hugepages.md"),)
+    migration_api = "firecracker has snapshots (`PUT /snapshot/create`, `/snapshot/load`) but no live migration"
     control_api = "REST (`PUT /actions` SendCtrlAltDel)"
     vsock_socket = VSOCK_SOCKET  # docs/vsock.md: host-initiated connections
 

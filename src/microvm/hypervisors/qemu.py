@@ -21,7 +21,7 @@ from ..errors import MicrovmError
 from ..layout import READINESS_PORT, ROOT_SERIAL
 from ..model.problems import Problem
 from . import qmp
-from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec, Suspend
+from .base import Balloon, Feature, GuestArtifacts, Hypervisor, Migrate, Migration, RunnerSpec
 from .common import open_macvtap
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def host_tsc_khz(cpuinfo: Path = Path("/proc/cpuinfo")) -> int:
     return 2600000
 
 
-class Backend(Hypervisor, Balloon, Suspend):
+class Backend(Hypervisor, Balloon, Migrate):
     name = "qemu"
     binary = "qemu-system-x86_64"
     features = frozenset(Feature) - {Feature.INITIAL_BALLOON}
@@ -429,6 +429,12 @@ class Backend(Hypervisor, Balloon, Suspend):
     def finish_resume(self, socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
         return asyncio.run(_finish_resume(socket, alive, loaded))
 
+    def migrate(self, socket: Path, fd: int) -> Migration:
+        return asyncio.run(_migrate(socket, fd))
+
+    def continue_here(self, socket: Path) -> None:
+        asyncio.run(_continue(socket))
+
 
 MiB = 1024 * 1024
 SUSPEND_FD = "microvm-suspend"  # the name qemu knows the passed state file by (QMP getfd)
@@ -478,6 +484,44 @@ async def _suspend(socket: Path, state: Path) -> None:
             if isinstance(exc, ExecuteError):
                 raise MicrovmError(f"qemu could not save the VM: {exc}") from None
             raise
+
+
+MIGRATE_FD = "microvm-migrate"  # the pipe to the target (through ssh), as qemu knows it
+DOWNTIME_LIMIT_MS = 300
+
+
+async def _migrate(socket: Path, fd: int) -> Migration:
+    """Live migration into ``fd``: RAM is sent while the guest runs, then the rest with the guest
+    stopped for at most about DOWNTIME_LIMIT_MS. A failed migration lets the guest run on here."""
+    from qemu.qmp import ExecuteError  # late on purpose, as in .qmp: only control commands need qemu.qmp
+
+    async with qmp.session(socket) as client:
+        if (await client.execute("query-status"))["status"] != "running":
+            raise MicrovmError(f"the VM on {socket} is not running (paused, saved or migrated)")
+        try:
+            # the default cap (128 MiB/s) would make the link, not the guest, the limit
+            limits = {"max-bandwidth": 1 << 40, "downtime-limit": DOWNTIME_LIMIT_MS}
+            await client.execute("migrate-set-parameters", limits)
+            client.send_fd_scm(fd)
+            await client.execute("getfd", {"fdname": MIGRATE_FD})
+            await client.execute("migrate", {"uri": f"fd:{MIGRATE_FD}"})
+        except ExecuteError as exc:
+            raise MicrovmError(f"qemu could not start the migration: {exc}") from None
+        if error := await _migration_end(client, lambda: True):
+            await _continue_paused(client)
+            raise MicrovmError(f"the migration failed: {error}")
+        info = await client.execute("query-migrate")
+        return Migration(info.get("total-time", 0), info.get("downtime", 0), info.get("ram", {}).get("transferred", 0))
+
+
+async def _continue_paused(client: QMPClient) -> None:
+    if (await client.execute("query-status"))["status"] in ("paused", "postmigrate"):
+        await client.execute("cont")
+
+
+async def _continue(socket: Path) -> None:
+    async with qmp.session(socket) as client:
+        await _continue_paused(client)
 
 
 async def _migration_end(client: QMPClient, alive: Callable[[], bool]) -> str | None:

@@ -445,6 +445,14 @@ class MicroVMOptions(Options):
             "`microvm.host.useNotifySockets`, `systemctl start microvm@NAME` returns only then."
         ),
     )
+    migratable: bool = Field(
+        False,
+        description=(
+            "The VM may be moved to another host while it runs (`microvm migrate`); its volumes and shares must "
+            "then be on storage every host sees at the same path. Needs a hypervisor with live migration (qemu). "
+            "Not in microvm.nix."
+        ),
+    )
     prettyProcnames: bool = Field(True, description="Name the hypervisor process `microvm@<hostName>`.")
     kernelParams: list[str] = Field([], description="Kernel command-line parameters, after the ones microvm needs.")
     initrdPath: str | None = Field(
