@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketClose, WebSocketDisconnect
 
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
-from ..host.statedir import VMState, installed
+from ..host.statedir import VMState
 from ..store import Store
 from .console import ConsoleHub
 
@@ -66,17 +66,10 @@ ACTIONS: dict[str, Callable[[str, Path | None], str]] = {
 }
 
 
-def describe(state: VMState) -> dict[str, Any]:
+def describe(vm: lifecycle.Status) -> dict[str, Any]:
     """One VM as the page shows it: ``list``'s state plus what its build declares."""
-    vm = lifecycle.status(state)
-    try:
-        mv = state.config().get("microvm", {})
-    except (OSError, ValueError):
-        mv = {}  # a runner written by another version: its state still shows
-    booted = state.path / "booted"
-    since = booted.lstat().st_mtime if vm.running and booted.is_symlink() else None
     return {
-        "name": state.name,
+        "name": vm.name,
         "running": vm.running,
         "state": vm.state,
         "current": vm.state == "current",
@@ -84,10 +77,10 @@ def describe(state: VMState) -> dict[str, Any]:
         "source": vm.source,
         "addresses": vm.addresses,
         "node": socket.gethostname(),
-        "hypervisor": mv.get("hypervisor"),
-        "vcpu": mv.get("vcpu"),
-        "mem": mv.get("mem"),
-        "uptime": round(time.time() - since) if since is not None else None,
+        "hypervisor": vm.hypervisor,
+        "vcpu": vm.vcpu,
+        "mem": vm.mem,
+        "uptime": round(vm.uptime) if vm.uptime is not None else None,
     }
 
 
@@ -176,7 +169,7 @@ def create_app(state_dir: Path | None = None, token: str | None = None, secure: 
     async def vms(request: Request) -> Response:
         async with looking:
             if time.monotonic() - listing["at"] >= LIST_FRESH:
-                listing["vms"] = await run_in_threadpool(lambda: [describe(s) for s in installed(state_dir)])
+                listing["vms"] = await run_in_threadpool(lambda: [describe(s) for s in lifecycle.list_vms(state_dir)])
                 listing["at"] = time.monotonic()
         return JSONResponse(listing["vms"])
 
@@ -187,7 +180,7 @@ def create_app(state_dir: Path | None = None, token: str | None = None, secure: 
             return _error(exc, 400)
         except LookupError:
             return JSONResponse({"error": "no such VM"}, status_code=404)
-        return JSONResponse(await run_in_threadpool(describe, state))
+        return JSONResponse(await run_in_threadpool(lambda: describe(lifecycle.status(state))))
 
     async def action(request: Request) -> Response:
         name, verb = request.path_params["name"], request.path_params["action"]
