@@ -165,10 +165,10 @@ def remove(name: str, state_dir: Path | None = None, keep_data: bool = True) -> 
         return state.remove(keep_data)
 
 
-def control(action: str, name: str) -> None:
+def control(action: str, name: str, state_dir: Path | None = None) -> None:
     """``systemctl start|stop|restart microvm@NAME.service``, once the name is valid and, to start, its runner
     is still in the store (said here, not by a unit that fails)."""
-    state = VMState.of(name)
+    state = VMState.of(name, state_dir)
     if action != "stop" and state.runner_missing:
         raise state.missing_runner_error()
     systemd.control(action, name)

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketClose, WebSocketDisconnect
 
 from ..errors import MicrovmError
-from ..host import lifecycle, systemd
+from ..host import lifecycle
 from ..host.statedir import VMState
 from ..store import Store
 from .console import ConsoleHub
@@ -52,7 +52,7 @@ def _suspend(name: str, state_dir: Path | None) -> str:
 
 def _systemctl(action: str) -> Callable[[str, Path | None], str]:
     def run(name: str, state_dir: Path | None) -> str:
-        systemd.control(action, name)
+        lifecycle.control(action, name, state_dir)
         return f"{name}: {action} done"
 
     return run
