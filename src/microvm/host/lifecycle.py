@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import MicrovmError
-from ..layout import NETWORK_RECORD, RUNNER_PACKAGES, runner_config
+from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, NETWORK_RECORD, RUNNER_PACKAGES, runner_config
 from ..model.addresses import config_addresses
 from ..store import Store
 from . import sources, systemd
@@ -57,13 +57,10 @@ def service_owner() -> tuple[int, int] | None:
 
     The VM's state directory belongs to them: the hypervisor writes its sockets, volumes and ``booted`` there.
     """
-    # late on purpose: list/status import this module and need no pydantic or builders
-    from .units import GROUP, USER
-
     if os.geteuid() != 0:
         return None
     try:
-        return owner_ids(USER, GROUP)
+        return owner_ids(HYPERVISOR_USER, HYPERVISOR_GROUP)
     except KeyError:
         return None
 

@@ -323,7 +323,6 @@ def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VM
     # late on purpose: pydantic; list and status read vm.json without it
     from pydantic import ValidationError
 
-    # late on purpose: pydantic; list and status read vm.json without it
     from ..model.options import VMConfig
 
     found = {}

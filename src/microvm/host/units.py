@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING
 from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
-from ..model.options import DeclaredVM, VMConfig
 from ..store import PRIVATE_GROUP
 from .unitfile import command, environment, escape, render
 
 if TYPE_CHECKING:
-    from ..model.options import WebOptions
+    from ..model.options import DeclaredVM, VMConfig, WebOptions
 
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
@@ -214,6 +213,11 @@ def virtiofsd_service(state_dir: Path) -> str:
     )
 
 
+def _where(state_dir: Path, store: Path) -> str:
+    """``Environment=`` for a unit that runs the ``microvm`` command: the host's state directory and store."""
+    return environment({"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)})
+
+
 def install_service(name: str, state_dir: Path, store: Path, how: list[str]) -> str:
     """``install-microvm-<name>.service``: the ``install`` helper with ``how`` (see install.py)."""
     return render(
@@ -225,7 +229,7 @@ def install_service(name: str, state_dir: Path, store: Path, how: list[str]) -> 
             ],
             "Service": [
                 *ONESHOT,
-                ("Environment", environment({"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)})),
+                ("Environment", _where(state_dir, store)),
                 (
                     "ExecStart",
                     command(*helper_argv("install", name, *how, f"--owner={USER}:{GROUP}")),
@@ -258,7 +262,7 @@ def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
             "Unit": [("Description", "microvm web page"), ("After", "network.target")],
             "Service": [
                 ("Type", "simple"),
-                ("Environment", environment({"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)})),
+                ("Environment", _where(state_dir, store)),
                 ("ExecStart", command(sys.executable, *argv, *tls)),
                 ("Restart", "on-failure"),
                 *(h for h in BASE_HARDENING if h[0] not in ("ProtectHome", "PrivateTmp")),
