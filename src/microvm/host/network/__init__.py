@@ -1,6 +1,5 @@
 """The host network for VMs (see :mod:`.planning`), one module per job.
 
-- :mod:`.addresses`: the address arithmetic of the bridge and the base VMs;
 - :mod:`.record`: what the last apply left in ``<stateDir>/.network.json``;
 - :mod:`.netlink`: pyroute2 helpers, shared with the runner's tap helpers;
 - :mod:`.items`: the pieces of host state the network adds and removes;
@@ -10,7 +9,6 @@
 - :mod:`.restore`: what microvm-network.service runs at boot (the ``network-restore`` helper).
 """
 
-from ...model.addresses import base_ipv4, bridge_ipv6, max_base_vms, slaac_ipv6
 from .netlink import add_address, iproute, link_index, link_kind
 from .planning import down_plan, plan_network, restore_plan, up_plan
 from .record import bridge_for_tap, recorded_routed, tap_script, vm_addresses
@@ -18,19 +16,15 @@ from .units import network_units
 
 __all__ = [
     "add_address",
-    "base_ipv4",
     "bridge_for_tap",
-    "bridge_ipv6",
     "down_plan",
     "iproute",
     "link_index",
     "link_kind",
-    "max_base_vms",
     "network_units",
     "plan_network",
     "recorded_routed",
     "restore_plan",
-    "slaac_ipv6",
     "tap_script",
     "up_plan",
     "vm_addresses",

@@ -43,10 +43,13 @@ def dhcp_hosts_path(basic: BasicNetwork, state_dir: Path | None = None) -> Path:
     return network_dir(state_dir) / f"{basic.name}.dhcp-hosts.conf"
 
 
+def leases_path(bridge: str, state_dir: Path | None = None) -> Path:
+    return network_dir(state_dir) / f"{bridge}.leases"
+
+
 def dnsmasq_argv(host: HostConfig, state_dir: Path | None = None, foreground: bool = True) -> list[str]:
     """dnsmasq serving DHCPv4 (fixed addresses for base VMs) and router advertisements on the bridge only."""
     basic = host.network.basic
-    net = network_dir(state_dir)
     argv = [
         proc.which("dnsmasq", purpose="for DHCP and router advertisements on the VM bridge"),
         "--conf-file=/dev/null",  # ignore /etc/dnsmasq.conf: this instance is ours alone
@@ -55,7 +58,7 @@ def dnsmasq_argv(host: HostConfig, state_dir: Path | None = None, foreground: bo
         "--except-interface=lo",
         "--no-hosts",
         "--no-ping",  # no 3 s ICMP probe per lease: the host table already avoids conflicts
-        f"--dhcp-leasefile={net / (basic.name + '.leases')}",
+        f"--dhcp-leasefile={leases_path(basic.name, state_dir)}",
         f"--pid-file={_pid_file(basic.name, state_dir)}" if not foreground else "--pid-file=",
     ]
     if foreground:

@@ -40,7 +40,7 @@ from ..plan import (
     unit_file_changes,
 )
 from ..unitfile import generated
-from .dnsmasq import daemon_changes, dhcp_hosts, dhcp_hosts_path, serves_dhcp, stop_daemon
+from .dnsmasq import daemon_changes, dhcp_hosts, dhcp_hosts_path, leases_path, serves_dhcp, stop_daemon
 from .items import Address, Bridge, File, NftTable, Port, Sysctl, Vlan
 from .netlink import iproute, link_index, link_kind
 from .record import network_dir, network_record, record_path, recorded_basic, recorded_host, with_tap_settings
@@ -140,7 +140,7 @@ class ForgetNetwork(Change):
         if not network_record(self.state_dir).read().get("items"):
             record_path(self.state_dir).unlink(missing_ok=True)
         if basic is not None:
-            (network_dir(self.state_dir) / f"{basic.name}.leases").unlink(missing_ok=True)
+            leases_path(basic.name, self.state_dir).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             network_dir(self.state_dir).rmdir()  # only when empty
 
@@ -166,7 +166,7 @@ def plan_network(host: HostConfig, state_dir: Path | None = None) -> Plan:
     record = network_record(state_dir)
     plan = Plan(converge(desired_items(host, state_dir), record))
     plan.add(*_detached_taps(host.network.basic))
-    if with_tap_settings(record.read(), host) != record.read():
+    if with_tap_settings(recorded := record.read(), host) != recorded:
         plan.add(RecordTapSettings(host, record))
     return plan
 
