@@ -7,7 +7,6 @@ prints its message (and hint) without a traceback and exits non-zero.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 
@@ -70,6 +69,8 @@ def io_error(step: str, exc: OSError, where: Path | None = None) -> MicrovmError
 
     ``where`` is named when the error has no path of its own (a failed write).
     """
+    import shutil  # late on purpose: every helper a runner starts imports this module; only errors need it
+
     if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
         _, path, why = exc.args[0][0]
         reason = re.sub(r"^\[Errno \d+\] ", "", str(why)).split(":")[0]

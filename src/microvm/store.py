@@ -406,15 +406,7 @@ class Store:
 
     def closure(self, entries: list[Path]) -> set[Path]:
         """``entries`` and every entry they reference, directly or not."""
-        found: set[Path] = set()
-        todo = list(entries)
-        while todo:
-            entry = todo.pop()
-            if entry in found or not entry.exists():
-                continue
-            found.add(entry)
-            todo += self.references(entry)
-        return found
+        return set(self.in_dependency_order(entries))
 
     def temporary_roots(self, clean: bool) -> list[Path]:
         """The entries other live sessions registered (see :meth:`_protect`); with ``clean``, the files of dead

@@ -29,7 +29,7 @@ def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  
     from ..runner.build import build_vm
     from ..runner.foreground import Foreground
 
-    loaded = load_vm(file, installed=installed_configs(), state_dir=state_dir)
+    loaded = load_vm(file, installed=installed_configs(state_dir), state_dir=state_dir)
     warn(loaded.warnings)
     store = Store()
     with steps(f"building {loaded.name}") as say:

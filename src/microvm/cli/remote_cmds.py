@@ -17,6 +17,7 @@ from ..remote import migrate as remote_migrate
 from ..remote.ssh import Remote
 from ..store import Store
 from .app import app, err, out
+from .progress import steps
 from .vm_cmds import report_update
 
 HostArg = Annotated[str, typer.Argument(help="The other host: ssh://[user@]host[:port] or [user@]host.")]
@@ -91,8 +92,8 @@ def deploy(
 ) -> None:
     """Build here, copy the build to HOST, create or update the VM there (printing the diff, as update does)."""
     store = Store()
-    with err.status(f"building {target}", spinner="dots") as status:
-        name, runner = remote_deploy.local_build(target, store, lambda step: status.update(f"building {step}"))
+    with steps(f"building {target}") as say:
+        name, runner = remote_deploy.local_build(target, store, say)
     remote = Remote.parse(host)
     copied, report = remote_deploy.deploy(remote, name, runner, store, restart)
     out.print(f"copied {len(copied.entries)} of {copied.total} entries ({_mb(copied.bytes)}) to {remote}", markup=False)

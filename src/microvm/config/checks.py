@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from ..hypervisors import get
 from ..model.addresses import nth_host_address
 from ..model.names import host_arch
-from ..model.options import STORE_SHARE_SOURCE, STORE_SHARE_TAG, HostConfig, VMConfig
+from ..model.options import NETWORK_FS_PACKAGES, STORE_SHARE_SOURCE, STORE_SHARE_TAG, HostConfig, VMConfig
 from ..model.problems import OptionPath, Problem, format_path
 
 
@@ -229,10 +229,6 @@ def _guest(vm: VMConfig) -> Iterator[Problem]:
                     f"no service named {dep!r}",
                     hint=f"defined services: {', '.join(sorted(guest.services)) or 'none'}",
                 )
-
-
-# The Debian package with the mount helper of each network file system.
-NETWORK_FS_PACKAGES = {"nfs": "nfs-common", "nfs4": "nfs-common", "cifs": "cifs-utils", "smb3": "cifs-utils"}
 
 
 def _host_wide(vm: VMConfig) -> Iterator[tuple[str, OptionPath, object]]:

@@ -857,7 +857,9 @@ class Mount(Options):
 
 
 # File system types mounted over the network: after the guest's network is up, never by the initrd.
-NETWORK_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3")
+# Network file systems, with the Debian package holding their mount helper.
+NETWORK_FS_PACKAGES = {"nfs": "nfs-common", "nfs4": "nfs-common", "cifs": "cifs-utils", "smb3": "cifs-utils"}
+NETWORK_FS_TYPES = tuple(NETWORK_FS_PACKAGES)
 
 
 def _mount_option(value: str) -> str:

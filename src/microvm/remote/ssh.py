@@ -36,7 +36,7 @@ class Remote:
     def __str__(self) -> str:
         return f"{self.user + '@' if self.user else ''}{self.host}"
 
-    def argv(self, args: Sequence[str], *, tty: bool = False) -> list[str]:
+    def argv(self, args: Sequence[str]) -> list[str]:
         """ssh running ``microvm ARGS`` there; ``$MICROVM_REMOTE_COMMAND`` names it if not ``microvm`` on PATH."""
         remote = shlex.split(os.environ.get("MICROVM_REMOTE_COMMAND", "microvm"))
         ssh = ["ssh", "-o", "BatchMode=yes", *(["-p", str(self.port)] if self.port else []), "-T"]
