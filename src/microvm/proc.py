@@ -7,7 +7,7 @@ tool hints are the same everywhere.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import logging
 import os
 import shlex
@@ -47,7 +47,13 @@ DEBIAN_PACKAGES = {
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
-_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    import ctypes  # late on purpose: every helper a runner starts imports this module; only spawning needs it
+
+    return ctypes.CDLL(None, use_errno=True).prctl
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
@@ -60,10 +66,10 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     from a thread that outlives the child (the main thread). Set after Popen drops
     privileges (``user``), since a change of uid clears it.
     """
-    parent = os.getpid()
+    parent, prctl = os.getpid(), _prctl()  # resolved here: the child only calls it
 
     def in_child() -> None:
-        if _libc.prctl(PR_SET_PDEATHSIG, sig) != 0 or os.getppid() != parent:
+        if prctl(PR_SET_PDEATHSIG, sig) != 0 or os.getppid() != parent:
             os._exit(127)  # we died before the prctl took hold: nobody waits for this child
 
     return in_child
