@@ -27,6 +27,14 @@ store_app = typer.Typer(help="Plumbing for another host's microvm (copy, deploy)
 app.add_typer(store_app, name="store", hidden=True)
 
 
+def _report_copy(copied: remote_copy.Copied, where: str) -> None:
+    out.print(
+        f"copied {len(copied.entries)} of {copied.total} entries ({_mb(copied.bytes)}) {where}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def _mb(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
@@ -45,12 +53,7 @@ def copy(
         copied = remote_copy.copy_to(Remote.parse(to), ref, store)
     else:
         copied = remote_copy.copy_from(Remote.parse(from_ or ""), ref, store)
-    where = f"to {to}" if to else f"from {from_}"
-    out.print(
-        f"copied {len(copied.entries)} of {copied.total} entries ({_mb(copied.bytes)}) {where}",
-        markup=False,
-        soft_wrap=True,
-    )
+    _report_copy(copied, f"to {to}" if to else f"from {from_}")
 
 
 @store_app.command()
@@ -96,7 +99,7 @@ def deploy(
         name, runner = remote_deploy.local_build(target, store, say)
     remote = Remote.parse(host)
     copied, report = remote_deploy.deploy(remote, name, runner, store, restart)
-    out.print(f"copied {len(copied.entries)} of {copied.total} entries ({_mb(copied.bytes)}) to {remote}", markup=False)
+    _report_copy(copied, f"to {remote}")
     out.print(report, end="", markup=False, soft_wrap=True)
 
 

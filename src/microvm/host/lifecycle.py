@@ -384,8 +384,7 @@ def run_installed(name: str, state_dir: Path | None = None) -> int:
     from ..runner.foreground import Foreground, run_foreground
 
     state = VMState.of(name, state_dir)
-    if (runner := state.current) is None:
-        raise MicrovmError(f"{name!r} is neither a VM file nor a VM installed in {state.path.parent}")
+    runner = state.current_or_refuse("a VM file")
     if systemd.is_active(name) or state.running_here():
         raise MicrovmError(f"VM {name!r} is already running", hint=f"attach to it: microvm console {name}")
     config = VMConfig.model_validate(state.config())

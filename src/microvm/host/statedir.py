@@ -153,6 +153,12 @@ class VMState:
     def booted(self) -> Path | None:
         return self._target("booted")
 
+    def current_or_refuse(self, other: str) -> Path:
+        """The current runner, for a command that took this VM's name where it also takes ``other``."""
+        if (runner := self.current) is None:
+            raise MicrovmError(f"{self.name!r} is neither {other} nor a VM installed in {self.path.parent}")
+        return runner
+
     @property
     def installed(self) -> bool:
         return self.current is not None

@@ -26,10 +26,8 @@ def resolve(ref: str, store: Store) -> Path:
         if (entry := store.owner_of(Path(ref))) is None or not entry.exists():
             raise MicrovmError(f"{ref} is not in the store {store.root}")
         return entry
-    state = VMState.of(ref)
-    if state.current is None:
-        raise MicrovmError(f"{ref!r} is neither a store path nor a VM installed in {state.path.parent}")
-    return store.owner_of(state.current) or state.current
+    current = VMState.of(ref).current_or_refuse("a store path")
+    return store.owner_of(current) or current
 
 
 def check_root(store: Store, root: str) -> None:

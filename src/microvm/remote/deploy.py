@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import MicrovmError
 from ..host.statedir import VMState
 from ..store import Store
 from .copy import Copied, copy_to
@@ -20,10 +19,7 @@ def local_build(target: str, store: Store, progress: Callable[[str], None] | Non
     if Path(target).is_file():
         loaded = load_vm(Path(target))
         return loaded.name, build_vm(store, loaded.config, progress=progress).runner
-    state = VMState.of(target)
-    if state.current is None:
-        raise MicrovmError(f"{target!r} is neither a VM file nor a VM installed in {state.path.parent}")
-    return target, state.current
+    return target, VMState.of(target).current_or_refuse("a VM file")
 
 
 def deploy(remote: Remote, name: str, runner: Path, store: Store, restart: bool) -> tuple[Copied, str]:
