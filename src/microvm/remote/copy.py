@@ -43,15 +43,15 @@ def closure_names(store: Store, ref: str) -> list[str]:
     return [entry.name for entry in store.in_dependency_order([resolve(ref, store)])]
 
 
-def remote_lacks(remote: Remote, store: Store, entry: Path) -> list[str]:
-    """The names of the entries of ``entry``'s closure that ``remote``'s store lacks."""
-    names = "".join(f"{e.name}\n" for e in store.in_dependency_order([entry]))
+def remote_lacks(remote: Remote, store: Store, entries: list[Path]) -> list[str]:
+    """The names of ``entries`` (a closure) that ``remote``'s store lacks."""
+    names = "".join(f"{e.name}\n" for e in entries)
     return json.loads(remote.run("store", "missing", "--root", str(store.root), input=names))
 
 
 def copy_to(remote: Remote, ref: str, store: Store) -> Copied:
     entries = store.in_dependency_order([resolve(ref, store)])
-    wanted = set(remote_lacks(remote, store, entries[-1]))
+    wanted = set(remote_lacks(remote, store, entries))
     todo = [entry for entry in entries if entry.name in wanted]
     sent = 0
     if todo:

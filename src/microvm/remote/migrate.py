@@ -94,7 +94,7 @@ def migrate(name: str, remote: Remote, store: Store, copy: bool = True) -> Migra
     socket = state.path / config["microvm"]["socket"]
     if copy:
         copy_to(remote, str(booted), store)
-    elif lacking := remote_lacks(remote, store, booted):
+    elif lacking := remote_lacks(remote, store, store.in_dependency_order([booted])):
         raise MicrovmError(
             f"{remote} lacks the build of {name} ({len(lacking)} store entries, e.g. {lacking[0]})",
             hint=f"microvm copy --to {remote} {booted}, or migrate without --no-copy",
