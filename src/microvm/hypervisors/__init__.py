@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from .base import Balloon, Control, Feature, GuestArtifacts, Hypervisor, Migrate, Migration, RunnerSpec, Suspend
+from .base import (
+    Balloon,
+    Control,
+    Feature,
+    GuestArtifacts,
+    Hypervisor,
+    Migrate,
+    Migration,
+    RunnerSpec,
+    Suspend,
+    separators,
+)
 from .registry import available, capable, get
 
 __all__ = [
@@ -18,4 +29,5 @@ __all__ = [
     "available",
     "capable",
     "get",
+    "separators",
 ]

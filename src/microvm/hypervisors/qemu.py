@@ -66,15 +66,20 @@ def _emulated_cpu(vm: VMConfig) -> str:
     return "max,-erms" if vm.guest.arch == "x86_64" else "max"
 
 
+def _escape(value: object) -> str:
+    """A value inside qemu's ``key=value,...`` syntax, where ``,,`` stands for a comma of the value."""
+    return str(value).replace(",", ",,")
+
+
 def _opts(head: str, **options: object) -> str:
-    """``head,key=value,...`` skipping None; True/False as on/off; ``_`` in keys becomes ``-``."""
+    """``head,key=value,...`` skipping None; True/False as on/off; ``_`` in keys becomes ``-``; commas escaped."""
     parts = [head]
     for key, value in options.items():
         if value is None:
             continue
         if isinstance(value, bool):
             value = "on" if value else "off"
-        parts.append(f"{key.replace('_', '-')}={value}")
+        parts.append(f"{key.replace('_', '-')}={_escape(value)}")
     return ",".join(parts)
 
 
@@ -192,7 +197,7 @@ class Backend(Hypervisor, Balloon, Migrate):
             opts = {}
         if shared_memory:
             opts["memory-backend"] = "mem"
-        args = ["-M", ",".join([machine, *(f"{k}={v}" for k, v in opts.items())])]
+        args = ["-M", ",".join([machine, *(f"{k}={_escape(v)}" for k, v in opts.items())])]
         args += ["-accel", guest.accel]
         cpu = mv.cpu or ("host" if guest.accel == "kvm" else _emulated_cpu(vm))
         args += ["-cpu", cpu, "-smp", str(mv.vcpu)]
@@ -296,7 +301,7 @@ class Backend(Hypervisor, Balloon, Migrate):
                 readonly = ",readonly=on" if share.readOnly else ""
                 args += [
                     "-fsdev",
-                    f"local,id=fs{i},path={share.source},security_model={share.securityModel}{readonly}",
+                    f"local,id=fs{i},path={_escape(share.source)},security_model={share.securityModel}{readonly}",
                     "-device",
                     f"{self._device(vm, '9p')},fsdev=fs{i},mount_tag={share.tag}",
                 ]
@@ -333,7 +338,7 @@ class Backend(Hypervisor, Balloon, Migrate):
         graphics = vm.microvm.graphics
         if graphics.enable and graphics.backend == "gtk":
             return ["-display", "gtk,gl=off"]
-        headless = ["-vnc", f"unix:{vnc_socket(vm)}"] if graphics.enable else []
+        headless = ["-vnc", f"unix:{_escape(vnc_socket(vm))}"] if graphics.enable else []
         return ["-display", "none", *headless]
 
     # --- the runner ----------------------------------------------------------------
@@ -384,7 +389,7 @@ class Backend(Hypervisor, Balloon, Migrate):
                 _opts("virtserialport,chardev=ready", name=READINESS_PORT),
             ]
         if mv.socket:
-            argv += ["-qmp", f"unix:{mv.socket},server=on,wait=off"]
+            argv += ["-qmp", f"unix:{_escape(mv.socket)},server=on,wait=off"]
         argv += self._disks(vm, guest)
         for iface in mv.interfaces:
             argv += self._interface(vm, iface, spec)
