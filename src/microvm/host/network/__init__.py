@@ -11,7 +11,7 @@
 
 from .netlink import add_address, iproute, link_index, link_kind
 from .planning import down_plan, plan_network, restore_plan, up_plan
-from .record import bridge_for_tap, recorded_routed, tap_script, vm_addresses
+from .record import bridge_for_tap, recorded_routed, tap_script
 from .units import network_units
 
 __all__ = [
@@ -27,5 +27,4 @@ __all__ = [
     "restore_plan",
     "tap_script",
     "up_plan",
-    "vm_addresses",
 ]

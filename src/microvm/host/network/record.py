@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ...layout import NETWORK_RECORD
-from ...model.addresses import config_addresses
-from ...model.options import BasicNetwork, HostConfig, RoutedNetwork, VMConfig
+from ...model.options import BasicNetwork, HostConfig, RoutedNetwork
 from ..plan import Record
 from ..statedir import default_state_dir
 from .items import ITEM_TYPES
@@ -76,10 +75,3 @@ def recorded_host(state_dir: Path | None = None) -> HostConfig:
     return HostConfig.model_validate(
         {"network": record.get("network", {}), "microvm": {"host": {"tapScript": record.get("tapScript", "")}}}
     )
-
-
-def vm_addresses(vm: VMConfig, host: HostConfig | None = None) -> list[str]:
-    """The addresses ``vm`` has or will get on this host (:func:`config_addresses`); ``host`` None means: as
-    recorded by the last apply."""
-    basic = host.network.basic.dump() if host is not None else read_record().get("basic")
-    return config_addresses(vm.dump(), basic)
