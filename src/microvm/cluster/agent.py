@@ -10,6 +10,7 @@ action failed goes to stderr, prefixed ``ocf-exit-reason:`` so Pacemaker shows i
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -21,9 +22,10 @@ from .. import __version__
 from ..errors import MicrovmError
 from ..host import systemd
 from ..host.statedir import VMState, locked
-from ..host.unitfile import render
+from ..host.units import cluster_dropin
 from ..hypervisors import Control, get
 from ..layout import runner_config, written_paths
+from ..model.problems import format_path
 from ..remote.migrate import migrate
 from ..remote.ssh import Remote
 from ..store import Store
@@ -210,7 +212,7 @@ def validate(params: Params) -> Checked:
     runner = _runner(params, state)
     if (shared := params.shared_storage) is not None:
         outside = [
-            f"{'.'.join(map(str, option))} = {path}"
+            f"{format_path(option)} = {path}"
             for option, path in written_paths(runner_config(runner)["microvm"], state.path)
             if not path.is_relative_to(shared)
         ]
@@ -220,7 +222,7 @@ def validate(params: Params) -> Checked:
                 f"VM {params.name!r} writes outside the shared storage {shared}: {', '.join(outside)}",
                 hint=f"put its volumes and writable shares under {shared}",
             )
-        if not os.path.ismount(shared):
+        if not mounted(shared):
             raise Failure(ERR_INSTALLED, f"the shared storage {shared} is not a mount point on this node")
     if params.require_fencing and (problem := pacemaker.fencing_problem(pacemaker.query_cib())):
         raise Failure(
@@ -229,6 +231,20 @@ def validate(params: Params) -> Checked:
             hint="add a fence device and stonith-enabled=true (or require_fencing=false, for tests only)",
         )
     return Checked(state, runner)
+
+
+def mounted(path: Path) -> bool:
+    """Something is mounted at ``path`` (/proc/self/mountinfo: a bind mount of the same file system counts,
+    which os.path.ismount misses)."""
+    wanted = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mounts:
+        points = (line.split()[4] for line in mounts)
+        return any(_unescape(point) == wanted for point in points)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes blanks, tabs, newlines and backslashes as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def unit_state(name: str) -> str:
@@ -264,10 +280,11 @@ def monitor(params: Params) -> int:
     return code
 
 
-def _restart_off(name: str) -> None:
-    """The runtime drop-in ``Restart=no`` of the VM's unit (gone at reboot, as Pacemaker's own)."""
-    dropin = Path(str(DROPIN).format(unit=systemd.unit(name)))
-    content = render({"Service": [("Restart", "no")]})
+def _restart_off(params: Params) -> None:
+    """The runtime drop-in of the VM's unit (gone at reboot, as Pacemaker's own): ``Restart=no``, and the
+    shared storage writable (what `host apply` writes for a cluster VM, here for a VM it did not declare)."""
+    dropin = Path(str(DROPIN).format(unit=systemd.unit(params.name)))
+    content = cluster_dropin(str(params.shared_storage) if params.shared_storage else None)
     if not dropin.exists() or dropin.read_text() != content:
         dropin.parent.mkdir(parents=True, exist_ok=True)
         dropin.write_text(content)
@@ -282,9 +299,10 @@ def start(params: Params) -> int:
     if state.current != checked.runner:
         with locked(name) as held:
             held.switch_current(checked.runner)
-    _restart_off(name)
+    _restart_off(params)
     systemd.systemctl("reset-failed", systemd.unit(name), check=False)
-    systemd.systemctl("start", "--no-block", systemd.unit(name))
+    # returns once the unit started (a notify unit: once the guest said it is ready), or failed to
+    systemd.systemctl("start", systemd.unit(name), check=False)
     deadline = time.monotonic() + params.timeout
     while (found := probe(state))[0] != SUCCESS:
         if unit_state(name) in ("failed", "inactive") or time.monotonic() > deadline:
@@ -334,7 +352,7 @@ def migrate_to(params: Params) -> int:
 def migrate_from(params: Params) -> int:
     """The target's half: the VM arrived and runs here; from now on Pacemaker restarts it, not systemd."""
     state = VMState.of(params.name)
-    _restart_off(params.name)
+    _restart_off(params)
     code, why = probe(state)
     if code != SUCCESS:
         raise Failure(ERR_GENERIC, f"VM {params.name!r} does not run here after the migration: {why}")

@@ -89,14 +89,23 @@ def running_on(status: ET.Element) -> dict[str, list[str]]:
     }
 
 
-def replace_resources(section: str, xml: str) -> None:
-    """Write one ``microvm-*`` resource (or constraint) element: ``cibadmin --replace`` of that object."""
-    proc.run(["cibadmin", "--replace", "--scope", section, "--xml-text", xml])
-
-
 def create(section: str, xml: str) -> None:
-    proc.run(["cibadmin", "--create", "--scope", section, "--xml-text", xml])
+    """Add an object (a ``microvm-*`` primitive) to a section of the CIB; fails when its id exists."""
+    _write(["--create", "--scope", section, "--xml-text", xml])
+
+
+def replace(section: str, xml: str) -> None:
+    """Replace the object of the same id in a section of the CIB, leaving the rest of the section as it is."""
+    _write(["--replace", "--scope", section, "--xml-text", xml])
 
 
 def delete(xml: str) -> None:
-    proc.run(["cibadmin", "--delete", "--xml-text", xml])
+    """Delete the object matching ``xml`` (tag and id)."""
+    _write(["--delete", "--xml-text", xml])
+
+
+def _write(args: list[str]) -> None:
+    try:
+        proc.run(["cibadmin", *args])
+    except CommandError as exc:
+        raise MicrovmError(f"Pacemaker refused the change: {exc}") from None
