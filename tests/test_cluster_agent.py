@@ -7,12 +7,11 @@ three-node cluster tests (fail-over, drain, split) are in their own module.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from helpers import CACHE, STATE, Host, build_file, unpacked_rootfs, wait_until, write_vm
+from helpers import CACHE, STATE, Host, build_file, nspawn_kernel, unpacked_rootfs, wait_until, write_vm
 from nspawn import container
 
 from microvm.cluster import agent
@@ -41,9 +40,7 @@ size = 16
 
 @pytest.fixture
 def node(shared_store, tmp_path: Path):
-    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
-        pytest.skip("needs systemd-nspawn")
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    kernel = nspawn_kernel(shared_store, tmp_path)
     work = tmp_path / "work"
     vm = {"name": "c1", "kernel": kernel, "image": f"{SHARED}/c1-var.img", "deaf": ""}
     write_vm(work, VM.format(**vm), "c1.toml")

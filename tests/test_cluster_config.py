@@ -5,6 +5,7 @@ into a CIB file (``CIB_file``: every Pacemaker tool works on it as on a live clu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from helpers import build_file, write_vm
 from typer.testing import CliRunner
 
+from microvm.cli import show
 from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
 from microvm.config import load_host
@@ -88,7 +90,7 @@ def test_running_on_reads_crm_mon() -> None:
         <group id="g"><resource id="x" active="true"><node name="n1" id="1"/></resource></group>
         </resources></pacemaker-result>"""
     )
-    assert pacemaker.running_on(status) == {"microvm-a": ["n2"], "x": ["n1"]}
+    assert pacemaker.running_on(status) == {"microvm-a": ["n2"], "microvm-b": [], "x": ["n1"]}
 
 
 # --- host file options and checks ------------------------------------------------------
@@ -274,3 +276,55 @@ def test_cluster_apply_refuses_a_cluster_without_fencing(
     refused = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
     assert "fencing is disabled in this cluster (the property stonith-enabled is false)" in refused
     assert "requireFencing = false" in refused and "microvm-c1" not in cib.read_text()
+
+
+# --- list and status on a cluster node --------------------------------------------------
+
+PLACED = """<cib crm_feature_set="3.16.1" validate-with="pacemaker-3.9" epoch="3" num_updates="0" admin_epoch="0"
+ have-quorum="1" dc-uuid="1"><configuration>
+<crm_config><cluster_property_set id="o"><nvpair id="o-s" name="stonith-enabled" value="false"/></cluster_property_set>
+</crm_config><nodes><node id="1" uname="n1"/><node id="2" uname="n2"/></nodes>
+<resources><primitive id="microvm-a" class="ocf" provider="microvm" type="vm"/>
+<primitive id="microvm-b" class="ocf" provider="microvm" type="vm"/></resources><constraints/></configuration>
+<status><node_state id="2" uname="n2" in_ccm="true" crmd="online" join="member" expected="member">
+<lrm id="2"><lrm_resources><lrm_resource id="microvm-a" class="ocf" provider="microvm" type="vm">
+<lrm_rsc_op id="microvm-a_last_0" operation_key="microvm-a_start_0" operation="start" crm_feature_set="3.16.1"
+ transition-key="1:1:0:6f1a3c4e-0000-0000-0000-000000000001"
+ transition-magic="0:0;1:1:0:6f1a3c4e-0000-0000-0000-000000000001" on_node="n2" call-id="5" rc-code="0"
+ op-status="0" interval="0" last-rc-change="1700000000" exec-time="10" queue-time="0" op-digest="0"/>
+</lrm_resource></lrm_resources></lrm></node_state>
+<node_state id="1" uname="n1" in_ccm="true" crmd="online" join="member" expected="member"/></status></cib>"""
+
+
+def _installed(state_dir: Path, name: str) -> None:
+    """VM ``name`` installed (its current runner's vm.json is all list reads), not running here."""
+    runner = state_dir / f"runner-{name}"
+    (runner / "share/microvm").mkdir(parents=True)
+    (runner / "share/microvm/vm.json").write_text('{"microvm": {"hypervisor": "qemu"}, "guest": {}}')
+    (state_dir / name).mkdir(parents=True)
+    (state_dir / name / "current").symlink_to(runner)
+
+
+@pacemaker_tools
+def test_list_and_status_show_the_node_of_cluster_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = Path(os.environ["MICROVM_STATE_DIR"])
+    for name in ("a", "b", "local"):
+        _installed(state_dir, name)
+    (tmp_path / "cib.xml").write_text(PLACED)
+    show.list_command(as_json=True)
+    assert [vm["node"] for vm in json.loads(capsys.readouterr().out)] == [None, None, None]  # not a cluster node
+    agent_file = tmp_path / "vm"
+    agent_file.touch()
+    monkeypatch.setattr(show, "OCF_AGENT", agent_file)  # where `host apply` put the agent on a cluster node
+    monkeypatch.setenv("CIB_file", str(tmp_path / "cib.xml"))
+    show.list_command(as_json=True)
+    listed = {vm["name"]: vm for vm in json.loads(capsys.readouterr().out)}
+    assert {name: vm["node"] for name, vm in listed.items()} == {"a": "n2", "b": "", "local": None}
+    assert listed["a"]["command"] is None and listed["local"]["command"]  # the cluster starts a, not microvm
+    show.list_command(as_json=False)
+    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert table[0][-2:] == ["NODE", "NEXT"] and table[1][-1] == "n2" and table[2][-1] == "stopped"
+    show.status_command("a", as_json=False)
+    assert "node: n2" in capsys.readouterr().out.splitlines()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
+from ..layout import OCF_AGENT
 from ..runner import privileges
 from ..runner.build import build_vm
 from ..store import PRIVATE_GROUP, Store
@@ -221,9 +222,9 @@ def plan(
 def _cluster_agent(enable: bool, state_dir: Path, store: Store) -> list[Change]:
     """The resource agent Pacemaker runs (root's, mode 0755) on a cluster node; removed when no longer one."""
     if enable:
-        return write_if_changed(units.OCF_AGENT, units.ocf_agent(state_dir, store.root), 0o755)
-    if units.OCF_AGENT.exists() and HEADER in units.OCF_AGENT.read_text():
-        return [RemoveFile(units.OCF_AGENT)]
+        return write_if_changed(OCF_AGENT, units.ocf_agent(state_dir, store.root), 0o755)
+    if OCF_AGENT.exists() and HEADER in OCF_AGENT.read_text():
+        return [RemoveFile(OCF_AGENT)]
     return []
 
 

@@ -194,6 +194,7 @@ class Status:
     uptime: float | None = None  # seconds since it was started, while it runs
     current: Path | None = None
     booted_runner: Path | None = None
+    node: str | None = None  # a cluster VM: the nodes the cluster runs it on ("" while it is stopped)
 
     @property
     def next_step(self) -> str | None:
@@ -215,6 +216,7 @@ class Status:
             "source": self.source,
             "current": str(self.current) if self.current else None,
             "booted": str(self.booted_runner) if self.booted_runner else None,
+            "node": self.node,
         }
 
 

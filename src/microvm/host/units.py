@@ -280,9 +280,6 @@ def cluster_dropin(shared_storage: str | None) -> str:
     return render({"Service": [("Restart", "no"), *writable]})
 
 
-OCF_AGENT = Path("/usr/lib/ocf/resource.d/microvm/vm")  # ocf:microvm:vm, what Pacemaker runs
-
-
 def ocf_agent(state_dir: Path, store: Path) -> str:
     """The resource agent ``ocf:microvm:vm``: this installation's helper, with the host's state directory and
     store (Pacemaker runs agents with an almost empty environment). Migrations ssh to the other node's
