@@ -90,6 +90,9 @@ def test_agent_actions_on_systemd(node) -> None:
     # installed, never started by the host: not in the autostart target, no install unit
     assert not host.active("c1") and "c1" not in host.systemctl("show", "-P", "Wants", "microvms.target")
     assert host.microvm("host", "apply", str(host_file)).stdout.strip() == "nothing to change"
+    refused = host.microvm("start", "c1", check=False)
+    assert refused.returncode != 0 and "VM 'c1' is run by the cluster" in refused.stderr
+    assert "pcs resource enable microvm-c1" in refused.stderr and not host.active("c1")
 
     assert ocf(host, "meta-data")[0] == agent.SUCCESS
     assert ocf(host, "monitor")[0] == agent.NOT_RUNNING

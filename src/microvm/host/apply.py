@@ -195,10 +195,10 @@ def plan(
         loaded = host.vms.get(name)
         wanted |= units.vm_dropins(name, declared, loaded.config if loaded else None, state_dir)
         if declared.cluster:
-            wanted[f"microvm@{name}.service.d/{units.CLUSTER_DROPIN}"] = units.cluster_dropin(
+            wanted[f"microvm@{name}.service.d/{systemd.CLUSTER_DROPIN}"] = units.cluster_dropin(
                 host.config.cluster.sharedStorage
             )
-    kinds = ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, units.CLUSTER_DROPIN)
+    kinds = ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, systemd.CLUSTER_DROPIN)
     dropins = [f"microvm@*.service.d/{d}" for d in kinds]
     stale = generated(unit_dir, "install-microvm-*.service", *dropins, DNSMASQ_UNITS, units.WEB)
     files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units, *web], stale=stale)

@@ -168,6 +168,12 @@ def control(action: str, name: str, state_dir: Path | None = None) -> None:
     """``systemctl start|stop|restart microvm@NAME.service``, once the name is valid and, to start, its runner
     is still in the store (said here, not by a unit that fails)."""
     state = VMState.of(name, state_dir)
+    if systemd.cluster_managed(name):
+        verb = {"start": "enable", "stop": "disable", "restart": "restart"}[action]
+        raise MicrovmError(
+            f"VM {name!r} is run by the cluster: {action} it there, or the cluster undoes it (or runs it twice)",
+            hint=f"pcs resource {verb} microvm-{name}, or crm resource {action} microvm-{name}",
+        )
     if action != "stop" and state.runner_missing:
         raise state.missing_runner_error()
     systemd.control(action, name)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
 # Drop-ins of microvm@NAME written from the host file (install.conf is the installation's).
-OVERRIDES_DROPIN, CREDENTIALS_DROPIN, CLUSTER_DROPIN = "overrides.conf", "credentials.conf", "cluster.conf"
+OVERRIDES_DROPIN, CREDENTIALS_DROPIN = "overrides.conf", "credentials.conf"
 NEEDS = ("microvm-tap-interfaces@%i.service", "microvm-macvtap-interfaces@%i.service",
          "microvm-pci-devices@%i.service", "microvm-virtiofsd@%i.service")  # fmt: skip
 
