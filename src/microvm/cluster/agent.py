@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import MicrovmError
-from ..host import systemd
-from ..host.statedir import VMState, locked
+from ..host import lifecycle, systemd
+from ..host.statedir import VMState
 from ..host.units import cluster_dropin
 from ..hypervisors import Control, get
 from ..layout import runner_config, written_paths
@@ -297,8 +297,7 @@ def start(params: Params) -> int:
     if probe(state)[0] == SUCCESS:
         return SUCCESS
     if state.current != checked.runner:
-        with locked(name) as held:
-            held.switch_current(checked.runner)
+        lifecycle.install_built(name, checked.runner)
     _restart_off(params)
     systemd.systemctl("reset-failed", systemd.unit(name), check=False)
     # returns once the unit started (a notify unit: once the guest said it is ready), or failed to

@@ -130,12 +130,17 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
 
 
 def install_built(name: str, runner: Path, state_dir: Path | None = None) -> Change:
-    """Install a runner built on another host (microvm deploy): create the VM on first use, switch it after."""
+    """Install a runner built on another host (microvm deploy, migrate, the cluster's start): create the VM on
+    first use, switch it after."""
     if not (runner / "bin" / "microvm-run").exists():
         raise MicrovmError(f"{runner} is not a VM runner (no bin/microvm-run)", hint="copy it here first")
     with locked(name, state_dir) as state:
-        if state.declared_by is not None and state.current == runner:
-            return Change(state, runner, runner)  # a cluster VM migrating in: the host file installed this build
+        if state.declared_by is not None and systemd.cluster_managed(name):
+            # the cluster picks the build of a VM the host file declares for it (its resource's, or a migration's)
+            old = state.current
+            if old != runner:
+                state.switch_current(runner)
+            return Change(state, old, runner)
         if state.declared_by is not None:
             raise MicrovmError(
                 f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",
