@@ -21,6 +21,7 @@ from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
 from microvm.config import load_host
 from microvm.errors import ConfigErrors
+from microvm.host import units
 
 pacemaker_tools = pytest.mark.skipif(not shutil.which("cibadmin"), reason="needs pacemaker-cli-utils")
 
@@ -42,6 +43,23 @@ def test_meta_data_names_every_action_and_parameter(capsys: pytest.CaptureFixtur
     assert parameters["require_fencing"].find("content").attrib == {"type": "boolean", "default": "true"}
     for parameter in parameters.values():
         assert parameter.findtext("shortdesc") and parameter.findtext("longdesc")
+
+
+def test_the_installed_agent_runs_with_an_empty_environment(tmp_path: Path) -> None:
+    """The script `host apply` installs: Pacemaker runs it with almost no environment; it brings the host's."""
+    script = tmp_path / "vm"
+    script.write_text(units.ocf_agent(tmp_path / "state dir's", tmp_path / "store"))
+    script.chmod(0o755)
+    described = subprocess.run(["env", "-i", str(script), "meta-data"], capture_output=True, text=True, check=False)
+    assert described.returncode == 0 and ET.fromstring(described.stdout).get("name") == "vm", described.stderr
+    exported = subprocess.run(
+        ["env", "-i", "sh", "-c", f'sed "s/^exec .*/env/" {script} | sh'], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    assert f"MICROVM_STATE_DIR={tmp_path}/state dir's" in exported and f"MICROVM_STORE={tmp_path}/store" in exported
+    assert any(line.startswith("PATH=") and "/usr/bin" in line for line in exported)
+    if shutil.which("shellcheck"):
+        checked = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stdout
 
 
 def test_unknown_action_and_missing_name(capsys: pytest.CaptureFixture[str]) -> None:

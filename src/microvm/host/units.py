@@ -288,7 +288,8 @@ def ocf_agent(state_dir: Path, store: Path) -> str:
     remote = shlex.join(["env", *(f"{k}={v}" for k, v in where.items()), sys.executable, "-m", "microvm"])
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**where, "MICROVM_REMOTE_COMMAND": remote}.items())
     helper = shlex.join(helper_argv("ocf-agent"))
-    return f'#!/bin/sh\n{HEADER}{exports}exec {helper} "$@"\n'
+    path = 'export PATH="${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}"\n'  # systemctl, ssh
+    return f'#!/bin/sh\n{HEADER}{path}{exports}exec {helper} "$@"\n'
 
 
 def vm_dropins(name: str, declared: DeclaredVM, vm: VMConfig | None, state_dir: Path) -> dict[str, str]:
