@@ -218,6 +218,38 @@ def test_wanted_resources(cluster_host: Path, shared_store) -> None:
     assert moved_by_restart.meta == {} and ("migrate_to", "0s") not in moved_by_restart.ops
 
 
+def test_diff_touches_only_the_agents_microvm_resources() -> None:
+    want = {
+        "microvm-a": resources.Resource("microvm-a", {"name": "a", "build": "/s/new"}, {}, {("monitor", "10s"): "30s"}),
+        "microvm-new": resources.Resource("microvm-new", {"name": "new"}, {}, {}),
+    }
+    live = ET.fromstring(
+        CIB.format(
+            props="",
+            resources=ET.tostring(
+                resources.Resource("microvm-a", {"name": "a", "build": "/s/old"}, {}, {("monitor", "10s"): "30s"}).xml(
+                    {"target-role": "Stopped"}
+                ),
+                encoding="unicode",
+            )
+            + '<primitive id="microvm-gone" class="ocf" provider="microvm" type="vm"/>'
+            + '<primitive id="microvm-other" class="ocf" provider="heartbeat" type="Dummy"/>'
+            + '<primitive id="web" class="ocf" provider="heartbeat" type="IPaddr2"/>',
+        )
+    )
+    found = resources.diff(live, want)
+    assert [r.id for r in found.add] == ["microvm-new"] and found.remove == ["microvm-gone"]
+    ((changed, kept, why),) = found.change
+    assert changed is want["microvm-a"] and kept == {"target-role": "Stopped"} and why == ["build /s/old -> /s/new"]
+    assert found.describe() == [
+        "add resource microvm-new (VM new)",
+        "change resource microvm-a: build /s/old -> /s/new",
+        "remove resource microvm-gone (the cluster stops it)",
+    ]
+    same = {rid: resource for rid, (resource, _) in resources.ours(live).items()}
+    assert set(same) == {"microvm-a", "microvm-gone"} and not resources.diff(live, same)  # as it is: no change
+
+
 def _cib(path: Path, props: str = '<nvpair id="o-s" name="stonith-enabled" value="false"/>') -> Path:
     """An empty CIB file with the cluster options ``props`` and someone else's resource."""
     empty = ET.fromstring(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, check=True).stdout)
