@@ -37,6 +37,11 @@ def systemctl(*args: str, check: bool = True) -> str:
     return proc.run(["systemctl", *args], check=check).stdout
 
 
+def active_state(name: str) -> str:
+    """active, activating, deactivating, failed, inactive ... of VM ``name``'s unit."""
+    return systemctl("show", "-P", "ActiveState", unit(name), check=False).strip()
+
+
 def is_active(name: str) -> bool:
     """VM ``name``'s microvm@ unit is active."""
     return is_active_unit(unit(name))
