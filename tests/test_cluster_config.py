@@ -318,6 +318,19 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
 
 
 @pacemaker_tools
+def test_cluster_apply_writes_the_resources_even_when_a_node_cannot_get_the_builds(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cib = _cib(tmp_path / "cib.xml")
+    nodes = f'<node id="1" uname="{os.uname().nodename}"/><node id="2" uname="no such node"/>'
+    cib.write_text(cib.read_text().replace("<nodes />", f"<nodes>{nodes}</nodes>"))
+    assert "to no such node" in _cluster(["plan", str(cluster_host)], cib, monkeypatch)  # this host: no copy
+    failed = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
+    assert "the builds are not on no such node: the cluster runs these VMs on the other nodes only" in failed
+    assert ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']") is not None
+
+
+@pacemaker_tools
 def test_cluster_apply_refuses_a_cluster_without_fencing(
     cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

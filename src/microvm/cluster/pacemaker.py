@@ -6,6 +6,7 @@ decisions to pure functions that tests can feed a CIB of their own.
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 
 from .. import proc
@@ -51,8 +52,10 @@ def fencing_problem(cib: ET.Element) -> str | None:
 
 
 def local_node() -> str:
-    """This node's name in the cluster (``crm_node -n``)."""
-    return proc.run(["crm_node", "-n"]).stdout.strip()
+    """This node's name in the cluster (``crm_node -n``); where no cluster runs (a ``CIB_file``), the host
+    name, which is also Pacemaker's default node name."""
+    found = proc.run(["crm_node", "-n"], check=False)
+    return found.stdout.strip() if found.returncode == 0 else os.uname().nodename
 
 
 def vm_nodes() -> dict[str, list[str]]:
