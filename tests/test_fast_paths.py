@@ -146,8 +146,10 @@ def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
 
 
 def _command_in_child(*argv: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """`microvm ARGV` in a fresh interpreter, and which of the heavy modules it imported."""
+    """`microvm ARGV` in a fresh interpreter, and which of the heavy modules it imported (the standard library's
+    dataclasses, logging and tempfile too: each costs these commands several milliseconds of start-up)."""
     heavy = ("typer", "click", "rich", "pydantic", "microvm.config", "microvm.runner.build")
+    heavy += ("dataclasses", "logging", "tempfile")
     probe = (
         "import atexit, sys; "
         f"atexit.register(lambda: print('loaded', *[m for m in {heavy!r} if m in sys.modules], file=sys.stderr)); "
