@@ -392,8 +392,11 @@ class Store:
 
     def add_root(self, name: str, entry: Path) -> None:
         """Keep ``entry`` (and what it references) alive under ``name``; replaced atomically."""
-        self.roots_dir.mkdir(parents=True, exist_ok=True)
         link = self.roots_dir / name
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == str(entry):
+                return  # already (a warm `microvm build` then needs no session, so no temporary file)
+        self.roots_dir.mkdir(parents=True, exist_ok=True)
         tmp = link.with_name(f"{TMP}{self._session_name()}-{name}")  # a kill leaves a temporary, no root
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(entry)

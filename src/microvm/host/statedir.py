@@ -324,6 +324,14 @@ def installed(state_dir: Path | None = None) -> list[VMState]:
     return [s for s in states if s.installed]
 
 
+def installed_stamp(state_dir: Path | None = None) -> dict[str, Any]:
+    """What a VM file's checks read of the installed VMs, cheaply: the state directory and each VM's current
+    runner (a store path, so it names its config). `build`/`run`'s record of a build holds it (runner.fastpath)."""
+    root = state_dir or default_state_dir()
+    vms = {s.name: None if s.runner_missing else str(s.current) for s in installed(root)}
+    return {"given": str(state_dir) if state_dir else None, "dir": str(root.absolute()), "vms": vms}
+
+
 def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VMConfig]
     """The config of every installed VM (its current runner's vm.json), by VM name.
 
