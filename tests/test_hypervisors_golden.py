@@ -292,6 +292,23 @@ def test_kernel_params_are_a_list(hypervisor: str) -> None:
     assert isinstance(params, list) and all(isinstance(p, str) and " " not in p for p in params)
 
 
+@pytest.mark.parametrize(
+    "qemu, pci_probe",
+    [
+        ({}, False),  # the microvm machine has no PCI: the kernel skips its config space probe (and its Fatal line)
+        ({"machineOpts": {"pcie": "on"}}, True),
+        ({"machine": "q35"}, True),
+    ],
+)
+def test_the_kernel_probes_pci_only_where_there_is_pci(qemu: dict[str, Any], pci_probe: bool) -> None:
+    vm = vm_config({"microvm": {"hypervisor": "qemu", "qemu": qemu}, "guest": {"hostName": "web"}})
+    for accel in ("kvm", "tcg"):
+        assert ("initcall_blacklist=pci_arch_init" not in get("qemu").kernel_params(vm, accel)) == pci_probe
+    with_device = {"devices": [{"bus": "pci", "path": "0000:01:00.0"}]}
+    vm = vm_config({"microvm": {"hypervisor": "qemu", **with_device}, "guest": {"hostName": "web"}})
+    assert "initcall_blacklist=pci_arch_init" not in get("qemu").kernel_params(vm, "tcg")
+
+
 @pytest.mark.parametrize("case", sorted(QEMU_INTERFACES))
 def test_qemu_interfaces(case: str) -> None:
     spec = build("qemu", {"hypervisor": "qemu", **QEMU_INTERFACES[case]})
