@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,23 @@ def test_the_kernel_probes_pci_only_where_there_is_pci(qemu: dict[str, Any], pci
     with_device = {"devices": [{"bus": "pci", "path": "0000:01:00.0"}]}
     vm = vm_config({"microvm": {"hypervisor": "qemu", **with_device}, "guest": {"hostName": "web"}})
     assert "initcall_blacklist=pci_arch_init" not in get("qemu").kernel_params(vm, "tcg")
+
+
+@pytest.mark.parametrize(
+    "options, accel",
+    [
+        ({"mem": 256}, "tcg,tb-size=32"),  # an eighth of the guest's memory ...
+        ({"mem": 64}, "tcg,tb-size=32"),  # ... at least 32 MiB
+        ({"mem": 1024}, "tcg,tb-size=128"),
+        ({"mem": 8192}, "tcg,tb-size=256"),  # ... at most 256 MiB
+        ({"mem": 256, "qemu": {"tbSize": 16}}, "tcg,tb-size=16"),
+    ],
+)
+def test_tcg_translation_cache_is_sized_for_the_guest(options: dict[str, Any], accel: str) -> None:
+    vm = vm_config({"microvm": {"hypervisor": "qemu", **options}, "guest": {"hostName": "web", "arch": "x86_64"}})
+    argv = get("qemu").runner(vm, replace(guest_for("qemu"), accel="tcg")).argv
+    assert argv[argv.index("-accel") + 1] == accel
+    assert build("qemu", options).argv[argv.index("-accel") + 1] == "kvm"  # KVM has no translation cache
 
 
 @pytest.mark.parametrize("case", sorted(QEMU_INTERFACES))
