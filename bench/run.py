@@ -802,7 +802,8 @@ def report(r: Results) -> str:
         w(
             f"N busybox guests of {DENSITY_MEM} MB (our runner, one built VM) started at the same moment on "
             f"this {os.cpu_count()}-core machine; time until every one printed its marker, and memory then. "
-            "(64 MB guests do not boot: the Debian cloud kernel runs out of memory during its own init.)\n"
+            "PSS counts pages shared between the VMs (the kernel file qemu maps, qemu's own code) once, "
+            "divided among them.\n"
         )
         for name in r.pictures[1:]:
             w(f"![Density curve]({name})\n")
