@@ -313,9 +313,9 @@ def test_the_kernel_probes_pci_only_where_there_is_pci(qemu: dict[str, Any], pci
 @pytest.mark.parametrize(
     "options, accel",
     [
-        ({"mem": 256}, "tcg,tb-size=32"),  # an eighth of the guest's memory ...
-        ({"mem": 64}, "tcg,tb-size=32"),  # ... at least 32 MiB
-        ({"mem": 1024}, "tcg,tb-size=128"),
+        ({"mem": 256}, "tcg,tb-size=24"),  # a twelfth of the guest's memory, at least 24 MiB ...
+        ({"mem": 64}, "tcg,tb-size=24"),
+        ({"mem": 1024}, "tcg,tb-size=85"),
         ({"mem": 8192}, "tcg,tb-size=256"),  # ... at most 256 MiB
         ({"mem": 256, "qemu": {"tbSize": 16}}, "tcg,tb-size=16"),
     ],

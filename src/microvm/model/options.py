@@ -340,8 +340,8 @@ class QemuOptions(Options):
         None,
         description=(
             "Size in MiB of TCG's cache of translated guest code (`-accel tcg,tb-size=`), used only under "
-            "emulation; it is host memory, filled as the guest runs new code. Null: an eighth of `microvm.mem`, "
-            "at least 32 and at most 256 (qemu's own default, 1 GiB, lets a busybox boot fill 48 MiB)."
+            "emulation; it is host memory, filled as the guest runs new code. Null: a twelfth of `microvm.mem`, "
+            "at least 24 and at most 256 (qemu's own default, 1 GiB, lets a busybox boot fill 48 MiB)."
         ),
     )
     pcieRootPorts: list[PcieRootPort] = Field(
