@@ -230,7 +230,13 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     """
     current, booted_runner = state.current, state.booted
     booted = booted_runner is not None
-    running = (systemd.is_active(state.name) if active is None else active) or (booted and state.running_here())
+    try:
+        config = runner_config(current)  # type: ignore[arg-type]  # installed: current is set
+    except (OSError, ValueError):
+        config = None  # a runner gone from the store: its state still shows
+    running = (systemd.is_active(state.name) if active is None else active) or (
+        booted and state.running_here(config if booted_runner == current else None)
+    )
     source, declared_by = state.source, state.declared_by
     outdated = sources.changed_since(source, state.build_record_of(current).get("fingerprint", {}))
     verdict: tuple[str, str | None, str | None]
@@ -252,8 +258,7 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     hypervisor = vcpu = mem = None
     addresses: tuple[str, ...] = ()
     try:
-        config = runner_config(current)  # type: ignore[arg-type]  # installed: current is set
-        options = config["microvm"]
+        options = config["microvm"]  # type: ignore[index]  # None: TypeError, below
         hypervisor, vcpu, mem = options.get("hypervisor"), options.get("vcpu"), options.get("mem")
         addresses = tuple(config_addresses(config, host_bridge(state.path.parent) if bridge is None else bridge))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -233,12 +233,15 @@ class VMState(NamedTuple):
     def console_files(self) -> tuple[Path, Path]:
         return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
 
-    def running_here(self) -> bool:
-        """The booted hypervisor answers on its control or console socket (no systemd needed)."""
+    def running_here(self, config: dict[str, Any] | None = None) -> bool:
+        """The booted hypervisor answers on its control or console socket (no systemd needed).
+
+        ``config``: the booted runner's vm.json, when the caller has read it already (`list`).
+        """
         if (booted := self.booted) is None:
             return False
         try:
-            control = runner_config(booted).get("microvm", {}).get("socket")
+            control = (runner_config(booted) if config is None else config).get("microvm", {}).get("socket")
         except (OSError, ValueError):  # the booted runner is gone from the store: its console socket still answers
             control = None
         sockets = [self.console_files()[0], *([self.path / control] if control else [])]
