@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`.
-.PHONY: setup demo test test-fast docs bench
+.PHONY: setup demo test test-fast docs bench bench-cli
 
 setup:
 	./scripts/setup.sh
@@ -20,3 +20,11 @@ docs: setup
 bench:
 	./scripts/setup.sh --bench
 	.venv/bin/python bench/run.py
+
+# Command start-up alone (bench/cli.py), next to `virsh list` of an unprivileged user's session libvirtd:
+# libvirt's client, daemon and qemu driver without libvirt-daemon-system, whose scripts would set up the
+# system daemon and its default network (a bridge in the machine's own namespace).
+bench-cli: setup
+	.venv/bin/pip install -q -e '.[bench]'
+	apt-get install -y --no-install-recommends libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu
+	.venv/bin/python bench/cli.py

@@ -7,16 +7,25 @@ program cannot start faster. `microvm list` runs over 10, 100 and 1000 installed
 directories whose ``current`` links point at the benchmark's real runners, with a build
 record and a source as `microvm create` leaves them); its cost per extra VM is the slope of
 a least-squares line through those points. ``virsh list --all`` over as many defined libvirt
-domains is measured in the same rounds when libvirt is there. Run by bench/run.py.
+domains is measured in the same run when libvirt is there: the per-user daemon (``qemu:///session``)
+of an unprivileged user, in a directory of its own, so that nothing system-wide starts (see
+:class:`SessionLibvirt`). Our own modules are compiled to byte code first, as an installed package's
+are (a development shell's ``PYTHONDONTWRITEBYTECODE`` would otherwise make every run compile them).
+Run by bench/run.py, or alone (``make bench-cli``).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import contextlib
 import datetime
 import json
 import os
+import pwd
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import libvirt
 from run import EXAMPLE, HOST_VMS, fmt_ms, fresh_store, host_file, median, microvm_cmd, source_stores, spread
@@ -39,6 +49,10 @@ FLOOR = "`python -c pass` (the floor)"
 
 def listing(count: int) -> str:
     return f"`microvm list` ({count} VMs)"
+
+
+def virsh_listing(count: int) -> str:
+    return f"`virsh list --all` ({count} domains)"
 
 
 # label -> (its target as a multiple of the floor, or None: no target; seconds otherwise)
@@ -94,16 +108,77 @@ def install_fakes(state: Path, count: int, runners: list[Path], source: Path) ->
             (vm.path / "booted").symlink_to(runner)
 
 
-def define_domains(lv: libvirt.Libvirt, count: int, built) -> None:
-    """Up to ``count`` libvirt domains (direct kernel boot of the example, never started)."""
-    kernel, initrd, disk = (lv.copy(p) for p in (built.kernel.vmlinux or built.kernel.image, built.initrd,
-                                                   built.root_image))  # fmt: skip
-    for i in range(sum(d.startswith(LISTED) for d in lv.domains), count):
-        name = f"{LISTED}{i:04d}"
-        xml = lv.files / f"{name}.xml"
-        xml.write_text(libvirt.domain_xml(name, "pc", kernel, initrd, disk, "console=ttyS0", 128, lv.files / name))
-        libvirt._virsh("define", str(xml))
-        lv.domains.append(name)
+SESSION_USER = "nobody"  # unprivileged, on every Debian system
+DEFINE_BATCH = 100  # `virsh "define a; define b; ..."`: one client process per batch
+
+
+class SessionLibvirt:
+    """``qemu:///session`` of :data:`SESSION_USER`, with its home, configuration and runtime directory in a
+    temporary directory: virsh starts that user's libvirtd on first use, which can start no network and add
+    no bridge (unprivileged), and the ``with`` block's end stops it and removes everything it wrote.
+
+    Needs libvirt's client, daemon and qemu driver without libvirt-daemon-system (whose scripts set up a
+    system daemon and its default network): ``make bench-cli`` installs them.
+    """
+
+    URI = "qemu:///session"
+
+    def __init__(self, built) -> None:
+        self.user = pwd.getpwnam(SESSION_USER)
+        self.dir = Path(tempfile.mkdtemp(prefix="microvm-bench-virsh-"))
+        os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.env = {"HOME": str(self.dir), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL": "C"}
+        for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache"), ("XDG_RUNTIME_DIR", "run")):
+            self.env[var] = str(self.dir / sub)
+        self.as_user = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": [], "cwd": self.dir}
+        self.paths = [built.kernel.vmlinux or built.kernel.image, built.initrd, built.root_image]  # never booted
+        self.defined = 0
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why it cannot be measured here, or None."""
+        for tool in ("virsh", "libvirtd"):
+            if shutil.which(tool, path="/usr/bin:/usr/sbin") is None:
+                return f"`{tool}` is not installed (`make bench-cli` installs libvirt's client and daemon)"
+        return None
+
+    def virsh(self, *args: str) -> list[str]:
+        return ["virsh", "-q", "-c", self.URI, *args]
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(self.virsh(*args), env=self.env, capture_output=True, text=True, check=False,
+                                timeout=600, **self.as_user)  # fmt: skip
+        if result.returncode != 0:
+            raise SystemExit(f"virsh {' '.join(args)[:200]} failed: {result.stderr}")
+        return result.stdout
+
+    def define(self, count: int) -> None:
+        """Up to ``count`` domains (direct kernel boot of the example; never started)."""
+        kernel, initrd, disk = self.paths
+        names = [f"{LISTED}{i:04d}" for i in range(self.defined, count)]
+        for start in range(0, len(names), DEFINE_BATCH):
+            commands = []
+            for name in names[start : start + DEFINE_BATCH]:
+                xml = self.dir / f"{name}.xml"
+                log = self.dir / f"{name}.log"
+                xml.write_text(libvirt.domain_xml(name, "pc", kernel, initrd, disk, "console=ttyS0", 128, log))
+                commands.append(f"define {xml}")
+            self.run(" ; ".join(commands))
+        self.defined = max(self.defined, count)
+        assert len(self.run("list", "--all", "--name").split()) == self.defined
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pid_file = self.dir / "run" / "libvirt" / "libvirtd.pid"
+        if pid_file.exists():  # the session daemon virsh started for us: ours to stop
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            for _ in range(100):
+                if not pid_file.exists():
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _cpu() -> float:
@@ -111,28 +186,27 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _time(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
+def _time(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,), **popen) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one run: on a loaded machine the CPU time shows the work, the wall
     time also the wait for a core."""
     cpu, t0 = _cpu(), time.perf_counter()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, **popen)
     elapsed, cpu = time.perf_counter() - t0, _cpu() - cpu
     if result.returncode not in ok:
         raise SystemExit(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return elapsed, cpu
 
 
-def bench_cli_startup(
-    rounds: int, quick: bool, work: Path, built: dict, host: Path, lv: libvirt.Libvirt | None
-) -> CliResults:
+def bench_cli_startup(rounds: int, quick: bool, work: Path, built: dict, host: Path) -> CliResults:
     """Interleaved rounds of every command; the first round is a warm-up and is not kept."""
     res = CliResults(rounds)
+    compileall.compile_dir(Path(sys.modules["microvm"].__file__).parent, quiet=1)  # as an installed package's
     counts = QUICK_COUNTS if quick else COUNTS
     runners = [b.runner for b in built.values()]
     source = work / "cli-fake-source"
     source.mkdir()
     (source / "vm.toml").write_text(EXAMPLE.read_text())
-    env = {**os.environ, "MICROVM_NO_FAST_RUN": "1"}
+    env = dict(os.environ)  # the warm build takes its fast path after the (untimed) warm-up round's full build
     mv = microvm_cmd()
     states = {n: work / f"cli-fake-{n}" for n in counts}
     for n, state in states.items():
@@ -142,48 +216,56 @@ def bench_cli_startup(
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert len(json.loads(listed)) == (100 if 100 in states else counts[-1]), listed[:500]
     on = {**env, "MICROVM_STATE_DIR": str(middle)}
-    commands: dict[str, tuple[list[str], dict[str, str], tuple[int, ...]]] = {
-        FLOOR: ([sys.executable, "-c", "pass"], env, (0,)),
-        "`microvm --help`": ([*mv, "--help"], env, (0,)),
-        "`microvm status NAME`": ([*mv, "status", "vm0003"], on, (0,)),
-        "`microvm build FILE` (warm: nothing changed)": ([*mv, "build", str(EXAMPLE)], env, (0,)),
-        "`microvm check FILE` (one VM)": ([*mv, "check", str(EXAMPLE)], env, (0,)),
-        f"`microvm eval --host` ({HOST_VMS} VMs)": ([*mv, "eval", "--host", str(host)], env, (0,)),
-        f"`microvm check --host` ({HOST_VMS} VMs)": ([*mv, "check", "--host", str(host)], env, (0,)),
+    # label -> (argv, environment, exit codes that are success, how to start it)
+    commands: dict[str, tuple[list[str], dict[str, str], tuple[int, ...], dict]] = {
+        FLOOR: ([sys.executable, "-c", "pass"], env, (0,), {}),
+        "`microvm --help`": ([*mv, "--help"], env, (0,), {}),
+        "`microvm status NAME`": ([*mv, "status", "vm0003"], on, (0,), {}),
+        "`microvm build FILE` (warm: nothing changed)": ([*mv, "build", str(EXAMPLE)], env, (0,), {}),
+        "`microvm check FILE` (one VM)": ([*mv, "check", str(EXAMPLE)], env, (0,), {}),
+        f"`microvm eval --host` ({HOST_VMS} VMs)": ([*mv, "eval", "--host", str(host)], env, (0,), {}),
+        f"`microvm check --host` ({HOST_VMS} VMs)": ([*mv, "check", "--host", str(host)], env, (0,), {}),
     }
     if Path("/run/systemd/system").is_dir():
         res.notes.append("`start`/`stop` not measured: systemd runs here and would really start the fake VMs")
     else:
         # without systemd the command stops, with its error, exactly where it would call systemctl
         for action in ("start", "stop"):
-            commands[f"`microvm {action} NAME` (up to the systemd call)"] = ([*mv, action, "vm0001"], on, (1,))
+            commands[f"`microvm {action} NAME` (up to the systemd call)"] = ([*mv, action, "vm0001"], on, (1,), {})
     for n, state in states.items():
-        commands[listing(n)] = ([*mv, "list"], {**env, "MICROVM_STATE_DIR": str(state)}, (0,))
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    labels = list(commands)
-    for i in range(rounds + 1):
-        order = labels[i % len(labels) :] + labels[: i % len(labels)]
-        for label in order:
-            argv, e, ok = commands[label]
-            t, cpu = _time(argv, e, ok)
-            if i:
-                res.times.setdefault(label, []).append(t)
-                res.cpu.setdefault(label, []).append(cpu)
-        print(f"[cli {i}/{rounds}]" + (" (warm-up)" if not i else ""), file=sys.stderr)
+        commands[listing(n)] = ([*mv, "list"], {**env, "MICROVM_STATE_DIR": str(state)}, (0,), {})
+    with contextlib.ExitStack() as sessions:
+        if quick:
+            res.notes.append("`virsh list` not measured: quick mode")
+        elif (why := SessionLibvirt.unavailable()) is not None:
+            res.notes.append(f"`virsh list` not measured: {why}")
+        else:
+            res.notes.append(
+                f"`virsh list --all` goes to `{SessionLibvirt.URI}` of user `{SESSION_USER}`: one libvirtd per "
+                "count of defined domains, each started by virsh before the rounds and left running through them."
+            )
+            for n in counts:
+                lv = sessions.enter_context(SessionLibvirt(built["hello"]))
+                lv.define(n)
+                commands[virsh_listing(n)] = (lv.virsh("list", "--all", "--name"), lv.env, (0,), lv.as_user)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        labels = list(commands)
+        for i in range(rounds + 1):
+            order = labels[i % len(labels) :] + labels[: i % len(labels)]
+            for label in order:
+                argv, e, ok, popen = commands[label]
+                t, cpu = _time(argv, e, ok, **popen)
+                if i:
+                    res.times.setdefault(label, []).append(t)
+                    res.cpu.setdefault(label, []).append(cpu)
+            print(f"[cli {i}/{rounds}]" + (" (warm-up)" if not i else ""), file=sys.stderr)
     res.listing = {n: res.times[listing(n)] for n in counts}
+    res.virsh = {n: res.times.pop(virsh_listing(n)) for n in counts if virsh_listing(n) in res.times}
     res.notes.append(
         f"Load average (1, 5, 15 min) before these rounds: {load}; after: "
         + " ".join(f"{x:.2f}" for x in os.getloadavg())
         + f" ({os.cpu_count()} CPUs)."
     )
-    if lv is not None:
-        virsh = ["virsh", "-q", "-c", libvirt.URI, "list", "--all", "--name"]
-        for n in counts:  # virsh lists every defined domain: define up to n, then measure
-            define_domains(lv, n, built["hello"])
-            for i in range(rounds + 1):
-                t, _ = _time(virsh, env)
-                if i:
-                    res.virsh.setdefault(n, []).append(t)
     return res
 
 
@@ -290,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         squashfs = work / "squashfs.toml"
         squashfs.write_text(f'imports = ["{EXAMPLE}"]\n[microvm]\nstoreDiskType = "squashfs"\n')
         built = {name: build_vm(store, load_vm(file).config) for name, file in (("hello", EXAMPLE), ("sq", squashfs))}
-        res = bench_cli_startup(args.runs, False, work, built, host_file(work), None)
+        res = bench_cli_startup(args.runs, False, work, built, host_file(work))
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     res.notes.append(f"Measured on {when} by `.venv/bin/python bench/cli.py --runs {args.runs}` (this section alone).")
     section = "\n".join(report_section(res, plot(args.output, res)))

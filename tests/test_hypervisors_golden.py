@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,40 @@ def test_kernel_params_are_a_list(hypervisor: str) -> None:
     vm = vm_config({"microvm": {"hypervisor": hypervisor}, "guest": {"hostName": "web"}})
     params = get(hypervisor).kernel_params(vm, "kvm")
     assert isinstance(params, list) and all(isinstance(p, str) and " " not in p for p in params)
+
+
+@pytest.mark.parametrize(
+    "qemu, pci_probe",
+    [
+        ({}, False),  # the microvm machine has no PCI: the kernel skips its config space probe (and its Fatal line)
+        ({"machineOpts": {"pcie": "on"}}, True),
+        ({"machine": "q35"}, True),
+    ],
+)
+def test_the_kernel_probes_pci_only_where_there_is_pci(qemu: dict[str, Any], pci_probe: bool) -> None:
+    vm = vm_config({"microvm": {"hypervisor": "qemu", "qemu": qemu}, "guest": {"hostName": "web"}})
+    for accel in ("kvm", "tcg"):
+        assert ("initcall_blacklist=pci_arch_init" not in get("qemu").kernel_params(vm, accel)) == pci_probe
+    with_device = {"devices": [{"bus": "pci", "path": "0000:01:00.0"}]}
+    vm = vm_config({"microvm": {"hypervisor": "qemu", **with_device}, "guest": {"hostName": "web"}})
+    assert "initcall_blacklist=pci_arch_init" not in get("qemu").kernel_params(vm, "tcg")
+
+
+@pytest.mark.parametrize(
+    "options, accel",
+    [
+        ({"mem": 256}, "tcg,tb-size=24"),  # a twelfth of the guest's memory, at least 24 MiB ...
+        ({"mem": 64}, "tcg,tb-size=24"),
+        ({"mem": 1024}, "tcg,tb-size=85"),
+        ({"mem": 8192}, "tcg,tb-size=256"),  # ... at most 256 MiB
+        ({"mem": 256, "qemu": {"tbSize": 16}}, "tcg,tb-size=16"),
+    ],
+)
+def test_tcg_translation_cache_is_sized_for_the_guest(options: dict[str, Any], accel: str) -> None:
+    vm = vm_config({"microvm": {"hypervisor": "qemu", **options}, "guest": {"hostName": "web", "arch": "x86_64"}})
+    argv = get("qemu").runner(vm, replace(guest_for("qemu"), accel="tcg")).argv
+    assert argv[argv.index("-accel") + 1] == accel
+    assert build("qemu", options).argv[argv.index("-accel") + 1] == "kvm"  # KVM has no translation cache
 
 
 @pytest.mark.parametrize("case", sorted(QEMU_INTERFACES))

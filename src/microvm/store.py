@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -219,6 +218,8 @@ class Store:
     @contextlib.contextmanager
     def scratch(self, what: str) -> Iterator[Path]:
         """A private temporary directory in the store, removed afterwards (or by gc once this process is dead)."""
+        import tempfile  # late on purpose, here and below: list/status/start/stop load this module, not tempfile
+
         try:
             path = Path(tempfile.mkdtemp(prefix=f"{TMP}{self._session_name()}-{what}-", dir=self.root))
         except OSError as exc:
@@ -234,6 +235,8 @@ class Store:
         if self._session is None:
             directory = self.root / ".temproots"
             directory.mkdir(exist_ok=True)
+            import tempfile  # late on purpose: see scratch
+
             fd, path = tempfile.mkstemp(prefix=f"{os.getpid()}-", dir=directory)
             roots = os.fdopen(fd, "w")
             fcntl.flock(roots, fcntl.LOCK_EX)
@@ -358,6 +361,8 @@ class Store:
                 if kind != b"entry" or not ENTRY_NAME.match(name.decode(errors="replace")):
                     raise MicrovmError(f"the copy stream is malformed (at {line[:80]!r})")
                 final = self.root / name.decode()
+                import tempfile  # late on purpose: see scratch
+
                 tmp = Path(tempfile.mkdtemp(prefix=f".tmp-recv-{final.name}-", dir=self.root))
                 staged.append((tmp, final))
                 reader = _HashingReader(stream)
@@ -387,8 +392,11 @@ class Store:
 
     def add_root(self, name: str, entry: Path) -> None:
         """Keep ``entry`` (and what it references) alive under ``name``; replaced atomically."""
-        self.roots_dir.mkdir(parents=True, exist_ok=True)
         link = self.roots_dir / name
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == str(entry):
+                return  # already (a warm `microvm build` then needs no session, so no temporary file)
+        self.roots_dir.mkdir(parents=True, exist_ok=True)
         tmp = link.with_name(f"{TMP}{self._session_name()}-{name}")  # a kill leaves a temporary, no root
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(entry)

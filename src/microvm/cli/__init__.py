@@ -1,7 +1,7 @@
 """The ``microvm`` command: a thin layer over the library, one module per command group.
 
-Nothing heavy is imported here: ``microvm run`` of an unchanged, built VM takes
-a fast path (:func:`fast_run`), and ``list``, ``status``, ``start``/``stop`` and
+Nothing heavy is imported here: ``microvm build`` and ``microvm run`` of an
+unchanged, built VM take a fast path (:func:`fast_build_or_run`), and ``list``, ``status``, ``start``/``stop`` and
 ``--help`` another (:mod:`.fast`), that never load typer, rich or pydantic.
 """
 
@@ -49,11 +49,11 @@ def translate_legacy(argv: list[str]) -> list[str]:
     return [command, *rest] if command else argv
 
 
-def _run_arguments(argv: list[str]) -> tuple[Path, str | None, Path | None] | None:
-    """(file, --hypervisor, --state-dir) of a plain ``run`` command line, else None."""
-    if not argv or argv[0] != "run":
+def _build_arguments(argv: list[str]) -> tuple[Path, str | None, Path | None] | None:
+    """(file, --hypervisor, --state-dir) of a plain ``build`` or ``run`` command line, else None."""
+    if not argv or argv[0] not in ("build", "run"):
         return None
-    file, options = None, {"--hypervisor": None, "--state-dir": None}
+    file, options = None, {"--hypervisor": None} | ({"--state-dir": None} if argv[0] == "run" else {})
     rest = argv[1:]
     while rest:
         arg = rest.pop(0)
@@ -70,32 +70,44 @@ def _run_arguments(argv: list[str]) -> tuple[Path, str | None, Path | None] | No
             return None  # --help, a typo, anything else: the full command line parser answers
     if file is None:
         return None
-    state_dir = options["--state-dir"]
+    state_dir = options.get("--state-dir")
     return Path(file), options["--hypervisor"], Path(state_dir) if state_dir else None
 
 
-def fast_run(argv: list[str]) -> int | None:
-    """``microvm run FILE`` of a built VM whose inputs did not change: run it, return its exit code.
+def fast_build_or_run(argv: list[str]) -> int | None:
+    """``microvm build|run FILE`` of a built VM whose inputs did not change: print what the build printed
+    (its runner, for build) or run it; return the exit code.
 
     None when the command is anything else or the VM must be evaluated (and
     maybe built) again; see :mod:`microvm.runner.fastpath`.
     """
-    if os.environ.get("MICROVM_NO_FAST_RUN") or (parsed := _run_arguments(argv)) is None:
+    if os.environ.get("MICROVM_NO_FAST_RUN") or (parsed := _build_arguments(argv)) is None:
         return None
     # late on purpose: a command loads only what it runs (start-up speed)
+    from ..host.statedir import installed_stamp, vm_dir
     from ..runner import fastpath
 
     file, hypervisor, state_dir = parsed
-    if (found := fastpath.lookup(file, hypervisor)) is None:
+    if (found := fastpath.lookup(file, hypervisor, installed_stamp(state_dir))) is None:
         return None
-    name, plan, notes = found
-    # late on purpose: a command loads only what it runs (start-up speed)
-    from ..host.statedir import vm_dir
-    from ..runner.foreground import run_foreground
+    if argv[0] == "run" and found["plan"]["virtiofs"]:
+        return None  # its daemons are started from the evaluated config
+    for warning in found["warnings"]:
+        print(warning, file=sys.stderr)
+    if argv[0] == "build":
+        # late on purpose: a command loads only what it runs (start-up speed)
+        from ..store import Store
 
-    for note in notes:
-        print(note, file=sys.stderr)
-    return run_foreground(plan, vm_dir(name, state_dir))
+        Store().add_root(f"build-{found['name']}", Path(found["runner"]))  # as the full build does
+        print(found["accelerator"], file=sys.stderr)
+        print(found["runner"])
+        return 0
+    # late on purpose: a command loads only what it runs (start-up speed)
+    from ..runner.foreground import Foreground, run_foreground
+
+    if found["note"]:
+        print(found["note"], file=sys.stderr)
+    return run_foreground(Foreground.from_json(found["plan"]), vm_dir(found["name"], state_dir))
 
 
 def full(argv: list[str]) -> None:
@@ -120,7 +132,7 @@ def main() -> None:
     from ..errors import MicrovmError, io_error
 
     try:
-        if (code := fast_run(argv)) is not None:
+        if (code := fast_build_or_run(argv)) is not None:
             sys.exit(code)
         # late on purpose: a command loads only what it runs (start-up speed)
         from . import fast

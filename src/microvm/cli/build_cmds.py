@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..host.statedir import installed_configs
+from ..host.statedir import installed_configs, installed_stamp
 from ..store import Store
 from .app import app, err, out, warn
 from .progress import steps
@@ -29,17 +29,22 @@ def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  
     from ..runner.build import build_vm
     from ..runner.foreground import Foreground
 
+    host = installed_stamp(state_dir)
     loaded = load_vm(file, installed=installed_configs(state_dir), state_dir=state_dir)
     warn(loaded.warnings)
     store = Store()
     with steps(f"building {loaded.name}") as say:
         built = build_vm(store, loaded.config, hypervisor, progress=say)
     store.add_root(f"build-{loaded.name}", built.runner)
-    notes = [f"warning: {warning}" for warning in loaded.warnings]
-    if (note := _tcg_note(loaded.config, built)) is not None:
-        notes.append(f"note: {note}")
-    plan = Foreground.of(loaded.config, built.runner, hypervisor)
-    fastpath.record(file, hypervisor, loaded.files, loaded.config, plan, notes)
+    printed = {
+        "name": loaded.name,
+        "runner": str(built.runner),
+        "plan": Foreground.of(loaded.config, built.runner, hypervisor).to_json(),
+        "accelerator": f"accelerator: {built.accel.accel} ({built.accel.reason})",
+        "warnings": [f"warning: {warning}" for warning in loaded.warnings],
+        "note": None if (note := _tcg_note(loaded.config, built)) is None else f"note: {note}",
+    }
+    fastpath.record(file, hypervisor, loaded.files, loaded.config, host, printed)
     return loaded, built
 
 

@@ -98,13 +98,14 @@ def cluster_nodes() -> dict[str, list[str]]:
 
 def with_nodes(vms: list[lifecycle.Status]) -> list[lifecycle.Status]:
     """``vms`` with the node of each cluster VM; one the cluster runs elsewhere needs nothing done here."""
-    if placed := cluster_nodes():
-        for vm in vms:
-            if vm.name in placed:
-                vm.node = ", ".join(placed[vm.name])
-                if not vm.running:
-                    vm.advice = vm.command = None
-    return vms
+    if not (placed := cluster_nodes()):
+        return vms
+    return [
+        vm._replace(node=", ".join(placed[vm.name]), **({} if vm.running else {"advice": None, "command": None}))
+        if vm.name in placed
+        else vm
+        for vm in vms
+    ]
 
 
 def list_command(as_json: bool) -> None:

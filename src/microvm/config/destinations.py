@@ -80,11 +80,12 @@ def _strings(data: Any, path: OptionPath = ()) -> Iterator[tuple[OptionPath, str
 def text_problems(data: dict[str, Any]) -> Iterator[Problem]:
     """No NUL anywhere (no program takes it); no control character or line break in a one-line value."""
     for path, text in _strings(data):
-        if _matches(path, OPAQUE):
-            continue
+        found = BREAKING.search(text)  # a NUL is one of these too
+        if found is None or _matches(path, OPAQUE):
+            continue  # the common case first: where a harmless value goes need not be looked up (`check --host`)
         if "\0" in text:
             yield Problem(path, "contains a NUL character, which no file name, argument or file line can hold")
-        elif not _matches(path, MULTILINE) and (found := BREAKING.search(text)):
+        elif not _matches(path, MULTILINE):
             yield Problem(
                 path,
                 f"contains the control character {found.group()!r}; it would break the line it is written to "

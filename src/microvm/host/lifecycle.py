@@ -12,9 +12,8 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, NETWORK_RECORD, RUNNER_PACKAGES, runner_config
@@ -29,8 +28,7 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 
 
-@dataclass
-class Change:
+class Change(NamedTuple):  # not a dataclass: see microvm.host.statedir.VMState
     """What an install or update did to one VM."""
 
     state: VMState
@@ -187,8 +185,7 @@ def control(action: str, name: str, state_dir: Path | None = None) -> None:
 # --- list ---------------------------------------------------------------------
 
 
-@dataclass
-class Status:
+class Status(NamedTuple):
     """A VM's state as `microvm list` shows it (microvm.nix's states and advice)."""
 
     name: str
@@ -198,7 +195,7 @@ class Status:
     advice: str | None = None  # what to do ...
     command: str | None = None  # ... with which command
     source: str | None = None
-    addresses: list[str] = field(default_factory=list)  # what the guest has or gets on this host
+    addresses: tuple[str, ...] = ()  # what the guest has or gets on this host
     hypervisor: str | None = None  # of the current build (None: its vm.json is unreadable)
     vcpu: int | None = None
     mem: int | None = None  # MB
@@ -220,7 +217,7 @@ class Status:
             "hypervisor": self.hypervisor,
             "vcpu": self.vcpu,
             "mem": self.mem,
-            "addresses": self.addresses,
+            "addresses": list(self.addresses),
             "uptime": None if self.uptime is None else round(self.uptime, 1),
             "advice": self.advice,
             "command": self.command,
@@ -248,9 +245,15 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     """
     current, booted_runner = state.current, state.booted
     booted = booted_runner is not None
-    running = (systemd.is_active(state.name) if active is None else active) or (booted and state.running_here())
+    try:
+        config = runner_config(current)  # type: ignore[arg-type]  # installed: current is set
+    except (OSError, ValueError):
+        config = None  # a runner gone from the store: its state still shows
+    running = (systemd.is_active(state.name) if active is None else active) or (
+        booted and state.running_here(config if booted_runner == current else None)
+    )
     source, declared_by = state.source, state.declared_by
-    outdated = sources.changed_since(source, state.build_record.get("fingerprint", {}))
+    outdated = sources.changed_since(source, state.build_record_of(current).get("fingerprint", {}))
     verdict: tuple[str, str | None, str | None]
     if state.runner_missing:
         verdict = ("missing", "its runner is gone from the store, rebuild it", state.rebuild_command())
@@ -266,18 +269,19 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
         verdict = ("stale", "restart with", f"microvm restart {state.name}")
     else:
         verdict = ("current", None, None)
-    vm = Status(state.name, running, booted, *verdict, source=source or declared_by)
-    vm.current, vm.booted_runner = current, booted_runner
-    if running and booted:
-        vm.uptime = max(0.0, time.time() - (state.path / "booted").lstat().st_mtime)
+    uptime = max(0.0, time.time() - (state.path / "booted").lstat().st_mtime) if running and booted else None
+    hypervisor = vcpu = mem = None
+    addresses: tuple[str, ...] = ()
     try:
-        config = runner_config(current)  # type: ignore[arg-type]  # installed: current is set
-        options = config["microvm"]
-        vm.hypervisor, vm.vcpu, vm.mem = options.get("hypervisor"), options.get("vcpu"), options.get("mem")
-        vm.addresses = config_addresses(config, host_bridge(state.path.parent) if bridge is None else bridge)
+        options = config["microvm"]  # type: ignore[index]  # None: TypeError, below
+        hypervisor, vcpu, mem = options.get("hypervisor"), options.get("vcpu"), options.get("mem")
+        addresses = tuple(config_addresses(config, host_bridge(state.path.parent) if bridge is None else bridge))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # a runner written by another version, or gone: its state still shows
-    return vm
+    return Status(
+        state.name, running, booted, *verdict, source=source or declared_by, addresses=addresses,
+        hypervisor=hypervisor, vcpu=vcpu, mem=mem, uptime=uptime, current=current, booted_runner=booted_runner,
+    )  # fmt: skip
 
 
 def list_vms(state_dir: Path | None = None) -> list[Status]:
@@ -312,29 +316,26 @@ def _packages(runner: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-@dataclass
-class Diff:
-    kernel: tuple[str | None, str | None] | None = None
-    options: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    packages: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+class Diff(NamedTuple):
+    kernel: tuple[str | None, str | None] | None
+    options: dict[str, tuple[Any, Any]]
+    packages: dict[str, tuple[str | None, str | None]]
 
 
 def compare(old: Path, new: Path) -> Diff:
     """What differs between two runners: kernel, options (vm.json), packages (packages.json when recorded)."""
-    diff = Diff()
-    if (k := (_kernel(old), _kernel(new)))[0] != k[1]:
-        diff.kernel = k
+    kernel = (_kernel(old), _kernel(new))
     before, after = (_flatten(runner_config(r)) for r in (old, new))
-    diff.options = {
+    options = {
         k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys()) if before.get(k) != after.get(k)
     }
     pkgs_old, pkgs_new = _packages(old), _packages(new)
-    diff.packages = {
+    packages = {
         p: (pkgs_old.get(p), pkgs_new.get(p))
         for p in sorted(pkgs_old.keys() | pkgs_new.keys())
         if pkgs_old.get(p) != pkgs_new.get(p)
     }
-    return diff
+    return Diff(kernel if kernel[0] != kernel[1] else None, options, packages)
 
 
 def diff_runners(old: Path, new: Path) -> list[str]:

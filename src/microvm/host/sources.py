@@ -15,9 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from .. import proc
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
 DEFAULT_SOURCE = "/etc/microvm"
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):  # not a dataclass: see microvm.host.statedir.VMState
     """A parsed source: a directory, or a git repository at a ref."""
 
     url: str
@@ -112,8 +110,7 @@ def files_fingerprint(files: list[Path]) -> dict[str, str | list[str]]:
     return {"files": [str(f) for f in files], "digest": files_digest(files)}
 
 
-@dataclass
-class Evaluated:
+class Evaluated(NamedTuple):
     """A VM loaded from a source, with the fingerprint to record."""
 
     loaded: LoadedVM

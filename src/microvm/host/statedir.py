@@ -25,9 +25,8 @@ import pwd
 import shutil
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import MicrovmError
 from ..layout import CREDENTIALS_IMAGE, RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
@@ -115,8 +114,9 @@ def _socket_alive(path: Path) -> bool:
             return False
 
 
-@dataclass(frozen=True)
-class VMState:
+# NamedTuples, not dataclasses, here and in the modules `list` and `status` load: importing
+# dataclasses (inspect, ast, dis, tokenize) costs every short command ~8 ms.
+class VMState(NamedTuple):
     """One VM's state directory."""
 
     name: str
@@ -178,7 +178,11 @@ class VMState:
     @property
     def build_record(self) -> dict[str, Any]:
         """The record of the current build (empty if there is none)."""
-        if (runner := self.current) is None:
+        return self.build_record_of(self.current)
+
+    def build_record_of(self, runner: Path | None) -> dict[str, Any]:
+        """The record of the build of ``runner`` (`list` has read ``current`` already: one link read less)."""
+        if runner is None:
             return {}
         try:
             return json.loads(self._record_file(runner).read_text())
@@ -229,12 +233,15 @@ class VMState:
     def console_files(self) -> tuple[Path, Path]:
         return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
 
-    def running_here(self) -> bool:
-        """The booted hypervisor answers on its control or console socket (no systemd needed)."""
+    def running_here(self, config: dict[str, Any] | None = None) -> bool:
+        """The booted hypervisor answers on its control or console socket (no systemd needed).
+
+        ``config``: the booted runner's vm.json, when the caller has read it already (`list`).
+        """
         if (booted := self.booted) is None:
             return False
         try:
-            control = runner_config(booted).get("microvm", {}).get("socket")
+            control = (runner_config(booted) if config is None else config).get("microvm", {}).get("socket")
         except (OSError, ValueError):  # the booted runner is gone from the store: its console socket still answers
             control = None
         sockets = [self.console_files()[0], *([self.path / control] if control else [])]
@@ -318,6 +325,14 @@ def installed(state_dir: Path | None = None) -> list[VMState]:
         return []
     states = [VMState(name, root / name) for name in entries]
     return [s for s in states if s.installed]
+
+
+def installed_stamp(state_dir: Path | None = None) -> dict[str, Any]:
+    """What a VM file's checks read of the installed VMs, cheaply: the state directory and each VM's current
+    runner (a store path, so it names its config). `build`/`run`'s record of a build holds it (runner.fastpath)."""
+    root = state_dir or default_state_dir()
+    vms = {s.name: None if s.runner_missing else str(s.current) for s in installed(root)}
+    return {"given": str(state_dir) if state_dir else None, "dir": str(root.absolute()), "vms": vms}
 
 
 def installed_configs(state_dir: Path | None = None) -> dict:  # -> dict[str, VMConfig]

@@ -336,6 +336,14 @@ class QemuOptions(Options):
     )
     extraArgs: list[str] = Field([], description="Extra qemu arguments, appended.")
     serialConsole: bool = Field(True, description="Console on the serial port (else virtio).")
+    tbSize: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description=(
+            "Size in MiB of TCG's cache of translated guest code (`-accel tcg,tb-size=`), used only under "
+            "emulation; it is host memory, filled as the guest runs new code. Null: a twelfth of `microvm.mem`, "
+            "at least 24 and at most 256 (qemu's own default, 1 GiB, lets a busybox boot fill 48 MiB)."
+        ),
+    )
     pcieRootPorts: list[PcieRootPort] = Field(
         [],
         description=(

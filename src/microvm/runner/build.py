@@ -50,11 +50,20 @@ def get_kernel(store: Store, vm: VMConfig) -> KernelEntry:
     return fetch_kernel(store, resolve_kernel_package(options.package or options.flavor, store, apt), apt)
 
 
+SMALL_GUEST_MB = 128  # below this, kernel_cmdline trims what the guest kernel sets up at boot
+
+
 def kernel_cmdline(vm: VMConfig, backend: Hypervisor, verdict: accel.Accel) -> list[str]:
     """The guest's kernel command line: what microvm needs, then microvm.kernelParams."""
     mv = vm.microvm
     params = [f"console={backend.console_device(vm)}", "panic=-1"]  # a panicking guest exits (-no-reboot), not hangs
     params += backend.kernel_params(vm, verdict)
+    if mv.mem < SMALL_GUEST_MB and vm.guest.arch == "x86_64":
+        # Debian's kernel runs out of memory in its own init below ~80 MB: its image takes 33 MB, tracefs
+        # makes an inode and a dentry for each of its ~1400 trace events' files (8 MB of slab), and the
+        # per-CPU areas are set up in 2 MB units for 0.25 MB. Without tracefs's files (ftrace's and perf's
+        # tracepoint interface in /sys/kernel/tracing) and with page-sized per-CPU chunks a 64 MB guest boots.
+        params += ["initcall_blacklist=tracer_init_tracefs", "percpu_alloc=page"]
     if mv.optimize.enable:
         # a quiet console, and no self-tests of every crypto algorithm: both measurably faster (docs/benchmarks.md)
         params += ["quiet", "cryptomgr.notests"]

@@ -1,16 +1,18 @@
-"""A record of what building a VM depended on, so that an unchanged VM runs without evaluating it again.
+"""A record of what building a VM depended on, so that an unchanged VM builds and runs without evaluating it again.
 
-``microvm run FILE`` of a VM that is already built should cost little more than
-its runner. Evaluating the config needs pydantic and the whole option model
-(a few hundred milliseconds of imports alone); telling that nothing changed
-needs only the config files' contents and a few ``stat`` calls. After each
-build the command records, per (file, hypervisor), a fingerprint of everything
-the build read and the :class:`~microvm.runner.foreground.Foreground` plan to run
-it. A later run whose fingerprint is identical uses the plan; any difference
-(a config file or one it imports, busybox, a local kernel, the apt lists, the
-tools on ``PATH``, the KVM verdict, microvm itself, the environment, the
-working directory) takes
-the normal path, which evaluates and builds again.
+``microvm build FILE`` and ``microvm run FILE`` of a VM that is already built
+should cost little more than printing the runner's path or starting it.
+Evaluating the config needs pydantic and the whole option model (a few hundred
+milliseconds of imports alone); telling that nothing changed needs only the
+config files' contents and a few ``stat`` calls. After each build the command
+records, per (file, hypervisor), a fingerprint of everything the build read,
+what it printed, and the :class:`~microvm.runner.foreground.Foreground` plan to
+run it. A later build or run whose fingerprint is identical uses the record; any
+difference (a config file or one it imports, busybox, a local kernel, the apt
+lists, the tools on ``PATH``, the KVM verdict, microvm itself, the environment,
+the working directory, the state directory and the VMs installed there, which
+the config is checked against) takes the normal path, which evaluates and
+builds again.
 
 This module is imported before anything heavy: it must stay cheap to import.
 """
@@ -28,10 +30,9 @@ from ..store import default_store_dir
 
 if TYPE_CHECKING:
     from ..model.options import VMConfig
-    from .foreground import Foreground
 
 STAMP_DIR = ".cache/run"
-STAMP_FORMAT = 3
+STAMP_FORMAT = 4
 ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME")
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -86,8 +87,11 @@ def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def fingerprint(config_files: list[str], paths: list[str]) -> dict[str, Any]:
-    """Everything a build depended on besides the config's meaning, as comparable JSON."""
+def fingerprint(config_files: list[str], paths: list[str], host: dict[str, Any]) -> dict[str, Any]:
+    """Everything a build depended on besides the config's meaning, as comparable JSON.
+
+    ``host``: what the caller knows the evaluation also read (the state directory and the VMs installed there).
+    """
     return {
         "format": STAMP_FORMAT,
         "microvm": [__version__, *_code_stamp()],
@@ -95,24 +99,27 @@ def fingerprint(config_files: list[str], paths: list[str]) -> dict[str, Any]:
         "cwd": os.getcwd(),  # relative paths in the config may resolve against it
         "config": {f: _content(f) for f in config_files},
         "paths": {p: _stat(p) for p in paths},
+        "host": host,
     }
 
 
 def record(
-    file: Path, hypervisor: str | None, config_files: list[Path], vm: VMConfig, plan: Foreground, notes: list[str]
+    file: Path,
+    hypervisor: str | None,
+    config_files: list[Path],
+    vm: VMConfig,
+    host: dict[str, Any],
+    printed: dict[str, Any],
 ) -> None:
-    """After a successful build: remember that ``file`` builds to ``plan`` as long as nothing changes."""
+    """After a successful build: remember what building ``file`` gave as long as nothing changes.
+
+    ``printed``: the build's "name", "runner", "plan" (:meth:`Foreground.to_json`), "accelerator" line,
+    "warnings" and TCG "note", which the fast paths print as the full commands do.
+    """
     store_root = default_store_dir().absolute()
     files = [str(f.absolute()) for f in config_files]
     paths = host_paths(vm, store_root)
-    stamp = {
-        "files": files,
-        "paths": paths,
-        "fingerprint": fingerprint(files, paths),
-        "plan": plan.to_json(),
-        "name": vm.guest.hostName,
-        "notes": notes,
-    }
+    stamp = {"files": files, "paths": paths, "fingerprint": fingerprint(files, paths, host), **printed}
     target = stamp_file(file, hypervisor)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
@@ -120,19 +127,17 @@ def record(
     tmp.replace(target)
 
 
-def lookup(file: Path, hypervisor: str | None) -> tuple[str, Foreground, list[str]] | None:
-    """(VM name, plan, notes to print) if ``file`` was built before and nothing it depends on changed."""
-    from .foreground import Foreground  # late on purpose: a miss (the common case) does not need it
-
+def lookup(file: Path, hypervisor: str | None, host: dict[str, Any]) -> dict[str, Any] | None:
+    """What :func:`record` kept of building ``file`` if it was built before, nothing it depends on changed
+    (``host`` as the caller sees it now) and its runner is still in the store."""
     try:
         stamp = json.loads(stamp_file(file, hypervisor).read_text())
         if stamp["fingerprint"].get("format") != STAMP_FORMAT:
             return None
-        if fingerprint(stamp["files"], stamp["paths"]) != stamp["fingerprint"]:
+        if fingerprint(stamp["files"], stamp["paths"], host) != stamp["fingerprint"]:
             return None
-        plan = Foreground.from_json(stamp["plan"])
+        if not (Path(stamp["runner"]) / "bin" / "microvm-run").exists():
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if plan.virtiofs or not (plan.runner / "bin" / "microvm-run").exists():
-        return None
-    return stamp["name"], plan, stamp["notes"]
+    return stamp
