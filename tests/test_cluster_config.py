@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from microvm.cluster import agent, pacemaker, resources
 from microvm.config import load_host
 from microvm.errors import ConfigErrors
 from microvm.host import units
+from microvm.model.options import HostConfig
 
 pacemaker_tools = pytest.mark.skipif(not shutil.which("cibadmin"), reason="needs pacemaker-cli-utils")
 
@@ -188,10 +190,15 @@ def test_a_cluster_vm_cannot_be_autostarted_or_deployed_from_a_source(tmp_path: 
 
 
 @pytest.fixture
-def cluster_host(shared_store, tmp_path: Path) -> Path:
+def kernel(shared_store, tmp_path: Path) -> str:
+    """A VM file's [guest.kernel] table of a kernel in the shared store (builds need no download then)."""
     kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
-    image = f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"'
-    return _host(tmp_path, kernel=image, fencing="false")
+    return f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"'
+
+
+@pytest.fixture
+def cluster_host(kernel: str, tmp_path: Path) -> Path:
+    return _host(tmp_path, kernel=kernel, fencing="false")
 
 
 def test_wanted_resources(cluster_host: Path, shared_store) -> None:
@@ -206,7 +213,7 @@ def test_wanted_resources(cluster_host: Path, shared_store) -> None:
         "shared_storage": "/srv/shared",
         "require_fencing": "false",
     }
-    assert c1.meta == {"allow-migrate": "true"}
+    assert c1.meta == {"resource-stickiness": "100", "allow-migrate": "true"}
     assert c1.ops[("monitor", "10s")] == "30s" and c1.ops[("start", "0s")] == "130s"  # startupTimeout + margin
     assert c1.ops[("migrate_to", "0s")] == "130s"
     still = resources.wanted(host.config, {"c1": host.vms["c1"].config.model_copy(deep=True)}, {"c1": runner})
@@ -215,7 +222,7 @@ def test_wanted_resources(cluster_host: Path, shared_store) -> None:
         update={"microvm": host.vms["c1"].config.microvm.model_copy(update={"migratable": False})}
     )
     moved_by_restart = resources.wanted(host.config, {"c1": fixed}, {"c1": runner})["microvm-c1"]
-    assert moved_by_restart.meta == {} and ("migrate_to", "0s") not in moved_by_restart.ops
+    assert moved_by_restart.meta == {"resource-stickiness": "100"} and ("migrate_to", "0s") not in moved_by_restart.ops
 
 
 def test_diff_touches_only_the_agents_microvm_resources() -> None:
@@ -238,7 +245,7 @@ def test_diff_touches_only_the_agents_microvm_resources() -> None:
         )
     )
     found = resources.diff(live, want)
-    assert [r.id for r in found.add] == ["microvm-new"] and found.remove == ["microvm-gone"]
+    assert [r.id for r in found.add] == ["microvm-new"] and [r.id for r in found.remove] == ["microvm-gone"]
     ((changed, kept, why),) = found.change
     assert changed is want["microvm-a"] and kept == {"target-role": "Stopped"} and why == ["build /s/old -> /s/new"]
     assert found.describe() == [
@@ -263,12 +270,23 @@ def _cib(path: Path, props: str = '<nvpair id="o-s" name="stonith-enabled" value
 
 
 def _cluster(args: list[str], cib: Path, monkeypatch: pytest.MonkeyPatch, ok: bool = True) -> str:
-    """`microvm cluster ARGS` on the CIB file; its output, or its error when not ``ok``."""
+    """`microvm cluster ARGS` on the CIB file; its output, and its error when not ``ok``."""
     monkeypatch.setenv("CIB_file", str(cib))
     result = CliRunner().invoke(app, ["cluster", *args])
     monkeypatch.delenv("CIB_file")
     assert (result.exit_code == 0) == ok, result.output
-    return result.output if ok else str(result.exception)
+    return result.output if ok else result.output + str(result.exception)
+
+
+def _apply_offline(host: Path, cib: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`microvm cluster apply` on a CIB file of nodes n1 n2 n3 that do not exist: it writes the resources and
+    constraints and then fails, naming the nodes it could not copy the builds to."""
+    said = _cluster(["apply", str(host)], cib, monkeypatch, ok=False)
+    assert "the builds are not on n1, n2, n3" in said
+    return said
+
+
+NOTHING = "resources and constraints: nothing to change"
 
 
 def _verify(cib: Path) -> None:
@@ -292,7 +310,7 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
     assert live.find("./configuration/resources/primitive[@id='web']") is not None  # not ours: untouched
     params = {p.get("name"): p.get("value") for p in mine.iterfind("./instance_attributes/nvpair")}
     assert params["name"] == "c1" and Path(params["build"], "bin/microvm-run").exists()
-    assert _cluster(["apply", str(cluster_host)], cib, monkeypatch).strip().endswith("resources: nothing to change")
+    assert _cluster(["apply", str(cluster_host)], cib, monkeypatch).strip().endswith(NOTHING)
 
     # an administrator's meta attribute stays through a change; a longer start timeout is a change
     subprocess.run(
@@ -308,7 +326,7 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
     _verify(cib)
     mine = ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']")
     meta = {p.get("name"): p.get("value") for p in mine.iterfind("./meta_attributes/nvpair")}
-    assert meta == {"target-role": "Stopped", "allow-migrate": "true"}
+    assert meta == {"target-role": "Stopped", "resource-stickiness": "100", "allow-migrate": "true"}
 
     # no longer a cluster VM: its resource goes, the other resource stays
     cluster_host.write_text(cluster_host.read_text().replace("cluster = true", "cluster = false"))
@@ -391,3 +409,170 @@ def test_list_and_status_show_the_node_of_cluster_vms(
     assert table[0][-2:] == ["NODE", "NEXT"] and table[1][-1] == "n2" and table[2][-1] == "stopped"
     show.status_command("a", as_json=False)
     assert "node: n2" in capsys.readouterr().out.splitlines()
+
+
+# --- constraints: preferNodes, after, apartFrom ----------------------------------------
+
+CONSTRAINED = """
+[microvm]
+stateDir = "/srv/microvms"
+[cluster]
+enable = true
+sharedStorage = "/srv/shared"
+requireFencing = false
+[microvm.vms.c1]
+config = "c1.toml"
+cluster = true
+preferNodes = ["n2", "n3"]
+[microvm.vms.c2]
+config = "c2.toml"
+cluster = true
+apartFrom = ["c3"]
+[microvm.vms.c3]
+config = "c3.toml"
+cluster = true
+after = ["c1"]
+apartFrom = ["c2"]
+"""
+
+
+BAD_CONSTRAINTS = """
+[cluster]
+enable = true
+sharedStorage = "/srv/shared"
+[microvm.vms.c2]
+config = { guest.shell = false }
+cluster = true
+after = ["c3"]
+apartFrom = ["c3", "c3"]
+[microvm.vms.c3]
+config = { guest.shell = false }
+cluster = true
+after = ["c2", "plain", "c3", "nowhere"]
+[microvm.vms.plain]
+config = { guest.shell = false }
+preferNodes = ["n1"]
+"""
+
+
+def test_constraint_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigErrors) as caught:
+        load_host(write_vm(tmp_path, BAD_CONSTRAINTS, "host.toml"))
+    said = str(caught.value)
+    host = f"{tmp_path}/host.toml"
+    for expected in (
+        f"{host}: microvm.vms.plain.preferNodes: only a cluster VM has constraints",
+        f"{host}: microvm.vms.c3.after[1]: 'plain' is not a cluster VM of this host file\n  hint: cluster VMs: c2, c3",
+        f"{host}: microvm.vms.c3.after[2]: 'c3' is this VM itself",
+        f"{host}: microvm.vms.c3.after[3]: 'nowhere' is not a cluster VM of this host file",
+        f"{host}: microvm.vms.c2.apartFrom[1]: VM 'c3' is also used by microvm.vms.c2.apartFrom[0]",
+        f"{host}: microvm.vms.c3.after[0]: an order loop: c2 after c3 after c2: none of them could start",
+    ):
+        assert expected in said, said
+    assert said.count("order loop") == 1  # one loop, reported once
+
+
+def test_constraints_of_a_host_file() -> None:
+    text = CONSTRAINED.replace('config = "c1.toml"', 'config = "c1.toml"\nafter = ["c2"]')
+    config = HostConfig.model_validate(tomllib.loads(text))
+    found = resources.constraints(config)
+    assert {cid: (c.tag, c.attrs) for cid, c in found.items()} == {
+        "microvm-c1..prefers..n2": ("rsc_location", {"rsc": "microvm-c1", "node": "n2", "score": "20"}),
+        "microvm-c1..prefers..n3": ("rsc_location", {"rsc": "microvm-c1", "node": "n3", "score": "10"}),
+        "microvm-c1..after..c2": ("rsc_order", {"first": "microvm-c2", "then": "microvm-c1", "kind": "Mandatory"}),
+        "microvm-c3..after..c1": ("rsc_order", {"first": "microvm-c1", "then": "microvm-c3", "kind": "Mandatory"}),
+        # both name each other: one constraint
+        "microvm-c2..apart..c3": (
+            "rsc_colocation",
+            {"rsc": "microvm-c2", "with-rsc": "microvm-c3", "score": "-1000000"},
+        ),
+    }
+    assert max(int(c.attrs.get("score", 0)) for c in found.values()) < config.cluster.stickiness
+
+
+@pytest.fixture
+def constrained_host(kernel: str, tmp_path: Path) -> Path:
+    for name in ("c1", "c2", "c3"):
+        write_vm(tmp_path, VM.format(kernel=kernel, migratable="true", image=f"/srv/shared/{name}.img"), f"{name}.toml")
+    return write_vm(tmp_path, CONSTRAINED, "host.toml")
+
+
+def _three_nodes(cib: Path) -> Path:
+    """The CIB file with the nodes n1 n2 n3, all three online and the cluster quorate (crm_simulate's input)."""
+    root = ET.parse(cib).getroot()
+    root.set("have-quorum", "1")
+    for i in (1, 2, 3):
+        ET.SubElement(root.find("./configuration/nodes"), "node", id=str(i), uname=f"n{i}")
+        ET.SubElement(root.find("status"), "node_state", id=str(i), uname=f"n{i}", in_ccm="true", crmd="online",
+                      join="member", expected="member")  # fmt: skip
+    cib.write_text(ET.tostring(root, encoding="unicode"))
+    return cib
+
+
+def _simulate(cib: Path, out: Path, *changes: str) -> dict[str, list[str]]:
+    """Run the scheduler on ``cib`` with ``changes`` (crm_simulate's --node-up/--node-down ...) and carry its
+    actions out (simulated: no agent runs): where each resource runs then, the result saved to ``out``."""
+    simulated = subprocess.run(
+        ["crm_simulate", "--xml-file", str(cib), "--simulate", "--save-output", str(out), *changes],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert simulated.returncode == 0, simulated.stdout + simulated.stderr
+    status = subprocess.run(
+        ["crm_mon", "--one-shot", "--output-as=xml"], env={**os.environ, "CIB_file": str(out)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return pacemaker.running_on(ET.fromstring(status.stdout))
+
+
+@pacemaker_tools
+def test_the_scheduler_places_the_vms_as_the_constraints_say(
+    constrained_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cib = _three_nodes(_cib(tmp_path / "cib.xml"))
+    _apply_offline(constrained_host, cib, monkeypatch)
+    _verify(cib)
+    placed = _simulate(cib, tmp_path / "1.xml")
+    assert placed["microvm-c1"] == ["n2"]  # its first preference
+    assert len(placed["microvm-c2"]) == len(placed["microvm-c3"]) == 1 and placed["microvm-c2"] != placed["microvm-c3"]
+    # n2 goes: c1 to its second preference; n2 returns: c1 stays (stickiness 100 > the preference's 10)
+    assert _simulate(tmp_path / "1.xml", tmp_path / "2.xml", "--node-down", "n2")["microvm-c1"] == ["n3"]
+    assert _simulate(tmp_path / "2.xml", tmp_path / "3.xml", "--node-up", "n2")["microvm-c1"] == ["n3"]
+    # one node for the two VMs that are apart: one of them runs, the other waits for a second node
+    alone = _simulate(tmp_path / "1.xml", tmp_path / "4.xml", "--node-down", "n2", "--node-down", "n3")
+    assert sorted(len(alone[f"microvm-{n}"]) for n in ("c2", "c3")) == [0, 1] and alone["microvm-c1"] == ["n1"]
+
+    # without stickiness the returning node takes c1 back
+    constrained_host.write_text(constrained_host.read_text().replace("[cluster]", "[cluster]\nstickiness = 0"))
+    changed = _apply_offline(constrained_host, tmp_path / "2.xml", monkeypatch)
+    assert "change resource microvm-c1: meta resource-stickiness 100 -> 0" in changed
+    assert _simulate(tmp_path / "2.xml", tmp_path / "5.xml", "--node-up", "n2")["microvm-c1"] == ["n2"]
+
+
+@pacemaker_tools
+def test_an_order_makes_the_start_wait(constrained_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """c3 after c1: in the scheduler's transition graph c3's start waits for c1's, and c1's stop for c3's."""
+    cib = _three_nodes(_cib(tmp_path / "cib.xml"))
+    _apply_offline(constrained_host, cib, monkeypatch)
+
+    def waits_for(cib: Path, action: str, *changes: str) -> set[str]:
+        graph = tmp_path / "graph.xml"
+        subprocess.run(
+            ["crm_simulate", "--xml-file", str(cib), "--simulate", "--save-graph", str(graph), *changes],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        synapse = next(
+            s for s in ET.parse(graph).getroot().iterfind("synapse")
+            if s.find(f"./action_set/rsc_op[@operation_key='{action}']") is not None
+        )  # fmt: skip
+        return {op.get("operation_key", "") for op in synapse.iterfind("./inputs/trigger/rsc_op")}
+
+    assert "microvm-c1_start_0" in waits_for(cib, "microvm-c3_start_0")
+    assert "microvm-c1_start_0" not in waits_for(cib, "microvm-c2_start_0")  # no order between c2 and c1
+    running = tmp_path / "1.xml"
+    _simulate(cib, running)
+    subprocess.run(
+        ["crm_resource", "--resource", "microvm-c1", "--meta", "--set-parameter", "target-role", "--parameter-value",
+         "Stopped"],
+        env={**os.environ, "CIB_file": str(running)}, check=True, capture_output=True,
+    )  # fmt: skip
+    assert "microvm-c3_stop_0" in waits_for(running, "microvm-c1_stop_0")  # c1 stops: c3 stops first

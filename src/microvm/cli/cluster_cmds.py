@@ -36,17 +36,17 @@ def _plan(file: Path, store: Store) -> ClusterPlan:
 
 @cluster_app.command("plan")
 def plan_command(file: HostFile = HOST_FILE) -> None:
-    """Build the cluster VMs; show the change to the cluster's resources and the builds to copy to other nodes."""
+    """Build the cluster VMs; show the change to the cluster's resources and constraints, the builds to copy."""
     planned = _plan(file, Store())
     for line in planned.describe():
         out.print(line, soft_wrap=True, markup=False)
     if not planned.diff:
-        out.print("resources: nothing to change", markup=False)
+        out.print("resources and constraints: nothing to change", markup=False)
 
 
 @cluster_app.command("apply")
 def apply_command(file: HostFile = HOST_FILE) -> None:
-    """Copy each cluster VM's build to the other nodes, then write its resource ``microvm-NAME`` (cibadmin)."""
+    """Copy each cluster VM's build to the other nodes, then write its resource and constraints (cibadmin)."""
     # late on purpose: a command loads only what it runs (start-up speed)
     from ..cluster import plan
 
@@ -54,4 +54,4 @@ def apply_command(file: HostFile = HOST_FILE) -> None:
     planned = _plan(file, store)
     plan.apply(planned, store, lambda line: out.print(line, soft_wrap=True, markup=False))
     if not planned.diff:
-        out.print("resources: nothing to change", markup=False)
+        out.print("resources and constraints: nothing to change", markup=False)

@@ -51,6 +51,11 @@ def fencing_problem(cib: ET.Element) -> str | None:
     return None
 
 
+def node_names(cib: ET.Element) -> list[str]:
+    """The names of the cluster's nodes, as its configuration knows them."""
+    return [name for node in cib.iterfind("./configuration/nodes/node") if (name := node.get("uname", ""))]
+
+
 def local_node() -> str:
     """This node's name in the cluster (``crm_node -n``); where no cluster runs (a ``CIB_file``), the host
     name, which is also Pacemaker's default node name."""
@@ -73,7 +78,7 @@ def running_on(status: ET.Element) -> dict[str, list[str]]:
 
 
 def create(section: str, xml: str) -> None:
-    """Add an object (a ``microvm-*`` primitive) to a section of the CIB; fails when its id exists."""
+    """Add an object (a ``microvm-*`` primitive or constraint) to a section of the CIB; fails when its id exists."""
     _write(["--create", "--scope", section, "--xml-text", xml])
 
 

@@ -36,11 +36,24 @@ class ClusterPlan:
 
 def nodes(cib: ET.Element) -> list[str]:
     """The cluster's nodes but this one (node names are what ssh reaches them by)."""
-    known = [node.get("uname", "") for node in cib.iterfind("./configuration/nodes/node")]
+    known = pacemaker.node_names(cib)
     if not known:
         return []
     here = pacemaker.local_node()
-    return [name for name in known if name and name != here]
+    return [name for name in known if name != here]
+
+
+def _unknown_nodes(host: LoadedHost, names: list[str], cib: ET.Element) -> None:
+    """Refuse a ``preferNodes`` entry that is no node of the cluster (a typo would silently prefer nothing)."""
+    known = pacemaker.node_names(cib)
+    wrong = [
+        f"{host.loaded.file}: microvm.vms.{name}.preferNodes[{i}]: {node!r} is not a node of this cluster"
+        for name in names
+        for i, node in enumerate(host.config.microvm.vms[name].preferNodes)
+        if node not in known
+    ]
+    if wrong:
+        raise MicrovmError("\n".join(wrong), hint=f"its nodes (crm_node -l): {', '.join(known) or 'none yet'}")
 
 
 def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambda _: None) -> ClusterPlan:
@@ -64,12 +77,13 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
             hint=f"add a fence device (stonith) and stonith-enabled=true, or set requireFencing = false in {file} "
             "(tests only)",
         )
+    _unknown_nodes(host, names, cib)
     want = resources.wanted(host.config, {name: host.vms[name].config for name in names}, builds)
-    return ClusterPlan(resources.diff(cib, want), builds, nodes(cib))
+    return ClusterPlan(resources.diff(cib, {**want, **resources.constraints(host.config)}), builds, nodes(cib))
 
 
 def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> None:
-    """Copy the builds to the other nodes, then write the resources (added, changed, removed).
+    """Copy the builds to the other nodes, then write the resources and constraints (added, changed, removed).
 
     A node that cannot be reached (down, in maintenance) does not hold the others up: the resources are
     written, its agent refuses to start a build it lacks (so the cluster runs the VM elsewhere), and the
@@ -84,17 +98,25 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
         except MicrovmError as exc:
             report(f"{node}: the builds were not copied: {exc.message}")
             missed.append(node)
-    for resource in result.diff.add:
-        report(f"add resource {resource.id}")
-        pacemaker.create("resources", resource.text())
-    for resource, kept, why in result.diff.change:
-        report(f"change resource {resource.id}: {'; '.join(why)}")
-        pacemaker.replace("resources", resource.text(kept))
-    for rid in result.diff.remove:
-        report(f"remove resource {rid}")
-        pacemaker.delete(ET.tostring(ET.Element("primitive", id=rid), encoding="unicode"))
+    _write(result.diff, report)
     if missed:
         raise MicrovmError(
             f"the builds are not on {', '.join(missed)}: the cluster runs these VMs on the other nodes only",
             hint="run microvm cluster apply again once they are reachable",
         )
+
+
+def _write(diff: resources.Diff, report: Callable[[str], None]) -> None:
+    """Stale constraints go first, then the resources change, and new or changed constraints come last: no
+    constraint ever names a resource that is not there."""
+    mine, placed = diff.only(resources.Resource), diff.only(resources.Constraint)
+    for step in (resources.Diff(remove=placed.remove), mine, resources.Diff(placed.add, placed.change)):
+        for item in step.add:
+            report(f"add {item.what}")
+            pacemaker.create(item.section, item.text())
+        for item, kept, why in step.change:
+            report(f"change {item.what}: {'; '.join(why)}")
+            pacemaker.replace(item.section, item.text(kept))
+        for item in step.remove:
+            report(f"remove {item.what}")
+            pacemaker.delete(ET.tostring(ET.Element(item.tag, id=item.id), encoding="unicode"))

@@ -1,9 +1,11 @@
 """The resources a host file asks the cluster for, and how they differ from the cluster's configuration.
 
-Each cluster VM is one primitive ``microvm-NAME`` of ``ocf:microvm:vm``. Only primitives with that id
-prefix and that agent are ever compared, written or removed: everything else in the CIB is the
-administrator's. Meta attributes set on a resource by hand (``target-role``, ``is-managed``, ...)
-are kept when it is rewritten.
+Each cluster VM is one primitive ``microvm-NAME`` of ``ocf:microvm:vm``, and its ``preferNodes``, ``after``
+and ``apartFrom`` are constraints ``microvm-NAME..prefers..NODE``, ``microvm-NAME..after..OTHER`` and
+``microvm-A..apart..B`` (``..`` is in no VM name: no id of ours can be another's). Only primitives with
+that id prefix and that agent, and constraints with that prefix and a ``..``, are ever compared, written
+or removed: everything else in the CIB is the administrator's. Meta attributes set on a resource by hand
+(``target-role``, ``is-managed``, ``priority``, ...) are kept when it is rewritten.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.options import HostConfig, VMConfig
+from ..model.options import INFINITY, HostConfig, VMConfig
 from .pacemaker import PREFIX
 
 AGENT = {"class": "ocf", "provider": "microvm", "type": "vm"}
+MINE = ("allow-migrate", "resource-stickiness")  # the meta attributes microvm sets; the others are kept
+PREFERENCE = 10  # the score of the last of a VM's preferNodes, the next one's is 10 more: all below stickiness
+SEP = ".."  # between the names in a constraint's id: no VM name has it
 MONITOR_INTERVAL = 10  # s
 MONITOR_TIMEOUT = 30  # s
 MARGIN = 30  # s beyond the VM's own start timeout: the units the VM needs, the agent's own checks
@@ -29,6 +34,24 @@ class Resource:
     params: dict[str, str]
     meta: dict[str, str]
     ops: dict[tuple[str, str], str]  # (name, interval) -> timeout
+    section = "resources"
+    tag = "primitive"
+
+    @property
+    def what(self) -> str:
+        return f"resource {self.id}"
+
+    def explain(self) -> str:
+        return f"VM {self.params['name']}"
+
+    def differences(self, new: Resource) -> list[str]:
+        """What ``new`` changes in this resource (as it is in the CIB), nothing when it is the same."""
+        found = _changed(self.params, new.params) + _changed(self.meta, new.meta, "meta ")
+        for name, interval in sorted(self.ops.keys() | new.ops.keys()):
+            a, b = self.ops.get((name, interval)), new.ops.get((name, interval))
+            if a != b:
+                found.append(f"op {name} {interval} timeout {a or '(none)'} -> {b or '(none)'}")
+        return found
 
     def xml(self, kept_meta: dict[str, str] | None = None) -> ET.Element:
         """The primitive, with the meta attributes ``kept_meta`` (set by hand) besides ours."""
@@ -67,7 +90,7 @@ def wanted(host: HostConfig, vms: dict[str, VMConfig], builds: dict[str, Path]) 
             ("stop", "0s"): slow,
             ("monitor", f"{MONITOR_INTERVAL}s"): f"{MONITOR_TIMEOUT}s",
         }
-        meta = {}
+        meta = {"resource-stickiness": str(cluster.stickiness)}
         if vms[name].microvm.migratable:
             meta["allow-migrate"] = "true"
             ops |= {("migrate_to", "0s"): slow, ("migrate_from", "0s"): "60s"}
@@ -92,52 +115,125 @@ def ours(cib: ET.Element) -> dict[str, tuple[Resource, dict[str, str]]]:
             (op.get("name", ""), op.get("interval", "")): op.get("timeout", "")
             for op in primitive.iterfind("./operations/op")
         }
-        mine = {k: v for k, v in meta.items() if k == "allow-migrate"}
-        others = {k: v for k, v in meta.items() if k != "allow-migrate"}
+        mine = {k: v for k, v in meta.items() if k in MINE}
+        others = {k: v for k, v in meta.items() if k not in MINE}
         found[rid] = (Resource(rid, _pairs(primitive, "instance_attributes"), mine, ops), others)
     return found
 
 
+@dataclass(frozen=True)
+class Constraint:
+    """One constraint microvm sets: its element (``rsc_location``, ``rsc_order``, ``rsc_colocation``) and
+    attributes, and what it means in words."""
+
+    tag: str
+    id: str
+    attrs: dict[str, str]  # all but the id
+    meaning: str = ""
+    section = "constraints"
+
+    @property
+    def what(self) -> str:
+        return f"constraint {self.id}"
+
+    def explain(self) -> str:
+        return self.meaning
+
+    def differences(self, new: Constraint) -> list[str]:
+        return _changed({"element": self.tag, **self.attrs}, {"element": new.tag, **new.attrs})
+
+    def text(self, kept_meta: dict[str, str] | None = None) -> str:
+        """The element (constraints have no meta attributes to keep)."""
+        return ET.tostring(ET.Element(self.tag, {"id": self.id, **self.attrs}), encoding="unicode")
+
+
+def _changed(before: dict[str, str], after: dict[str, str], what: str = "") -> list[str]:
+    keys = sorted(before.keys() | after.keys())
+    return [
+        f"{what}{k} {before.get(k, '(unset)')} -> {after.get(k, '(unset)')}"
+        for k in keys
+        if before.get(k) != after.get(k)
+    ]
+
+
+def constraints(host: HostConfig) -> dict[str, Constraint]:
+    """The constraints of the host file's cluster VMs, by id: their ``preferNodes`` (a location of a positive
+    score per node, the first the highest), ``after`` (a mandatory order: the other one starts first and stops
+    last) and ``apartFrom`` (a colocation of -INFINITY, one per pair whichever of the two names the other)."""
+    found: dict[str, Constraint] = {}
+
+    def add(tag: str, cid: str, attrs: dict[str, str], meaning: str) -> None:
+        found[PREFIX + cid] = Constraint(tag, PREFIX + cid, attrs, meaning)
+
+    for name, declared in sorted(host.microvm.vms.items()):
+        if not declared.cluster:
+            continue
+        for i, node in enumerate(declared.preferNodes):
+            score = str(PREFERENCE * (len(declared.preferNodes) - i))
+            add("rsc_location", f"{name}{SEP}prefers{SEP}{node}", {"rsc": PREFIX + name, "node": node, "score": score},
+                f"{name} prefers {node}: score {score}")  # fmt: skip
+        for other in declared.after:
+            attrs = {"first": PREFIX + other, "then": PREFIX + name, "kind": "Mandatory"}
+            add("rsc_order", f"{name}{SEP}after{SEP}{other}", attrs, f"{other} starts before {name}, stops after it")
+        for other in declared.apartFrom:
+            a, b = sorted((name, other))
+            attrs = {"rsc": PREFIX + a, "with-rsc": PREFIX + b, "score": f"-{INFINITY}"}
+            add("rsc_colocation", f"{a}{SEP}apart{SEP}{b}", attrs, f"{a} and {b} never on one node")
+    return found
+
+
+def ours_constraints(cib: ET.Element) -> dict[str, Constraint]:
+    """The constraints microvm wrote in a CIB: its prefix and ``..`` in their ids."""
+    return {
+        element.get("id", ""): Constraint(
+            element.tag, element.get("id", ""), {k: v for k, v in element.items() if k != "id"}
+        )
+        for element in cib.iterfind("./configuration/constraints/*")
+        if element.get("id", "").startswith(PREFIX) and SEP in element.get("id", "")
+    }
+
+
+Item = Resource | Constraint
+
+
 @dataclass
 class Diff:
-    """The change to the CIB: resources to add, to rewrite (with what differs), to remove."""
+    """The change to the CIB: resources and constraints to add, to rewrite (with what differs), to remove."""
 
-    add: list[Resource] = field(default_factory=list)
-    change: list[tuple[Resource, dict[str, str], list[str]]] = field(default_factory=list)  # new, kept meta, why
-    remove: list[str] = field(default_factory=list)
+    add: list[Item] = field(default_factory=list)
+    change: list[tuple[Item, dict[str, str], list[str]]] = field(default_factory=list)  # new, kept meta, why
+    remove: list[Item] = field(default_factory=list)  # as they are in the CIB
 
     def __bool__(self) -> bool:
         return bool(self.add or self.change or self.remove)
 
+    def only(self, kind: type) -> Diff:
+        """The part of the change to items of ``kind`` (resources or constraints)."""
+        return Diff(
+            [i for i in self.add if isinstance(i, kind)],
+            [c for c in self.change if isinstance(c[0], kind)],
+            [i for i in self.remove if isinstance(i, kind)],
+        )
+
     def describe(self) -> list[str]:
-        lines = [f"add resource {r.id} (VM {r.params['name']})" for r in self.add]
-        for resource, _, why in self.change:
-            lines.append(f"change resource {resource.id}: " + "; ".join(why))
-        lines += [f"remove resource {rid} (the cluster stops it)" for rid in self.remove]
+        lines = [f"add {item.what} ({item.explain()})" for item in self.add]
+        lines += [f"change {item.what}: " + "; ".join(why) for item, _, why in self.change]
+        for item in self.remove:
+            lines.append(f"remove {item.what}" + (" (the cluster stops it)" if isinstance(item, Resource) else ""))
         return lines
 
 
-def _differences(old: Resource, new: Resource) -> list[str]:
-    found = []
-    for what, before, after in (("", old.params, new.params), ("meta ", old.meta, new.meta)):
-        for key in sorted(before.keys() | after.keys()):
-            if before.get(key) != after.get(key):
-                found.append(f"{what}{key} {before.get(key, '(unset)')} -> {after.get(key, '(unset)')}")
-    for name, interval in sorted(old.ops.keys() | new.ops.keys()):
-        a, b = old.ops.get((name, interval)), new.ops.get((name, interval))
-        if a != b:
-            found.append(f"op {name} {interval} timeout {a or '(none)'} -> {b or '(none)'}")
-    return found
-
-
-def diff(cib: ET.Element, want: dict[str, Resource]) -> Diff:
-    """What makes the CIB's ``microvm-*`` resources the ``want``\\ ed ones."""
-    live = ours(cib)
+def diff(cib: ET.Element, want: dict[str, Item]) -> Diff:
+    """What makes the CIB's resources and constraints of ours the ``want``\\ ed ones (by id)."""
     result = Diff()
-    for rid, resource in want.items():
+    live_resources = ours(cib)
+    kept = {rid: others for rid, (_, others) in live_resources.items()}
+    live: dict[str, Item] = {rid: resource for rid, (resource, _) in live_resources.items()}
+    live |= ours_constraints(cib)
+    for rid, item in want.items():
         if rid not in live:
-            result.add.append(resource)
-        elif why := _differences(live[rid][0], resource):
-            result.change.append((resource, live[rid][1], why))
-    result.remove = sorted(set(live) - set(want))
+            result.add.append(item)
+        elif why := live[rid].differences(item):  # the same id: the same kind (constraints' ids have "..")
+            result.change.append((item, kept.get(rid, {}), why))
+    result.remove = [live[rid] for rid in sorted(set(live) - set(want))]
     return result

@@ -385,6 +385,49 @@ def _cluster(host: HostConfig) -> Iterator[Problem]:
             yield Problem(("microvm", "autostart", i), f"{name!r} is a cluster VM: the cluster starts it, not the host")
 
 
+def _cluster_constraints(host: HostConfig) -> Iterator[Problem]:
+    """preferNodes, after and apartFrom: on cluster VMs only, each entry once, after/apartFrom naming other cluster
+    VMs of this file, and no order loop (none of the VMs on it could start)."""
+    vms = host.microvm.vms
+    members = sorted(n for n, declared in vms.items() if declared.cluster)
+    for name, declared in vms.items():
+        for option, what in (("preferNodes", "node"), ("after", "VM"), ("apartFrom", "VM")):
+            path, values = ("microvm", "vms", name, option), getattr(declared, option)
+            if values and not declared.cluster:
+                yield Problem(path, "only a cluster VM has constraints", hint=f"set cluster = true or remove {option}")
+                continue
+            yield from _duplicates((((*path, i), value) for i, value in enumerate(values)), what)
+            for i, other in enumerate(values if what == "VM" else []):
+                if other == name:
+                    yield Problem((*path, i), f"{other!r} is this VM itself")
+                elif other not in members:
+                    yield Problem(
+                        (*path, i),
+                        f"{other!r} is not a cluster VM of this host file",
+                        hint=f"cluster VMs: {', '.join(members)}",
+                    )
+    yield from _order_loops({n: [o for o in vms[n].after if o in members and o != n] for n in members})
+
+
+def _order_loops(after: dict[str, list[str]]) -> Iterator[Problem]:
+    """Each loop of ``after`` (VM -> the VMs it starts after), once, at the entry that closes it."""
+    done: set[str] = set()
+
+    def visit(chain: list[str]) -> Iterator[Problem]:
+        name = chain[-1]
+        for i, other in enumerate(after[name]):
+            if other in chain:
+                loop = " after ".join([*chain[chain.index(other) :], other])
+                yield Problem(("microvm", "vms", name, "after", i), f"an order loop: {loop}: none of them could start")
+            elif other not in done:
+                yield from visit([*chain, other])
+        done.add(name)
+
+    for name in after:
+        if name not in done:
+            yield from visit([name])
+
+
 def check_cluster_vm(host: HostConfig, name: str, vm: VMConfig) -> Iterator[Problem]:
     """A cluster VM writes only to the shared storage; one that cannot migrate is moved by a stop and a start."""
     shared = host.cluster.sharedStorage
@@ -409,7 +452,7 @@ def check_cluster_vm(host: HostConfig, name: str, vm: VMConfig) -> Iterator[Prob
 
 def check_host(host: HostConfig) -> list[Problem]:
     """Problems of a host file that no single VM can see."""
-    problems = [*_host_bridges(host), *_cluster(host)]
+    problems = [*_host_bridges(host), *_cluster(host), *_cluster_constraints(host)]
     for name, declared in host.microvm.vms.items():
         path = ("microvm", "vms", name)
         if declared.config is not None and declared.source is not None:

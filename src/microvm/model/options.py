@@ -54,6 +54,13 @@ def valid_hostname(value: str) -> str:
     return value
 
 
+def _node_name(value: str) -> str:
+    """A cluster node's name: a host name or a fully qualified one (what ``crm_node -l`` shows)."""
+    if not all(HOSTNAME_RE.fullmatch(label) for label in value.split(".")):
+        raise ValueError(f"{value!r} is not a cluster node's name: a host name such as n1 or n1.example.org")
+    return value
+
+
 def _mac(value: str) -> str:
     if not MAC_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a MAC address; expected six hex pairs like 02:00:00:00:00:01")
@@ -124,6 +131,7 @@ Name = Annotated[str, AfterValidator(valid_name)]
 UnitName = Annotated[str, AfterValidator(_unit_name)]
 IfName = Annotated[str, AfterValidator(_ifname)]
 HostName = Annotated[str, AfterValidator(valid_hostname)]
+NodeName = Annotated[str, AfterValidator(_node_name)]
 Mac = Annotated[str, AfterValidator(_mac)]
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 GuestPath = Annotated[str, AfterValidator(_guest_path)]  # a path written into the guest tree at build time
@@ -1105,6 +1113,32 @@ class DeclaredVM(Options):
             "it, and its volumes and writable shares must be under `cluster.sharedStorage`."
         ),
     )
+    preferNodes: list[NodeName] = Field(
+        [],
+        description=(
+            "Cluster nodes this cluster VM prefers, most preferred first (`rsc_location` constraints with "
+            "descending positive scores: a preference, not a ban; it runs elsewhere when none of them can). "
+            "Each must be a node of the cluster. The scores stay below `cluster.stickiness`: a running VM does "
+            "not move back to a preferred node that returns."
+        ),
+        examples=[["n1", "n2"]],
+    )
+    after: list[Name] = Field(
+        [],
+        description=(
+            "Cluster VMs of this host file this cluster VM starts after (an `rsc_order`: each of them starts "
+            "before it, and it stops before them)."
+        ),
+        examples=[["db"]],
+    )
+    apartFrom: list[Name] = Field(
+        [],
+        description=(
+            "Cluster VMs of this host file this cluster VM never shares a node with (an `rsc_colocation` of score "
+            "-INFINITY): with fewer nodes than such VMs, the ones that find no node stay stopped."
+        ),
+        examples=[["web2"]],
+    )
     unitOverrides: UnitOverrides = Field(
         {},
         description=(
@@ -1198,6 +1232,9 @@ class HostNetwork(Options):
     )
 
 
+INFINITY = 1_000_000  # Pacemaker's score INFINITY: any higher score counts as it
+
+
 class ClusterOptions(Options):
     enable: bool = Field(
         False,
@@ -1220,6 +1257,14 @@ class ClusterOptions(Options):
         description=(
             "Refuse to run cluster VMs in a cluster without fencing (stonith-enabled and a fence device): "
             "without it a VM can run on two nodes at once after a split. false only for tests."
+        ),
+    )
+    stickiness: Annotated[int, Field(ge=0, le=INFINITY)] = Field(
+        100,
+        description=(
+            "The meta attribute `resource-stickiness` of every cluster VM: how much it prefers to stay on the node "
+            "it runs on, so a VM does not move back (a live migration or a reboot) when a fenced or drained node "
+            f"returns. 0 lets it move back; {INFINITY} (Pacemaker's INFINITY) keeps it until its node leaves."
         ),
     )
 
