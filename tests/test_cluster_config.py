@@ -576,3 +576,75 @@ def test_an_order_makes_the_start_wait(constrained_host: Path, tmp_path: Path, m
         env={**os.environ, "CIB_file": str(running)}, check=True, capture_output=True,
     )  # fmt: skip
     assert "microvm-c3_stop_0" in waits_for(running, "microvm-c1_stop_0")  # c1 stops: c3 stops first
+
+
+@pacemaker_tools
+def test_cluster_apply_keeps_the_constraints_as_the_host_file_says(
+    constrained_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cib = _three_nodes(_cib(tmp_path / "cib.xml"))
+    theirs = '<rsc_location id="microvm-web-by-hand" rsc="web" node="n1" score="5"/>'  # our prefix, not ours
+    cib.write_text(cib.read_text().replace("<constraints />", f"<constraints>{theirs}</constraints>"))
+    planned = _cluster(["plan", str(constrained_host)], cib, monkeypatch).splitlines()
+    assert planned[-4:] == [
+        "add constraint microvm-c1..prefers..n2 (c1 prefers n2: score 20)",
+        "add constraint microvm-c1..prefers..n3 (c1 prefers n3: score 10)",
+        "add constraint microvm-c2..apart..c3 (c2 and c3 never on one node)",
+        "add constraint microvm-c3..after..c1 (c1 starts before c3, stops after it)",
+    ]
+    _apply_offline(constrained_host, cib, monkeypatch)
+    _verify(cib)
+
+    def constraints() -> dict[str, dict[str, str]]:
+        return {c.get("id"): dict(c.attrib) for c in ET.parse(cib).getroot().iterfind("./configuration/constraints/*")}
+
+    assert len(constraints()) == 5
+    applied = cib.read_text()
+    _apply_offline(constrained_host, cib, monkeypatch)
+    assert cib.read_text() == applied  # a second apply writes nothing
+    crm_resource = ["crm_resource", "--resource", "microvm-c3", "--move", "--node", "n3"]  # an administrator's
+    subprocess.run(crm_resource, env={**os.environ, "CIB_file": str(cib)}, check=True, capture_output=True)
+    assert constraints()["cli-prefer-microvm-c3"]["node"] == "n3"
+    assert _cluster(["plan", str(constrained_host)], cib, monkeypatch).strip().endswith(NOTHING)  # applied: no change
+
+    # the preferences swapped: two changes; c3 no longer a cluster VM: its constraints go, before its resource
+    text = constrained_host.read_text().replace('["n2", "n3"]', '["n3", "n2"]').replace('apartFrom = ["c3"]\n', "")
+    text = text.replace('cluster = true\nafter = ["c1"]\napartFrom = ["c2"]', "cluster = false")
+    constrained_host.write_text(text)
+    # the administrator's --move names c3: refused before anything is written, with what to run
+    held = _cluster(["apply", str(constrained_host)], cib, monkeypatch, ok=False)
+    assert (
+        f"{constrained_host}: runs no cluster VM c3 any more, but constraints that are not microvm's name its "
+        "resource microvm-c3: cli-prefer-microvm-c3; Pacemaker cannot delete the resource under them" in held
+    )
+    assert "crm_resource --clear --resource microvm-c3" in held and len(constraints()) == 6
+    clear = ["crm_resource", "--resource", "microvm-c3", "--clear"]
+    subprocess.run(clear, env={**os.environ, "CIB_file": str(cib)}, check=True, capture_output=True)
+    changed = [
+        line
+        for line in _apply_offline(constrained_host, cib, monkeypatch).splitlines()
+        if "constraint" in line or "resource" in line
+    ]
+    assert changed == [
+        "remove constraint microvm-c2..apart..c3",
+        "remove constraint microvm-c3..after..c1",
+        "remove resource microvm-c3",
+        "change constraint microvm-c1..prefers..n3: score 10 -> 20",
+        "change constraint microvm-c1..prefers..n2: score 20 -> 10",
+    ]
+    _verify(cib)
+    now = constraints()
+    assert now["microvm-c1..prefers..n3"]["score"] == "20" and "microvm-c3..after..c1" not in now
+    assert now["microvm-web-by-hand"]["score"] == "5" and len(now) == 3  # theirs stays
+    assert _cluster(["plan", str(constrained_host)], cib, monkeypatch).strip().endswith(NOTHING)
+
+
+@pacemaker_tools
+def test_prefer_nodes_must_be_the_clusters(
+    constrained_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cib = _three_nodes(_cib(tmp_path / "cib.xml"))
+    constrained_host.write_text(constrained_host.read_text().replace('["n2", "n3"]', '["n2", "n4"]'))
+    refused = _cluster(["plan", str(constrained_host)], cib, monkeypatch, ok=False)
+    assert f"{constrained_host}: microvm.vms.c1.preferNodes[1]: 'n4' is not a node of this cluster" in refused
+    assert "its nodes (crm_node -l): n1, n2, n3" in refused and "microvm-c1" not in cib.read_text()

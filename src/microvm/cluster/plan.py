@@ -56,6 +56,21 @@ def _unknown_nodes(host: LoadedHost, names: list[str], cib: ET.Element) -> None:
         raise MicrovmError("\n".join(wrong), hint=f"its nodes (crm_node -l): {', '.join(known) or 'none yet'}")
 
 
+def _refuse_held(host: LoadedHost, cib: ET.Element, changes: resources.Diff) -> None:
+    """Refuse to remove a resource that others' constraints name (Pacemaker would refuse the deletion half-way
+    through the apply): they are not microvm's to delete."""
+    for gone in changes.only(resources.Resource).remove:
+        if theirs := resources.named_by_others(cib, gone.id):
+            deletes = [f"cibadmin --delete --xml-text '<{c.tag} id=\"{c.get('id')}\"/>'" for c in theirs]
+            raise MicrovmError(
+                f"{host.loaded.file}: runs no cluster VM {gone.id.removeprefix(pacemaker.PREFIX)} any more, but "
+                f"constraints that are not microvm's name its resource {gone.id}: "
+                f"{', '.join(c.get('id', '') for c in theirs)}; Pacemaker cannot delete the resource under them",
+                hint=f"remove them first: crm_resource --clear --resource {gone.id} (those of --move and --ban), "
+                f"or {'; '.join(deletes)}",
+            )
+
+
 def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambda _: None) -> ClusterPlan:
     """What `apply` would do, building the cluster VMs on the way."""
     file, cluster = host.loaded.file, host.config.cluster
@@ -79,7 +94,9 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
         )
     _unknown_nodes(host, names, cib)
     want = resources.wanted(host.config, {name: host.vms[name].config for name in names}, builds)
-    return ClusterPlan(resources.diff(cib, {**want, **resources.constraints(host.config)}), builds, nodes(cib))
+    changes = resources.diff(cib, {**want, **resources.constraints(host.config)})
+    _refuse_held(host, cib, changes)
+    return ClusterPlan(changes, builds, nodes(cib))
 
 
 def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> None:

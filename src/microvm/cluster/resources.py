@@ -21,6 +21,7 @@ AGENT = {"class": "ocf", "provider": "microvm", "type": "vm"}
 MINE = ("allow-migrate", "resource-stickiness")  # the meta attributes microvm sets; the others are kept
 PREFERENCE = 10  # the score of the last of a VM's preferNodes, the next one's is 10 more: all below stickiness
 SEP = ".."  # between the names in a constraint's id: no VM name has it
+REFERENCES = ("rsc", "with-rsc", "first", "then")  # the attributes by which a constraint names a resource
 MONITOR_INTERVAL = 10  # s
 MONITOR_TIMEOUT = 30  # s
 MARGIN = 30  # s beyond the VM's own start timeout: the units the VM needs, the agent's own checks
@@ -191,6 +192,22 @@ def ours_constraints(cib: ET.Element) -> dict[str, Constraint]:
         for element in cib.iterfind("./configuration/constraints/*")
         if element.get("id", "").startswith(PREFIX) and SEP in element.get("id", "")
     }
+
+
+def named_by_others(cib: ET.Element, rid: str) -> list[ET.Element]:
+    """The constraints not of microvm that name resource ``rid`` (Pacemaker refuses to delete it under them:
+    ``crm_resource --move`` and ``--ban`` leave such constraints)."""
+    mine = ours_constraints(cib)
+    return [
+        element
+        for element in cib.iterfind("./configuration/constraints/*")
+        if element.get("id", "") not in mine
+        and any(
+            value == rid and (key in REFERENCES or (part.tag == "resource_ref" and key == "id"))
+            for part in element.iter()
+            for key, value in part.items()
+        )
+    ]
 
 
 Item = Resource | Constraint
