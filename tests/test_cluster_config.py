@@ -22,6 +22,7 @@ from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
 from microvm.config import load_host
 from microvm.errors import ConfigErrors
+from microvm.host import apply as host_apply
 from microvm.host import units
 from microvm.model.options import HostConfig
 
@@ -648,3 +649,31 @@ def test_prefer_nodes_must_be_the_clusters(
     refused = _cluster(["plan", str(constrained_host)], cib, monkeypatch, ok=False)
     assert f"{constrained_host}: microvm.vms.c1.preferNodes[1]: 'n4' is not a node of this cluster" in refused
     assert "its nodes (crm_node -l): n1, n2, n3" in refused and "microvm-c1" not in cib.read_text()
+
+
+# --- host apply: the agent ------------------------------------------------------------
+
+
+def test_host_apply_removes_the_agent_when_the_host_leaves_the_cluster(
+    shared_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan of `host apply` (only planned, but for the agent's own change: no unit is touched)."""
+    agent_file = tmp_path / "ocf/microvm/vm"
+    monkeypatch.setattr(host_apply, "OCF_AGENT", agent_file)
+
+    def agent_changes(enable: str) -> list:
+        text = f'[microvm]\nstateDir = "{tmp_path}/state"\n[cluster]\nenable = {enable}\n'
+        changes = host_apply.plan(load_host(write_vm(tmp_path, text, "host.toml")), shared_store).changes
+        return [c for c in changes if getattr(c, "path", None) == agent_file]
+
+    (write,) = agent_changes("true")
+    assert write.describe() == f"write {agent_file}"
+    write.apply()
+    assert agent_file.stat().st_mode & 0o7777 == 0o755 and "ocf-agent" in agent_file.read_text()
+    assert agent_changes("true") == []  # installed as it should be
+    (remove,) = agent_changes("false")
+    assert remove.describe() == f"remove {agent_file}"
+    remove.apply()
+    assert not agent_file.exists() and agent_changes("false") == []
+    agent_file.write_text("#!/bin/sh\n# an agent someone else put here\n")
+    assert agent_changes("false") == []  # not written by microvm: kept
