@@ -551,7 +551,8 @@ def test_the_scheduler_places_the_vms_as_the_constraints_say(
 
 @pacemaker_tools
 def test_an_order_makes_the_start_wait(constrained_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """c3 after c1: in the scheduler's transition graph c3's start waits for c1's, and c1's stop for c3's."""
+    """c3 after c1: in the scheduler's transition graph c3's start waits for c1's, and c1's stop for c3's; a live
+    migration of c1 leaves c3 running."""
     cib = _three_nodes(_cib(tmp_path / "cib.xml"))
     _apply_offline(constrained_host, cib, monkeypatch)
 
@@ -570,7 +571,22 @@ def test_an_order_makes_the_start_wait(constrained_host: Path, tmp_path: Path, m
     assert "microvm-c1_start_0" in waits_for(cib, "microvm-c3_start_0")
     assert "microvm-c1_start_0" not in waits_for(cib, "microvm-c2_start_0")  # no order between c2 and c1
     running = tmp_path / "1.xml"
-    _simulate(cib, running)
+    assert _simulate(cib, running)["microvm-c1"] == ["n2"]
+    # n2 drained: c1 migrates live, and c3 (after c1) keeps running: a migration is no stop of c1
+    drained = tmp_path / "drained.xml"
+    shutil.copy(running, drained)
+    standby = ["crm_attribute", "--node", "n2", "--name", "standby", "--update", "on", "--lifetime", "forever"]
+    subprocess.run(standby, env={**os.environ, "CIB_file": str(drained)}, check=True, capture_output=True)
+    summary = (
+        subprocess.run(
+            ["crm_simulate", "--xml-file", str(drained), "--simulate"], capture_output=True, text=True, check=True
+        )
+        .stdout.split("Transition Summary:")[1]
+        .split("Executing Cluster Transition")[0]
+    )
+    assert [line.split() for line in summary.strip().splitlines()] == [
+        ["*", "Migrate", "microvm-c1", "(", "n2", "->", "n3", ")"]
+    ]
     subprocess.run(
         ["crm_resource", "--resource", "microvm-c1", "--meta", "--set-parameter", "target-role", "--parameter-value",
          "Stopped"],

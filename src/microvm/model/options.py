@@ -1118,16 +1118,17 @@ class DeclaredVM(Options):
         description=(
             "Cluster nodes this cluster VM prefers, most preferred first (`rsc_location` constraints with "
             "descending positive scores: a preference, not a ban; it runs elsewhere when none of them can). "
-            "Each must be a node of the cluster. The scores stay below `cluster.stickiness`: a running VM does "
-            "not move back to a preferred node that returns."
+            "Each must be a node of the cluster. The scores are 10 for the last, 10 more for each before it: "
+            "below the default `cluster.stickiness`, so a running VM does not move back to a preferred node that "
+            "returns."
         ),
         examples=[["n1", "n2"]],
     )
     after: list[Name] = Field(
         [],
         description=(
-            "Cluster VMs of this host file this cluster VM starts after (an `rsc_order`: each of them starts "
-            "before it, and it stops before them)."
+            "Cluster VMs of this host file this cluster VM starts after (a mandatory `rsc_order`: each of them "
+            "starts before it, and it stops before them; a live migration of one of them is no stop)."
         ),
         examples=[["db"]],
     )
