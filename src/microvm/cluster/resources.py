@@ -160,7 +160,9 @@ def _changed(before: dict[str, str], after: dict[str, str], what: str = "") -> l
 def constraints(host: HostConfig) -> dict[str, Constraint]:
     """The constraints of the host file's cluster VMs, by id: their ``preferNodes`` (a location of a positive
     score per node, the first the highest), ``after`` (a mandatory order: the other one starts first and stops
-    last) and ``apartFrom`` (a colocation of -INFINITY, one per pair whichever of the two names the other)."""
+    last) and ``apartFrom`` (a colocation of -INFINITY, one per pair: Pacemaker places its ``with-rsc`` first, so
+    with too few nodes the VM that names the other is the one left stopped, of two naming each other the first
+    by name)."""
     found: dict[str, Constraint] = {}
 
     def add(tag: str, cid: str, attrs: dict[str, str], meaning: str) -> None:
@@ -177,9 +179,12 @@ def constraints(host: HostConfig) -> dict[str, Constraint]:
             attrs = {"first": PREFIX + other, "then": PREFIX + name, "kind": "Mandatory"}
             add("rsc_order", f"{name}{SEP}after{SEP}{other}", attrs, f"{other} starts before {name}, stops after it")
         for other in declared.apartFrom:
-            a, b = sorted((name, other))
-            attrs = {"rsc": PREFIX + a, "with-rsc": PREFIX + b, "score": f"-{INFINITY}"}
-            add("rsc_colocation", f"{a}{SEP}apart{SEP}{b}", attrs, f"{a} and {b} never on one node")
+            mutual = other in host.microvm.vms and name in host.microvm.vms[other].apartFrom
+            yields, wins = sorted((name, other)) if mutual else (name, other)
+            attrs = {"rsc": PREFIX + yields, "with-rsc": PREFIX + wins, "score": f"-{INFINITY}"}
+            first, second = sorted((name, other))  # one id for the pair, whichever names the other
+            add("rsc_colocation", f"{first}{SEP}apart{SEP}{second}", attrs,
+                f"{yields} never on {wins}'s node; {wins} is placed first")  # fmt: skip
     return found
 
 

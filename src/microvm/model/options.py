@@ -1136,7 +1136,8 @@ class DeclaredVM(Options):
         [],
         description=(
             "Cluster VMs of this host file this cluster VM never shares a node with (an `rsc_colocation` of score "
-            "-INFINITY): with fewer nodes than such VMs, the ones that find no node stay stopped."
+            "-INFINITY): with fewer nodes than such VMs, the ones that find no node stay stopped; of two, the one "
+            "that names the other (of two naming each other, the first by name)."
         ),
         examples=[["web2"]],
     )
