@@ -2,5 +2,5 @@
 
 ``agent`` is the resource agent Pacemaker runs on each node (the OCF actions and their exit codes),
 ``pacemaker`` every question to and write into the cluster through Pacemaker's own command-line
-tools, ``resources`` the resources a host file asks for and how they differ from the cluster's.
+tools, ``resources`` the resources and constraints a host file asks for and how they differ from the cluster's.
 """

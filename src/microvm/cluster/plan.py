@@ -2,9 +2,9 @@
 
 Planning builds each cluster VM (as `host apply` does: the same build on every node with the same
 host file), refuses a cluster without fencing unless the host file allows it, and compares the
-resources with the CIB. Applying copies every build to the other nodes first (only what their
-stores lack), then writes the resources with ``cibadmin``: a resource never names a build its
-node does not have.
+resources and constraints with the CIB. Applying copies every build to the other nodes first (only
+what their stores lack), then writes the resources and constraints with ``cibadmin``: a resource
+never names a build its node does not have.
 """
 
 from __future__ import annotations
