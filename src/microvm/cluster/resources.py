@@ -19,7 +19,7 @@ from .pacemaker import PREFIX
 
 AGENT = {"class": "ocf", "provider": "microvm", "type": "vm"}
 MINE = ("allow-migrate", "resource-stickiness")  # the meta attributes microvm sets; the others are kept
-PREFERENCE = 10  # the score of the last of a VM's preferNodes, the next one's is 10 more: all below stickiness
+PREFERENCE = 10  # the score of the last of a VM's preferNodes, 10 more for each before it: below the stickiness
 SEP = ".."  # between the names in a constraint's id: no VM name has it
 REFERENCES = ("rsc", "with-rsc", "first", "then")  # the attributes by which a constraint names a resource
 MONITOR_INTERVAL = 10  # s
