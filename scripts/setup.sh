@@ -22,6 +22,7 @@ APT_PACKAGES=(
   mmdebstrap debian-archive-keyring  # debian guests (guest.base = "debian")
   openssh-client curl            # tests reach debian guests over SSH and HTTP
   chromium chromium-driver       # tests drive `microvm web`'s page in a headless browser
+  pacemaker-cli-utils            # cluster: cibadmin and crm_verify check the resources offline (CIB_file=)
 )
 # xterm.js for `microvm web`'s consoles comes from the npm registry: Debian's npm, unless one is there already
 command -v npm >/dev/null || APT_PACKAGES+=(npm)

@@ -80,6 +80,12 @@ def _unit_commands(state_dir: Path) -> list[list[str]]:
     return [shlex.split(line.removeprefix("ExecStart=")) for line in lines]
 
 
+def _ocf_agent_command(state_dir: Path) -> list[str]:
+    """The resource agent's exec line, with an action as Pacemaker passes it."""
+    line = units.ocf_agent(state_dir, state_dir / "store").splitlines()[-1]
+    return shlex.split(line.removeprefix("exec ").replace('"$@"', "monitor"))
+
+
 def _ssh_proxy_command(state_dir: Path) -> list[str]:
     """The ProxyCommand of `microvm ssh` for an installed VM with vsock.ssh."""
     runner = state_dir / "runner"
@@ -105,7 +111,12 @@ def test_every_command_line_generated_parses_and_reaches_its_function(tmp_path: 
     """Every command the runner and the units call parses, and its function takes exactly what the
     parser gives it; besides, ready-now (a runner without a readiness port) and network-restore (its unit is
     host/network.py's)."""
-    commands = [*_runner_commands(), *_unit_commands(tmp_path), _ssh_proxy_command(tmp_path)]
+    commands = [
+        *_runner_commands(),
+        *_unit_commands(tmp_path),
+        _ssh_proxy_command(tmp_path),
+        _ocf_agent_command(tmp_path),
+    ]
     generated = [_helper_args(argv) for argv in commands]
     others = [["ready-now"], ["network-restore", str(tmp_path)]]
     assert sorted(_reaches_its_function(args) for args in [*generated, *others]) == sorted(HELPERS)

@@ -129,6 +129,14 @@ def _credentials(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("credentials", nargs="*", metavar="NAME=PATH", help="microvm.credentialFiles")
 
 
+def _ocf_action(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", help="start, stop, monitor, migrate_to, migrate_from, validate-all, meta-data")
+
+
+def _exit_code(command: str, code: int) -> int:
+    return code
+
+
 def _network_restore(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("state_dir", type=Path, nargs="?", help="the host's microvm.stateDir")
 
@@ -160,6 +168,12 @@ HELPERS = {
     ),
     "vsock-proxy": Helper(
         "microvm.host.vsock:proxy", "(ssh ProxyCommand) connect stdin/stdout to a guest's vsock port", _vsock_proxy
+    ),
+    "ocf-agent": Helper(
+        "microvm.cluster.agent:run",
+        "the cluster's resource agent ocf:microvm:vm (Pacemaker runs it)",
+        _ocf_action,
+        _exit_code,
     ),
     "network-restore": Helper(
         "microvm.host.network.restore:restore", "restore the host network (microvm-network.service)", _network_restore

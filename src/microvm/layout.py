@@ -8,6 +8,7 @@ the writer and its readers cannot drift apart.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,3 +66,21 @@ def saved_state_files(name: str) -> tuple[str, str]:
 def runner_config(runner: Path) -> dict[str, Any]:
     """The evaluated config a runner was built from (its vm.json): no rebuild needed to show it."""
     return json.loads((runner / RUNNER_CONFIG).read_text())
+
+
+def written_paths(microvm: dict[str, Any], vm_dir: Path) -> list[tuple[tuple[str | int, ...], Path]]:
+    """What a VM writes outside the store, with its option path: every volume but the credentials disk
+    (packed anew at each start), every writable share. Relative paths are in ``vm_dir``.
+
+    A cluster needs these on storage every node sees; ``microvm.*`` keys as in vm.json."""
+    found: list[tuple[tuple[str | int, ...], Path]] = [
+        (("microvm", "volumes", i, "image"), Path(os.path.normpath(vm_dir / v["image"])))
+        for i, v in enumerate(microvm.get("volumes", []))
+        if v["image"] != CREDENTIALS_IMAGE
+    ]
+    found += [
+        (("microvm", "shares", i, "source"), Path(os.path.normpath(vm_dir / s["source"])))
+        for i, s in enumerate(microvm.get("shares", []))
+        if not s.get("readOnly")
+    ]
+    return found

@@ -25,4 +25,4 @@ def warn(warnings: list[ConfigError]) -> None:
 
 
 # The command modules register themselves on `app`; last, as they import what is above.
-from . import build_cmds, config_cmds, host_cmds, net_cmds, remote_cmds, vm_cmds, web_cmds  # noqa: F401
+from . import build_cmds, cluster_cmds, config_cmds, host_cmds, net_cmds, remote_cmds, vm_cmds, web_cmds  # noqa: F401

@@ -23,7 +23,7 @@ from ..hypervisors import Feature, get
 from ..model.desugar import desugar_host, desugar_vm
 from ..model.options import HostConfig, VMConfig
 from ..model.problems import OptionPath, Problem, format_path
-from .checks import check_against_others, check_host, check_host_vm, check_vm
+from .checks import check_against_others, check_cluster_vm, check_host, check_host_vm, check_vm
 from .destinations import check_host_destinations, check_vm_destinations
 from .loader import Loaded, Referrer, load, validate, validation_errors, value_at
 
@@ -181,6 +181,13 @@ def load_host(file: Path, installed: Mapping[str, VMConfig] = {}) -> LoadedHost:
                 + check_host_vm(config, vms[name].config),
                 loaded,
                 ("microvm", "vms", name, "config"),
+            )
+            # named in the VM's own file (or the host file's inline table)
+            inline = isinstance(raw, dict)
+            warnings += _report(
+                list(check_cluster_vm(config, name, vms[name].config)),
+                loaded if inline else vms[name].loaded,
+                ("microvm", "vms", name, "config") if inline else (),
             )
             warnings += vms[name].warnings
     return LoadedHost(config, loaded, vms, warnings)

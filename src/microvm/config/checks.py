@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 from ..hypervisors import get
+from ..layout import written_paths
 from ..model.addresses import nth_host_address
 from ..model.names import host_arch
 from ..model.options import NETWORK_FS_PACKAGES, STORE_SHARE_SOURCE, STORE_SHARE_TAG, HostConfig, VMConfig
@@ -367,9 +369,47 @@ def _host_bridges(host: HostConfig) -> Iterator[Problem]:
     yield from _duplicates(ports, "bridge port")
 
 
+def _cluster(host: HostConfig) -> Iterator[Problem]:
+    """Cluster VMs need the cluster, shared storage and a build of their own; the cluster, not autostart, runs them."""
+    cluster, vms = host.cluster, host.microvm.vms
+    for name in (n for n, declared in vms.items() if declared.cluster):
+        path = ("microvm", "vms", name, "cluster")
+        if not cluster.enable:
+            yield Problem(path, "a cluster VM needs cluster.enable = true", hint="set enable = true under [cluster]")
+        elif cluster.sharedStorage is None:
+            yield Problem(path, "a cluster VM needs cluster.sharedStorage", hint="the directory every node mounts")
+        if vms[name].config is None:
+            yield Problem(path, "a cluster VM needs config: its build is what every node runs (not source)")
+        if name in host.microvm.autostart:
+            i = host.microvm.autostart.index(name)
+            yield Problem(("microvm", "autostart", i), f"{name!r} is a cluster VM: the cluster starts it, not the host")
+
+
+def check_cluster_vm(host: HostConfig, name: str, vm: VMConfig) -> Iterator[Problem]:
+    """A cluster VM writes only to the shared storage; one that cannot migrate is moved by a stop and a start."""
+    shared = host.cluster.sharedStorage
+    if not host.microvm.vms[name].cluster or shared is None:
+        return
+    vm_dir = Path(host.microvm.stateDir) / name
+    for option, path in written_paths(vm.public_dump()["microvm"], vm_dir):
+        if not path.is_relative_to(shared):
+            yield Problem(
+                option,
+                f"{path} is not under cluster.sharedStorage {shared}: another node could not take the VM over",
+                hint=f"an absolute path under {shared} (relative paths are in {vm_dir})",
+            )
+    if not vm.microvm.migratable:
+        yield Problem(
+            ("microvm", "migratable"),
+            "a cluster VM that is not migratable moves to another node by a shutdown and a boot",
+            "warning",
+            hint="set microvm.migratable = true to move it live (allow-migrate)",
+        )
+
+
 def check_host(host: HostConfig) -> list[Problem]:
     """Problems of a host file that no single VM can see."""
-    problems = list(_host_bridges(host))
+    problems = [*_host_bridges(host), *_cluster(host)]
     for name, declared in host.microvm.vms.items():
         path = ("microvm", "vms", name)
         if declared.config is not None and declared.source is not None:

@@ -26,13 +26,14 @@ from .plan import (
     Change,
     Group,
     Plan,
+    RemoveFile,
     Systemctl,
     activation_changes,
     unit_file_changes,
     write_if_changed,
 )
 from .statedir import VMState, owner_ids
-from .unitfile import generated
+from .unitfile import HEADER, generated
 
 
 @dataclass
@@ -153,10 +154,11 @@ def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[
         state = VMState.of(name, state_dir)
         if name in host.vms:
             built = build_vm(store, host.vms[name].config, progress=lambda step, n=name: say(f"building {n}: {step}"))
-            result.installs[name] = ["--runner", str(built.runner)]
+            if not declared.cluster:  # a cluster VM's build is the resource's: the agent's start installs it
+                result.installs[name] = ["--runner", str(built.runner)]
             if state.current != built.runner or state.declared_by != str(host.loaded.file):
                 result.changes.append(InstallDeclared(host.vms[name], built.runner, host.loaded.file, state_dir, owner))
-                if state.current is not None and declared.restartIfChanged:
+                if state.current is not None and declared.restartIfChanged and not declared.cluster:
                     result.to_restart.append(name)
         else:
             source, update = declared.source or "", declared.updateSource
@@ -181,7 +183,7 @@ def plan(
     config = host.config.microvm
     state_dir = Path(config.stateDir)
     vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
-    autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart)})
+    autostart = sorted({*config.autostart, *(n for n, d in config.vms.items() if d.autostart and not d.cluster)})
     net_units = network.network_units(host.config, state_dir)
     wanted = units.all_units(
         state_dir, store.root, autostart, vms.installs, config.host.useNotifySockets, config.host.startupTimeout
@@ -191,11 +193,18 @@ def plan(
     for name, declared in config.vms.items():
         loaded = host.vms.get(name)
         wanted |= units.vm_dropins(name, declared, loaded.config if loaded else None, state_dir)
-    dropins = [f"microvm@*.service.d/{d}" for d in ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN)]
+        if declared.cluster:
+            wanted[f"microvm@{name}.service.d/{units.CLUSTER_DROPIN}"] = units.cluster_dropin(
+                host.config.cluster.sharedStorage
+            )
+    kinds = ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, units.CLUSTER_DROPIN)
+    dropins = [f"microvm@*.service.d/{d}" for d in kinds]
     stale = generated(unit_dir, "install-microvm-*.service", *dropins, DNSMASQ_UNITS, units.WEB)
     files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units, *web], stale=stale)
     net = network.plan_network(host.config, state_dir)
     record = _record_changes(state_dir, host.loaded.file) if unit_dir == DEFAULT_UNIT_DIR else []
+    if unit_dir == DEFAULT_UNIT_DIR:
+        record += _cluster_agent(host.config.cluster.enable, state_dir, store)
     result = Plan([*_system_changes(state_dir), *record, *vms.changes, *files])
     if net:
         result.add(Group("network", net))
@@ -207,6 +216,15 @@ def plan(
             if systemd.is_active(name):
                 result.add(Systemctl(("restart", systemd.unit(name)), "restartIfChanged"))
     return result
+
+
+def _cluster_agent(enable: bool, state_dir: Path, store: Store) -> list[Change]:
+    """The resource agent Pacemaker runs (root's, mode 0755) on a cluster node; removed when no longer one."""
+    if enable:
+        return write_if_changed(units.OCF_AGENT, units.ocf_agent(state_dir, store.root), 0o755)
+    if units.OCF_AGENT.exists() and HEADER in units.OCF_AGENT.read_text():
+        return [RemoveFile(units.OCF_AGENT)]
+    return []
 
 
 def _record_changes(state_dir: Path, host_file: Path) -> list[Change]:

@@ -134,6 +134,8 @@ def install_built(name: str, runner: Path, state_dir: Path | None = None) -> Cha
     if not (runner / "bin" / "microvm-run").exists():
         raise MicrovmError(f"{runner} is not a VM runner (no bin/microvm-run)", hint="copy it here first")
     with locked(name, state_dir) as state:
+        if state.declared_by is not None and state.current == runner:
+            return Change(state, runner, runner)  # a cluster VM migrating in: the host file installed this build
         if state.declared_by is not None:
             raise MicrovmError(
                 f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",

@@ -80,6 +80,7 @@ class Group(Change):
 class WriteFile(Change):
     path: Path
     content: str
+    mode: int | None = None  # None: as the umask says
 
     def describe(self) -> str:
         return f"{'update' if self.path.exists() else 'write'} {self.path}"
@@ -87,6 +88,8 @@ class WriteFile(Change):
     def apply(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, self.content)
+        if self.mode is not None:
+            self.path.chmod(self.mode)
 
 
 @dataclass
@@ -128,9 +131,10 @@ class Systemctl(Change):
         systemd.systemctl(*self.args, check=self.check)
 
 
-def write_if_changed(path: Path, content: str) -> list[Change]:
-    """Writing ``content`` to ``path``, unless it holds that already."""
-    return [] if path.exists() and path.read_text() == content else [WriteFile(path, content)]
+def write_if_changed(path: Path, content: str, mode: int | None = None) -> list[Change]:
+    """Writing ``content`` to ``path`` (with ``mode``), unless it holds that already."""
+    same = path.exists() and path.read_text() == content and mode in (None, path.stat().st_mode & 0o7777)
+    return [] if same else [WriteFile(path, content, mode)]
 
 
 WANTS = "multi-user.target.wants"

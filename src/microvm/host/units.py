@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from .. import proc
 from ..errors import MicrovmError
 from ..layout import HYPERVISOR_GROUP, HYPERVISOR_USER, PCI_DEVICES, SHARE, VIRTIOFS, helper_argv
 from ..store import PRIVATE_GROUP
-from .unitfile import command, environment, escape, render
+from .unitfile import HEADER, command, environment, escape, render
 
 if TYPE_CHECKING:
     from ..model.options import DeclaredVM, VMConfig, WebOptions
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
 # Drop-ins of microvm@NAME written from the host file (install.conf is the installation's).
-OVERRIDES_DROPIN, CREDENTIALS_DROPIN = "overrides.conf", "credentials.conf"
+OVERRIDES_DROPIN, CREDENTIALS_DROPIN, CLUSTER_DROPIN = "overrides.conf", "credentials.conf", "cluster.conf"
 NEEDS = ("microvm-tap-interfaces@%i.service", "microvm-macvtap-interfaces@%i.service",
          "microvm-pci-devices@%i.service", "microvm-virtiofsd@%i.service")  # fmt: skip
 
@@ -270,6 +271,27 @@ def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
             "Install": [("WantedBy", "multi-user.target")],
         }
     )
+
+
+def cluster_dropin(shared_storage: str | None) -> str:
+    """``microvm@<name>.service.d/cluster.conf`` of a cluster VM: Pacemaker, not systemd, restarts it, and its
+    hypervisor writes its volumes on the shared storage (the unit lets it write only its state directory)."""
+    writable = [("ReadWritePaths", escape(shared_storage, variables=False))] if shared_storage else []
+    return render({"Service": [("Restart", "no"), *writable]})
+
+
+OCF_AGENT = Path("/usr/lib/ocf/resource.d/microvm/vm")  # ocf:microvm:vm, what Pacemaker runs
+
+
+def ocf_agent(state_dir: Path, store: Path) -> str:
+    """The resource agent ``ocf:microvm:vm``: this installation's helper, with the host's state directory and
+    store (Pacemaker runs agents with an almost empty environment). Migrations ssh to the other node's
+    ``microvm``: the same installation there, with the same host file."""
+    where = {"MICROVM_STATE_DIR": str(state_dir), "MICROVM_STORE": str(store)}
+    remote = shlex.join(["env", *(f"{k}={v}" for k, v in where.items()), sys.executable, "-m", "microvm"])
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**where, "MICROVM_REMOTE_COMMAND": remote}.items())
+    helper = shlex.join(helper_argv("ocf-agent"))
+    return f'#!/bin/sh\n{HEADER}{exports}exec {helper} "$@"\n'
 
 
 def vm_dropins(name: str, declared: DeclaredVM, vm: VMConfig | None, state_dir: Path) -> dict[str, str]:

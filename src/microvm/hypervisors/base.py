@@ -320,6 +320,11 @@ class Control(ABC):
         if not wait_exit(pid, 5):
             stop_hard(pid)
 
+    def fault(self, socket: Path) -> str | None:
+        """Why the VM behind ``socket`` does not run as it should, in the hypervisor's own words; None
+        when it runs. By default only whether the hypervisor answers on its socket."""
+        return None if peer_pid(socket) else f"nothing is listening on {socket}"
+
     @abstractmethod
     def request_shutdown(self, socket: Path) -> None:
         """Ask the guest to power off (ACPI power button, ctrl-alt-del), without waiting."""

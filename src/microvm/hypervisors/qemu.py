@@ -409,6 +409,15 @@ class Backend(Hypervisor, Balloon, Migrate):
 
     # --- control -------------------------------------------------------------------
 
+    def fault(self, socket: Path) -> str | None:
+        """QMP's run state: a guest that qemu stopped for good (an error, a panic, shut down but kept,
+        migrated away) is not running even though qemu is."""
+        try:
+            status = qmp.execute(socket, "query-status", timeout=5)["status"]
+        except MicrovmError as exc:
+            return str(exc)
+        return f"qemu reports the VM {status}" if status in FAULTED else None
+
     def request_shutdown(self, socket: Path) -> None:
         asyncio.run(_request_shutdown(socket))
 
@@ -437,6 +446,8 @@ class Backend(Hypervisor, Balloon, Migrate):
 
 
 MiB = 1024 * 1024
+# QMP run states of a guest that will not run on by itself (paused, in-migrate and the like are fine).
+FAULTED = frozenset({"internal-error", "io-error", "shutdown", "guest-panicked", "watchdog", "postmigrate"})
 SUSPEND_FD = "microvm-suspend"  # the name qemu knows the passed state file by (QMP getfd)
 
 

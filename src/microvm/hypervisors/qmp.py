@@ -55,9 +55,12 @@ def execute(socket: Path, command: str, arguments: dict[str, Any] | None = None,
 async def _execute(socket: Path, command: str, arguments: dict[str, Any] | None, timeout: float) -> Any:
     from qemu.qmp import ExecuteError, QMPError  # late on purpose: see the module's docstring
 
-    try:
+    async def connected() -> Any:
         async with session(socket) as client:
-            return await asyncio.wait_for(client.execute(command, arguments), timeout)
+            return await client.execute(command, arguments)
+
+    try:  # the timeout covers the greeting too: a stopped hypervisor accepts the connection, then says nothing
+        return await asyncio.wait_for(connected(), timeout)
     except ExecuteError as exc:
         raise CommandError(f"QMP {command} on {socket}: {exc.error.error.class_}: {exc.error.error.desc}") from None
     except TimeoutError:

@@ -1089,6 +1089,14 @@ class DeclaredVM(Options):
         json_schema_extra=COMPUTED,
         description="Restart the VM when `microvm host apply` changed it. Default: true with config, false with source.",
     )
+    cluster: bool = Field(
+        False,
+        description=(
+            "The cluster runs this VM (the Pacemaker resource `microvm-NAME` that `microvm cluster apply` writes; "
+            "needs `cluster.enable`): never in this host's autostart, `host apply` installs it without starting "
+            "it, and its volumes and writable shares must be under `cluster.sharedStorage`."
+        ),
+    )
     unitOverrides: UnitOverrides = Field(
         {},
         description=(
@@ -1182,8 +1190,37 @@ class HostNetwork(Options):
     )
 
 
+class ClusterOptions(Options):
+    enable: bool = Field(
+        False,
+        description=(
+            "This host is a node of a Pacemaker/Corosync cluster (the same host file on every node): `host apply` "
+            "installs the resource agent `ocf:microvm:vm`, `microvm cluster apply` writes the VMs with "
+            "`cluster = true` as resources."
+        ),
+    )
+    sharedStorage: AbsolutePath | None = Field(
+        None,
+        description=(
+            "The directory every node mounts at this path (NFS, CephFS, a file system on DRBD or RBD): cluster "
+            "VMs' volumes and writable shares must be under it, so another node can take the VM over."
+        ),
+        examples=["/srv/microvm-shared"],
+    )
+    requireFencing: bool = Field(
+        True,
+        description=(
+            "Refuse to run cluster VMs in a cluster without fencing (stonith-enabled and a fence device): "
+            "without it a VM can run on two nodes at once after a split. false only for tests."
+        ),
+    )
+
+
 class HostConfig(Options):
-    """A host file: ``microvm`` (host options) and ``network``."""
+    """A host file: ``microvm`` (host options), ``network`` and ``cluster``."""
 
     microvm: HostMicroVMOptions = Field(default_factory=HostMicroVMOptions, description="Host and its VMs.")
     network: HostNetwork = Field(default_factory=HostNetwork, description="Host networking for VMs.")
+    cluster: ClusterOptions = Field(
+        default_factory=ClusterOptions, description="The Pacemaker cluster this host is a node of."
+    )

@@ -1,0 +1,399 @@
+"""``ocf:microvm:vm``: the resource agent Pacemaker runs for each cluster VM (OCF resource agent API 1.1).
+
+Pacemaker runs ``/usr/lib/ocf/resource.d/microvm/vm ACTION`` (a tiny script `host apply` installs that
+execs ``python -m microvm.helpers ocf-agent ACTION``) with the resource's parameters in
+``OCF_RESKEY_*`` and answers by the exit code. The VM runs in its usual unit ``microvm@NAME`` with a
+runtime drop-in ``Restart=no``: restarting a cluster VM is Pacemaker's job, not systemd's. Why an
+action failed goes to stderr, prefixed ``ocf-exit-reason:`` so Pacemaker shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..errors import MicrovmError
+from ..host import systemd
+from ..host.statedir import VMState, locked
+from ..host.units import cluster_dropin
+from ..hypervisors import Control, get
+from ..layout import runner_config, written_paths
+from ..model.problems import format_path
+from ..remote.migrate import migrate
+from ..remote.ssh import Remote
+from ..store import Store
+from . import pacemaker
+
+# OCF exit codes
+SUCCESS, ERR_GENERIC, ERR_ARGS, ERR_UNIMPLEMENTED, ERR_PERM, ERR_INSTALLED, ERR_CONFIGURED, NOT_RUNNING = range(8)
+
+DROPIN = Path("/run/systemd/system/{unit}.d/50-microvm-cluster.conf")
+DEFAULT_TIMEOUT = 150.0  # s, an action's when Pacemaker does not say (host.startupTimeout's default)
+POLL = 0.2  # s between looks at a starting or stopping VM
+
+
+class Failure(Exception):
+    """An action's failure: its OCF exit code and why."""
+
+    def __init__(self, code: int, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+@dataclass(frozen=True)
+class Params:
+    """The resource's parameters and the operation's meta attributes, from Pacemaker's environment."""
+
+    name: str
+    build: Path | None
+    shared_storage: Path | None
+    require_fencing: bool
+    timeout: float  # s, the operation's
+    migrate_target: str | None
+
+    @classmethod
+    def of(cls, env: Mapping[str, str]) -> Params:
+        name = env.get("OCF_RESKEY_name", "")
+        if not name:
+            raise Failure(ERR_CONFIGURED, "the parameter name (the VM's name) is not set")
+        try:
+            VMState.of(name)
+        except MicrovmError as exc:
+            raise Failure(ERR_CONFIGURED, exc.message) from None
+        fencing = pacemaker.boolean(env.get("OCF_RESKEY_require_fencing", "true"))
+        if fencing is None:
+            raise Failure(ERR_CONFIGURED, f"require_fencing={env['OCF_RESKEY_require_fencing']!r} is not a boolean")
+        shared = env.get("OCF_RESKEY_shared_storage") or None
+        if shared is not None and not shared.startswith("/"):
+            raise Failure(ERR_CONFIGURED, f"shared_storage={shared!r} is not an absolute path")
+        try:
+            timeout = int(env.get("OCF_RESKEY_CRM_meta_timeout", "")) / 1000
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT
+        build = env.get("OCF_RESKEY_build") or None
+        return cls(
+            name,
+            Path(build) if build else None,
+            Path(shared) if shared else None,
+            fencing,
+            timeout,
+            env.get("OCF_RESKEY_CRM_meta_migrate_target") or None,
+        )
+
+    def stop_grace(self) -> float:
+        """Seconds a graceful stop may take: the timeout less a margin for the hard stop after it."""
+        return max(self.timeout - max(5.0, self.timeout / 10), self.timeout / 2)
+
+
+# --- meta-data -------------------------------------------------------------------------
+
+
+PARAMETERS = [
+    # name, required, type, default, short, long
+    (
+        "name",
+        True,
+        "string",
+        None,
+        "VM name",
+        "The name of the microvm VM (its microvm@NAME unit and state directory).",
+    ),
+    (
+        "build",
+        False,
+        "string",
+        None,
+        "the VM's build (a runner in the store)",
+        (
+            "The runner store path the cluster runs. start installs it when it is in this node's store and "
+            "differs from the installed one, and fails (not installed) naming what to run when it is not in "
+            "the store. Empty: the installed build."
+        ),
+    ),
+    (
+        "shared_storage",
+        False,
+        "string",
+        None,
+        "directory every node mounts",
+        "The VM's volumes and writable shares must be under it, and it must be a mount point on the node.",
+    ),
+    (
+        "require_fencing",
+        False,
+        "boolean",
+        "true",
+        "refuse to run without fencing",
+        (
+            "validate-all and start fail when stonith-enabled is false or the cluster has no fence device: "
+            "without fencing a VM can run on two nodes at once after a split. false for tests only."
+        ),
+    ),
+]
+ACTION_TIMEOUTS = [
+    # name, timeout (s), interval (s)
+    ("start", DEFAULT_TIMEOUT, None),
+    ("stop", DEFAULT_TIMEOUT, None),
+    ("monitor", 30, 10),
+    ("migrate_to", DEFAULT_TIMEOUT, None),
+    ("migrate_from", 60, None),
+    ("meta-data", 5, None),
+    ("validate-all", 30, None),
+]
+
+
+def metadata() -> str:
+    """The agent's description for Pacemaker (``crm_resource --show-metadata ocf:microvm:vm``)."""
+    agent = ET.Element("resource-agent", name="vm", version=__version__)
+    ET.SubElement(agent, "version").text = "1.1"
+    ET.SubElement(agent, "longdesc", lang="en").text = (
+        "Runs a microvm VM (its unit microvm@NAME) as a cluster resource: started, stopped and monitored "
+        "through the hypervisor's own state, live-migrated to another node with microvm's migration."
+    )
+    ET.SubElement(agent, "shortdesc", lang="en").text = "A microvm VM"
+    parameters = ET.SubElement(agent, "parameters")
+    for name, required, kind, default, short, long in PARAMETERS:
+        attributes = {"name": name, "required": "1" if required else "0"}
+        if name == "name":
+            attributes |= {"unique-group": "name", "unique": "1"}  # OCF 1.1's, and 1.0's for older tools
+        parameter = ET.SubElement(parameters, "parameter", attributes)
+        ET.SubElement(parameter, "longdesc", lang="en").text = long
+        ET.SubElement(parameter, "shortdesc", lang="en").text = short
+        ET.SubElement(parameter, "content", {"type": kind, **({"default": default} if default else {})})
+    actions = ET.SubElement(agent, "actions")
+    for name, timeout, interval in ACTION_TIMEOUTS:
+        timing = {"timeout": f"{timeout:g}s", **({"interval": f"{interval}s", "depth": "0"} if interval else {})}
+        ET.SubElement(actions, "action", name=name, **timing)
+    ET.indent(agent)
+    return '<?xml version="1.0"?>\n' + ET.tostring(agent, encoding="unicode") + "\n"
+
+
+# --- the actions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A VM validate-all found fit to run here."""
+
+    state: VMState
+    runner: Path
+
+
+def _runner(params: Params, state: VMState) -> Path:
+    if params.build is not None:
+        if not (params.build / "bin" / "microvm-run").exists():
+            raise Failure(
+                ERR_INSTALLED,
+                f"the build {params.build} of VM {params.name!r} is not in this node's store",
+                hint="copy it here: microvm cluster apply HOSTFILE (or microvm copy --to NODE BUILD)",
+            )
+        return params.build
+    if (current := state.current) is None or state.runner_missing:
+        raise Failure(
+            ERR_INSTALLED,
+            f"VM {params.name!r} is not installed on this node (in {state.path.parent})",
+            hint="declare it in the host file and run microvm host apply, or set the parameter build",
+        )
+    return current
+
+
+def validate(params: Params) -> Checked:
+    """Whether this node can run the VM: installed (or its build here), on shared storage, fenced."""
+    state = VMState.of(params.name)
+    if not systemd.running():
+        raise Failure(ERR_INSTALLED, "systemd does not run this node (PID 1), so no unit can run the VM")
+    runner = _runner(params, state)
+    if (shared := params.shared_storage) is not None:
+        outside = [
+            f"{format_path(option)} = {path}"
+            for option, path in written_paths(runner_config(runner)["microvm"], state.path)
+            if not path.is_relative_to(shared)
+        ]
+        if outside:
+            raise Failure(
+                ERR_CONFIGURED,
+                f"VM {params.name!r} writes outside the shared storage {shared}: {', '.join(outside)}",
+                hint=f"put its volumes and writable shares under {shared}",
+            )
+        if not mounted(shared):
+            raise Failure(ERR_INSTALLED, f"the shared storage {shared} is not a mount point on this node")
+    if params.require_fencing and (problem := pacemaker.fencing_problem(pacemaker.query_cib())):
+        raise Failure(
+            ERR_CONFIGURED,
+            f"{problem}: without fencing a VM can run on two nodes at once",
+            hint="add a fence device and stonith-enabled=true (or require_fencing=false, for tests only)",
+        )
+    return Checked(state, runner)
+
+
+def mounted(path: Path) -> bool:
+    """Something is mounted at ``path`` (/proc/self/mountinfo: a bind mount of the same file system counts,
+    which os.path.ismount misses)."""
+    wanted = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as mounts:
+        points = (line.split()[4] for line in mounts)
+        return any(_unescape(point) == wanted for point in points)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes blanks, tabs, newlines and backslashes as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def unit_state(name: str) -> str:
+    """active, activating, deactivating, failed, inactive ... of ``microvm@NAME``."""
+    return systemd.systemctl("show", "-P", "ActiveState", systemd.unit(name), check=False).strip()
+
+
+def probe(state: VMState) -> tuple[int, str]:
+    """monitor's answer and why: running by the hypervisor's own state, cleanly stopped, or failed."""
+    unit = unit_state(state.name)
+    if unit == "inactive":
+        if state.running_here():
+            return ERR_GENERIC, f"VM {state.name!r} runs outside its unit {systemd.unit(state.name)}"
+        return NOT_RUNNING, f"VM {state.name!r} is stopped"
+    if unit != "active":
+        return ERR_GENERIC, f"the unit {systemd.unit(state.name)} is {unit}"
+    if (booted := state.booted) is None:
+        return ERR_GENERIC, f"VM {state.name!r} has no booted build though its unit is active"
+    mv = runner_config(booted)["microvm"]
+    backend = get(mv["hypervisor"])
+    if isinstance(backend, Control) and mv.get("socket"):
+        fault = backend.fault(state.path / mv["socket"])
+    else:
+        fault = None if state.running_here() else f"the {backend.name} of VM {state.name!r} does not answer"
+    return (ERR_GENERIC, fault) if fault else (SUCCESS, f"VM {state.name!r} runs")
+
+
+def monitor(params: Params) -> int:
+    state = VMState.of(params.name)
+    code, why = probe(state)
+    if code != SUCCESS:
+        print(why, file=sys.stderr)
+    return code
+
+
+def _restart_off(params: Params) -> None:
+    """The runtime drop-in of the VM's unit (gone at reboot, as Pacemaker's own): ``Restart=no``, and the
+    shared storage writable (what `host apply` writes for a cluster VM, here for a VM it did not declare)."""
+    dropin = Path(str(DROPIN).format(unit=systemd.unit(params.name)))
+    content = cluster_dropin(str(params.shared_storage) if params.shared_storage else None)
+    if not dropin.exists() or dropin.read_text() != content:
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(content)
+        systemd.systemctl("daemon-reload")
+
+
+def start(params: Params) -> int:
+    checked = validate(params)
+    state, name = checked.state, params.name
+    if probe(state)[0] == SUCCESS:
+        return SUCCESS
+    if state.current != checked.runner:
+        with locked(name) as held:
+            held.switch_current(checked.runner)
+    _restart_off(params)
+    systemd.systemctl("reset-failed", systemd.unit(name), check=False)
+    # returns once the unit started (a notify unit: once the guest said it is ready), or failed to
+    systemd.systemctl("start", systemd.unit(name), check=False)
+    deadline = time.monotonic() + params.timeout
+    while (found := probe(state))[0] != SUCCESS:
+        if unit_state(name) in ("failed", "inactive") or time.monotonic() > deadline:
+            raise Failure(
+                ERR_GENERIC, f"VM {name!r} did not start: {found[1]}", hint=f"journalctl -u {systemd.unit(name)}"
+            )
+        time.sleep(POLL)
+    return SUCCESS
+
+
+def _until_stopped(name: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while unit_state(name) not in ("inactive", "failed"):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+def stop(params: Params) -> int:
+    """Shut the guest down gracefully; kill it hard once the operation's timeout less a margin has passed."""
+    name, unit = params.name, systemd.unit(params.name)
+    systemd.systemctl("stop", "--no-block", unit, check=False)
+    if not _until_stopped(name, params.stop_grace()):
+        print(f"VM {name!r} did not shut down within {params.stop_grace():g} s: killing it", file=sys.stderr)
+        systemd.systemctl("kill", "--signal=SIGKILL", unit, check=False)
+        if not _until_stopped(name, params.timeout - params.stop_grace()):
+            raise Failure(ERR_GENERIC, f"VM {name!r} is still {unit_state(name)} after a hard kill")
+    systemd.systemctl("reset-failed", unit, check=False)  # a VM killed hard is stopped, not failed
+    return SUCCESS
+
+
+def migrate_to(params: Params) -> int:
+    """Live-migrate the VM to the node Pacemaker names (ssh to it: root's ssh config resolves the name)."""
+    if not params.migrate_target:
+        raise Failure(ERR_CONFIGURED, "no migration target (OCF_RESKEY_CRM_meta_migrate_target is unset)")
+    validate(params)
+    migration = migrate(params.name, Remote.parse(params.migrate_target), Store())
+    print(
+        f"VM {params.name!r} migrated to {params.migrate_target} in {migration.total_ms} ms "
+        f"(downtime {migration.downtime_ms} ms)",
+        file=sys.stderr,
+    )
+    return SUCCESS
+
+
+def migrate_from(params: Params) -> int:
+    """The target's half: the VM arrived and runs here; from now on Pacemaker restarts it, not systemd."""
+    state = VMState.of(params.name)
+    _restart_off(params)
+    code, why = probe(state)
+    if code != SUCCESS:
+        raise Failure(ERR_GENERIC, f"VM {params.name!r} does not run here after the migration: {why}")
+    return SUCCESS
+
+
+def validate_all(params: Params) -> int:
+    validate(params)
+    return SUCCESS
+
+
+ACTIONS: dict[str, Callable[[Params], int]] = {
+    "start": start,
+    "stop": stop,
+    "monitor": monitor,
+    "migrate_to": migrate_to,
+    "migrate_from": migrate_from,
+    "validate-all": validate_all,
+}
+
+
+def run(action: str, env: Mapping[str, str] | None = None) -> int:
+    """Carry out one OCF ``action``; its exit code (reasons on stderr)."""
+    if action == "meta-data":
+        print(metadata(), end="")
+        return SUCCESS
+    if action not in ACTIONS:
+        print(f"ocf-exit-reason:the action {action!r} is not implemented", file=sys.stderr)
+        return ERR_UNIMPLEMENTED
+    try:
+        return ACTIONS[action](Params.of(os.environ if env is None else env))
+    except Failure as exc:
+        _reason(exc.message, exc.hint)
+        return exc.code
+    except (MicrovmError, OSError) as exc:
+        _reason(str(exc), None)
+        return ERR_GENERIC
+
+
+def _reason(message: str, hint: str | None) -> None:
+    """The failure as Pacemaker shows it (the first line, ocf-exit-reason:), then the hint."""
+    print(f"ocf-exit-reason:{message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)

@@ -1,0 +1,276 @@
+"""The cluster's configuration side: the agent's meta-data, the host file's cluster options and their checks,
+the resources a host file asks for, and `microvm cluster apply` writing them with Pacemaker's own cibadmin
+into a CIB file (``CIB_file``: every Pacemaker tool works on it as on a live cluster) that crm_verify accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from helpers import build_file, write_vm
+from typer.testing import CliRunner
+
+from microvm.cli.app import app
+from microvm.cluster import agent, pacemaker, resources
+from microvm.config import load_host
+from microvm.errors import ConfigErrors
+
+pacemaker_tools = pytest.mark.skipif(not shutil.which("cibadmin"), reason="needs pacemaker-cli-utils")
+
+
+# --- the agent's meta-data -------------------------------------------------------------
+
+
+def test_meta_data_names_every_action_and_parameter(capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent.run("meta-data", {}) == agent.SUCCESS
+    root = ET.fromstring(capsys.readouterr().out)
+    assert root.tag == "resource-agent" and root.get("name") == "vm" and root.findtext("version") == "1.1"
+    actions = {a.get("name"): a.attrib for a in root.iterfind("./actions/action")}
+    assert set(actions) == {"start", "stop", "monitor", "migrate_to", "migrate_from", "meta-data", "validate-all"}
+    assert set(actions) - {"meta-data"} == set(agent.ACTIONS)  # every action it advertises, it carries out
+    assert actions["monitor"]["interval"] == "10s" and all(a["timeout"].endswith("s") for a in actions.values())
+    parameters = {p.get("name"): p for p in root.iterfind("./parameters/parameter")}
+    assert set(parameters) == {"name", "build", "shared_storage", "require_fencing"}
+    assert parameters["name"].get("required") == "1" and parameters["name"].get("unique-group") == "name"
+    assert parameters["require_fencing"].find("content").attrib == {"type": "boolean", "default": "true"}
+    for parameter in parameters.values():
+        assert parameter.findtext("shortdesc") and parameter.findtext("longdesc")
+
+
+def test_unknown_action_and_missing_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent.run("promote", {}) == agent.ERR_UNIMPLEMENTED
+    assert agent.run("monitor", {}) == agent.ERR_CONFIGURED
+    assert "ocf-exit-reason:the parameter name (the VM's name) is not set" in capsys.readouterr().err
+    assert agent.run("monitor", {"OCF_RESKEY_name": "c1", "OCF_RESKEY_shared_storage": "srv"}) == agent.ERR_CONFIGURED
+    assert "shared_storage='srv' is not an absolute path" in capsys.readouterr().err
+
+
+def test_stop_keeps_a_margin_for_the_hard_kill() -> None:
+    def grace(ms: str) -> float:
+        return agent.Params.of({"OCF_RESKEY_name": "c1", "OCF_RESKEY_CRM_meta_timeout": ms}).stop_grace()
+
+    assert grace("12000") == 7 and grace("180000") == 162 and grace("6000") == 3
+    assert agent.Params.of({"OCF_RESKEY_name": "c1"}).timeout == agent.DEFAULT_TIMEOUT
+
+
+# --- fencing, nodes --------------------------------------------------------------------
+
+CIB = """<cib><configuration><crm_config><cluster_property_set id="o">{props}</cluster_property_set></crm_config>
+<nodes/><resources>{resources}</resources><constraints/></configuration><status/></cib>"""
+STONITH = '<primitive id="fence" class="stonith" type="fence_microvm_test"/>'
+
+
+@pytest.mark.parametrize(
+    ("props", "found", "problem"),
+    [
+        ("", STONITH, None),
+        ('<nvpair id="s" name="stonith-enabled" value="false"/>', STONITH, "fencing is disabled"),
+        ('<nvpair id="s" name="stonith-enabled" value="off"/>', STONITH, "fencing is disabled"),
+        ('<nvpair id="s" name="stonith-enabled" value="true"/>', "", "no fence device"),
+        ("", f'<group id="g">{STONITH}</group>', None),
+    ],
+)
+def test_fencing_problem(props: str, found: str, problem: str | None) -> None:
+    said = pacemaker.fencing_problem(ET.fromstring(CIB.format(props=props, resources=found)))
+    assert said == problem if problem is None else problem in said
+
+
+def test_running_on_reads_crm_mon() -> None:
+    status = ET.fromstring(
+        """<pacemaker-result><resources>
+        <resource id="microvm-a" resource_agent="ocf:microvm:vm" active="true"><node name="n2" id="2"/></resource>
+        <resource id="microvm-b" resource_agent="ocf:microvm:vm" active="false"/>
+        <group id="g"><resource id="x" active="true"><node name="n1" id="1"/></resource></group>
+        </resources></pacemaker-result>"""
+    )
+    assert pacemaker.running_on(status) == {"microvm-a": ["n2"], "x": ["n1"]}
+
+
+# --- host file options and checks ------------------------------------------------------
+
+VM = """
+[guest]
+shell = false
+{kernel}
+[microvm]
+vcpu = 1
+migratable = {migratable}
+[[microvm.volumes]]
+image = "{image}"
+size = 16
+"""
+HOST = """
+[microvm]
+stateDir = "/srv/microvms"
+[microvm.host]
+startupTimeout = 100
+[cluster]
+enable = {enable}
+sharedStorage = "/srv/shared"
+requireFencing = {fencing}
+[microvm.vms.c1]
+config = "c1.toml"
+cluster = true
+[microvm.vms.plain]
+config = {{ guest.shell = false }}
+"""
+
+
+def _host(
+    tmp_path: Path,
+    enable: str = "true",
+    image: str = "/srv/shared/c1.img",
+    migratable: str = "true",
+    kernel: str = "",
+    fencing: str = "true",
+) -> Path:
+    write_vm(tmp_path, VM.format(kernel=kernel, migratable=migratable, image=image), "c1.toml")
+    return write_vm(tmp_path, HOST.format(enable=enable, fencing=fencing), "host.toml")
+
+
+def test_cluster_vm_options_are_checked(tmp_path: Path) -> None:
+    host = load_host(_host(tmp_path))
+    assert host.config.cluster.sharedStorage == "/srv/shared" and host.config.microvm.vms["c1"].cluster
+    assert not host.warnings
+    with pytest.raises(ConfigErrors) as caught:
+        load_host(_host(tmp_path, enable="false"))
+    assert f"{tmp_path}/host.toml: microvm.vms.c1.cluster: a cluster VM needs cluster.enable = true" in str(
+        caught.value
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_host(_host(tmp_path, image="var.img"))
+    assert (
+        f"{tmp_path}/c1.toml: microvm.volumes[0].image: /srv/microvms/c1/var.img is not under "
+        "cluster.sharedStorage /srv/shared" in str(caught.value)
+    )
+    # not migratable: allowed, with a warning (and no allow-migrate, below)
+    warnings = load_host(_host(tmp_path, migratable="false")).warnings
+    assert [w.option for w in warnings] == ["microvm.migratable"] and "shutdown and a boot" in str(warnings[0])
+
+
+def test_a_cluster_vm_cannot_be_autostarted_or_deployed_from_a_source(tmp_path: Path) -> None:
+    _host(tmp_path)
+    text = (tmp_path / "host.toml").read_text().replace('config = "c1.toml"', f'source = "{tmp_path}"')
+    write_vm(tmp_path, text.replace("[microvm]\n", '[microvm]\nautostart = ["c1"]\n', 1), "bad.toml")
+    with pytest.raises(ConfigErrors) as caught:
+        load_host(tmp_path / "bad.toml")
+    message = str(caught.value)
+    assert "microvm.vms.c1.cluster: a cluster VM needs config" in message
+    assert "microvm.autostart[0]: 'c1' is a cluster VM: the cluster starts it, not the host" in message
+
+
+# --- the resources, and cluster apply into a CIB file -----------------------------------
+
+
+@pytest.fixture
+def cluster_host(shared_store, tmp_path: Path) -> Path:
+    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    image = f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"'
+    return _host(tmp_path, kernel=image, fencing="false")
+
+
+def test_wanted_resources(cluster_host: Path, shared_store) -> None:
+    host = load_host(cluster_host)
+    runner = Path("/store/abc-microvm-qemu-c1")
+    want = resources.wanted(host.config, {"c1": host.vms["c1"].config}, {"c1": runner})
+    assert list(want) == ["microvm-c1"]
+    c1 = want["microvm-c1"]
+    assert c1.params == {
+        "name": "c1",
+        "build": str(runner),
+        "shared_storage": "/srv/shared",
+        "require_fencing": "false",
+    }
+    assert c1.meta == {"allow-migrate": "true"}
+    assert c1.ops[("monitor", "10s")] == "30s" and c1.ops[("start", "0s")] == "130s"  # startupTimeout + margin
+    assert c1.ops[("migrate_to", "0s")] == "130s"
+    still = resources.wanted(host.config, {"c1": host.vms["c1"].config.model_copy(deep=True)}, {"c1": runner})
+    assert still == want
+    fixed = host.vms["c1"].config.model_copy(
+        update={"microvm": host.vms["c1"].config.microvm.model_copy(update={"migratable": False})}
+    )
+    moved_by_restart = resources.wanted(host.config, {"c1": fixed}, {"c1": runner})["microvm-c1"]
+    assert moved_by_restart.meta == {} and ("migrate_to", "0s") not in moved_by_restart.ops
+
+
+def _cib(path: Path, props: str = '<nvpair id="o-s" name="stonith-enabled" value="false"/>') -> Path:
+    """An empty CIB file with the cluster options ``props`` and someone else's resource."""
+    empty = ET.fromstring(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, check=True).stdout)
+    config = empty.find("configuration")
+    config.find("crm_config").append(ET.fromstring(f'<cluster_property_set id="o">{props}</cluster_property_set>'))
+    config.find("resources").append(
+        ET.fromstring('<primitive id="web" class="ocf" provider="heartbeat" type="IPaddr2"/>')
+    )
+    path.write_text(ET.tostring(empty, encoding="unicode"))
+    return path
+
+
+def _cluster(args: list[str], cib: Path, monkeypatch: pytest.MonkeyPatch, ok: bool = True) -> str:
+    """`microvm cluster ARGS` on the CIB file; its output, or its error when not ``ok``."""
+    monkeypatch.setenv("CIB_file", str(cib))
+    result = CliRunner().invoke(app, ["cluster", *args])
+    monkeypatch.delenv("CIB_file")
+    assert (result.exit_code == 0) == ok, result.output
+    return result.output if ok else str(result.exception)
+
+
+def _verify(cib: Path) -> None:
+    checked = subprocess.run(["crm_verify", "--xml-file", str(cib)], check=False, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pacemaker_tools
+def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cib = _cib(tmp_path / "cib.xml")
+    planned = _cluster(["plan", str(cluster_host)], cib, monkeypatch)
+    assert "add resource microvm-c1 (VM c1)" in planned
+    assert "microvm-c1" not in cib.read_text()  # plan writes nothing
+    assert "add resource microvm-c1" in _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    _verify(cib)
+    live = ET.parse(cib).getroot()
+    mine = live.find("./configuration/resources/primitive[@id='microvm-c1']")
+    assert {k: mine.get(k) for k in ("class", "provider", "type")} == resources.AGENT
+    assert live.find("./configuration/resources/primitive[@id='web']") is not None  # not ours: untouched
+    params = {p.get("name"): p.get("value") for p in mine.iterfind("./instance_attributes/nvpair")}
+    assert params["name"] == "c1" and Path(params["build"], "bin/microvm-run").exists()
+    assert _cluster(["apply", str(cluster_host)], cib, monkeypatch).strip().endswith("resources: nothing to change")
+
+    # an administrator's meta attribute stays through a change; a longer start timeout is a change
+    subprocess.run(
+        ["crm_resource", "--resource", "microvm-c1", "--meta", "--set-parameter", "target-role", "--parameter-value",
+         "Stopped"],
+        env={**os.environ, "CIB_file": str(cib)}, check=True, capture_output=True,
+    )  # fmt: skip
+    cluster_host.write_text(cluster_host.read_text().replace("startupTimeout = 100", "startupTimeout = 200"))
+    changed = _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    assert (
+        "change resource microvm-c1: op migrate_to 0s timeout 130s -> 230s; op start 0s timeout 130s -> 230s" in changed
+    )
+    _verify(cib)
+    mine = ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']")
+    meta = {p.get("name"): p.get("value") for p in mine.iterfind("./meta_attributes/nvpair")}
+    assert meta == {"target-role": "Stopped", "allow-migrate": "true"}
+
+    # no longer a cluster VM: its resource goes, the other resource stays
+    cluster_host.write_text(cluster_host.read_text().replace("cluster = true", "cluster = false"))
+    assert "remove resource microvm-c1" in _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    ids = [p.get("id") for p in ET.parse(cib).getroot().iterfind("./configuration/resources/primitive")]
+    assert ids == ["web"]
+
+
+@pacemaker_tools
+def test_cluster_apply_refuses_a_cluster_without_fencing(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster_host.write_text(cluster_host.read_text().replace("requireFencing = false", "requireFencing = true"))
+    cib = _cib(tmp_path / "cib.xml")
+    refused = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
+    assert "fencing is disabled in this cluster (the property stonith-enabled is false)" in refused
+    assert "requireFencing = false" in refused and "microvm-c1" not in cib.read_text()
