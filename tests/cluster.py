@@ -66,7 +66,8 @@ COROSYNC_NODE = """    node {{
 """
 
 # dc-deadtime 2s: quorate in ~5 s instead of ~25 s. startup-fencing off: the nodes boot at once on a
-# loaded machine, and one a little late must not be fenced before it joins.
+# loaded machine, and one a little late must not be fenced before it joins. Resources stick where they
+# run (as usual for VMs): a node coming back does not pull them over.
 CIB = f"""<cib validate-with="pacemaker-3.9" epoch="1" num_updates="0" admin_epoch="0">
   <configuration>
     <crm_config>
@@ -78,6 +79,11 @@ CIB = f"""<cib validate-with="pacemaker-3.9" epoch="1" num_updates="0" admin_epo
         <nvpair id="opt-startup-fencing" name="startup-fencing" value="false"/>
       </cluster_property_set>
     </crm_config>
+    <rsc_defaults>
+      <meta_attributes id="rsc-options">
+        <nvpair id="rsc-options-resource-stickiness" name="resource-stickiness" value="100"/>
+      </meta_attributes>
+    </rsc_defaults>
     <nodes/>
     <resources>
       <primitive id="{FENCE_DEVICE}" class="stonith" type="{AGENT.name}">
