@@ -159,9 +159,11 @@ def report(copy_rows: list[str], migrate_rows: list[str]) -> str:
 
 
 def write_section(output: Path, section: str) -> None:
+    """Replace the section with ``section``'s heading (its first line) in ``output``, or append it."""
+    heading = section.split("\n", 1)[0]
     text = output.read_text() if output.exists() else ""
-    if HEADING in text:
-        before, rest = text.split(HEADING, 1)
+    if heading in text:
+        before, rest = text.split(heading, 1)
         after = rest.split("\n## ", 1)
         text = before + section + ("\n## " + after[1] if len(after) > 1 else "")
     else:

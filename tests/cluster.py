@@ -22,10 +22,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers import HOST_PACKAGES, ROOTFS_HOOK, Host, rootfs_tarball, unpacked_rootfs, wait_until
+from helpers import HOST_PACKAGES, ROOTFS_HOOK, Host, rootfs_tarball, unpacked_rootfs, wait_until, write_vm
 from netns import NetNS
 from nspawn import container
-from sshhosts import STORE, Keys, bridge, ssh_ok, sshd_up, wire
+from sshhosts import STORE, Keys, bridge, ssh_ok, sshd_up, ticks, wire
 
 NODES = ("n1", "n2", "n3")
 ADDRESSES = {name: f"10.78.0.{i}" for i, name in enumerate(NODES, 1)}
@@ -160,6 +160,17 @@ elif action in ("off", "on", "reboot", "status") and node:
 else:
     sys.exit(f"{AGENT.name}: cannot {{action}} {{node or 'without a node'}}")
 '''
+
+
+# a host file declaring one cluster VM, the same on every node
+HOST_FILE = f"""
+[cluster]
+enable = true
+sharedStorage = "{SHARED}"
+[microvm.vms.{{name}}]
+config = "{{name}}.toml"
+cluster = true
+"""
 
 
 def _ids(rootfs: Path, database: str, name: str) -> int:
@@ -364,3 +375,19 @@ def three_nodes(tmp: Path) -> Iterator[Cluster]:
         for host in cluster.nodes.values():
             wait_until("ssh between the nodes", lambda h=host: ssh_ok(h, NODES), timeout=60)
         yield cluster
+
+
+def declare(cluster: Cluster, name: str, vm_text: str) -> str:
+    """The VM ``name`` (its file ``vm_text``) as a cluster VM: the host file on every node, `microvm host apply`
+    on each, `microvm cluster apply` on n1; what cluster apply printed."""
+    for host in cluster.nodes.values():
+        write_vm(host.rootfs / "etc/microvm", vm_text, f"{name}.toml")
+        write_vm(host.rootfs / "etc/microvm", HOST_FILE.format(name=name), "host.toml")
+        host.microvm("host", "apply", "/etc/microvm/host.toml")
+    return cluster.nodes[NODES[0]].microvm("cluster", "apply").stdout
+
+
+def boots(cluster: Cluster, name: str) -> dict[str, set[str]]:
+    """The boot ids of the guest of ``name`` (sshhosts.MIGRATING's ticker) on each node's console log."""
+    found = {node: {boot for _, boot in ticks(host, name)} for node, host in cluster.nodes.items()}
+    return {node: ids for node, ids in found.items() if ids}

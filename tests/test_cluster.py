@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from cluster import FENCE_DEVICE, SHARED, three_nodes
+from cluster import FENCE_DEVICE, HOST_FILE, SHARED, boots, declare, three_nodes
 from helpers import build_file, wait_until, write_vm
 from sshhosts import MIGRATING, kernel_settings, ticks
 
@@ -23,14 +23,6 @@ pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
 VM = "cvm"
 RESOURCE = f"microvm-{VM}"
-HOST_FILE = f"""
-[cluster]
-enable = true
-sharedStorage = "{SHARED}"
-[microvm.vms.{VM}]
-config = "{VM}.toml"
-cluster = true
-"""
 
 
 class Sampler:
@@ -104,23 +96,13 @@ def rig(tmp_path_factory, shared_store):
     vm_text = MIGRATING.format(name=VM, image=f"{SHARED}/{VM}.img") + kernel
     build_file(shared_store, write_vm(tmp / "work", vm_text, f"{VM}.toml"))  # the nodes' builds: cache hits
     with three_nodes(tmp) as cluster:
-        for host in cluster.nodes.values():
-            write_vm(host.rootfs / "etc/microvm", vm_text, f"{VM}.toml")
-            write_vm(host.rootfs / "etc/microvm", HOST_FILE, "host.toml")
-            host.microvm("host", "apply", "/etc/microvm/host.toml")
-        applied = cluster.nodes["n1"].microvm("cluster", "apply").stdout
+        applied = declare(cluster, VM, vm_text)
         assert f"add resource {RESOURCE}" in applied, applied
         wait_until(f"{VM} to start", lambda: len(cluster.locate(RESOURCE)) == 1)
-        wait_until(f"{VM} ticking", lambda: _boots(cluster) != {})
+        wait_until(f"{VM} ticking", lambda: boots(cluster, VM) != {})
         print(f"\nthe cluster and {VM} were up in {time.monotonic() - began:.1f} s")
         yield cluster, tmp
     print(f"\nthe module took {time.monotonic() - began:.1f} s")
-
-
-def _boots(cluster) -> dict[str, set[str]]:
-    """The boot ids of the VM's guest on each node's console log."""
-    found = {name: {boot for _, boot in ticks(host, VM)} for name, host in cluster.nodes.items()}
-    return {name: boots for name, boots in found.items() if boots}
 
 
 def _running_on(cluster) -> str:
@@ -146,13 +128,13 @@ def test_the_vm_runs_on_exactly_one_node(rig) -> None:
 def test_node_loss_fences_the_node_and_boots_the_vm_elsewhere(rig) -> None:
     cluster, tmp = rig
     victim = _running_on(cluster)
-    seen = set().union(*_boots(cluster).values())
+    seen = set().union(*boots(cluster, VM).values())
     with Sampler(cluster, tmp / "shared" / f"{VM}.img") as sampler:
         crashed = time.monotonic()
         cluster.crash(victim)
 
         def booted_elsewhere() -> bool:
-            return any(boots - seen for name, boots in _boots(cluster).items() if name != victim)
+            return any(boots - seen for name, boots in boots(cluster, VM).items() if name != victim)
 
         wait_until(f"{VM} booted on another node", booted_elsewhere)
         marker = time.monotonic()
@@ -168,7 +150,7 @@ def test_node_loss_fences_the_node_and_boots_the_vm_elsewhere(rig) -> None:
 def test_drain_moves_the_vm_live(rig) -> None:
     cluster, _ = rig
     source = _running_on(cluster)
-    [boot] = _boots(cluster)[source] - set().union(*(b for n, b in _boots(cluster).items() if n != source))
+    [boot] = boots(cluster, VM)[source] - set().union(*(b for n, b in boots(cluster, VM).items() if n != source))
     host = cluster.nodes[source]
     began = time.monotonic()
     host.box.run("crm_attribute", "--node", source, "--name", "standby", "--update", "on")
@@ -216,7 +198,7 @@ def test_qemu_refuses_the_volume_held_on_another_node(rig) -> None:
     cluster, _ = rig
     node = _running_on(cluster)
     [boot] = {b for _, b in ticks(cluster.nodes[node], VM)} - set().union(
-        *(b for n, b in _boots(cluster).items() if n != node)
+        *(b for n, b in boots(cluster, VM).items() if n != node)
     )
     other = cluster.nodes[next(n for n in cluster.nodes if n != node)]
     other.microvm("start", VM, check=False)
@@ -250,7 +232,7 @@ def test_bad_input_through_the_cluster_is_refused_clearly(rig, shared_store) -> 
     assert code == 6 and "writes outside the shared storage" in said, said  # OCF_ERR_CONFIGURED
     assert f"microvm.volumes[0].image = /var/lib/microvms/{VM}/local.img" in said, said
     write_vm(n1.rootfs / "etc/microvm/local", local, f"{VM}.toml")
-    write_vm(n1.rootfs / "etc/microvm/local", HOST_FILE, "host.toml")
+    write_vm(n1.rootfs / "etc/microvm/local", HOST_FILE.format(name=VM), "host.toml")
     refused = n1.microvm("cluster", "apply", "/etc/microvm/local/host.toml", check=False)
     assert refused.returncode == 1 and "is not under cluster.sharedStorage" in refused.stderr, refused.stderr
     assert "microvm.volumes[0].image" in refused.stderr, refused.stderr
