@@ -41,6 +41,8 @@ RESOURCE = f"microvm-{VM}"
 
 
 def _running_on(cluster: Cluster) -> str:
+    """Where the VM runs, once the cluster has nothing left to do (a round starts from a quiet cluster)."""
+    cluster.settle()
     [node] = cluster.locate(RESOURCE)
     return node
 
@@ -70,6 +72,9 @@ def fail_over(cluster: Cluster) -> tuple[float, float, float]:
     fenced = next(when for name, when in cluster.fenced if name == victim and when > crashed)
     requested = _start_requested(cluster, new[0], wall) - wall + crashed
     cluster.restart(victim)
+    print(
+        f"fail-over from {victim} to {new[0]}: {fenced - crashed:.1f} + {requested - fenced:.1f} + {marker - requested:.1f} s"
+    )
     return fenced - crashed, requested - fenced, marker - requested
 
 
@@ -82,6 +87,7 @@ def drain(cluster: Cluster) -> float:
     wait_until(f"{VM} off {source}", lambda: len(set(cluster.locate(RESOURCE)) - {source}) == 1, 120)
     wait_until("the migration to end", lambda: len(cluster.locate(RESOURCE)) == 1, 60)
     took = time.monotonic() - began
+    print(f"drain from {source}: {took:.1f} s")
     run("crm_attribute", "--node", source, "--name", "standby", "--update", "off")
     return took
 
