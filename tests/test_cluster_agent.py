@@ -7,12 +7,11 @@ three-node cluster tests (fail-over, drain, split) are in their own module.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from helpers import CACHE, STATE, Host, build_file, unpacked_rootfs, wait_until, write_vm
+from helpers import CACHE, STATE, Host, build_file, nspawn_kernel, unpacked_rootfs, wait_until, write_vm
 from nspawn import container
 
 from microvm.cluster import agent
@@ -41,9 +40,7 @@ size = 16
 
 @pytest.fixture
 def node(shared_store, tmp_path: Path):
-    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
-        pytest.skip("needs systemd-nspawn")
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    kernel = nspawn_kernel(shared_store, tmp_path)
     work = tmp_path / "work"
     vm = {"name": "c1", "kernel": kernel, "image": f"{SHARED}/c1-var.img", "deaf": ""}
     write_vm(work, VM.format(**vm), "c1.toml")
@@ -93,6 +90,9 @@ def test_agent_actions_on_systemd(node) -> None:
     # installed, never started by the host: not in the autostart target, no install unit
     assert not host.active("c1") and "c1" not in host.systemctl("show", "-P", "Wants", "microvms.target")
     assert host.microvm("host", "apply", str(host_file)).stdout.strip() == "nothing to change"
+    refused = host.microvm("start", "c1", check=False)
+    assert refused.returncode != 0 and "VM 'c1' is run by the cluster" in refused.stderr
+    assert "pcs resource enable microvm-c1" in refused.stderr and not host.active("c1")
 
     assert ocf(host, "meta-data")[0] == agent.SUCCESS
     assert ocf(host, "monitor")[0] == agent.NOT_RUNNING

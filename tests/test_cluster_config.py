@@ -5,6 +5,7 @@ into a CIB file (``CIB_file``: every Pacemaker tool works on it as on a live clu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,10 +16,12 @@ import pytest
 from helpers import build_file, write_vm
 from typer.testing import CliRunner
 
+from microvm.cli import show
 from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
 from microvm.config import load_host
 from microvm.errors import ConfigErrors
+from microvm.host import units
 
 pacemaker_tools = pytest.mark.skipif(not shutil.which("cibadmin"), reason="needs pacemaker-cli-utils")
 
@@ -40,6 +43,23 @@ def test_meta_data_names_every_action_and_parameter(capsys: pytest.CaptureFixtur
     assert parameters["require_fencing"].find("content").attrib == {"type": "boolean", "default": "true"}
     for parameter in parameters.values():
         assert parameter.findtext("shortdesc") and parameter.findtext("longdesc")
+
+
+def test_the_installed_agent_runs_with_an_empty_environment(tmp_path: Path) -> None:
+    """The script `host apply` installs: Pacemaker runs it with almost no environment; it brings the host's."""
+    script = tmp_path / "vm"
+    script.write_text(units.ocf_agent(tmp_path / "state dir's", tmp_path / "store"))
+    script.chmod(0o755)
+    described = subprocess.run(["env", "-i", str(script), "meta-data"], capture_output=True, text=True, check=False)
+    assert described.returncode == 0 and ET.fromstring(described.stdout).get("name") == "vm", described.stderr
+    exported = subprocess.run(
+        ["env", "-i", "sh", "-c", f'sed "s/^exec .*/env/" {script} | sh'], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    assert f"MICROVM_STATE_DIR={tmp_path}/state dir's" in exported and f"MICROVM_STORE={tmp_path}/store" in exported
+    assert any(line.startswith("PATH=") and "/usr/bin" in line for line in exported)
+    if shutil.which("shellcheck"):
+        checked = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stdout
 
 
 def test_unknown_action_and_missing_name(capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,7 +108,7 @@ def test_running_on_reads_crm_mon() -> None:
         <group id="g"><resource id="x" active="true"><node name="n1" id="1"/></resource></group>
         </resources></pacemaker-result>"""
     )
-    assert pacemaker.running_on(status) == {"microvm-a": ["n2"], "x": ["n1"]}
+    assert pacemaker.running_on(status) == {"microvm-a": ["n2"], "microvm-b": [], "x": ["n1"]}
 
 
 # --- host file options and checks ------------------------------------------------------
@@ -198,6 +218,38 @@ def test_wanted_resources(cluster_host: Path, shared_store) -> None:
     assert moved_by_restart.meta == {} and ("migrate_to", "0s") not in moved_by_restart.ops
 
 
+def test_diff_touches_only_the_agents_microvm_resources() -> None:
+    want = {
+        "microvm-a": resources.Resource("microvm-a", {"name": "a", "build": "/s/new"}, {}, {("monitor", "10s"): "30s"}),
+        "microvm-new": resources.Resource("microvm-new", {"name": "new"}, {}, {}),
+    }
+    live = ET.fromstring(
+        CIB.format(
+            props="",
+            resources=ET.tostring(
+                resources.Resource("microvm-a", {"name": "a", "build": "/s/old"}, {}, {("monitor", "10s"): "30s"}).xml(
+                    {"target-role": "Stopped"}
+                ),
+                encoding="unicode",
+            )
+            + '<primitive id="microvm-gone" class="ocf" provider="microvm" type="vm"/>'
+            + '<primitive id="microvm-other" class="ocf" provider="heartbeat" type="Dummy"/>'
+            + '<primitive id="web" class="ocf" provider="heartbeat" type="IPaddr2"/>',
+        )
+    )
+    found = resources.diff(live, want)
+    assert [r.id for r in found.add] == ["microvm-new"] and found.remove == ["microvm-gone"]
+    ((changed, kept, why),) = found.change
+    assert changed is want["microvm-a"] and kept == {"target-role": "Stopped"} and why == ["build /s/old -> /s/new"]
+    assert found.describe() == [
+        "add resource microvm-new (VM new)",
+        "change resource microvm-a: build /s/old -> /s/new",
+        "remove resource microvm-gone (the cluster stops it)",
+    ]
+    same = {rid: resource for rid, (resource, _) in resources.ours(live).items()}
+    assert set(same) == {"microvm-a", "microvm-gone"} and not resources.diff(live, same)  # as it is: no change
+
+
 def _cib(path: Path, props: str = '<nvpair id="o-s" name="stonith-enabled" value="false"/>') -> Path:
     """An empty CIB file with the cluster options ``props`` and someone else's resource."""
     empty = ET.fromstring(subprocess.run(["cibadmin", "--empty"], capture_output=True, text=True, check=True).stdout)
@@ -266,6 +318,19 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
 
 
 @pacemaker_tools
+def test_cluster_apply_writes_the_resources_even_when_a_node_cannot_get_the_builds(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cib = _cib(tmp_path / "cib.xml")
+    nodes = f'<node id="1" uname="{os.uname().nodename}"/><node id="2" uname="no such node"/>'
+    cib.write_text(cib.read_text().replace("<nodes />", f"<nodes>{nodes}</nodes>"))
+    assert "to no such node" in _cluster(["plan", str(cluster_host)], cib, monkeypatch)  # this host: no copy
+    failed = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
+    assert "the builds are not on no such node: the cluster runs these VMs on the other nodes only" in failed
+    assert ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']") is not None
+
+
+@pacemaker_tools
 def test_cluster_apply_refuses_a_cluster_without_fencing(
     cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,3 +339,55 @@ def test_cluster_apply_refuses_a_cluster_without_fencing(
     refused = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
     assert "fencing is disabled in this cluster (the property stonith-enabled is false)" in refused
     assert "requireFencing = false" in refused and "microvm-c1" not in cib.read_text()
+
+
+# --- list and status on a cluster node --------------------------------------------------
+
+PLACED = """<cib crm_feature_set="3.16.1" validate-with="pacemaker-3.9" epoch="3" num_updates="0" admin_epoch="0"
+ have-quorum="1" dc-uuid="1"><configuration>
+<crm_config><cluster_property_set id="o"><nvpair id="o-s" name="stonith-enabled" value="false"/></cluster_property_set>
+</crm_config><nodes><node id="1" uname="n1"/><node id="2" uname="n2"/></nodes>
+<resources><primitive id="microvm-a" class="ocf" provider="microvm" type="vm"/>
+<primitive id="microvm-b" class="ocf" provider="microvm" type="vm"/></resources><constraints/></configuration>
+<status><node_state id="2" uname="n2" in_ccm="true" crmd="online" join="member" expected="member">
+<lrm id="2"><lrm_resources><lrm_resource id="microvm-a" class="ocf" provider="microvm" type="vm">
+<lrm_rsc_op id="microvm-a_last_0" operation_key="microvm-a_start_0" operation="start" crm_feature_set="3.16.1"
+ transition-key="1:1:0:6f1a3c4e-0000-0000-0000-000000000001"
+ transition-magic="0:0;1:1:0:6f1a3c4e-0000-0000-0000-000000000001" on_node="n2" call-id="5" rc-code="0"
+ op-status="0" interval="0" last-rc-change="1700000000" exec-time="10" queue-time="0" op-digest="0"/>
+</lrm_resource></lrm_resources></lrm></node_state>
+<node_state id="1" uname="n1" in_ccm="true" crmd="online" join="member" expected="member"/></status></cib>"""
+
+
+def _installed(state_dir: Path, name: str) -> None:
+    """VM ``name`` installed (its current runner's vm.json is all list reads), not running here."""
+    runner = state_dir / f"runner-{name}"
+    (runner / "share/microvm").mkdir(parents=True)
+    (runner / "share/microvm/vm.json").write_text('{"microvm": {"hypervisor": "qemu"}, "guest": {}}')
+    (state_dir / name).mkdir(parents=True)
+    (state_dir / name / "current").symlink_to(runner)
+
+
+@pacemaker_tools
+def test_list_and_status_show_the_node_of_cluster_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = Path(os.environ["MICROVM_STATE_DIR"])
+    for name in ("a", "b", "local"):
+        _installed(state_dir, name)
+    (tmp_path / "cib.xml").write_text(PLACED)
+    show.list_command(as_json=True)
+    assert [vm["node"] for vm in json.loads(capsys.readouterr().out)] == [None, None, None]  # not a cluster node
+    agent_file = tmp_path / "vm"
+    agent_file.touch()
+    monkeypatch.setattr(show, "OCF_AGENT", agent_file)  # where `host apply` put the agent on a cluster node
+    monkeypatch.setenv("CIB_file", str(tmp_path / "cib.xml"))
+    show.list_command(as_json=True)
+    listed = {vm["name"]: vm for vm in json.loads(capsys.readouterr().out)}
+    assert {name: vm["node"] for name, vm in listed.items()} == {"a": "n2", "b": "", "local": None}
+    assert listed["a"]["command"] is None and listed["local"]["command"]  # the cluster starts a, not microvm
+    show.list_command(as_json=False)
+    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert table[0][-2:] == ["NODE", "NEXT"] and table[1][-1] == "n2" and table[2][-1] == "stopped"
+    show.status_command("a", as_json=False)
+    assert "node: n2" in capsys.readouterr().out.splitlines()

@@ -147,7 +147,7 @@ def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
 
 def _command_in_child(*argv: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """`microvm ARGV` in a fresh interpreter, and which of the heavy modules it imported."""
-    heavy = ("typer", "click", "rich", "pydantic", "microvm.config", "microvm.runner.build")
+    heavy = ("typer", "click", "rich", "pydantic", "microvm.config", "microvm.runner.build", "microvm.cluster")
     probe = (
         "import atexit, sys; "
         f"atexit.register(lambda: print('loaded', *[m for m in {heavy!r} if m in sys.modules], file=sys.stderr)); "
@@ -171,7 +171,7 @@ def _installed(tmp_path: Path) -> Path:
 
 STATUS_KEYS = {
     "name", "state", "running", "hypervisor", "vcpu", "mem", "addresses", "uptime",
-    "advice", "command", "source", "current", "booted",
+    "advice", "command", "source", "current", "booted", "node",
 }  # fmt: skip
 
 
@@ -189,7 +189,7 @@ def test_list_and_status_run_without_typer_or_the_option_model(tmp_path: Path) -
     assert vm | {"source": None} == {
         "name": "fast", "state": "not booted", "running": False, "hypervisor": "qemu", "vcpu": 1, "mem": 128,
         "addresses": [], "uptime": None, "advice": "start with", "command": "microvm start fast", "source": None,
-        "current": runner, "booted": None,
+        "current": runner, "booted": None, "node": None,
     }  # fmt: skip
     assert vm["source"] == str(tmp_path / "src")
 

@@ -16,7 +16,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CACHE, REPO, STATE, Host, build_file, rootfs_tarball, unpacked_rootfs, wait_until, write_vm
+from helpers import (
+    CACHE,
+    REPO,
+    STATE,
+    Host,
+    nspawn_kernel,
+    rootfs_tarball,
+    unpacked_rootfs,
+    wait_until,
+    write_vm,
+)
 from nspawn import _children, container
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
@@ -54,9 +64,7 @@ mem = {mem}
 @pytest.fixture
 def setup(shared_store, tmp_path: Path):
     """The rootfs, the VM files (using the kernel already in the shared store) and the host file."""
-    if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
-        pytest.skip("needs systemd-nspawn")
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    kernel = nspawn_kernel(shared_store, tmp_path)
     work = tmp_path / "work"
     write_vm(
         work,

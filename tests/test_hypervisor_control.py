@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import socketserver
 import subprocess
 import threading
@@ -256,3 +257,28 @@ def test_no_control_side_without_a_control_socket(hypervisor: str) -> None:
     with pytest.raises(MicrovmError, match=f"{hypervisor} has no control socket") as info:
         capable(hypervisor, Control)
     assert "qemu" in str(info.value.hint)
+
+
+def test_qemu_fault_is_qmps_run_state(qemu: Qemu) -> None:
+    """The cluster's monitor: a guest qemu keeps but that will not run on is a fault, paused or not yet
+    started is not; a qemu that stopped answering is one too, within the timeout."""
+    backend = capable("qemu", Control)
+    assert backend.fault(qemu.control) is None  # prelaunch (-S)
+    qmp.execute(qemu.control, "cont")
+    assert backend.fault(qemu.control) is None
+    qmp.execute(qemu.control, "migrate", {"uri": "exec:cat > /dev/null"})  # sent away: qemu is left postmigrate
+    deadline = time.monotonic() + 30
+    while qmp.execute(qemu.control, "query-migrate").get("status") != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert backend.fault(qemu.control) == "qemu reports the VM postmigrate"
+    qemu.process.send_signal(signal.SIGSTOP)
+    began = time.monotonic()
+    try:
+        assert "no answer within 5 s" in backend.fault(qemu.control)
+    finally:
+        qemu.process.send_signal(signal.SIGCONT)
+    assert time.monotonic() - began < 8
+    qemu.process.kill()
+    qemu.process.wait()
+    assert "cannot connect to the QMP socket" in backend.fault(qemu.control)

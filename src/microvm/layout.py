@@ -48,6 +48,10 @@ CREDENTIALS_DIRS = {"busybox": "/run/credentials", "debian": "/run/microvm/crede
 # The name of the virtio-serial port on which a guest with microvm.readiness says READY=1.
 READINESS_PORT = "org.microvm.ready"
 
+# The cluster's resource agent ocf:microvm:vm: `host apply` installs it on a cluster node, `list` asks the
+# cluster where its VMs run only where it is.
+OCF_AGENT = Path("/usr/lib/ocf/resource.d/microvm/vm")
+
 # The one entry of the helper programs runners and units run (microvm/helpers.py).
 HELPERS = "microvm.helpers"
 

@@ -15,6 +15,7 @@ from typing import TextIO
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.statedir import VMState, default_state_dir
+from ..layout import OCF_AGENT
 
 ANSI = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 # microvm.nix's colours: a VM's name by whether it runs, its state by what it needs
@@ -48,9 +49,10 @@ def name_colour(vm: lifecycle.Status) -> str:
     return "green" if vm.running else "yellow" if vm.booted else "red"
 
 
-def row(vm: lifecycle.Status) -> list[tuple[str, str | None]]:
-    """The table's cells of one VM, each with its colour."""
+def row(vm: lifecycle.Status, nodes: bool) -> list[tuple[str, str | None]]:
+    """The table's cells of one VM, each with its colour (and its cluster node, on a cluster node)."""
     mem = f"{vm.mem} MB" if vm.mem is not None else "-"
+    node = [(vm.node or ("stopped" if vm.node == "" else "-"), None)] if nodes else []
     return [
         (vm.name, name_colour(vm)),
         (vm.state, STATE_COLOURS.get(vm.state)),
@@ -59,14 +61,17 @@ def row(vm: lifecycle.Status) -> list[tuple[str, str | None]]:
         (mem, None),
         (", ".join(vm.addresses) or "-", None),
         (uptime(vm.uptime), None),
+        *node,
         (vm.command or "", "bold"),
     ]
 
 
 def table(vms: list[lifecycle.Status], colour: bool) -> str:
     """Aligned columns; the colour codes are added after padding so they do not count as width."""
-    rows = [[(c, "dim") for c in COLUMNS], *(row(vm) for vm in vms)]
-    widths = [max(len(r[i][0]) for r in rows) for i in range(len(COLUMNS))]
+    nodes = any(vm.node is not None for vm in vms)
+    columns = [*COLUMNS[:-1], "NODE", COLUMNS[-1]] if nodes else COLUMNS
+    rows = [[(c, "dim") for c in columns], *(row(vm, nodes) for vm in vms)]
+    widths = [max(len(r[i][0]) for r in rows) for i in range(len(columns))]
     lines = []
     for cells in rows:
         padded = [
@@ -76,8 +81,34 @@ def table(vms: list[lifecycle.Status], colour: bool) -> str:
     return "\n".join(lines)
 
 
+def cluster_nodes() -> dict[str, list[str]]:
+    """Where the cluster runs its VMs, by name: one crm_mon call, only on a cluster node (where `host apply`
+    installed the resource agent); elsewhere no process and no import more."""
+    if not OCF_AGENT.exists():
+        return {}
+    # late on purpose: only a cluster node loads the cluster's module (list stays fast elsewhere)
+    from ..cluster.pacemaker import vm_nodes
+
+    try:
+        return vm_nodes()
+    except MicrovmError as exc:
+        print(f"microvm: cannot tell where the cluster runs its VMs: {exc.message}", file=sys.stderr)
+        return {}
+
+
+def with_nodes(vms: list[lifecycle.Status]) -> list[lifecycle.Status]:
+    """``vms`` with the node of each cluster VM; one the cluster runs elsewhere needs nothing done here."""
+    if placed := cluster_nodes():
+        for vm in vms:
+            if vm.name in placed:
+                vm.node = ", ".join(placed[vm.name])
+                if not vm.running:
+                    vm.advice = vm.command = None
+    return vms
+
+
 def list_command(as_json: bool) -> None:
-    vms = lifecycle.list_vms()
+    vms = with_nodes(lifecycle.list_vms())
     if as_json:
         print(json.dumps([vm.to_json() for vm in vms], indent=1))
     elif not vms:
@@ -90,7 +121,7 @@ def status_command(name: str, as_json: bool) -> None:
     state = VMState.of(name)
     if not state.installed:
         raise MicrovmError(f"VM {name!r} is not installed in {state.path.parent}")
-    vm = lifecycle.status(state)
+    (vm,) = with_nodes([lifecycle.status(state)])
     if as_json:
         print(json.dumps(vm.to_json(), indent=1))
         return
@@ -105,6 +136,7 @@ def status_command(name: str, as_json: bool) -> None:
         "current": str(vm.current),
         "booted": str(vm.booted_runner or "-"),
         "source": vm.source or "-",
+        **({"node": vm.node or "(stopped by the cluster)"} if vm.node is not None else {}),
     }
     print("\n".join([summary, *(f"{key}: {value}" for key, value in fields.items())]))
     if systemd.running():

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import MicrovmError
-from ..host import systemd
-from ..host.statedir import VMState, locked
+from ..host import lifecycle, systemd
+from ..host.statedir import VMState
 from ..host.units import cluster_dropin
 from ..hypervisors import Control, get
 from ..layout import runner_config, written_paths
@@ -247,14 +247,9 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
-def unit_state(name: str) -> str:
-    """active, activating, deactivating, failed, inactive ... of ``microvm@NAME``."""
-    return systemd.systemctl("show", "-P", "ActiveState", systemd.unit(name), check=False).strip()
-
-
 def probe(state: VMState) -> tuple[int, str]:
     """monitor's answer and why: running by the hypervisor's own state, cleanly stopped, or failed."""
-    unit = unit_state(state.name)
+    unit = systemd.active_state(state.name)
     if unit == "inactive":
         if state.running_here():
             return ERR_GENERIC, f"VM {state.name!r} runs outside its unit {systemd.unit(state.name)}"
@@ -297,15 +292,14 @@ def start(params: Params) -> int:
     if probe(state)[0] == SUCCESS:
         return SUCCESS
     if state.current != checked.runner:
-        with locked(name) as held:
-            held.switch_current(checked.runner)
+        lifecycle.install_built(name, checked.runner)
     _restart_off(params)
     systemd.systemctl("reset-failed", systemd.unit(name), check=False)
     # returns once the unit started (a notify unit: once the guest said it is ready), or failed to
     systemd.systemctl("start", systemd.unit(name), check=False)
     deadline = time.monotonic() + params.timeout
     while (found := probe(state))[0] != SUCCESS:
-        if unit_state(name) in ("failed", "inactive") or time.monotonic() > deadline:
+        if systemd.active_state(name) in ("failed", "inactive") or time.monotonic() > deadline:
             raise Failure(
                 ERR_GENERIC, f"VM {name!r} did not start: {found[1]}", hint=f"journalctl -u {systemd.unit(name)}"
             )
@@ -315,7 +309,7 @@ def start(params: Params) -> int:
 
 def _until_stopped(name: str, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while unit_state(name) not in ("inactive", "failed"):
+    while systemd.active_state(name) not in ("inactive", "failed"):
         if time.monotonic() > deadline:
             return False
         time.sleep(POLL)
@@ -330,7 +324,7 @@ def stop(params: Params) -> int:
         print(f"VM {name!r} did not shut down within {params.stop_grace():g} s: killing it", file=sys.stderr)
         systemd.systemctl("kill", "--signal=SIGKILL", unit, check=False)
         if not _until_stopped(name, params.timeout - params.stop_grace()):
-            raise Failure(ERR_GENERIC, f"VM {name!r} is still {unit_state(name)} after a hard kill")
+            raise Failure(ERR_GENERIC, f"VM {name!r} is still {systemd.active_state(name)} after a hard kill")
     systemd.systemctl("reset-failed", unit, check=False)  # a VM killed hard is stopped, not failed
     return SUCCESS
 

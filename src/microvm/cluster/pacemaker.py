@@ -6,18 +6,15 @@ decisions to pure functions that tests can feed a CIB of their own.
 
 from __future__ import annotations
 
-import shutil
+import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from .. import proc
 from ..errors import CommandError, MicrovmError
 
 TRUE = frozenset({"true", "on", "yes", "y", "1"})  # Pacemaker's booleans (crm_is_true)
 FALSE = frozenset({"false", "off", "no", "n", "0"})
-# crm_mon and crm_node exist only on cluster nodes: their absence is how list/status know they are not on one
-CRM_MON = "crm_mon"
-COROSYNC_CONF = Path("/etc/corosync/corosync.conf")
+PREFIX = "microvm-"  # the ids of our resources: microvm-NAME
 
 
 def boolean(text: str) -> bool | None:
@@ -54,38 +51,24 @@ def fencing_problem(cib: ET.Element) -> str | None:
     return None
 
 
-def cluster_nodes() -> list[str]:
-    """The names of the cluster's nodes (``crm_node -l``: ``ID NAME STATE`` lines)."""
-    try:
-        lines = proc.run(["crm_node", "-l"]).stdout.splitlines()
-    except CommandError as exc:
-        raise MicrovmError(
-            f"cannot list the cluster's nodes: {exc}", hint="is this node in a running cluster?"
-        ) from None
-    return [fields[1] for line in lines if len(fields := line.split()) >= 2]
-
-
 def local_node() -> str:
-    """This node's name in the cluster (``crm_node -n``)."""
-    return proc.run(["crm_node", "-n"]).stdout.strip()
+    """This node's name in the cluster (``crm_node -n``); where no cluster runs (a ``CIB_file``), the host
+    name, which is also Pacemaker's default node name."""
+    found = proc.run(["crm_node", "-n"], check=False)
+    return found.stdout.strip() if found.returncode == 0 else os.uname().nodename
 
 
-def is_cluster_node() -> bool:
-    """This host runs a cluster node: corosync is configured and Pacemaker's tools are here (no process started)."""
-    return COROSYNC_CONF.exists() and shutil.which(CRM_MON) is not None
-
-
-def resource_nodes() -> dict[str, list[str]]:
-    """Where each resource runs, by resource id, from one ``crm_mon`` call."""
-    return running_on(_xml([CRM_MON, "--one-shot", "--output-as=xml", "--include=resources"], "where resources run"))
+def vm_nodes() -> dict[str, list[str]]:
+    """Where the cluster runs each of its VMs (no node: stopped), by VM name, from one ``crm_mon`` call."""
+    status = _xml(["crm_mon", "--one-shot", "--output-as=xml"], "where the cluster runs its resources")
+    return {rid.removeprefix(PREFIX): nodes for rid, nodes in running_on(status).items() if rid.startswith(PREFIX)}
 
 
 def running_on(status: ET.Element) -> dict[str, list[str]]:
-    """crm_mon's XML -> resource id -> the nodes it is active on."""
+    """crm_mon's XML -> resource id -> the nodes it is active on (none while stopped)."""
     return {
         resource.get("id", ""): [node.get("name", "") for node in resource.iterfind("node")]
         for resource in status.iterfind(".//resources//resource")
-        if resource.get("active") == "true"
     }
 
 

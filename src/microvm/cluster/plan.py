@@ -69,11 +69,21 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
 
 
 def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> None:
-    """Copy the builds to the other nodes, then write the resources (added, changed, removed)."""
+    """Copy the builds to the other nodes, then write the resources (added, changed, removed).
+
+    A node that cannot be reached (down, in maintenance) does not hold the others up: the resources are
+    written, its agent refuses to start a build it lacks (so the cluster runs the VM elsewhere), and the
+    command fails at the end naming it, to be run again once it is back.
+    """
+    missed = []
     for node in result.nodes:
-        for name, build in result.builds.items():
-            copied = copy_to(Remote.parse(node), str(build), store)
-            report(f"{node}: build of {name}: {len(copied.entries)} of {copied.total} store entries sent")
+        try:
+            for name, build in result.builds.items():
+                copied = copy_to(Remote.parse(node), str(build), store)
+                report(f"{node}: build of {name}: {len(copied.entries)} of {copied.total} store entries sent")
+        except MicrovmError as exc:
+            report(f"{node}: the builds were not copied: {exc.message}")
+            missed.append(node)
     for resource in result.diff.add:
         report(f"add resource {resource.id}")
         pacemaker.create("resources", resource.text())
@@ -83,3 +93,8 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
     for rid in result.diff.remove:
         report(f"remove resource {rid}")
         pacemaker.delete(ET.tostring(ET.Element("primitive", id=rid), encoding="unicode"))
+    if missed:
+        raise MicrovmError(
+            f"the builds are not on {', '.join(missed)}: the cluster runs these VMs on the other nodes only",
+            hint="run microvm cluster apply again once they are reachable",
+        )

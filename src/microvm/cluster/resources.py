@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model.options import HostConfig, VMConfig
+from .pacemaker import PREFIX
 
-PREFIX = "microvm-"
 AGENT = {"class": "ocf", "provider": "microvm", "type": "vm"}
 MONITOR_INTERVAL = 10  # s
 MONITOR_TIMEOUT = 30  # s

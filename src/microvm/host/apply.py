@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
+from ..layout import OCF_AGENT
 from ..runner import privileges
 from ..runner.build import build_vm
 from ..store import PRIVATE_GROUP, Store
@@ -194,10 +195,10 @@ def plan(
         loaded = host.vms.get(name)
         wanted |= units.vm_dropins(name, declared, loaded.config if loaded else None, state_dir)
         if declared.cluster:
-            wanted[f"microvm@{name}.service.d/{units.CLUSTER_DROPIN}"] = units.cluster_dropin(
+            wanted[f"microvm@{name}.service.d/{systemd.CLUSTER_DROPIN}"] = units.cluster_dropin(
                 host.config.cluster.sharedStorage
             )
-    kinds = ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, units.CLUSTER_DROPIN)
+    kinds = ("install.conf", units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, systemd.CLUSTER_DROPIN)
     dropins = [f"microvm@*.service.d/{d}" for d in kinds]
     stale = generated(unit_dir, "install-microvm-*.service", *dropins, DNSMASQ_UNITS, units.WEB)
     files = unit_file_changes(unit_dir, wanted, enable=[units.TARGET, *net_units, *web], stale=stale)
@@ -221,9 +222,9 @@ def plan(
 def _cluster_agent(enable: bool, state_dir: Path, store: Store) -> list[Change]:
     """The resource agent Pacemaker runs (root's, mode 0755) on a cluster node; removed when no longer one."""
     if enable:
-        return write_if_changed(units.OCF_AGENT, units.ocf_agent(state_dir, store.root), 0o755)
-    if units.OCF_AGENT.exists() and HEADER in units.OCF_AGENT.read_text():
-        return [RemoveFile(units.OCF_AGENT)]
+        return write_if_changed(OCF_AGENT, units.ocf_agent(state_dir, store.root), 0o755)
+    if OCF_AGENT.exists() and HEADER in OCF_AGENT.read_text():
+        return [RemoveFile(OCF_AGENT)]
     return []
 
 

@@ -130,12 +130,17 @@ def update(name: str, store: Store, state_dir: Path | None = None, progress: Pro
 
 
 def install_built(name: str, runner: Path, state_dir: Path | None = None) -> Change:
-    """Install a runner built on another host (microvm deploy): create the VM on first use, switch it after."""
+    """Install a runner built on another host (microvm deploy, migrate, the cluster's start): create the VM on
+    first use, switch it after."""
     if not (runner / "bin" / "microvm-run").exists():
         raise MicrovmError(f"{runner} is not a VM runner (no bin/microvm-run)", hint="copy it here first")
     with locked(name, state_dir) as state:
-        if state.declared_by is not None and state.current == runner:
-            return Change(state, runner, runner)  # a cluster VM migrating in: the host file installed this build
+        if state.declared_by is not None and systemd.cluster_managed(name):
+            # the cluster picks the build of a VM the host file declares for it (its resource's, or a migration's)
+            old = state.current
+            if old != runner:
+                state.switch_current(runner)
+            return Change(state, old, runner)
         if state.declared_by is not None:
             raise MicrovmError(
                 f"VM {name!r} is declared fully in {state.declared_by}; it is updated with the host",
@@ -168,6 +173,12 @@ def control(action: str, name: str, state_dir: Path | None = None) -> None:
     """``systemctl start|stop|restart microvm@NAME.service``, once the name is valid and, to start, its runner
     is still in the store (said here, not by a unit that fails)."""
     state = VMState.of(name, state_dir)
+    if systemd.cluster_managed(name):
+        verb = {"start": "enable", "stop": "disable", "restart": "restart"}[action]
+        raise MicrovmError(
+            f"VM {name!r} is run by the cluster: {action} it there, or the cluster undoes it (or runs it twice)",
+            hint=f"pcs resource {verb} microvm-{name}, or crm resource {action} microvm-{name}",
+        )
     if action != "stop" and state.runner_missing:
         raise state.missing_runner_error()
     systemd.control(action, name)
@@ -194,6 +205,7 @@ class Status:
     uptime: float | None = None  # seconds since it was started, while it runs
     current: Path | None = None
     booted_runner: Path | None = None
+    node: str | None = None  # a cluster VM: the nodes the cluster runs it on ("" while it is stopped)
 
     @property
     def next_step(self) -> str | None:
@@ -215,6 +227,7 @@ class Status:
             "source": self.source,
             "current": str(self.current) if self.current else None,
             "booted": str(self.booted_runner) if self.booted_runner else None,
+            "node": self.node,
         }
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from . import systemd
 from .statedir import switch_link, write_atomic
 
-DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
+DEFAULT_UNIT_DIR = systemd.UNIT_DIR
 
 
 class Change(ABC):

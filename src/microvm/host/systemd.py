@@ -7,9 +7,17 @@ from pathlib import Path
 from .. import proc
 from ..errors import MicrovmError
 
+UNIT_DIR = Path("/etc/systemd/system")
+CLUSTER_DROPIN = "cluster.conf"  # `host apply`'s drop-in of a VM the cluster runs
+
 
 def unit(name: str) -> str:
     return f"microvm@{name}.service"
+
+
+def cluster_managed(name: str) -> bool:
+    """The cluster runs VM ``name`` (`host apply` gave its unit the cluster's drop-in): systemctl must not."""
+    return (UNIT_DIR / f"{unit(name)}.d" / CLUSTER_DROPIN).exists()
 
 
 def running() -> bool:
@@ -27,6 +35,11 @@ def require(what: str, name: str) -> None:
 
 def systemctl(*args: str, check: bool = True) -> str:
     return proc.run(["systemctl", *args], check=check).stdout
+
+
+def active_state(name: str) -> str:
+    """active, activating, deactivating, failed, inactive ... of VM ``name``'s unit."""
+    return systemctl("show", "-P", "ActiveState", unit(name), check=False).strip()
 
 
 def is_active(name: str) -> bool:

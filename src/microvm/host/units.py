@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 USER, GROUP = HYPERVISOR_USER, HYPERVISOR_GROUP
 TARGET = "microvms.target"
 # Drop-ins of microvm@NAME written from the host file (install.conf is the installation's).
-OVERRIDES_DROPIN, CREDENTIALS_DROPIN, CLUSTER_DROPIN = "overrides.conf", "credentials.conf", "cluster.conf"
+OVERRIDES_DROPIN, CREDENTIALS_DROPIN = "overrides.conf", "credentials.conf"
 NEEDS = ("microvm-tap-interfaces@%i.service", "microvm-macvtap-interfaces@%i.service",
          "microvm-pci-devices@%i.service", "microvm-virtiofsd@%i.service")  # fmt: skip
 
@@ -280,9 +280,6 @@ def cluster_dropin(shared_storage: str | None) -> str:
     return render({"Service": [("Restart", "no"), *writable]})
 
 
-OCF_AGENT = Path("/usr/lib/ocf/resource.d/microvm/vm")  # ocf:microvm:vm, what Pacemaker runs
-
-
 def ocf_agent(state_dir: Path, store: Path) -> str:
     """The resource agent ``ocf:microvm:vm``: this installation's helper, with the host's state directory and
     store (Pacemaker runs agents with an almost empty environment). Migrations ssh to the other node's
@@ -291,7 +288,8 @@ def ocf_agent(state_dir: Path, store: Path) -> str:
     remote = shlex.join(["env", *(f"{k}={v}" for k, v in where.items()), sys.executable, "-m", "microvm"])
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**where, "MICROVM_REMOTE_COMMAND": remote}.items())
     helper = shlex.join(helper_argv("ocf-agent"))
-    return f'#!/bin/sh\n{HEADER}{exports}exec {helper} "$@"\n'
+    path = 'export PATH="${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}"\n'  # systemctl, ssh
+    return f'#!/bin/sh\n{HEADER}{path}{exports}exec {helper} "$@"\n'
 
 
 def vm_dropins(name: str, declared: DeclaredVM, vm: VMConfig | None, state_dir: Path) -> dict[str, str]:

@@ -192,16 +192,11 @@ def receive(name: str, runner: Path, shared: list[tuple[str, Path]], stream: Bin
         saver.unlink(missing_ok=True)
 
 
-def _unit_state(name: str) -> str:
-    """active, activating, failed, inactive, ... of the VM's unit."""
-    return systemd.systemctl("show", "-P", "ActiveState", systemd.unit(name), check=False).strip()
-
-
 def _until(check: Callable[[], T | None], failure: str, name: str, timeout: float = START_TIMEOUT) -> T:
     """Poll ``check`` until it returns something; fail if the VM's unit stops or time runs out."""
     deadline = time.monotonic() + timeout
     while not (found := check()):
-        if time.monotonic() > deadline or _unit_state(name) not in ("active", "activating"):
+        if time.monotonic() > deadline or systemd.active_state(name) not in ("active", "activating"):
             raise MicrovmError(failure)
         time.sleep(0.02)
     return found
