@@ -7,6 +7,7 @@ on two nodes at once" and "the volume never open twice" are checked all the time
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -123,6 +124,10 @@ def test_the_vm_runs_on_exactly_one_node(rig) -> None:
     assert list(sampler._qemus()) == [node]
     for name, host in cluster.nodes.items():
         assert host.active(VM) == (name == node)
+        [listed] = [vm for vm in json.loads(host.microvm("list", "--json").stdout) if vm["name"] == VM]
+        assert listed["node"] == node, listed
+        status = host.microvm("status", VM, check=False)
+        assert f"node: {node}" in status.stdout.splitlines(), status.stdout + status.stderr
 
 
 def test_node_loss_fences_the_node_and_boots_the_vm_elsewhere(rig) -> None:
@@ -201,7 +206,9 @@ def test_qemu_refuses_the_volume_held_on_another_node(rig) -> None:
         *(b for n, b in boots(cluster, VM).items() if n != node)
     )
     other = cluster.nodes[next(n for n in cluster.nodes if n != node)]
-    other.microvm("start", VM, check=False)
+    refused = other.microvm("start", VM, check=False)  # microvm leaves a cluster VM to the cluster
+    assert refused.returncode == 1 and f"VM {VM!r} is run by the cluster" in refused.stderr, refused.stderr
+    other.systemctl("start", "--no-block", f"microvm@{VM}")  # by hand, behind the cluster's back
     wait_until(
         "the second start to fail", lambda: other.systemctl("is-failed", f"microvm@{VM}", check=False) == "failed", 60
     )
