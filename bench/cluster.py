@@ -40,6 +40,15 @@ VM = "cvm"
 RESOURCE = f"microvm-{VM}"
 
 
+LIBVIRT = [
+    "libvirt's `VirtualDomain` agent is not measured on this rig: it needs libvirtd (with its qemu driver,",
+    "virtlogd and a migration transport) running inside every node container, and the resource-agents",
+    "package, which the rig's nodes do not have. Detection, fencing and scheduling are Pacemaker's and",
+    "Corosync's whatever the agent, so the comparison would be of the part from the start request to the",
+    "guest's first tick.",
+]
+
+
 def _running_on(cluster: Cluster) -> str:
     """Where the VM runs, once the cluster has nothing left to do (a round starts from a quiet cluster)."""
     cluster.settle()
@@ -112,13 +121,19 @@ def report(failovers: list[tuple[float, float, float]], drains: list[float], for
             f"| start requested -> guest's first tick (agent, unit, boot) | {boot:.1f} s |",
             f"| power loss -> guest's first tick | {total:.1f} s |",
             "",
+            f"Aim (issue 17): the cluster's part within 5 s with corosync tuned: {'met' if detect + schedule <= 5 else 'missed'}.",
+            "",
             (
                 f"Drain (standby -> the VM live on another node, {len(drains)} rounds): median {med(drains):.1f} s "
                 f"(min {min(drains):.1f}, max {max(drains):.1f}); the guest keeps its boot and its counter "
                 "(tests/test_cluster.py checks that)."
             ),
             "",
-            "Every round: " + "; ".join(" + ".join(f"{x:.1f}" for x in f) for f in failovers) + " s.",
+            "Every round (detection and fencing + scheduling + start to first tick): "
+            + "; ".join(" + ".join(f"{x:.1f}" for x in f) for f in failovers)
+            + " s.",
+            "",
+            *LIBVIRT,
             "",
         ]
     )

@@ -81,11 +81,9 @@ class Container:
 
     def power_off(self, timeout: float = 30) -> None:
         """Kill every process of the container at once (cgroup.kill), as a power loss; return once all are gone."""
-        kill = next(
-            r / self.cgroup / "cgroup.kill"
-            for r in [*CGROUP_HIERARCHIES, Path("/sys/fs/cgroup")]
-            if (r / self.cgroup / "cgroup.kill").exists()
-        )
+        kills = [r / self.cgroup / "cgroup.kill" for r in [*CGROUP_HIERARCHIES, Path("/sys/fs/cgroup")]]
+        kill = next((k for k in kills if k.exists()), None)
+        assert kill is not None, "a power loss needs cgroup v2's cgroup.kill (Linux 5.14 or later)"
         kill.write_text("1")
         self.process.wait(timeout=timeout)
         events = kill.with_name("cgroup.events")

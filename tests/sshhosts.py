@@ -3,7 +3,8 @@
 Each host is a container booted from the cached test rootfs, in its own
 network namespace, wired to a bridge in a namespace of its own. The keys
 (sshd's and root's) are generated here. h1 has the shared test store (the
-builds); h2 has an empty store at the same path and no build inputs.
+builds); h2 has an empty store at the same path and no build inputs. The keys, the
+network and the boot serve the cluster rig (cluster.py) too.
 """
 
 from __future__ import annotations
