@@ -106,9 +106,10 @@ class Container:
 
 def _children(pid: int) -> list[int]:
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            found += [int(c) for c in (task / "children").read_text().split()]
+    with contextlib.suppress(FileNotFoundError):  # a process that exits meanwhile has no children
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(c) for c in (task / "children").read_text().split()]
     return found + [g for c in found for g in _children(c)]
 
 

@@ -7,6 +7,7 @@ on two nodes at once" and "the volume never open twice" are checked all the time
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,8 +38,9 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _qemus(self) -> dict[str, list[int]]:
+        """The VM's qemu processes (named microvm@VM) by node, the node told by the container's cgroup."""
         found: dict[str, list[int]] = {}
-        cgroups = {name: host.box.cgroup for name, host in self.cluster.nodes.items()}
+        cgroups = {name: f"/{host.box.cgroup}/" for name, host in self.cluster.nodes.items()}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() != f"microvm@{VM}":
@@ -47,26 +49,17 @@ class Sampler:
             except OSError:
                 continue  # it exited meanwhile
             for name, group in cgroups.items():
-                if f"/{group}/" in cgroup or cgroup.rstrip().endswith(f"/{group}"):
+                if group in cgroup:
                     found.setdefault(name, []).append(int(pid))
         return found
 
     def _holders(self, pids: list[int]) -> int:
+        """How many of ``pids`` have the volume image open."""
         try:
             image = self.image.stat()
         except FileNotFoundError:
             return 0
-        holding = 0
-        for pid in pids:
-            with_image = False
-            for fd in Path(f"/proc/{pid}/fd").glob("*") if Path(f"/proc/{pid}/fd").exists() else []:
-                try:
-                    st = fd.stat()
-                except OSError:
-                    continue
-                with_image = with_image or (st.st_dev, st.st_ino) == (image.st_dev, image.st_ino)
-            holding += with_image
-        return holding
+        return sum(_holds(pid, (image.st_dev, image.st_ino)) for pid in pids)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -84,6 +77,19 @@ class Sampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _holds(pid: int, file: tuple[int, int]) -> bool:
+    """Whether process ``pid`` has the file (st_dev, st_ino) open."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False  # it exited meanwhile
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if (fd.stat().st_dev, fd.stat().st_ino) == file:
+                return True
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +127,8 @@ def test_the_vm_runs_on_exactly_one_node(rig) -> None:
     with Sampler(cluster, tmp / "shared" / f"{VM}.img") as sampler:
         wait_until("a few samples", lambda: sampler.samples > 20, timeout=30)
     assert sampler.twice == []
-    assert list(sampler._qemus()) == [node]
+    qemus = sampler._qemus()
+    assert list(qemus) == [node] and sampler._holders(qemus[node]) == 1  # the sampler sees what it must
     for name, host in cluster.nodes.items():
         assert host.active(VM) == (name == node)
         [listed] = [vm for vm in json.loads(host.microvm("list", "--json").stdout) if vm["name"] == VM]
