@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import CACHE  # the tests' helpers (tests/ is on the path only from here)
+from helpers import Host, wait_until
 from sshhosts import MIGRATING, SHARED, console, kernel_settings, ticks, two_hosts
-from test_host_systemd import Host, wait_for
 
 from microvm.config import load_vm
 from microvm.control.process import peer_pid
@@ -78,8 +78,8 @@ def floor_round(h1: Host, h2: Host, runner: Path) -> tuple[int, int, int]:
     source = h1.box.popen("sh", "-c", f"cd {cwd} && exec {shlex.join(argv)}")
     target = h2.box.popen("sh", "-c", f"cd {cwd} && exec {shlex.join([*argv, '-incoming', f'tcp:0.0.0.0:{PORT}'])}")
     try:
-        wait_for("the plain source ticking", lambda: len(ticks(h1, "mig")) > 5)
-        wait_for("the plain target listening", lambda: _sock(h2).exists())
+        wait_until("the plain source ticking", lambda: len(ticks(h1, "mig")) > 5)
+        wait_until("the plain target listening", lambda: _sock(h2).exists())
         qmp.execute(_sock(h1), "migrate-set-parameters", {"max-bandwidth": 1 << 40, "downtime-limit": 300})
         qmp.execute(_sock(h1), "migrate", {"uri": f"tcp:10.77.0.2:{PORT}"})
         while (info := qmp.execute(_sock(h1), "query-migrate")).get("status") not in ("completed", "failed"):
@@ -113,13 +113,13 @@ def bench_migrate(h1: Host, h2: Host, tmp: Path, store: Store, rounds: int) -> l
     floor: list[tuple[int, int, int]] = []
     for _ in range(rounds):
         h1.microvm("start", "mig")
-        wait_for("mig ticking on h1", lambda: len(ticks(h1, "mig")) > 5)
+        wait_until("mig ticking on h1", lambda: len(ticks(h1, "mig")) > 5)
         t0 = time.perf_counter()
         out = h1.microvm("migrate", "mig", "h2").stdout
         wall = time.perf_counter() - t0
         total, down, mb = MIGRATED.search(out).groups()
         ours.append((wall, int(total), int(down), float(mb)))
-        wait_for("mig ticking on h2", lambda: "tick" in console(h2, "mig"))
+        wait_until("mig ticking on h2", lambda: "tick" in console(h2, "mig"))
         h2.microvm("stop", "mig")
         floor.append(floor_round(h1, h2, runner))
     med = statistics.median
@@ -159,9 +159,11 @@ def report(copy_rows: list[str], migrate_rows: list[str]) -> str:
 
 
 def write_section(output: Path, section: str) -> None:
+    """Replace the section with ``section``'s heading (its first line) in ``output``, or append it."""
+    heading = section.split("\n", 1)[0]
     text = output.read_text() if output.exists() else ""
-    if HEADING in text:
-        before, rest = text.split(HEADING, 1)
+    if heading in text:
+        before, rest = text.split(heading, 1)
         after = rest.split("\n## ", 1)
         text = before + section + ("\n## " + after[1] if len(after) > 1 else "")
     else:

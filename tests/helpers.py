@@ -487,27 +487,29 @@ HOST_PACKAGES = [
 # The hypervisor runs as user microvm and reaches the store and venv under /root. nspawn copies this
 # machine's /dev/net/tun, which is 0600 here; a stock Debian host has it 0666, and so does the container.
 ROOTFS_HOOK = 'chmod 0711 "$1/root" && echo "z /dev/net/tun 0666 - - -" > "$1/etc/tmpfiles.d/microvm-test-tun.conf"'
-ROOTFS = (
-    CACHE / f"nspawn-bookworm-{hashlib.sha256(repr((HOST_PACKAGES, ROOTFS_HOOK)).encode()).hexdigest()[:12]}.tar.zst"
-)
 STATE = Path("/srv/microvms")  # the host file moves stateDir: the commands find it in /etc/default/microvm
 
 
-def rootfs_tarball() -> Path:
-    """A minbase Debian with systemd and what the VMs need; built once, shared by later runs."""
-    ROOTFS.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{ROOTFS}.lock", "w") as lock:
+def rootfs_tarball(packages: list[str] = HOST_PACKAGES, hook: str = ROOTFS_HOOK) -> Path:
+    """A minbase Debian with systemd and ``packages``; built once per (packages, hook), shared by later runs.
+
+    xdist workers may ask at once: a file lock lets one build while the others wait for it.
+    """
+    digest = hashlib.sha256(repr((packages, hook)).encode()).hexdigest()[:12]
+    tarball = CACHE / f"nspawn-bookworm-{digest}.tar.zst"
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{tarball}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ROOTFS.exists():
-            tmp = ROOTFS.with_suffix(".tmp.tar.zst")
+        if not tarball.exists():
+            tmp = tarball.with_suffix(".tmp.tar.zst")
             subprocess.run(
-                ["mmdebstrap", "--variant=minbase", f"--include={','.join(HOST_PACKAGES)}"]
-                + [f"--customize-hook={ROOTFS_HOOK}", "bookworm", str(tmp)],
+                ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}"]
+                + [f"--customize-hook={hook}", "bookworm", str(tmp)],
                 check=True,
                 capture_output=True,
             )
-            tmp.rename(ROOTFS)
-    return ROOTFS
+            tmp.rename(tarball)
+    return tarball
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = BOOT_TIMEOUT) -> None:
@@ -573,11 +575,12 @@ class Host:
         wait_until(f"{name} gen {gen} to boot", booted)
 
 
-def unpacked_rootfs(tmp_path: Path) -> tuple[Path, list[str]]:
-    """The rootfs unpacked under ``tmp_path``, and the read-only binds the venv needs in the container."""
+def unpacked_rootfs(tmp_path: Path, tarball: Path | None = None) -> tuple[Path, list[str]]:
+    """The rootfs (``tarball``, the test rootfs by default) unpacked under ``tmp_path``, and the read-only binds
+    the venv needs in the container."""
     rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
+    rootfs.mkdir(parents=True)
+    subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", tarball or rootfs_tarball()], check=True)
     ro_binds = [str(REPO)]
     if not sys.base_prefix.startswith("/usr"):
         ro_binds.append(sys.base_prefix)  # the venv's interpreter (e.g. pyenv's) lives outside /usr

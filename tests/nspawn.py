@@ -34,9 +34,10 @@ def _remove_cgroup(name: str) -> None:
 
 
 class Container:
-    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, cgroup: str) -> None:
         self.process = process
         self.log = log
+        self.cgroup = cgroup
         self.pid1: int | None = None
 
     def find_init(self, timeout: float) -> None:
@@ -78,6 +79,20 @@ class Container:
             raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
         return result
 
+    def power_off(self, timeout: float = 30) -> None:
+        """Kill every process of the container at once (cgroup.kill), as a power loss; return once all are gone."""
+        kills = [r / self.cgroup / "cgroup.kill" for r in [*CGROUP_HIERARCHIES, Path("/sys/fs/cgroup")]]
+        kill = next((k for k in kills if k.exists()), None)
+        assert kill is not None, "a power loss needs cgroup v2's cgroup.kill (Linux 5.14 or later)"
+        kill.write_text("1")
+        self.process.wait(timeout=timeout)
+        events = kill.with_name("cgroup.events")
+        deadline = time.monotonic() + timeout
+        while "populated 1" in events.read_text():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"processes of {self.cgroup} survived cgroup.kill")
+            time.sleep(0.02)
+
     def wait_running(self, timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
         state = ""
@@ -91,9 +106,10 @@ class Container:
 
 def _children(pid: int) -> list[int]:
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            found += [int(c) for c in (task / "children").read_text().split()]
+    with contextlib.suppress(FileNotFoundError):  # a process that exits meanwhile has no children
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(c) for c in (task / "children").read_text().split()]
     return found + [g for c in found for g in _children(c)]
 
 
@@ -116,7 +132,7 @@ def container(
         process = subprocess.Popen(
             ["sh", "-c", enter, "sh", *argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
         )
-    box = Container(process, log)
+    box = Container(process, log, name)
     try:
         box.find_init(60)
         yield box

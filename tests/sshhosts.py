@@ -3,7 +3,8 @@
 Each host is a container booted from the cached test rootfs, in its own
 network namespace, wired to a bridge in a namespace of its own. The keys
 (sshd's and root's) are generated here. h1 has the shared test store (the
-builds); h2 has an empty store at the same path and no build inputs.
+builds); h2 has an empty store at the same path and no build inputs. The keys, the
+network and the boot serve the cluster rig (cluster.py) too.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import re
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from helpers import CACHE, REPO, Host, build_file, rootfs_tarball, wait_until, write_vm
-from netns import netns
+from helpers import CACHE, REPO, Host, build_file, unpacked_rootfs, wait_until, write_vm
+from netns import NetNS, netns
 from nspawn import container
 
 HOSTS = ("h1", "h2")
@@ -36,27 +36,65 @@ def _keys(directory: Path, name: str) -> tuple[str, str]:
     return key.read_text(), (directory / f"{name}.pub").read_text()
 
 
-def _prepare(rootfs: Path, index: int, client: tuple[str, str], host_key: tuple[str, str], known: str) -> None:
-    """sshd's host key, root's client key, authorized_keys, known_hosts and ssh config for the names h1, h2."""
-    ssh = rootfs / "root/.ssh"
-    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
-    (ssh / "id_ed25519").write_text(client[0])
-    (ssh / "id_ed25519").chmod(0o600)
-    (ssh / "authorized_keys").write_text(client[1])
-    (ssh / "known_hosts").write_text(known)
-    (ssh / "config").write_text(
-        "".join(f"Host {h}\n  HostName 10.77.0.{i}\n" for i, h in enumerate(HOSTS, 1)) + "StrictHostKeyChecking yes\n"
-    )
-    for old in (rootfs / "etc/ssh").glob("ssh_host_*"):
-        old.unlink()
-    (rootfs / "etc/ssh/ssh_host_ed25519_key").write_text(host_key[0])
-    (rootfs / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
-    (rootfs / "etc/ssh/ssh_host_ed25519_key.pub").write_text(host_key[1])
-    (rootfs / "etc/hostname").write_text(f"{HOSTS[index - 1]}\n")
-    wrapper = rootfs / "usr/local/bin/microvm"
-    wrapper.write_text(WRAPPER)
-    wrapper.chmod(0o755)
-    (rootfs / STORE.relative_to("/")).mkdir(parents=True, exist_ok=True)
+class Keys:
+    """sshd's host keys and root's client key for hosts named after ``addresses`` (name -> IPv4 address)."""
+
+    def __init__(self, directory: Path, addresses: dict[str, str]) -> None:
+        directory.mkdir()
+        self.addresses = addresses
+        self.client = _keys(directory, "client")
+        self.hosts = {name: _keys(directory, name) for name in addresses}
+
+    def install(self, rootfs: Path, name: str) -> None:
+        """Host key, client key, authorized_keys, known_hosts and ssh config for every name; the hostname."""
+        ssh = rootfs / "root/.ssh"
+        ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (ssh / "id_ed25519").write_text(self.client[0])
+        (ssh / "id_ed25519").chmod(0o600)
+        (ssh / "authorized_keys").write_text(self.client[1])
+        (ssh / "known_hosts").write_text("".join(f"{self.addresses[h]} {key[1]}" for h, key in self.hosts.items()))
+        (ssh / "config").write_text(
+            "".join(f"Host {h}\n  HostName {a}\n" for h, a in self.addresses.items()) + "StrictHostKeyChecking yes\n"
+        )
+        for old in (rootfs / "etc/ssh").glob("ssh_host_*"):
+            old.unlink()
+        (rootfs / "etc/ssh/ssh_host_ed25519_key").write_text(self.hosts[name][0])
+        (rootfs / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
+        (rootfs / "etc/ssh/ssh_host_ed25519_key.pub").write_text(self.hosts[name][1])
+        (rootfs / "etc/hostname").write_text(f"{name}\n")
+        wrapper = rootfs / "usr/local/bin/microvm"
+        wrapper.write_text(WRAPPER)
+        wrapper.chmod(0o755)
+        (rootfs / STORE.relative_to("/")).mkdir(parents=True, exist_ok=True)
+
+
+def bridge(stack: contextlib.ExitStack, prefix: str) -> NetNS:
+    """A namespace with a bridge br0, the hosts' network."""
+    ns = stack.enter_context(netns(prefix))
+    ns.run("ip", "link", "add", "br0", "type", "bridge")
+    ns.run("ip", "link", "set", "br0", "up")
+    return ns
+
+
+def wire(stack: contextlib.ExitStack, br: NetNS, prefix: str, name: str, address: str) -> NetNS:
+    """A namespace for host ``name``: its eth0 at ``address``/24, the peer ``name`` on ``br``'s bridge."""
+    ns = stack.enter_context(netns(prefix))
+    br.run("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+    br.run("ip", "link", "set", name, "master", "br0", "up")
+    ns.run("ip", "addr", "add", f"{address}/24", "dev", "eth0")
+    ns.run("ip", "link", "set", "eth0", "up")
+    return ns
+
+
+def sshd_up(host: Host) -> None:
+    """Wait for the container's systemd, then start sshd; the microvm wrapper first on its PATH."""
+    host.box.wait_running()
+    host.env["PATH"] = "/usr/local/bin:" + host.env["PATH"].removeprefix("/usr/local/bin:")  # once, at a reboot too
+    host.systemctl("start", "ssh.service")
+
+
+def ssh_ok(host: Host, names: Iterable[str]) -> bool:
+    return all(host.box.run("ssh", h, "true", check=False).returncode == 0 for h in names)
 
 
 @contextlib.contextmanager
@@ -65,41 +103,26 @@ def two_hosts(tmp: Path) -> Iterator[list[Host]]:
 
     ``tmp/shared`` is bound at SHARED into both; ``tmp/work`` at its own path into h1.
     """
-    keys = tmp / "keys"
-    keys.mkdir()
-    client = _keys(keys, "client")
-    host_keys = [_keys(keys, h) for h in HOSTS]
-    known = "".join(f"10.77.0.{i} {key[1]}" for i, key in enumerate(host_keys, 1))
+    keys = Keys(tmp / "keys", {h: f"10.77.0.{i}" for i, h in enumerate(HOSTS, 1)})
     shared = tmp / "shared"  # stands in for NFS/Ceph: the same directory at the same path on every host
     shared.mkdir()
     shared.chmod(0o777)  # the hypervisors run as user microvm
-    ro_binds = [str(REPO)] + ([sys.base_prefix] if not sys.base_prefix.startswith("/usr") else [])
+    (tmp / "work").mkdir()
     with contextlib.ExitStack() as stack:
-        bridge = stack.enter_context(netns("mvh"))
-        bridge.run("ip", "link", "add", "br0", "type", "bridge")
-        bridge.run("ip", "link", "set", "br0", "up")
+        br = bridge(stack, "mvh")
         booted = []
-        for i, name in enumerate(HOSTS, 1):
-            ns = stack.enter_context(netns("mvh"))
-            bridge.run("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
-            bridge.run("ip", "link", "set", name, "master", "br0", "up")
-            ns.run("ip", "addr", "add", f"10.77.0.{i}/24", "dev", "eth0")
-            ns.run("ip", "link", "set", "eth0", "up")
-            rootfs = tmp / name / "rootfs"
-            rootfs.mkdir(parents=True)
-            subprocess.run(["tar", "-C", rootfs, "--zstd", "-xf", rootfs_tarball()], check=True)
-            _prepare(rootfs, i, client, host_keys[i - 1], known)
+        for name, address in keys.addresses.items():
+            ns = wire(stack, br, "mvh", name, address)
+            rootfs, ro_binds = unpacked_rootfs(tmp / name)
+            keys.install(rootfs, name)
             binds = [f"{shared}:{SHARED}"] + ([str(STORE), str(tmp / "work")] if name == "h1" else [])
-            (tmp / "work").mkdir(exist_ok=True)
             box = stack.enter_context(container(rootfs, binds, ro_binds, tmp / f"{name}.log", netns=ns.name))
             booted.append(Host(box, rootfs, set()))
         for host in booted:
-            host.box.wait_running()
-            host.env["PATH"] = "/usr/local/bin:" + host.env["PATH"]
-            host.systemctl("start", "ssh.service")
+            sshd_up(host)
             host.microvm("host", "apply", str(_host_file(host.rootfs)))
         for host in booted:
-            wait_until("ssh between the hosts", lambda h=host: _ssh_ok(h), timeout=60)
+            wait_until("ssh between the hosts", lambda h=host: ssh_ok(h, HOSTS), timeout=60)
         yield booted
 
 
@@ -107,10 +130,6 @@ def _host_file(rootfs: Path) -> Path:
     """An empty host file: apply installs the units, the microvm user and the state directory."""
     write_vm(rootfs / "etc/microvm", "[microvm]\n", "host.toml")
     return Path("/etc/microvm/host.toml")
-
-
-def _ssh_ok(host: Host) -> bool:
-    return all(host.box.run("ssh", h, "true", check=False).returncode == 0 for h in HOSTS)
 
 
 def kernel_settings(shared_store, work: Path) -> str:
