@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError, ConfigErrors, MicrovmError
 from ..host.statedir import installed_configs
-from .show import paint, use_colour
+from .colour import paint, use_colour
 
 
 def is_host_file(file: Path, host: bool) -> bool:
