@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import proc
 from ..errors import MicrovmError
+from ..layout import read_small
 from ..store import Store
 from .statedir import installed_configs
 
@@ -103,7 +104,7 @@ def files_digest(files: list[Path]) -> str:
     for file in sorted(files):
         h.update(str(file).encode() + b"\0")
         try:
-            h.update(file.read_bytes())
+            h.update(read_small(file))
         except FileNotFoundError:  # not file.exists(): `list` hashes every VM's files, one system call less
             h.update(b"\0missing\0")
     return h.hexdigest()[:32]

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import MicrovmError
-from ..layout import CREDENTIALS_IMAGE, RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
+from ..layout import (
+    CREDENTIALS_IMAGE,
+    RUNNER_CONFIG,
+    SYSTEM_STATE_DIR,
+    VM_NAME_MAX,
+    read_small,
+    runner_config,
+    saved_state_files,
+)
 from ..model.names import valid_name
 from ..store import Store
 
@@ -142,8 +150,7 @@ class VMState(NamedTuple):
 
     def _line(self, file: str) -> str | None:
         try:
-            with open(f"{self.path}/{file}", encoding="utf-8") as f:
-                return f.read().strip()
+            return read_small(f"{self.path}/{file}").decode().strip()
         except FileNotFoundError:
             return None
 
@@ -187,8 +194,7 @@ class VMState(NamedTuple):
         if runner is None:
             return {}
         try:
-            with open(f"{self.path}/builds/{runner.name}.json", encoding="utf-8") as f:  # _record_file, for `list`
-                return json.load(f)
+            return json.loads(read_small(f"{self.path}/builds/{runner.name}.json"))  # _record_file, for `list`
         except (FileNotFoundError, ValueError):
             return {}
 
