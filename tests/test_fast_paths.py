@@ -253,12 +253,13 @@ def test_help_is_typers_text_kept_for_next_time(tmp_path: Path, monkeypatch) -> 
 
 def test_check_runs_without_typer_or_rich_and_prints_what_typers_check_prints(tmp_path: Path) -> None:
     """`check FILE` (and `--json`, `--host`) takes the fast dispatch: no typer, click, rich, nor asyncio (the
-    qemu backend's QMP); its output and exit code are those of the typer command, for a clean file, a file
+    qemu and stratovirt backends' QMP); its output and exit code are those of the typer command, for a clean file, a file
     with a warning, a bad file and a host file."""
     clean = _vm(tmp_path)
     warned = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nmem = 2048\n", "warned.toml")
     bad = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nvcpu = 0\nnope = 1\n", "bad.toml")
     host = write_vm(tmp_path, '[microvm.vms.fast]\nconfig = "vm.toml"\n', "host.toml")
+    other = write_vm(tmp_path, '[guest]\nhostName = "sv"\n[microvm]\nhypervisor = "stratovirt"\n', "sv.toml")  # QMP too
     # the same `main`, its fast dispatch turned off: typer's command, errors shown as main shows them
     typer_check = "from microvm.cli import fast, main; fast.command = lambda argv: None; main()"
     for argv in (
@@ -268,6 +269,7 @@ def test_check_runs_without_typer_or_rich_and_prints_what_typers_check_prints(tm
         ["check", "--json", str(bad)],
         ["check", str(warned), "--json"],
         ["check", "--host", str(host)],
+        ["check", str(other)],
         ["check", f"{tmp_path}/./vm.toml"],  # named as typer's Path argument names it
     ):
         fast, loaded = _command_in_child(*argv, heavy=("typer", "click", "rich", "asyncio", "qemu.qmp"))
