@@ -41,6 +41,7 @@ from run import EXAMPLE, HOST_VMS, fmt_ms, fresh_store, host_file, median, micro
 from microvm.config import load_vm
 from microvm.host.sources import files_fingerprint
 from microvm.host.statedir import VMState
+from microvm.runner import fastpath
 from microvm.runner.build import build_vm
 
 COUNTS, QUICK_COUNTS = (10, 100, 1000), (3, 10)
@@ -64,6 +65,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "`microvm start NAME` (up to the systemd call)": (5, None),
     "`microvm stop NAME` (up to the systemd call)": (5, None),
     "`microvm build FILE` (warm: nothing changed)": (5, None),
+    "`microvm run FILE` (up to the runner: a stub runner)": (5, None),
     "`microvm check FILE` (one VM)": (10, None),
     f"`microvm eval --host` ({HOST_VMS} VMs)": (None, 0.4),
     f"`microvm check --host` ({HOST_VMS} VMs)": (None, 0.4),
@@ -106,6 +108,32 @@ def install_fakes(state: Path, count: int, runners: list[Path], source: Path) ->
         (vm.path / "current").symlink_to(runner)
         if i % 3 == 0:
             (vm.path / "booted").symlink_to(runner)
+
+
+def stub_run(work: Path, mv: list[str], env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A VM file whose `microvm run` takes the fast path to a runner that exits at once, and the environment
+    to run it in: the command's own work up to starting the runner, without the boot.
+
+    The file is a copy of the example (its build record is its own, not the warm build's), built once with a
+    state directory of its own; the record then names a copy of the runner whose ``microvm-run`` is
+    ``/bin/true``.
+    """
+    file = work / "cli-run" / "vm.toml"
+    file.parent.mkdir()
+    file.write_text(EXAMPLE.read_text())
+    run_env = {**env, "MICROVM_STATE_DIR": str(work / "cli-run-state")}
+    built = Path(subprocess.run([*mv, "build", str(file)], env=run_env, capture_output=True, text=True,
+                                check=True).stdout.strip())  # fmt: skip
+    stub = work / "cli-stub" / built.name
+    shutil.copytree(built / "share", stub / "share")
+    (stub / "bin").mkdir()
+    (stub / "bin" / "microvm-run").write_text("#!/bin/true\n")
+    (stub / "bin" / "microvm-run").chmod(0o755)
+    record = fastpath.stamp_file(file, None)
+    stamp = json.loads(record.read_text())
+    stamp["runner"] = stamp["plan"]["runner"] = str(stub)
+    record.write_text(json.dumps(stamp))
+    return file, run_env
 
 
 SESSION_USER = "nobody"  # unprivileged, on every Debian system
@@ -216,12 +244,14 @@ def bench_cli_startup(rounds: int, quick: bool, work: Path, built: dict, host: P
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert len(json.loads(listed)) == (100 if 100 in states else counts[-1]), listed[:500]
     on = {**env, "MICROVM_STATE_DIR": str(middle)}
+    run_file, run_env = stub_run(work, mv, env)
     # label -> (argv, environment, exit codes that are success, how to start it)
     commands: dict[str, tuple[list[str], dict[str, str], tuple[int, ...], dict]] = {
         FLOOR: ([sys.executable, "-c", "pass"], env, (0,), {}),
         "`microvm --help`": ([*mv, "--help"], env, (0,), {}),
         "`microvm status NAME`": ([*mv, "status", "vm0003"], on, (0,), {}),
         "`microvm build FILE` (warm: nothing changed)": ([*mv, "build", str(EXAMPLE)], env, (0,), {}),
+        "`microvm run FILE` (up to the runner: a stub runner)": ([*mv, "run", str(run_file)], run_env, (0,), {}),
         "`microvm check FILE` (one VM)": ([*mv, "check", str(EXAMPLE)], env, (0,), {}),
         f"`microvm eval --host` ({HOST_VMS} VMs)": ([*mv, "eval", "--host", str(host)], env, (0,), {}),
         f"`microvm check --host` ({HOST_VMS} VMs)": ([*mv, "check", "--host", str(host)], env, (0,), {}),
@@ -304,8 +334,9 @@ def report_section(r: CliResults, picture: str | None) -> list[str]:
             f"Whole processes, {r.rounds} interleaved rounds after a warm-up round, medians; the ratio is to "
             f"`python -c pass` of the same venv in the same rounds ({fmt_ms(floor)}). `list`, `status`, "
             "`start`/`stop` and `--help` take a dispatch that loads neither typer, rich nor the option model "
-            "(src/microvm/cli/fast.py); `list` reads each VM's recorded vm.json as plain JSON. `microvm run FILE` "
-            "up to the runner: see the Boot section (`microvm run FILE` against the runner alone).\n"
+            "(src/microvm/cli/fast.py), `check FILE` one that loads no typer or rich; `list` reads each VM's recorded "
+            "vm.json as plain JSON. `microvm run FILE` up to the runner: the fast path of a built VM to a runner "
+            "that exits at once (`/bin/true` in a copy of the runner; the boot itself: see the Boot section).\n"
         ),
         "| Command | Median | Spread | Ratio to floor | Target | Met | CPU time (ratio) |",
         "|---|---|---|---|---|---|---|",

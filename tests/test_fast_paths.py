@@ -174,11 +174,14 @@ def test_module_signatures_are_cut_off_exactly(shared_store) -> None:
     assert unsigned.startswith(b"\x7fELF") and without_signature(unsigned) == unsigned
 
 
-def _command_in_child(*argv: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """`microvm ARGV` in a fresh interpreter, and which of the heavy modules it imported (the standard library's
-    dataclasses, logging and tempfile too: each costs these commands several milliseconds of start-up)."""
-    heavy = ("typer", "click", "rich", "pydantic", "microvm.config", "microvm.runner.build", "microvm.cluster")
-    heavy += ("dataclasses", "logging", "tempfile")
+LIGHT = ("typer", "click", "rich", "pydantic", "microvm.config", "microvm.runner.build", "microvm.cluster")
+LIGHT += ("dataclasses", "logging", "tempfile")
+
+
+def _command_in_child(*argv: str, heavy: tuple[str, ...] = LIGHT) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """`microvm ARGV` in a fresh interpreter, and which of the ``heavy`` modules it imported (by default the
+    standard library's dataclasses, logging and tempfile too: each costs these commands several milliseconds of
+    start-up)."""
     probe = (
         "import atexit, sys; "
         f"atexit.register(lambda: print('loaded', *[m for m in {heavy!r} if m in sys.modules], file=sys.stderr)); "
@@ -248,6 +251,40 @@ def test_help_is_typers_text_kept_for_next_time(tmp_path: Path, monkeypatch) -> 
     assert again.returncode == 0 and loaded == [] and again.stdout == first.stdout
 
 
+def test_check_runs_without_typer_or_rich_and_prints_what_typers_check_prints(tmp_path: Path) -> None:
+    """`check FILE` (and `--json`, `--host`) takes the fast dispatch: no typer, click, rich, nor asyncio (the
+    qemu and stratovirt backends' QMP); its output and exit code are those of the typer command, for a clean file, a file
+    with a warning, a bad file and a host file."""
+    clean = _vm(tmp_path)
+    warned = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nmem = 2048\n", "warned.toml")
+    bad = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nvcpu = 0\nnope = 1\n", "bad.toml")
+    host = write_vm(tmp_path, '[microvm.vms.fast]\nconfig = "vm.toml"\n', "host.toml")
+    other = write_vm(tmp_path, '[guest]\nhostName = "sv"\n[microvm]\nhypervisor = "stratovirt"\n', "sv.toml")  # QMP too
+    # the same `main`, its fast dispatch turned off: typer's command, errors shown as main shows them
+    typer_check = "from microvm.cli import fast, main; fast.command = lambda argv: None; main()"
+    for argv in (
+        ["check", str(clean)],
+        ["check", str(warned)],
+        ["check", str(bad)],
+        ["check", "--json", str(bad)],
+        ["check", str(warned), "--json"],
+        ["check", "--host", str(host)],
+        ["check", str(other)],
+        ["check", f"{tmp_path}/./vm.toml"],  # named as typer's Path argument names it
+    ):
+        fast, loaded = _command_in_child(*argv, heavy=("typer", "click", "rich", "asyncio", "qemu.qmp"))
+        assert loaded == [], (argv, loaded)
+        probe = f"import sys; sys.argv[0] = 'microvm'; {typer_check}"
+        typed = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=False)
+        assert (fast.returncode, fast.stdout) == (typed.returncode, typed.stdout), argv
+        assert fast.stderr.replace("loaded\n", "") == typed.stderr, argv
+    assert fast.stdout == f"{clean}: ok (fast, qemu)\n"
+    warning = _command_in_child("check", str(warned))[0]
+    assert warning.returncode == 0 and warning.stderr.startswith("warning: ") and "2048" in warning.stderr
+    failed = _command_in_child("check", str(bad))[0]
+    assert failed.returncode == 1 and failed.stdout == "" and "microvm.vcpu" in failed.stderr
+
+
 @pytest.mark.parametrize(
     "argv, fast",
     [
@@ -263,6 +300,11 @@ def test_help_is_typers_text_kept_for_next_time(tmp_path: Path, monkeypatch) -> 
         (["start", "vm1", "vm2"], False),
         (["start", "vm1", "--json"], False),
         (["lsit"], False),
+        (["check", "vm.toml"], True),
+        (["check", "--host", "--json", "host.toml"], True),
+        (["check", "--help"], False),
+        (["check", "vm.toml", "--bogus"], False),
+        (["check", "a.toml", "b.toml"], False),
         ([], False),
     ],
 )

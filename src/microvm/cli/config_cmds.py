@@ -5,31 +5,17 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ..errors import ConfigError, ConfigErrors, MicrovmError
+from ..errors import MicrovmError
 from ..host.statedir import installed_configs
 from .app import app, out, warn
+from .checkfile import check_command, is_host_file
 
 FileArg = Annotated[Path, typer.Argument(help="A VM file (or a host file with --host).")]
 HostFlag = Annotated[bool, typer.Option("--host", help="The file is a host file.")]
-
-
-def _is_host_file(file: Path, host: bool) -> bool:
-    """Host files are marked by --host or by declaring ``microvm.vms`` / ``network``."""
-    if host:
-        return True
-    # late on purpose: a command loads only what it runs (start-up speed)
-    import tomllib
-
-    try:
-        data = tomllib.loads(file.read_text())
-    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not TOML, nested too deeply
-        return False  # let the loader report it with the file name
-    microvm = data.get("microvm")
-    return "network" in data or (isinstance(microvm, dict) and ("vms" in microvm or "stateDir" in microvm))
 
 
 @app.command("eval")
@@ -40,7 +26,7 @@ def eval_(
     # late on purpose: a command loads only what it runs (start-up speed)
     from ..config import load_host, load_vm
 
-    if _is_host_file(file, host):
+    if is_host_file(file, host):
         loaded_host = load_host(file, installed_configs())
         data = loaded_host.config.dump()
         for name, vm in loaded_host.vms.items():
@@ -59,32 +45,6 @@ def eval_(
         print(tomli_w.dumps(data), end="")
 
 
-def _problem(error: ConfigError | MicrovmError) -> dict[str, str | None]:
-    return {"message": error.message, "file": getattr(error, "file", None), "option": getattr(error, "option", None)}
-
-
-def _check_report(file: Path, host: bool) -> dict[str, Any]:
-    """What `check --json` prints: ``ok``, the VMs it found, warnings and problems (docs/guide.md)."""
-    # late on purpose: a command loads only what it runs (start-up speed)
-    from ..config import load_host, load_vm
-
-    report: dict[str, Any] = {"file": str(file), "ok": True, "host": _is_host_file(file, host), "vms": []}
-    try:
-        if report["host"]:
-            loaded_host = load_host(file, installed_configs())
-            vms = {name: vm.config for name, vm in loaded_host.vms.items()}
-            warnings = loaded_host.warnings
-        else:
-            loaded = load_vm(file, installed=installed_configs())
-            vms, warnings = {loaded.name: loaded.config}, loaded.warnings
-    except ConfigErrors as exc:
-        return report | {"ok": False, "problems": [_problem(e) for e in exc.errors], "warnings": []}
-    except MicrovmError as exc:
-        return report | {"ok": False, "problems": [_problem(exc)], "warnings": []}
-    report["vms"] = [{"name": name, "hypervisor": vm.microvm.hypervisor} for name, vm in vms.items()]
-    return report | {"problems": [], "warnings": [_problem(w) for w in warnings]}
-
-
 @app.command()
 def check(
     file: FileArg,
@@ -92,21 +52,8 @@ def check(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON (docs/guide.md).")] = False,
 ) -> None:
     """Validate a config file; exit non-zero with every problem found."""
-    # late on purpose: a command loads only what it runs (start-up speed)
-    from ..config import load_host, load_vm
-
-    if json_:
-        report = _check_report(file, host)
-        print(json.dumps(report, indent=1))
-        raise typer.Exit(0 if report["ok"] else 1)
-    if _is_host_file(file, host):
-        loaded_host = load_host(file, installed_configs())
-        warn(loaded_host.warnings)
-        out.print(f"{file}: ok (host with {len(loaded_host.config.microvm.vms)} declared VMs)")
-    else:
-        loaded = load_vm(file, installed=installed_configs())
-        warn(loaded.warnings)
-        out.print(f"{file}: ok ({loaded.name}, {loaded.config.microvm.hypervisor})")
+    if code := check_command(file, host, json_):
+        raise typer.Exit(code)
 
 
 class Format(str, Enum):

@@ -1,4 +1,5 @@
-"""The frequent commands without typer: ``list``, ``status NAME``, ``start|stop|restart NAME``, ``--help``.
+"""The frequent commands without typer: ``list``, ``status NAME``, ``start|stop|restart NAME``, ``check FILE``,
+``--help``.
 
 An operator types these dozens of times a day and scripts call them in loops;
 typer, click and rich alone take several times Python's own start-up. A
@@ -18,6 +19,7 @@ import hashlib
 import io
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +54,14 @@ def _control(action: str, name: str) -> None:
     control(action, name)
 
 
+def _check(file: str, host: bool, as_json: bool) -> None:
+    # late on purpose: a command loads only what it runs (start-up speed)
+    from .checkfile import check_command
+
+    if code := check_command(Path(file), host, as_json):  # Path: the file named as typer's argument names it
+        sys.exit(code)
+
+
 def _flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
     """``argv`` without ``flag``, and whether it was there."""
     return [a for a in argv if a != flag], flag in argv
@@ -60,6 +70,9 @@ def _flag(argv: list[str], flag: str) -> tuple[list[str], bool]:
 def command(argv: list[str]) -> Callable[[], None] | None:
     """What to run for ``argv`` when it is one of the fast shapes, else None."""
     rest, as_json = _flag(argv, "--json")
+    checked, host = _flag(rest, "--host")
+    if len(checked) == 2 and checked[0] == "check" and not checked[1].startswith("-"):
+        return lambda: _check(checked[1], host, as_json)
     if rest == ["list"]:
         return lambda: _list(as_json)
     if len(rest) == 2 and rest[0] == "status" and not rest[1].startswith("-"):

@@ -8,30 +8,19 @@ without loading typer, rich or pydantic.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from typing import TextIO
 
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.statedir import VMState, default_state_dir
 from ..layout import OCF_AGENT
+from .colour import paint, use_colour
 
-ANSI = {"green": "32", "yellow": "33", "red": "31", "bold": "1", "dim": "2"}
 # microvm.nix's colours: a VM's name by whether it runs, its state by what it needs
 STATE_COLOURS = {
     "current": "green", "stale": "yellow", "suspended": "yellow", "outdated": "red", "not booted": "red", "missing": "red",
 }  # fmt: skip
 COLUMNS = ("NAME", "STATE", "HYPERVISOR", "VCPU", "MEM", "ADDRESSES", "UPTIME", "NEXT")
-
-
-def use_colour(stream: TextIO) -> bool:
-    """Colours on a terminal unless NO_COLOR (https://no-color.org) or a dumb terminal says otherwise."""
-    return stream.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
-
-
-def paint(text: str, colour: str | None, on: bool) -> str:
-    return f"\033[{ANSI[colour]}m{text}\033[0m" if on and colour and text else text
 
 
 def uptime(seconds: float | None) -> str:

@@ -250,12 +250,12 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     except (OSError, ValueError):
         config = None  # a runner gone from the store: its state still shows
     running = (systemd.is_active(state.name) if active is None else active) or (
-        booted and state.running_here(config if booted_runner == current else None)
+        booted and state.running_here(config if booted_runner == current else None, booted_runner)
     )
     source, declared_by = state.source, state.declared_by
     outdated = sources.changed_since(source, state.build_record_of(current).get("fingerprint", {}))
     verdict: tuple[str, str | None, str | None]
-    if state.runner_missing:
+    if config is None and state.runner_missing:  # its vm.json was read: the runner is there
         verdict = ("missing", "its runner is gone from the store, rebuild it", state.rebuild_command())
     elif outdated and declared_by:
         verdict = ("outdated", "apply the host", f"microvm host apply {declared_by}")

@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import MicrovmError
-from ..layout import CREDENTIALS_IMAGE, RUNNER_CONFIG, SYSTEM_STATE_DIR, VM_NAME_MAX, runner_config, saved_state_files
+from ..layout import (
+    CREDENTIALS_IMAGE,
+    RUNNER_CONFIG,
+    SYSTEM_STATE_DIR,
+    VM_NAME_MAX,
+    read_small,
+    runner_config,
+    saved_state_files,
+)
 from ..model.names import valid_name
 from ..store import Store
 
@@ -133,15 +141,16 @@ class VMState(NamedTuple):
             raise MicrovmError(f"VM name {name[:20]}... is {len(name)} characters long; at most {VM_NAME_MAX}")
         return cls(name, vm_dir(name, state_dir))
 
+    # `list` asks these of every installed VM: plain strings, not pathlib objects, for the files' names
     def _target(self, link: str) -> Path | None:
         try:
-            return Path(os.readlink(self.path / link))
-        except OSError:  # no link (or not a link): `list` asks this of every VM, one system call each
+            return Path(os.readlink(f"{self.path}/{link}"))
+        except OSError:  # no link (or not a link): one system call each
             return None
 
     def _line(self, file: str) -> str | None:
         try:
-            return (self.path / file).read_text().strip()
+            return read_small(f"{self.path}/{file}").decode().strip()
         except FileNotFoundError:
             return None
 
@@ -161,7 +170,7 @@ class VMState(NamedTuple):
 
     @property
     def installed(self) -> bool:
-        return self.current is not None
+        return os.path.islink(f"{self.path}/current")  # what `current` reads, without building its Path
 
     @property
     def source(self) -> str | None:
@@ -185,7 +194,7 @@ class VMState(NamedTuple):
         if runner is None:
             return {}
         try:
-            return json.loads(self._record_file(runner).read_text())
+            return json.loads(read_small(f"{self.path}/builds/{runner.name}.json"))  # _record_file, for `list`
         except (FileNotFoundError, ValueError):
             return {}
 
@@ -224,21 +233,19 @@ class VMState(NamedTuple):
     @property
     def resumable(self) -> bool:
         """A saved state that the current build resumes on its next start (another build boots afresh)."""
-        saved, saver = self.saved_state
-        try:
-            return saved.exists() and saver.read_text().strip() == str(self.current)
-        except FileNotFoundError:
-            return False
+        saved, saver = saved_state_files(self.name)  # as saved_state, as strings: `list` asks every VM
+        return os.path.exists(f"{self.path}/{saved}") and self._line(saver) == str(self.current)
 
     def console_files(self) -> tuple[Path, Path]:
         return self.path / f"{self.name}-console.sock", self.path / f"{self.name}-console.log"
 
-    def running_here(self, config: dict[str, Any] | None = None) -> bool:
+    def running_here(self, config: dict[str, Any] | None = None, booted: Path | None = None) -> bool:
         """The booted hypervisor answers on its control or console socket (no systemd needed).
 
-        ``config``: the booted runner's vm.json, when the caller has read it already (`list`).
+        ``config``: the booted runner's vm.json, and ``booted``, that runner, when the caller has read them
+        already (`list`).
         """
-        if (booted := self.booted) is None:
+        if (booted := booted or self.booted) is None:
             return False
         try:
             control = (runner_config(booted) if config is None else config).get("microvm", {}).get("socket")

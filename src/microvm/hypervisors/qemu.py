@@ -9,24 +9,18 @@ Control is QMP on ``microvm.socket`` through the ``qemu.qmp`` package.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import MicrovmError
 from ..layout import READINESS_PORT, ROOT_SERIAL
 from ..model.problems import Problem
-from . import qmp
 from .base import Balloon, Feature, GuestArtifacts, Hypervisor, Migrate, Migration, RunnerSpec
 from .common import open_macvtap
 
 if TYPE_CHECKING:
-    from qemu.qmp import QMPClient
-
     from ..model.options import Interface, VMConfig
 
 BINARIES = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
@@ -435,176 +429,52 @@ class Backend(Hypervisor, Balloon, Migrate):
         return spec
 
     # --- control -------------------------------------------------------------------
+    # QMP's client and asyncio load only here (.qemu_qmp): building, checking and running a VM never speak
+    # QMP, and their start-up is what people wait for.
 
     def fault(self, socket: Path) -> str | None:
         """QMP's run state: a guest that qemu stopped for good (an error, a panic, shut down but kept,
         migrated away) is not running even though qemu is."""
-        try:
-            status = qmp.execute(socket, "query-status", timeout=5)["status"]
-        except MicrovmError as exc:
-            return str(exc)
-        return f"qemu reports the VM {status}" if status in FAULTED else None
+        from . import qemu_qmp  # late on purpose: see above
+
+        return qemu_qmp.fault(socket)
 
     def request_shutdown(self, socket: Path) -> None:
-        asyncio.run(_request_shutdown(socket))
+        from . import qemu_qmp  # late on purpose: see above
+
+        qemu_qmp.run(qemu_qmp.request_shutdown(socket))
 
     def stop_hard(self, socket: Path, pid: int) -> None:
+        from . import qmp  # late on purpose: see above
+
         qmp.execute(socket, "quit")
 
     def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
         """qemu's balloon command takes the guest's target memory, not the balloon size."""
-        actual = asyncio.run(_balloon(socket, (mem_mb - size_mb) * MiB))
-        return mem_mb - actual // MiB
+        from . import qemu_qmp  # late on purpose: see above
+
+        actual = qemu_qmp.run(qemu_qmp.balloon(socket, (mem_mb - size_mb) * qemu_qmp.MiB))
+        return mem_mb - actual // qemu_qmp.MiB
 
     def suspend(self, socket: Path, state: Path) -> None:
-        asyncio.run(_suspend(socket, state))
+        from . import qemu_qmp  # late on purpose: see above
+
+        qemu_qmp.run(qemu_qmp.suspend(socket, state))
 
     def resume_args(self, fd: int) -> list[str]:
         return ["-incoming", f"fd:{fd}"]
 
     def finish_resume(self, socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
-        return asyncio.run(_finish_resume(socket, alive, loaded))
+        from . import qemu_qmp  # late on purpose: see above
+
+        return qemu_qmp.run(qemu_qmp.finish_resume(socket, alive, loaded))
 
     def migrate(self, socket: Path, fd: int) -> Migration:
-        return asyncio.run(_migrate(socket, fd))
+        from . import qemu_qmp  # late on purpose: see above
+
+        return qemu_qmp.run(qemu_qmp.migrate(socket, fd))
 
     def continue_here(self, socket: Path) -> None:
-        asyncio.run(_continue(socket))
+        from . import qemu_qmp  # late on purpose: see above
 
-
-MiB = 1024 * 1024
-# QMP run states of a guest that will not run on by itself (paused, in-migrate and the like are fine).
-FAULTED = frozenset({"internal-error", "io-error", "shutdown", "guest-panicked", "watchdog", "postmigrate"})
-SUSPEND_FD = "microvm-suspend"  # the name qemu knows the passed state file by (QMP getfd)
-
-
-async def _request_shutdown(socket: Path) -> None:
-    """The power button; a paused guest is continued first so it can react. A saved VM
-    (`microvm suspend`) must not run on: its state is on disk, so qemu just ends."""
-    async with qmp.session(socket) as client:
-        status = (await client.execute("query-status"))["status"]
-        if status == "postmigrate":
-            await client.execute("quit")
-            return
-        if status == "paused":
-            await client.execute("cont")
-        await client.execute("system_powerdown")
-
-
-async def _suspend(socket: Path, state: Path) -> None:
-    """Stop the vCPUs, then migrate to the file (through a descriptor we pass: qemu, which may run
-    as another user, never opens it). The migration stream keeps the paused run state, so
-    the resumed VM waits for `cont` (see _finish_resume)."""
-    from qemu.qmp import ExecuteError  # late on purpose, as in .qmp: only control commands need qemu.qmp
-
-    partial = state.with_name(f".{state.name}.partial")
-    async with qmp.session(socket) as client:
-        if (await client.execute("query-status"))["status"] != "running":
-            raise MicrovmError(f"the VM on {socket} is not running (paused or already saved)")
-        await client.execute("stop")
-        try:
-            # qemu's default cap (128 MiB/s) is for live migration over a network, not for a file
-            await client.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                client.send_fd_scm(fd)
-                await client.execute("getfd", {"fdname": SUSPEND_FD})
-                await client.execute("migrate", {"uri": f"fd:{SUSPEND_FD}"})
-                if error := await _migration_end(client, lambda: True):
-                    raise MicrovmError(f"qemu could not save the VM: {error}")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(partial, state)
-        except (MicrovmError, ExecuteError) as exc:
-            partial.unlink(missing_ok=True)
-            await client.execute("cont")  # as it was: running
-            if isinstance(exc, ExecuteError):
-                raise MicrovmError(f"qemu could not save the VM: {exc}") from None
-            raise
-
-
-MIGRATE_FD = "microvm-migrate"  # the pipe to the target (through ssh), as qemu knows it
-DOWNTIME_LIMIT_MS = 300
-
-
-async def _migrate(socket: Path, fd: int) -> Migration:
-    """Live migration into ``fd``: RAM is sent while the guest runs, then the rest with the guest
-    stopped for at most about DOWNTIME_LIMIT_MS. A failed migration lets the guest run on here."""
-    from qemu.qmp import ExecuteError  # late on purpose, as in .qmp: only control commands need qemu.qmp
-
-    async with qmp.session(socket) as client:
-        if (await client.execute("query-status"))["status"] != "running":
-            raise MicrovmError(f"the VM on {socket} is not running (paused, saved or migrated)")
-        try:
-            # the default cap (128 MiB/s) would make the link, not the guest, the limit
-            limits = {"max-bandwidth": 1 << 40, "downtime-limit": DOWNTIME_LIMIT_MS}
-            await client.execute("migrate-set-parameters", limits)
-            client.send_fd_scm(fd)
-            await client.execute("getfd", {"fdname": MIGRATE_FD})
-            await client.execute("migrate", {"uri": f"fd:{MIGRATE_FD}"})
-        except ExecuteError as exc:
-            raise MicrovmError(f"qemu could not start the migration: {exc}") from None
-        if error := await _migration_end(client, lambda: True):
-            await _continue_paused(client)
-            raise MicrovmError(f"the migration failed: {error}")
-        info = await client.execute("query-migrate")
-        return Migration(info.get("total-time", 0), info.get("downtime", 0), info.get("ram", {}).get("transferred", 0))
-
-
-async def _continue_paused(client: QMPClient) -> None:
-    if (await client.execute("query-status"))["status"] in ("paused", "postmigrate"):
-        await client.execute("cont")
-
-
-async def _continue(socket: Path) -> None:
-    async with qmp.session(socket) as client:
-        await _continue_paused(client)
-
-
-async def _migration_end(client: QMPClient, alive: Callable[[], bool]) -> str | None:
-    """Wait for the migration (out to a file, or in from one) to end: None when it completed, else
-    why not (qemu's reason, or that the hypervisor went away: ``alive()`` turned false)."""
-    while alive():
-        info = await client.execute("query-migrate")
-        status = info.get("status")  # none yet before an incoming migration starts
-        if status == "completed":
-            return None
-        if status in ("failed", "cancelled"):
-            return info.get("error-desc", f"migration {status}")
-        await asyncio.sleep(0.02)
-    return "qemu exited"
-
-
-async def _finish_resume(socket: Path, alive: Callable[[], bool], loaded: Callable[[], None]) -> bool:
-    """Wait for the incoming migration to complete, then continue the paused VM."""
-    while alive():
-        try:
-            async with qmp.session(socket) as client:
-                if await _migration_end(client, alive) is not None:
-                    return False
-                loaded()
-                await client.execute("cont")
-                return True
-        except qmp.Unreachable:  # not serving its socket yet
-            await asyncio.sleep(0.02)
-    return False
-
-
-async def _balloon(socket: Path, target: int) -> int:
-    """Ask for ``target`` bytes of guest memory; return the guest's actual memory once it settles."""
-    from qemu.qmp import EventListener  # late on purpose, as in .qmp: only control commands need qemu.qmp
-
-    loop = asyncio.get_running_loop()
-    async with qmp.session(socket) as client:
-        listener = EventListener(("BALLOON_CHANGE",))
-        with client.listen(listener):
-            await client.execute("balloon", {"value": target})
-            actual = (await client.execute("query-balloon"))["actual"]
-            deadline = loop.time() + 10
-            while actual != target and (remaining := deadline - loop.time()) > 0:
-                try:
-                    actual = (await asyncio.wait_for(listener.get(), remaining))["data"]["actual"]
-                except TimeoutError:
-                    break
-        return actual
+        qemu_qmp.run(qemu_qmp.continue_(socket))

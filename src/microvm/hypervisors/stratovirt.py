@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MicrovmError
-from . import qmp
 from .base import Balloon, Feature, GuestArtifacts, Hypervisor, RunnerSpec
 from .common import MIB, cmdline, disks, on_off, open_macvtap, plain, remove_stale_socket
 
@@ -112,8 +111,11 @@ class Backend(Hypervisor, Balloon):
         return spec
 
     # --- control: QMP (docs/qmp.md) --------------------------------------------------------
+    # .qmp (and asyncio with it) loads only here: building, checking and running a VM never speak QMP.
 
     def request_shutdown(self, socket: Path) -> None:
+        from . import qmp  # late on purpose: see above
+
         try:
             qmp.execute(socket, "system_powerdown")
         except qmp.CommandError as exc:
@@ -122,6 +124,8 @@ class Backend(Hypervisor, Balloon):
             qmp.execute(socket, "quit")
 
     def stop_hard(self, socket: Path, pid: int) -> None:
+        from . import qmp  # late on purpose: see above
+
         try:
             qmp.execute(socket, "quit")
         except MicrovmError:
@@ -129,6 +133,8 @@ class Backend(Hypervisor, Balloon):
 
     def balloon(self, socket: Path, size_mb: int, mem_mb: int) -> int:
         """QMP's ``balloon`` takes the guest's target memory, not the balloon size."""
+        from . import qmp  # late on purpose: see above
+
         qmp.execute(socket, "balloon", {"value": (mem_mb - size_mb) * MIB})
         actual = qmp.execute(socket, "query-balloon")["actual"]
         return mem_mb - int(actual) // MIB

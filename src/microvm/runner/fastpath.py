@@ -60,7 +60,9 @@ def _content(path: str) -> str | None:
 
 def _code_stamp() -> list[int]:
     """Changes when microvm's own code does (an editable install, an upgrade)."""
-    stats = [st for p in PACKAGE.rglob("*.py") if (st := _stat(str(p)))]
+    # os.walk, not Path.rglob: a glob compiles its pattern (fnmatch, re), ~4 ms of every fast run
+    files = [f"{top}/{name}" for top, _, names in os.walk(PACKAGE) for name in names if name.endswith(".py")]
+    stats = [st for p in files if (st := _stat(p))]
     return [len(stats), max((s[0] for s in stats), default=0)]
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import proc
 from ..control.process import connect_when_there
 from ..layout import CREDENTIALS_IMAGE, runner_config
-from . import credentials, privileges
+from . import privileges
 from .terminal import relay, terminal_passthrough
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ def run_foreground(plan: Foreground, workdir: Path, vm: VMConfig | None = None, 
     user, groups, env = None, [], None
     if os.geteuid() == 0 and not plan.as_root and not os.environ.get(privileges.ROOT_ENV):
         if files := runner_config(plan.runner).get("microvm", {}).get("credentialFiles"):
+            from . import credentials  # late on purpose: tarfile, only for a VM with secrets (start-up speed)
+
             # root reads the host's private files; the unprivileged runner then uses the disk made here
             credentials.pack(workdir / CREDENTIALS_IMAGE, [f"{n}={workdir / p}" for n, p in files.items()])
             env = {credentials.PACKED_ENV: "1"}
