@@ -31,6 +31,8 @@ from nspawn import Container
 
 from microvm.config import load_vm
 from microvm.hypervisors import Feature, GuestArtifacts, get
+from microvm.model.addresses import config_addresses
+from microvm.model.options import HostConfig, VMConfig
 from microvm.runner.build import BuiltVM, build_vm
 from microvm.store import Store
 
@@ -623,3 +625,8 @@ def address(line: str) -> tuple[str, str]:
     found = re.search(r"(https?://[^/]+)/\?token=(\S+)", line)
     assert found, line
     return found.group(1), found.group(2)
+
+
+def addresses_on(vm: VMConfig, host: HostConfig) -> list[str]:
+    """The addresses ``vm`` gets on the bridge of ``host``'s network (what `microvm list` shows)."""
+    return config_addresses(vm.dump(), host.network.basic.dump())

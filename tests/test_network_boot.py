@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import build_file, microvm_in, snapshot, wait_for_text, write_vm
+from helpers import addresses_on, build_file, microvm_in, snapshot, wait_for_text, write_vm
 
 from microvm.config import load_host, vm_config
-from microvm.host.network import vm_addresses
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 
@@ -125,7 +124,7 @@ def test_two_guests_on_the_bridge_with_nat_dhcp_and_forwarded_port(shared_store,
     microvm_in(ns, "host", "network", "up", str(host_file))
 
     addresses = {
-        name: vm_addresses(
+        name: addresses_on(
             vm_config({"guest": {"hostName": name, "network": {"base": {"enable": True, "n": n}}}}), host
         )
         for name, n in (("neta", 1), ("netb", 2))

@@ -8,14 +8,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import write_vm
+from helpers import addresses_on, write_vm
 from typer.testing import CliRunner
 
 from microvm.cli.app import app
 from microvm.config import load_host, load_vm, vm_config
 from microvm.errors import ConfigErrors
 from microvm.guest.system import UDHCPC_SCRIPT, _network_script
-from microvm.model.addresses import base_ipv4, config_addresses
+from microvm.model.addresses import base_ipv4
 from microvm.model.options import HostConfig, VMConfig
 
 
@@ -44,19 +44,15 @@ def test_base_interface_is_derived_from_n_and_survives_a_round_trip() -> None:
     assert again.microvm.interfaces == config.microvm.interfaces
 
 
-def _addresses(vm: VMConfig, host: HostConfig) -> list[str]:
-    return config_addresses(vm.dump(), host.network.basic.dump())
-
-
 def test_vm_addresses_follow_the_bridge_scheme() -> None:
     host = HostConfig.model_validate({"network": {"basic": {"enable": True, "ipv4Subnet": "10.5.0.10/24"}}})
     below, above = vm(base={"enable": True, "n": 0}), vm(base={"enable": True, "n": 9})
     # the bridge's own address is skipped, wherever it sits in the subnet
-    assert _addresses(below, host) == ["10.5.0.1", "fd12:3456:789a::ff:fe01:0"]
-    assert _addresses(above, host)[0] == "10.5.0.11"
+    assert addresses_on(below, host) == ["10.5.0.1", "fd12:3456:789a::ff:fe01:0"]
+    assert addresses_on(above, host)[0] == "10.5.0.11"
     static = vm(base={"enable": True, "n": 3}, interfaces={"vm3": {"dhcp": False, "addresses": ["192.0.2.7/24"]}})
-    assert _addresses(static, host) == ["192.0.2.7", "fd12:3456:789a::ff:fe01:3"]
-    assert _addresses(below, HostConfig()) == []  # no host bridge: no address known
+    assert addresses_on(static, host) == ["192.0.2.7", "fd12:3456:789a::ff:fe01:3"]
+    assert addresses_on(below, HostConfig()) == []  # no host bridge: no address known
     full = HostConfig.model_validate({"network": {"basic": {"enable": True, "ipv4Subnet": "10.5.0.1/30"}}})
     assert base_ipv4(full.network.basic, 0) is not None and base_ipv4(full.network.basic, 1) is None
 
