@@ -85,7 +85,12 @@ def vm_configs(draw: st.DrawFn) -> dict:
     return {
         "guest": {
             "hostName": draw(names),
-            "commands": draw(st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=20), max_size=3)),
+            "commands": draw(
+                st.lists(
+                    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20),
+                    max_size=3,
+                )
+            ),
             "shell": draw(st.booleans()),
         },
         "microvm": {
