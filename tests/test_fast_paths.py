@@ -13,6 +13,7 @@ from helpers import BOOT_TIMEOUT, microvm, write_vm
 
 from microvm.cli import fast_build_or_run
 from microvm.cli.fast import command
+from microvm.config import load_vm
 from microvm.host.statedir import installed_stamp
 from microvm.hypervisors.qemu import host_tsc_khz
 from microvm.runner import fastpath
@@ -29,6 +30,12 @@ BASE = """
 [microvm]
 mem = 128
 """
+
+
+def _name(tmp_path: Path) -> str:
+    """A VM name of this test's own (pytest's directory name, at most 30 characters), so that tests running in
+    parallel do not build or root the same VM."""
+    return tmp_path.name.replace("_", "-").strip("-")
 
 
 def _vm(tmp_path: Path, stop: str = "poweroff") -> Path:
@@ -77,6 +84,53 @@ def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Pat
     assert lookup() is not None
     monkeypatch.setenv("MICROVM_ACCEL", "kvm")  # the environment the build saw changed
     assert lookup() is None
+
+
+def test_a_recorded_build_is_not_found_after_a_file_the_guest_is_built_from_changed(tmp_path: Path) -> None:
+    """guest.files sources and the Debian lock count by content; a deleted source fails as the full build does.
+
+    Recorded as `microvm build` records (a Debian build needs the network): onto a runner that exits 3."""
+    (tmp_path / "motd").write_text("hello\n")
+    (tmp_path / "debian.lock").write_text("{}\n")
+    files = '[guest.files."/etc/motd"]\nsource = "motd"\n[guest.debian]\nlock = "debian.lock"\n'
+    file = write_vm(tmp_path, f'[guest]\nhostName = "{_name(tmp_path)}"\nbase = "debian"\n{files}')
+    stub = tmp_path / "stub"
+    (stub / "bin").mkdir(parents=True)
+    (stub / "bin" / "microvm-run").write_text("#!/bin/sh\nexit 3\n")
+
+    def recorded() -> bool:
+        return fastpath.lookup(file, None, installed_stamp()) is not None
+
+    def record() -> None:
+        loaded = load_vm(file)
+        fastpath.record(file, None, loaded.inputs, loaded.config, installed_stamp(), {"runner": str(stub)})
+        assert recorded()
+
+    record()
+    (tmp_path / "motd").write_text("changed\n")
+    assert not recorded()
+    record()
+    (tmp_path / "debian.lock").write_text('{"packages": {}}\n')
+    assert not recorded()
+    record()
+    (tmp_path / "motd").unlink()
+    assert not recorded()
+    failed = microvm("build", str(file))
+    assert failed.returncode == 1 and f"{tmp_path / 'motd'} does not exist" in failed.stderr, failed.stderr
+
+
+def test_a_recorded_build_is_not_found_after_a_module_deep_in_the_modules_directory_changed(tmp_path: Path) -> None:
+    modules = tmp_path / "modules"
+    (modules / "kernel" / "fs").mkdir(parents=True)
+    (modules / "kernel" / "fs" / "erofs.ko").write_bytes(b"old")
+    (tmp_path / "vmlinux").write_bytes(b"kernel")
+    write_vm(tmp_path, BASE, "base.toml")
+    kernel = f'[guest.kernel]\nimage = "{tmp_path}/vmlinux"\nmodulesDir = "{modules}"\n'
+    vm = load_vm(write_vm(tmp_path, VM.format(stop="poweroff") + kernel)).config
+    paths = fastpath.host_paths(vm, Store().root)
+    before = fastpath.fingerprint([], paths, {})
+    (modules / "kernel" / "fs" / "erofs.ko").write_bytes(b"new")
+    assert fastpath.fingerprint([], paths, {}) != before
 
 
 def test_a_warm_build_prints_what_the_full_build_printed_without_the_option_model(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  
         "warnings": [f"warning: {warning}" for warning in loaded.warnings],
         "note": None if (note := _tcg_note(loaded.config, built)) is None else f"note: {note}",
     }
-    fastpath.record(file, hypervisor, loaded.files, loaded.config, host, printed)
+    fastpath.record(file, hypervisor, loaded.inputs, loaded.config, host, printed)
     return loaded, built
 
 

@@ -8,7 +8,7 @@ config files' contents and a few ``stat`` calls. After each build the command
 records, per (file, hypervisor), a fingerprint of everything the build read,
 what it printed, and the :class:`~microvm.runner.foreground.Foreground` plan to
 run it. A later build or run whose fingerprint is identical uses the record; any
-difference (a config file or one it imports, busybox, a local kernel, the apt
+difference (a config file or one it imports, a file the guest is built from, busybox, a local kernel, the apt
 lists, the tools on ``PATH``, the KVM verdict, microvm itself, the environment,
 the working directory, the state directory and the VMs installed there, which
 the config is checked against) takes the normal path, which evaluates and
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..model.options import VMConfig
 
 STAMP_DIR = ".cache/run"
-STAMP_FORMAT = 4
+STAMP_FORMAT = 5
 ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME")
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,8 @@ def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
         paths += [str(p) for p in apt.list_paths()]
     kernel = vm.guest.kernel
     paths += [p for p in (kernel.image, kernel.modulesDir, vm.microvm.initrdPath) if p]
+    if kernel.modulesDir:  # the build hashes the whole tree: a module replaced deep inside changes it
+        paths += [f"{top}/{name}" for top, dirs, names in os.walk(kernel.modulesDir) for name in dirs + names]
     if kernel.image is None:  # the package is resolved from apt's lists: `apt-get update` changes both
         paths += [str(p) for p in apt.list_paths()]
     return list(dict.fromkeys(paths))
@@ -108,18 +110,20 @@ def fingerprint(config_files: list[str], paths: list[str], host: dict[str, Any])
 def record(
     file: Path,
     hypervisor: str | None,
-    config_files: list[Path],
+    inputs: list[Path],
     vm: VMConfig,
     host: dict[str, Any],
     printed: dict[str, Any],
 ) -> None:
     """After a successful build: remember what building ``file`` gave as long as nothing changes.
 
+    ``inputs``: the config files and the host files the guest is built from (its files' sources, its
+    Debian lock), compared by content.
     ``printed``: the build's "name", "runner", "plan" (:meth:`Foreground.to_json`), "accelerator" line,
     "warnings" and TCG "note", which the fast paths print as the full commands do.
     """
     store_root = default_store_dir().absolute()
-    files = [str(f.absolute()) for f in config_files]
+    files = [str(f.absolute()) for f in inputs]
     paths = host_paths(vm, store_root)
     stamp = {"files": files, "paths": paths, "fingerprint": fingerprint(files, paths, host), **printed}
     target = stamp_file(file, hypervisor)
