@@ -22,7 +22,7 @@ from microvm.store import Store
 VM = """
 imports = ["base.toml"]
 [guest]
-hostName = "fast"
+hostName = "{name}"
 shell = false
 commands = ['echo "fast: up"', "{stop}"]
 """
@@ -38,9 +38,10 @@ def _name(tmp_path: Path) -> str:
     return tmp_path.name.replace("_", "-").strip("-")
 
 
-def _vm(tmp_path: Path, stop: str = "poweroff") -> Path:
+def _vm(tmp_path: Path, stop: str = "poweroff", name: str | None = None) -> Path:
+    """The VM file (default name: :func:`_name`)."""
     write_vm(tmp_path, BASE, "base.toml")
-    return write_vm(tmp_path, VM.format(stop=stop))
+    return write_vm(tmp_path, VM.format(stop=stop, name=name or _name(tmp_path)))
 
 
 def _fast_in_child(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -64,8 +65,8 @@ def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Pat
     assert lookup() is None  # never built with this file
     assert microvm("build", str(file)).returncode == 0
     found = lookup()
-    assert found is not None and found["name"] == "fast" and found["plan"]["hypervisor"] == "qemu"
-    assert found["plan"]["console"] == ["fast-console.sock", "fast-console.log"]
+    assert found is not None and found["name"] == _name(tmp_path) and found["plan"]["hypervisor"] == "qemu"
+    assert found["plan"]["console"] == [f"{_name(tmp_path)}-console.sock", f"{_name(tmp_path)}-console.log"]
     assert "TCG" in found["note"] and found["accelerator"].startswith("accelerator: tcg")  # as the full path prints
     assert lookup("firecracker") is None  # another hypervisor is another build
     assert lookup(state_dir=tmp_path / "other") is None  # checked against another state directory's VMs
@@ -126,7 +127,7 @@ def test_a_recorded_build_is_not_found_after_a_module_deep_in_the_modules_direct
     (tmp_path / "vmlinux").write_bytes(b"kernel")
     write_vm(tmp_path, BASE, "base.toml")
     kernel = f'[guest.kernel]\nimage = "{tmp_path}/vmlinux"\nmodulesDir = "{modules}"\n'
-    vm = load_vm(write_vm(tmp_path, VM.format(stop="poweroff") + kernel)).config
+    vm = load_vm(write_vm(tmp_path, VM.format(stop="poweroff", name="fast") + kernel)).config
     paths = fastpath.host_paths(vm, Store().root)
     before = fastpath.fingerprint([], paths, {})
     (modules / "kernel" / "fs" / "erofs.ko").write_bytes(b"new")
@@ -144,7 +145,7 @@ def test_a_warm_build_prints_what_the_full_build_printed_without_the_option_mode
     assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr
     assert result.stdout.split()[0] == full.stdout.strip()
     # the fast path keeps the build's root, as the full build does (gc would take the runner otherwise)
-    root = Store().roots_dir / "build-fast"
+    root = Store().roots_dir / f"build-{_name(tmp_path)}"
     root.unlink()
     assert microvm("build", str(file)).returncode == 0 and os.readlink(root) == full.stdout.strip()
 
@@ -169,8 +170,9 @@ def test_fast_run_boots_and_the_guest_stops_without_inits_pauses(tmp_path: Path,
     # the fast path, which says so by returning the exit code instead of None
     result = _fast_in_child("run", str(file), "--state-dir", str(state))
     assert result.stdout.splitlines()[-1].split()[:1] == ["0"], result.stderr  # after the console
-    console = (state / "fast" / "fast-console.log").read_text()
-    assert "fast: up" in console and "fast stopped cleanly" in console
+    name = _name(tmp_path)
+    console = (state / name / f"{name}-console.log").read_text()
+    assert "fast: up" in console and f"{name} stopped cleanly" in console
     # rc.shutdown finished the job itself: busybox init's own (slow) way never started
     assert "The system is going down NOW!" not in console
 
@@ -250,7 +252,7 @@ def _command_in_child(*argv: str, heavy: tuple[str, ...] = LIGHT) -> tuple[subpr
 
 def _installed(tmp_path: Path) -> Path:
     """VM ``fast`` installed from a directory source into the test's state directory (the real command)."""
-    _vm(tmp_path / "src")
+    _vm(tmp_path / "src", name="fast")
     (tmp_path / "src" / "vm.toml").rename(tmp_path / "src" / "fast.toml")
     created = microvm("create", "fast", "-f", str(tmp_path / "src"))
     assert created.returncode == 0, created.stderr
@@ -286,7 +288,9 @@ def test_list_and_status_run_without_typer_or_the_option_model(tmp_path: Path) -
     table, loaded = _command_in_child("list")
     assert loaded == [] and table.stdout.splitlines()[1].split()[:3] == ["fast", "not", "booted"]
     # nothing built for this VM (the store is shared: other tests' workers add their own entries meanwhile)
-    assert [p.name for p in set(Path(os.environ["MICROVM_STORE"]).iterdir()) - entries if "fast" in p.name] == []
+    assert [
+        p.name for p in set(Path(os.environ["MICROVM_STORE"]).iterdir()) - entries if p.name.endswith("-fast")
+    ] == []
 
     # the systemd commands check the name and say systemd is missing, without typer
     started, loaded = _command_in_child("start", "fast")
@@ -309,9 +313,9 @@ def test_check_runs_without_typer_or_rich_and_prints_what_typers_check_prints(tm
     """`check FILE` (and `--json`, `--host`) takes the fast dispatch: no typer, click, rich, nor asyncio (the
     qemu and stratovirt backends' QMP); its output and exit code are those of the typer command, for a clean file, a file
     with a warning, a bad file and a host file."""
-    clean = _vm(tmp_path)
-    warned = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nmem = 2048\n", "warned.toml")
-    bad = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nvcpu = 0\nnope = 1\n", "bad.toml")
+    clean = _vm(tmp_path, name="fast")
+    warned = write_vm(tmp_path, VM.format(stop="poweroff", name="fast") + "[microvm]\nmem = 2048\n", "warned.toml")
+    bad = write_vm(tmp_path, VM.format(stop="poweroff", name="fast") + "[microvm]\nvcpu = 0\nnope = 1\n", "bad.toml")
     host = write_vm(tmp_path, '[microvm.vms.fast]\nconfig = "vm.toml"\n', "host.toml")
     other = write_vm(tmp_path, '[guest]\nhostName = "sv"\n[microvm]\nhypervisor = "stratovirt"\n', "sv.toml")  # QMP too
     # the same `main`, its fast dispatch turned off: typer's command, errors shown as main shows them
