@@ -256,8 +256,20 @@ class VMState(NamedTuple):
 
     # --- changes ----------------------------------------------------------------
 
+    def refuse_dropping_saved_state(self, runner: Path) -> None:
+        """Refuse to switch to ``runner`` while `microvm suspend` saved a state only the current build resumes:
+        the next start would boot afresh and the guest's running state (its RAM) would be lost."""
+        if runner != self.current and self.resumable:
+            raise MicrovmError(
+                f"VM {self.name!r} is suspended: its saved state {self.saved_state[0]} resumes only on the build "
+                f"that saved it, and switching to {runner} would boot it afresh instead",
+                hint=f"resume it and shut it down first (microvm start {self.name}, then microvm stop {self.name}), "
+                f"or delete {self.saved_state[0]} to give its state up",
+            )
+
     def switch_current(self, runner: Path) -> None:
         """Switch to ``runner`` (and so to its build record) in one step; then drop the records no link uses."""
+        self.refuse_dropping_saved_state(runner)
         Store(runner.parent).share(runner)  # built before `host apply` made the microvm group, perhaps
         switch_link(self.path / "current", runner)
         keep = {self._record_file(r).name for r in (runner, self.booted) if r is not None}
