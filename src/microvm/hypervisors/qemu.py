@@ -168,7 +168,7 @@ class Backend(Hypervisor, Balloon, Migrate):
             # config space in its pci_arch_init, finds none and prints "PCI: Fatal: No config space access
             # function found" at KERN_ERR, which `quiet` still shows (and `pci=off` does not avoid: it only
             # turns the probes off, the message comes after them). Without that initcall the kernel only
-            # notes, at info level, that the system does not support PCI.
+            # prints "PCI: System does not support PCI" at KERN_WARNING (pcibios_init), which `quiet` hides.
             params.append("initcall_blacklist=pci_arch_init")
         if accel != "tcg":
             return params
