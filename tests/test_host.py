@@ -135,7 +135,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
     define(src, "keep")
     ok("create", "keep", "-f", str(src))
     state = vm_state("keep")
-    before = (state.current, state.build_record)
+    before = (state.current, state.build_record_of(state.current))
     (src / "keep.toml").write_text(POWEROFF_VM.format(name="keep", mem=256, extra="vcpu = 0"))
     message = failing("update", "keep")
     assert "keep.toml" in message and "microvm.vcpu" in message
@@ -143,7 +143,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
         POWEROFF_VM.format(name="keep", mem=512, extra='[guest.kernel]\nimage = "/nonexistent/vmlinuz"')
     )
     assert "/nonexistent/vmlinuz" in failing("update", "keep")  # a valid config whose build fails
-    assert (state.current, state.build_record) == before
+    assert (state.current, state.build_record_of(state.current)) == before
 
 
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_concurrent_creates_install_once(tmp_path: Path) -> None:
     codes = [r.wait(timeout=120) for r in racers]
     assert sorted(codes) == [0, 1, 1]
     state = vm_state("race")
-    assert state.build_record["runner"] == str(state.current)
+    assert state.build_record_of(state.current)["runner"] == str(state.current)
     assert [p.name for p in state.path.iterdir() if p.name.startswith(".")] == []
 
 
