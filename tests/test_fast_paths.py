@@ -134,6 +134,30 @@ def test_a_recorded_build_is_not_found_after_a_module_deep_in_the_modules_direct
     assert fastpath.fingerprint([], paths, {}) != before
 
 
+def test_gc_drops_records_whose_runner_is_gone_and_temporaries_of_dead_writers(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MICROVM_STORE", str(tmp_path / "store"))  # gc must not touch the shared store
+    file = _vm(tmp_path)
+    stubs = []
+    for hypervisor in (None, "firecracker"):  # two records, onto two stub runners
+        stub = tmp_path / f"stub-{hypervisor}"
+        (stub / "bin").mkdir(parents=True)
+        (stub / "bin" / "microvm-run").write_text("#!/bin/sh\nexit 3\n")
+        loaded = load_vm(file)
+        fastpath.record(file, hypervisor, loaded.inputs, loaded.config, installed_stamp(), {"runner": str(stub)})
+        stubs.append(stub)
+    kept = fastpath.stamp_file(file, None)
+    gone = fastpath.stamp_file(file, "firecracker")
+    (stubs[1] / "bin" / "microvm-run").unlink()  # that runner left the store
+    dead = kept.with_name(f".{kept.name}.999999999")  # a writer killed before its rename
+    writing = kept.with_name(f".{kept.name}.{os.getpid()}")  # a writer still at it
+    dead.write_text("{")
+    writing.write_text("{")
+    result = microvm("gc")
+    assert result.returncode == 0 and "2 stale build records removed" in result.stdout, result.stdout + result.stderr
+    assert sorted(p.name for p in kept.parent.iterdir()) == sorted([kept.name, writing.name])
+    assert not gone.exists() and fastpath.lookup(file, None, installed_stamp()) is not None
+
+
 def test_a_warm_build_prints_what_the_full_build_printed_without_the_option_model(tmp_path: Path) -> None:
     file = _vm(tmp_path)
     full = microvm("build", str(file))

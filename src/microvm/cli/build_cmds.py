@@ -93,12 +93,15 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what w
     """Remove store entries that no root (recorded build, installed VM's current or booted) uses."""
     # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.statedir import gc_roots
+    from ..runner import fastpath
 
     store = Store()
     dead = store.gc(gc_roots(), dry_run=dry_run)
     for entry in dead:
         out.print(f"{'would remove' if dry_run else 'removed'} {entry}", soft_wrap=True)
     out.print(f"{len(dead)} entries {'unused' if dry_run else 'removed'}")
+    if records := fastpath.prune(dry_run):  # after the entries: a record whose runner just went goes too
+        out.print(f"{len(records)} stale build records {'unused' if dry_run else 'removed'}")
 
 
 @app.command()

@@ -147,3 +147,34 @@ def lookup(file: Path, hypervisor: str | None, host: dict[str, Any]) -> dict[str
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return stamp
+
+
+def prune(dry_run: bool = False) -> list[Path]:
+    """For `microvm gc`: remove (unless ``dry_run``) and return the records whose runner is gone from the store,
+    and the temporaries of :func:`record` calls killed before their rename."""
+    # late on purpose: only gc needs it, never the fast lookup
+    from ..control.process import alive
+
+    directory = default_store_dir().absolute() / STAMP_DIR
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    stale = []
+    for name in names:
+        path = directory / name
+        if name.startswith("."):  # .KEY.json.PID
+            pid = name.rpartition(".")[2]
+            if not (pid.isdigit() and alive(int(pid))):
+                stale.append(path)
+            continue
+        try:
+            runner = json.loads(path.read_text())["runner"]
+        except (OSError, ValueError, KeyError, TypeError):
+            runner = None
+        if not isinstance(runner, str) or not (Path(runner) / "bin" / "microvm-run").exists():
+            stale.append(path)
+    if not dry_run:
+        for path in stale:
+            path.unlink(missing_ok=True)
+    return stale
