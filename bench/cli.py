@@ -25,7 +25,6 @@ import os
 import pwd
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import libvirt
 from run import EXAMPLE, HOST_VMS, fmt_ms, fresh_store, host_file, median, microvm_cmd, source_stores, spread
 
 from microvm.config import load_vm
+from microvm.control.process import stop_hard
 from microvm.host.sources import files_fingerprint
 from microvm.host.statedir import VMState
 from microvm.runner import fastpath
@@ -201,11 +201,7 @@ class SessionLibvirt:
     def __exit__(self, *exc: object) -> None:
         pid_file = self.dir / "run" / "libvirt" / "libvirtd.pid"
         if pid_file.exists():  # the session daemon virsh started for us: ours to stop
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            for _ in range(100):
-                if not pid_file.exists():
-                    break
-                time.sleep(0.05)
+            stop_hard(int(pid_file.read_text()))  # SIGKILL after 5 s: removing its directory under it is no stop
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
