@@ -25,7 +25,6 @@ import os
 import pwd
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,12 +38,14 @@ import libvirt
 from run import EXAMPLE, HOST_VMS, fmt_ms, fresh_store, host_file, median, microvm_cmd, source_stores, spread
 
 from microvm.config import load_vm
+from microvm.control.process import stop_hard
 from microvm.host.sources import files_fingerprint
 from microvm.host.statedir import VMState
 from microvm.runner import fastpath
 from microvm.runner.build import build_vm
 
 COUNTS, QUICK_COUNTS = (10, 100, 1000), (3, 10)
+CROWDED = 100  # installed VMs for the warm build and run timed also with them (their fast path reads each)
 FLOOR = "`python -c pass` (the floor)"
 
 
@@ -65,7 +66,9 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "`microvm start NAME` (up to the systemd call)": (5, None),
     "`microvm stop NAME` (up to the systemd call)": (5, None),
     "`microvm build FILE` (warm: nothing changed)": (5, None),
+    f"`microvm build FILE` (warm, {CROWDED} VMs installed)": (5, None),
     "`microvm run FILE` (up to the runner: a stub runner)": (5, None),
+    f"`microvm run FILE` (up to the runner, {CROWDED} VMs installed)": (5, None),
     "`microvm check FILE` (one VM)": (10, None),
     f"`microvm eval --host` ({HOST_VMS} VMs)": (None, 0.4),
     f"`microvm check --host` ({HOST_VMS} VMs)": (None, 0.4),
@@ -110,21 +113,27 @@ def install_fakes(state: Path, count: int, runners: list[Path], source: Path) ->
             (vm.path / "booted").symlink_to(runner)
 
 
-def stub_run(work: Path, mv: list[str], env: dict[str, str]) -> tuple[Path, dict[str, str]]:
-    """A VM file whose `microvm run` takes the fast path to a runner that exits at once, and the environment
-    to run it in: the command's own work up to starting the runner, without the boot.
-
-    The file is a copy of the example (its build record is its own, not the warm build's), built once with a
-    state directory of its own; the record then names a copy of the runner whose ``microvm-run`` is
-    ``/bin/true``.
-    """
-    file = work / "cli-run" / "vm.toml"
+def example_copy(work: Path, name: str) -> Path:
+    """A copy of the example: a build record of its own (a record is per file; each is built for one state
+    directory)."""
+    file = work / name / "vm.toml"
     file.parent.mkdir()
     file.write_text(EXAMPLE.read_text())
-    run_env = {**env, "MICROVM_STATE_DIR": str(work / "cli-run-state")}
+    return file
+
+
+def stub_run(work: Path, mv: list[str], env: dict[str, str], state: Path) -> tuple[Path, dict[str, str]]:
+    """A VM file whose `microvm run` takes the fast path to a runner that exits at once, and the environment
+    to run it in (state directory ``state``): the command's own work up to starting the runner, without the boot.
+
+    The file is a copy of the example, built once; the record then names a copy of the runner whose
+    ``microvm-run`` is ``/bin/true``.
+    """
+    file = example_copy(work, f"cli-run-{state.name}")
+    run_env = {**env, "MICROVM_STATE_DIR": str(state)}
     built = Path(subprocess.run([*mv, "build", str(file)], env=run_env, capture_output=True, text=True,
                                 check=True).stdout.strip())  # fmt: skip
-    stub = work / "cli-stub" / built.name
+    stub = work / f"cli-stub-{state.name}" / built.name
     shutil.copytree(built / "share", stub / "share")
     (stub / "bin").mkdir()
     (stub / "bin" / "microvm-run").write_text("#!/bin/true\n")
@@ -201,11 +210,7 @@ class SessionLibvirt:
     def __exit__(self, *exc: object) -> None:
         pid_file = self.dir / "run" / "libvirt" / "libvirtd.pid"
         if pid_file.exists():  # the session daemon virsh started for us: ours to stop
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            for _ in range(100):
-                if not pid_file.exists():
-                    break
-                time.sleep(0.05)
+            stop_hard(int(pid_file.read_text()))  # SIGKILL after 5 s: removing its directory under it is no stop
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -244,7 +249,13 @@ def bench_cli_startup(rounds: int, quick: bool, work: Path, built: dict, host: P
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert len(json.loads(listed)) == (100 if 100 in states else counts[-1]), listed[:500]
     on = {**env, "MICROVM_STATE_DIR": str(middle)}
-    run_file, run_env = stub_run(work, mv, env)
+    run_file, run_env = stub_run(work, mv, env, work / "cli-run-state")
+    # the fast paths read every installed VM's current link: timed also with as many installed as `list (100)`
+    crowded = work / "cli-fast-crowded"  # not `list`'s: `run` adds the VM's state directory
+    install_fakes(crowded, CROWDED, runners, source)
+    crowded_env = {**env, "MICROVM_STATE_DIR": str(crowded)}
+    crowded_build = example_copy(work, "cli-build-crowded")
+    crowded_run, crowded_run_env = stub_run(work, mv, env, crowded)
     # label -> (argv, environment, exit codes that are success, how to start it)
     commands: dict[str, tuple[list[str], dict[str, str], tuple[int, ...], dict]] = {
         FLOOR: ([sys.executable, "-c", "pass"], env, (0,), {}),
@@ -252,6 +263,18 @@ def bench_cli_startup(rounds: int, quick: bool, work: Path, built: dict, host: P
         "`microvm status NAME`": ([*mv, "status", "vm0003"], on, (0,), {}),
         "`microvm build FILE` (warm: nothing changed)": ([*mv, "build", str(EXAMPLE)], env, (0,), {}),
         "`microvm run FILE` (up to the runner: a stub runner)": ([*mv, "run", str(run_file)], run_env, (0,), {}),
+        f"`microvm build FILE` (warm, {CROWDED} VMs installed)": (
+            [*mv, "build", str(crowded_build)],
+            crowded_env,
+            (0,),
+            {},
+        ),
+        f"`microvm run FILE` (up to the runner, {CROWDED} VMs installed)": (
+            [*mv, "run", str(crowded_run)],
+            crowded_run_env,
+            (0,),
+            {},
+        ),
         "`microvm check FILE` (one VM)": ([*mv, "check", str(EXAMPLE)], env, (0,), {}),
         f"`microvm eval --host` ({HOST_VMS} VMs)": ([*mv, "eval", "--host", str(host)], env, (0,), {}),
         f"`microvm check --host` ({HOST_VMS} VMs)": ([*mv, "check", "--host", str(host)], env, (0,), {}),
@@ -393,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     the section in the report (the rest of the report stays as the last full run wrote it)."""
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="10 installed VMs at most in `list`, no libvirt")
     ap.add_argument("--output", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="microvm-bench-cli-") as tmp:
@@ -403,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         squashfs = work / "squashfs.toml"
         squashfs.write_text(f'imports = ["{EXAMPLE}"]\n[microvm]\nstoreDiskType = "squashfs"\n')
         built = {name: build_vm(store, load_vm(file).config) for name, file in (("hello", EXAMPLE), ("sq", squashfs))}
-        res = bench_cli_startup(args.runs, False, work, built, host_file(work))
+        res = bench_cli_startup(args.runs, args.quick, work, built, host_file(work))
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    res.notes.append(f"Measured on {when} by `.venv/bin/python bench/cli.py --runs {args.runs}` (this section alone).")
+    how = f"bench/cli.py --runs {args.runs}{' --quick' if args.quick else ''}"
+    res.notes.append(f"Measured on {when} by `.venv/bin/python {how}` (this section alone).")
     section = "\n".join(report_section(res, plot(args.output, res)))
     args.output.write_text(splice(args.output.read_text(), section))
     print(f"wrote {args.output}", file=sys.stderr)

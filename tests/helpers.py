@@ -101,12 +101,17 @@ def build_file(store: Store, file: Path, hypervisor: str | None = None) -> Built
     return build_vm(store, load_vm(file).config, hypervisor)
 
 
+def store_kernel(store: Store, work: Path):  # -> the kernel store entry of a built VM
+    """The guest kernel in ``store``: what a VM built there boots (a probe VM's, built in ``work``)."""
+    return build_file(store, write_vm(work / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+
+
 def nspawn_kernel(store: Store, tmp_path: Path):  # -> the kernel store entry of a built VM
     """The guest kernel in the shared store, for VMs that run under systemd in an nspawn container (skips
     where no container can run)."""
     if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
         pytest.skip("needs systemd-nspawn")
-    return build_file(store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    return store_kernel(store, tmp_path)
 
 
 def boot(

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from helpers import CACHE, REPO, Host, build_file, unpacked_rootfs, wait_until, write_vm
+from helpers import CACHE, REPO, Host, store_kernel, unpacked_rootfs, wait_until, write_vm
 from netns import NetNS, netns
 from nspawn import container
 
@@ -134,7 +134,7 @@ def _host_file(rootfs: Path) -> Path:
 
 def kernel_settings(shared_store, work: Path) -> str:
     """guest.kernel settings for the kernel already in the shared store (the hosts cannot download)."""
-    kernel = build_file(shared_store, write_vm(work / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    kernel = store_kernel(shared_store, work)
     return f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"\n'
 
 

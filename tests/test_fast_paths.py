@@ -13,6 +13,7 @@ from helpers import BOOT_TIMEOUT, microvm, write_vm
 
 from microvm.cli import fast_build_or_run
 from microvm.cli.fast import command
+from microvm.config import load_vm
 from microvm.host.statedir import installed_stamp
 from microvm.hypervisors.qemu import host_tsc_khz
 from microvm.runner import fastpath
@@ -21,7 +22,7 @@ from microvm.store import Store
 VM = """
 imports = ["base.toml"]
 [guest]
-hostName = "fast"
+hostName = "{name}"
 shell = false
 commands = ['echo "fast: up"', "{stop}"]
 """
@@ -31,9 +32,16 @@ mem = 128
 """
 
 
-def _vm(tmp_path: Path, stop: str = "poweroff") -> Path:
+def _name(tmp_path: Path) -> str:
+    """A VM name of this test's own (pytest's directory name, at most 30 characters), so that tests running in
+    parallel do not build or root the same VM."""
+    return tmp_path.name.replace("_", "-").strip("-")
+
+
+def _vm(tmp_path: Path, stop: str = "poweroff", name: str | None = None) -> Path:
+    """The VM file (default name: :func:`_name`)."""
     write_vm(tmp_path, BASE, "base.toml")
-    return write_vm(tmp_path, VM.format(stop=stop))
+    return write_vm(tmp_path, VM.format(stop=stop, name=name or _name(tmp_path)))
 
 
 def _fast_in_child(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -57,8 +65,8 @@ def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Pat
     assert lookup() is None  # never built with this file
     assert microvm("build", str(file)).returncode == 0
     found = lookup()
-    assert found is not None and found["name"] == "fast" and found["plan"]["hypervisor"] == "qemu"
-    assert found["plan"]["console"] == ["fast-console.sock", "fast-console.log"]
+    assert found is not None and found["name"] == _name(tmp_path) and found["plan"]["hypervisor"] == "qemu"
+    assert found["plan"]["console"] == [f"{_name(tmp_path)}-console.sock", f"{_name(tmp_path)}-console.log"]
     assert "TCG" in found["note"] and found["accelerator"].startswith("accelerator: tcg")  # as the full path prints
     assert lookup("firecracker") is None  # another hypervisor is another build
     assert lookup(state_dir=tmp_path / "other") is None  # checked against another state directory's VMs
@@ -79,6 +87,77 @@ def test_a_recorded_build_is_found_until_something_it_read_changes(tmp_path: Pat
     assert lookup() is None
 
 
+def test_a_recorded_build_is_not_found_after_a_file_the_guest_is_built_from_changed(tmp_path: Path) -> None:
+    """guest.files sources and the Debian lock count by content; a deleted source fails as the full build does.
+
+    Recorded as `microvm build` records (a Debian build needs the network): onto a runner that exits 3."""
+    (tmp_path / "motd").write_text("hello\n")
+    (tmp_path / "debian.lock").write_text("{}\n")
+    files = '[guest.files."/etc/motd"]\nsource = "motd"\n[guest.debian]\nlock = "debian.lock"\n'
+    file = write_vm(tmp_path, f'[guest]\nhostName = "{_name(tmp_path)}"\nbase = "debian"\n{files}')
+    stub = tmp_path / "stub"
+    (stub / "bin").mkdir(parents=True)
+    (stub / "bin" / "microvm-run").write_text("#!/bin/sh\nexit 3\n")
+
+    def recorded() -> bool:
+        return fastpath.lookup(file, None, installed_stamp()) is not None
+
+    def record() -> None:
+        loaded = load_vm(file)
+        fastpath.record(file, None, loaded.inputs, loaded.config, installed_stamp(), {"runner": str(stub)})
+        assert recorded()
+
+    record()
+    (tmp_path / "motd").write_text("changed\n")
+    assert not recorded()
+    record()
+    (tmp_path / "debian.lock").write_text('{"packages": {}}\n')
+    assert not recorded()
+    record()
+    (tmp_path / "motd").unlink()
+    assert not recorded()
+    failed = microvm("build", str(file))
+    assert failed.returncode == 1 and f"{tmp_path / 'motd'} does not exist" in failed.stderr, failed.stderr
+
+
+def test_a_recorded_build_is_not_found_after_a_module_deep_in_the_modules_directory_changed(tmp_path: Path) -> None:
+    modules = tmp_path / "modules"
+    (modules / "kernel" / "fs").mkdir(parents=True)
+    (modules / "kernel" / "fs" / "erofs.ko").write_bytes(b"old")
+    (tmp_path / "vmlinux").write_bytes(b"kernel")
+    write_vm(tmp_path, BASE, "base.toml")
+    kernel = f'[guest.kernel]\nimage = "{tmp_path}/vmlinux"\nmodulesDir = "{modules}"\n'
+    vm = load_vm(write_vm(tmp_path, VM.format(stop="poweroff", name="fast") + kernel)).config
+    paths = fastpath.host_paths(vm, Store().root)
+    before = fastpath.fingerprint([], paths, {})
+    (modules / "kernel" / "fs" / "erofs.ko").write_bytes(b"new")
+    assert fastpath.fingerprint([], paths, {}) != before
+
+
+def test_gc_drops_records_whose_runner_is_gone_and_temporaries_of_dead_writers(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MICROVM_STORE", str(tmp_path / "store"))  # gc must not touch the shared store
+    file = _vm(tmp_path)
+    stubs = []
+    for hypervisor in (None, "firecracker"):  # two records, onto two stub runners
+        stub = tmp_path / f"stub-{hypervisor}"
+        (stub / "bin").mkdir(parents=True)
+        (stub / "bin" / "microvm-run").write_text("#!/bin/sh\nexit 3\n")
+        loaded = load_vm(file)
+        fastpath.record(file, hypervisor, loaded.inputs, loaded.config, installed_stamp(), {"runner": str(stub)})
+        stubs.append(stub)
+    kept = fastpath.stamp_file(file, None)
+    gone = fastpath.stamp_file(file, "firecracker")
+    (stubs[1] / "bin" / "microvm-run").unlink()  # that runner left the store
+    dead = kept.with_name(f".{kept.name}.999999999")  # a writer killed before its rename
+    writing = kept.with_name(f".{kept.name}.{os.getpid()}")  # a writer still at it
+    dead.write_text("{")
+    writing.write_text("{")
+    result = microvm("gc")
+    assert result.returncode == 0 and "2 stale build records removed" in result.stdout, result.stdout + result.stderr
+    assert sorted(p.name for p in kept.parent.iterdir()) == sorted([kept.name, writing.name])
+    assert not gone.exists() and fastpath.lookup(file, None, installed_stamp()) is not None
+
+
 def test_a_warm_build_prints_what_the_full_build_printed_without_the_option_model(tmp_path: Path) -> None:
     file = _vm(tmp_path)
     full = microvm("build", str(file))
@@ -90,7 +169,7 @@ def test_a_warm_build_prints_what_the_full_build_printed_without_the_option_mode
     assert result.stdout.split()[-3:] == ["0", "False", "False"], result.stderr
     assert result.stdout.split()[0] == full.stdout.strip()
     # the fast path keeps the build's root, as the full build does (gc would take the runner otherwise)
-    root = Store().roots_dir / "build-fast"
+    root = Store().roots_dir / f"build-{_name(tmp_path)}"
     root.unlink()
     assert microvm("build", str(file)).returncode == 0 and os.readlink(root) == full.stdout.strip()
 
@@ -115,8 +194,9 @@ def test_fast_run_boots_and_the_guest_stops_without_inits_pauses(tmp_path: Path,
     # the fast path, which says so by returning the exit code instead of None
     result = _fast_in_child("run", str(file), "--state-dir", str(state))
     assert result.stdout.splitlines()[-1].split()[:1] == ["0"], result.stderr  # after the console
-    console = (state / "fast" / "fast-console.log").read_text()
-    assert "fast: up" in console and "fast stopped cleanly" in console
+    name = _name(tmp_path)
+    console = (state / name / f"{name}-console.log").read_text()
+    assert "fast: up" in console and f"{name} stopped cleanly" in console
     # rc.shutdown finished the job itself: busybox init's own (slow) way never started
     assert "The system is going down NOW!" not in console
 
@@ -196,7 +276,7 @@ def _command_in_child(*argv: str, heavy: tuple[str, ...] = LIGHT) -> tuple[subpr
 
 def _installed(tmp_path: Path) -> Path:
     """VM ``fast`` installed from a directory source into the test's state directory (the real command)."""
-    _vm(tmp_path / "src")
+    _vm(tmp_path / "src", name="fast")
     (tmp_path / "src" / "vm.toml").rename(tmp_path / "src" / "fast.toml")
     created = microvm("create", "fast", "-f", str(tmp_path / "src"))
     assert created.returncode == 0, created.stderr
@@ -232,7 +312,9 @@ def test_list_and_status_run_without_typer_or_the_option_model(tmp_path: Path) -
     table, loaded = _command_in_child("list")
     assert loaded == [] and table.stdout.splitlines()[1].split()[:3] == ["fast", "not", "booted"]
     # nothing built for this VM (the store is shared: other tests' workers add their own entries meanwhile)
-    assert [p.name for p in set(Path(os.environ["MICROVM_STORE"]).iterdir()) - entries if "fast" in p.name] == []
+    assert [
+        p.name for p in set(Path(os.environ["MICROVM_STORE"]).iterdir()) - entries if p.name.endswith("-fast")
+    ] == []
 
     # the systemd commands check the name and say systemd is missing, without typer
     started, loaded = _command_in_child("start", "fast")
@@ -255,9 +337,9 @@ def test_check_runs_without_typer_or_rich_and_prints_what_typers_check_prints(tm
     """`check FILE` (and `--json`, `--host`) takes the fast dispatch: no typer, click, rich, nor asyncio (the
     qemu and stratovirt backends' QMP); its output and exit code are those of the typer command, for a clean file, a file
     with a warning, a bad file and a host file."""
-    clean = _vm(tmp_path)
-    warned = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nmem = 2048\n", "warned.toml")
-    bad = write_vm(tmp_path, VM.format(stop="poweroff") + "[microvm]\nvcpu = 0\nnope = 1\n", "bad.toml")
+    clean = _vm(tmp_path, name="fast")
+    warned = write_vm(tmp_path, VM.format(stop="poweroff", name="fast") + "[microvm]\nmem = 2048\n", "warned.toml")
+    bad = write_vm(tmp_path, VM.format(stop="poweroff", name="fast") + "[microvm]\nvcpu = 0\nnope = 1\n", "bad.toml")
     host = write_vm(tmp_path, '[microvm.vms.fast]\nconfig = "vm.toml"\n', "host.toml")
     other = write_vm(tmp_path, '[guest]\nhostName = "sv"\n[microvm]\nhypervisor = "stratovirt"\n', "sv.toml")  # QMP too
     # the same `main`, its fast dispatch turned off: typer's command, errors shown as main shows them

@@ -321,7 +321,7 @@ class Scenario:
             missing = [e for e in self.store.closure([target]) | {target} if not (e / ".inputs.json").exists()]
             if missing or not (target / "share/microvm/vm.json").exists():
                 found.append(f"{link} -> {target}: incomplete closure {missing}")
-        record = state.build_record
+        record = state.build_record_of(state.current)
         if record and record.get("runner") != str(state.current):
             found.append(f"build record {record} is not current's ({state.current})")
         if self.volume.exists() and hashlib.sha256(self.volume.read_bytes()).hexdigest() != self.volume_hash:

@@ -135,7 +135,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
     define(src, "keep")
     ok("create", "keep", "-f", str(src))
     state = vm_state("keep")
-    before = (state.current, state.build_record)
+    before = (state.current, state.build_record_of(state.current))
     (src / "keep.toml").write_text(POWEROFF_VM.format(name="keep", mem=256, extra="vcpu = 0"))
     message = failing("update", "keep")
     assert "keep.toml" in message and "microvm.vcpu" in message
@@ -143,7 +143,7 @@ def test_failed_update_keeps_the_old_vm(tmp_path: Path) -> None:
         POWEROFF_VM.format(name="keep", mem=512, extra='[guest.kernel]\nimage = "/nonexistent/vmlinuz"')
     )
     assert "/nonexistent/vmlinuz" in failing("update", "keep")  # a valid config whose build fails
-    assert (state.current, state.build_record) == before
+    assert (state.current, state.build_record_of(state.current)) == before
 
 
 def test_remove_keeps_volumes_unless_asked(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_concurrent_creates_install_once(tmp_path: Path) -> None:
     codes = [r.wait(timeout=120) for r in racers]
     assert sorted(codes) == [0, 1, 1]
     state = vm_state("race")
-    assert state.build_record["runner"] == str(state.current)
+    assert state.build_record_of(state.current)["runner"] == str(state.current)
     assert [p.name for p in state.path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -493,19 +493,39 @@ def test_suspend_saves_a_running_vm_and_start_resumes_it(tmp_path: Path) -> None
     assert not saved.exists() and not saver.exists()
     assert list_states()["susp"] == ("current", None)
 
-    # after an update the saved state is the old build's: kept aside, and the VM boots afresh
+    # an update would boot it afresh: refused until it was resumed and shut down
     assert "suspended to" in ok("suspend", "susp")
     assert second.wait(timeout=60) == 0
     assert "resuming susp" in (tmp_path / "run2.out").read_text()
     write_vm(tmp_path / "src", TICKING.format(name="susp").replace("mem = 256", "mem = 300"), "susp.toml")
-    assert "the next start boots afresh" in ok("update", "susp")
-    assert list_states()["susp"] == ("not booted", "microvm start susp")  # what the start will do
+    assert "is suspended" in failing("update", "susp")
     third, ticks = _run_until_ticks("susp", tmp_path / "run3.out", 1)
-    assert ticks[0][0] == 1 and ticks[0][1] != boot
-    assert saved.with_name(saved.name + ".old").exists() and not saved.exists()
+    assert {b for _, b in ticks} == {boot}  # resumed, not booted
     shutdown = subprocess.run([state.path / "current/bin/microvm-shutdown"], cwd=state.path, check=False, timeout=120)
     assert shutdown.returncode == 0 and third.wait(timeout=30) == 0
-    assert "saved by another build; booting afresh" in (tmp_path / "run3.out").read_text()
+    assert not saved.exists() and "susp: updated" in ok("update", "susp")
+
+
+def test_update_and_host_apply_refuse_to_boot_a_suspended_vm_afresh(tmp_path: Path, monkeypatch) -> None:
+    """Its saved state resumes only on the build that saved it: switching builds would lose the guest's RAM."""
+    define(tmp_path / "src", "sleepy")
+    ok("create", "sleepy", "-f", str(tmp_path / "src"))
+    state = vm_state("sleepy")
+    runner, (saved, saver) = state.current, state.saved_state
+    saved.write_bytes(b"QEVM")  # as `microvm suspend` leaves them: the state, and the runner that saved it
+    saver.write_text(f"{runner}\n")
+    define(tmp_path / "src", "sleepy", mem=300)
+    refused = failing("update", "sleepy")
+    assert "'sleepy' is suspended" in refused and "microvm start sleepy" in refused, refused
+    assert state.current == runner and saved.read_bytes() == b"QEVM"
+    assert list_states()["sleepy"] == ("suspended", "microvm start sleepy")
+    host = write_vm(
+        tmp_path, f'[microvm]\nstateDir = "{state_dir()}"\n[microvm.vms.sleepy]\nconfig = "src/sleepy.toml"\n', "h.toml"
+    )
+    monkeypatch.setenv("MICROVM_UNIT_DIR", str(tmp_path / "units"))
+    assert "'sleepy' is suspended" in failing("host", "apply", "--dry-run", str(host))  # refused while planning
+    saved.unlink()  # the user gives the state up
+    assert "sleepy: updated" in ok("update", "sleepy")
 
 
 @pytest.mark.boot

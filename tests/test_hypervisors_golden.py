@@ -26,6 +26,7 @@ from helpers import BACKENDS, QEMU_INTERFACES, full_options, guest_for
 from microvm.config import vm_config
 from microvm.hypervisors import Feature, RunnerSpec, get
 from microvm.hypervisors.base import IMAGE_FEATURES
+from microvm.hypervisors.qemu import tb_size
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -313,8 +314,9 @@ def test_the_kernel_probes_pci_only_where_there_is_pci(qemu: dict[str, Any], pci
 @pytest.mark.parametrize(
     "options, accel",
     [
-        ({"mem": 256}, "tcg,tb-size=24"),  # a twelfth of the guest's memory, at least 24 MiB ...
-        ({"mem": 64}, "tcg,tb-size=24"),
+        ({"mem": 256}, "tcg,tb-size=32"),  # a twelfth of the guest's memory, at least 32 MiB ...
+        ({"mem": 64}, "tcg,tb-size=32"),
+        ({"mem": 256, "vcpu": 2}, "tcg,tb-size=64"),  # ... 64 for several vCPUs (the cache is split among them)
         ({"mem": 1024}, "tcg,tb-size=85"),
         ({"mem": 8192}, "tcg,tb-size=256"),  # ... at most 256 MiB
         ({"mem": 256, "qemu": {"tbSize": 16}}, "tcg,tb-size=16"),
@@ -325,6 +327,12 @@ def test_tcg_translation_cache_is_sized_for_the_guest(options: dict[str, Any], a
     argv = get("qemu").runner(vm, replace(guest_for("qemu"), accel="tcg")).argv
     assert argv[argv.index("-accel") + 1] == accel
     assert build("qemu", options).argv[argv.index("-accel") + 1] == "kvm"  # KVM has no translation cache
+
+
+def test_a_debian_guest_gets_a_larger_translation_cache() -> None:
+    vm = vm_config({"microvm": {"hypervisor": "qemu", "mem": 256}, "guest": {"hostName": "web", "base": "debian"}})
+    assert tb_size(vm) == 64
+    assert tb_size(vm_config({"microvm": {"mem": 2048}, "guest": {"hostName": "web", "base": "debian"}})) == 170
 
 
 @pytest.mark.parametrize("case", sorted(QEMU_INTERFACES))

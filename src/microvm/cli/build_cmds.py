@@ -44,7 +44,7 @@ def _build(file: Path, hypervisor: str | None, state_dir: Path | None = None):  
         "warnings": [f"warning: {warning}" for warning in loaded.warnings],
         "note": None if (note := _tcg_note(loaded.config, built)) is None else f"note: {note}",
     }
-    fastpath.record(file, hypervisor, loaded.files, loaded.config, host, printed)
+    fastpath.record(file, hypervisor, loaded.inputs, loaded.config, host, printed)
     return loaded, built
 
 
@@ -93,12 +93,15 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what w
     """Remove store entries that no root (recorded build, installed VM's current or booted) uses."""
     # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.statedir import gc_roots
+    from ..runner import fastpath
 
     store = Store()
     dead = store.gc(gc_roots(), dry_run=dry_run)
     for entry in dead:
         out.print(f"{'would remove' if dry_run else 'removed'} {entry}", soft_wrap=True)
     out.print(f"{len(dead)} entries {'unused' if dry_run else 'removed'}")
+    if records := fastpath.prune(dry_run):  # after the entries: a record whose runner just went goes too
+        out.print(f"{len(records)} stale build records {'unused' if dry_run else 'removed'}")
 
 
 @app.command()

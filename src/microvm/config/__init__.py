@@ -36,10 +36,17 @@ class LoadedVM:
     config: VMConfig
     loaded: Loaded
     warnings: list[ConfigError] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
+    """The host files the guest is built from (guest.files.*.source, guest.debian.lock, microvm.initrdPath)."""
 
     @property
     def files(self) -> list[Path]:
         return self.loaded.files
+
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file the VM's build reads by content: its config files and its sources."""
+        return [*self.files, *self.sources]
 
 
 @dataclass
@@ -90,7 +97,7 @@ def vm_from_loaded(
     ``state_dir``: where its state directory will be (sockets there must fit; default the system's).
     """
     data = _with_default_name(data, name)
-    data, missing = _resolve_sources(data, loaded, prefix)
+    data, sources, missing = _resolve_sources(data, loaded, prefix)
     try:
         config = vm_config(data)
     except ValidationError as exc:
@@ -102,21 +109,23 @@ def vm_from_loaded(
     problems = check_vm(config) + check_against_others(config, others, "installed")
     problems += check_vm_destinations(config, name, state_dir)
     warnings = _report(problems, loaded, prefix)
-    return LoadedVM(name, config, loaded, warnings)
+    return LoadedVM(name, config, loaded, warnings, sources)
 
 
 def _resolve_sources(
     data: dict[str, Any], loaded: Loaded, prefix: OptionPath
-) -> tuple[dict[str, Any], list[ConfigError]]:
+) -> tuple[dict[str, Any], list[Path], list[ConfigError]]:
     """Make host files the guest is built from absolute (relative to the file that names them), before validation.
 
-    Returns the data with them, and an error for each that does not exist (raised after validation's own).
+    Returns the data with them, the files (what the build reads), and an error for each that does not exist
+    (raised after validation's own).
     """
     files = value_at(data, ("guest", "files"))
     targets = files if isinstance(files, dict) else {}
     wanted: list[OptionPath] = [("guest", "files", target, "source") for target in targets]
     wanted += [("guest", "debian", "lock"), ("microvm", "initrdPath")]
     errors = []
+    sources = []
     for path in wanted:
         value = value_at(data, path)
         if not isinstance(value, str):
@@ -134,7 +143,8 @@ def _resolve_sources(
                 )
             )
         data = _replaced(data, path, str(resolved))
-    return data, errors
+        sources.append(resolved)
+    return data, sources, errors
 
 
 def _replaced(data: dict[str, Any], path: OptionPath, value: Any) -> dict[str, Any]:

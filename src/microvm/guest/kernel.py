@@ -28,8 +28,8 @@ from .debarch import Apt
 # Debian's meta packages per flavor; {arch} is the Debian architecture (amd64, arm64).
 FLAVORS = {"cloud": "linux-image-cloud-{arch}", "generic": "linux-image-{arch}"}
 META_FILE = "kernel.json"
-# Changes when what a downloaded kernel's entry holds does (2: the vmlinux's zero tails trimmed).
-VMLINUX_FORMAT = 2
+# Changes when what a kernel's entry holds does (2: the vmlinux's zero tails trimmed; 3: only from .bss on).
+VMLINUX_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,7 @@ def use_local_kernel(store: Store, image: Path, modules_dir: Path | None = None)
         "image": file_digest(image),
         "modules": _tree_digest(modules_dir) if modules_dir is not None else None,
         "release": release,
+        "vmlinux": VMLINUX_FORMAT,
     }
 
     def build(out: Path) -> None:
@@ -220,8 +221,9 @@ PT_LOAD, PT_NOTE = 1, 4
 P_FILESZ = 0x20  # where p_filesz is in an ELF64 program header
 
 
-def _segments(f: BinaryIO) -> list[tuple[int, int, int, int]]:
-    """(offset of its header, p_type, p_offset, p_filesz) of each program header of an ELF64 file (none if not one)."""
+def _segments(f: BinaryIO) -> list[tuple[int, int, int, int, int, int]]:
+    """(offset of its header, p_type, p_offset, p_vaddr, p_filesz, p_memsz) of each program header of an ELF64 file
+    (none if not one)."""
     header = f.read(64)
     if header[:4] != b"\x7fELF" or header[4] != 2:  # ELFCLASS64 only
         return []
@@ -229,13 +231,35 @@ def _segments(f: BinaryIO) -> list[tuple[int, int, int, int]]:
     phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
     f.seek(phoff)
     table = f.read(phentsize * phnum)
-    return [(phoff + i * phentsize, *struct.unpack_from("<I4xQ16xQ", table, i * phentsize)) for i in range(phnum)]
+    return [(phoff + i * phentsize, *struct.unpack_from("<I4xQQ8xQQ", table, i * phentsize)) for i in range(phnum)]
+
+
+def _section_address(f: BinaryIO, name: bytes) -> int | None:
+    """The address (sh_addr) of the ELF64 file's section ``name``; None without it or its section headers."""
+    f.seek(0)
+    header = f.read(64)
+    if header[:4] != b"\x7fELF" or header[4] != 2:
+        return None
+    (shoff,) = struct.unpack_from("<Q", header, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", header, 0x3A)
+    if not shoff or shstrndx >= shnum:
+        return None
+    f.seek(shoff)
+    table = f.read(shentsize * shnum)
+    sections = [struct.unpack_from("<I12xQQQ", table, i * shentsize) for i in range(shnum)]  # name, addr, off, size
+    _, _, names_offset, names_size = sections[shstrndx]
+    f.seek(names_offset)
+    names = f.read(names_size)
+    for name_offset, address, _, _ in sections:
+        if names[name_offset:].split(b"\0", 1)[0] == name:
+            return address
+    return None
 
 
 def has_pvh_note(path: Path) -> bool:
     """Whether an ELF64 kernel has the PVH entry note qemu's ``-kernel`` needs to boot it."""
     with path.open("rb") as f:
-        for _, p_type, p_offset, p_filesz in _segments(f):
+        for _, p_type, p_offset, _, p_filesz, _ in _segments(f):
             if p_type != PT_NOTE:
                 continue
             f.seek(p_offset)
@@ -272,25 +296,31 @@ def _image_release(image: Path) -> str | None:
 
 
 def trim_zero_tails(path: Path) -> int:
-    """Shorten each loadable segment's part in the file by its trailing zeros; return the bytes left out.
+    """Shorten the file part of the loadable segment that holds ``.bss`` by its trailing zeros from ``.bss`` on;
+    return the bytes left out.
 
-    An ELF loader zero-fills a segment's memory beyond its file part, so the kernel boots the same.
-    But qemu maps the file and copies each file part into guest RAM, so every page of it stays
-    resident in the host as long as the VM runs: Debian's kernel ends in 11 MiB of zeros (.bss,
-    .brk, .init.scratch) that are then never read.
+    Every ELF loader (qemu's, rust-vmm's linux-loader, crosvm's) gives a segment fresh zeroed RAM, or zero-fills it
+    beyond its file part, and the kernel clears .bss and .brk itself, so the kernel boots the same. But qemu maps
+    the file and copies each file part into guest RAM, so every page of it stays resident in the host as long as
+    the VM runs: Debian's kernel ends in 11 MiB of zeros (.bss, .brk, .init.scratch) that are then never read.
+    Zeros before ``.bss`` (the end of .data) stay: nothing clears them. At least one byte of the segment stays
+    (some loaders skip a segment without a file part). Without section headers nothing is trimmed.
     """
-    saved = 0
     with path.open("r+b") as f:
-        for where, p_type, p_offset, p_filesz in _segments(f):
-            if p_type != PT_LOAD:
+        segments = _segments(f)
+        bss = _section_address(f, b".bss")
+        for where, p_type, p_offset, p_vaddr, p_filesz, p_memsz in segments:
+            if p_type != PT_LOAD or bss is None or not p_vaddr <= bss < p_vaddr + p_memsz:
                 continue
-            f.seek(p_offset)
-            kept = len(f.read(p_filesz).rstrip(b"\0"))
-            if kept < p_filesz:
-                f.seek(where + P_FILESZ)
-                f.write(struct.pack("<Q", kept))
-                saved += p_filesz - kept
-    return saved
+            floor = max(bss - p_vaddr, 1)
+            if floor >= p_filesz:
+                return 0
+            f.seek(p_offset + floor)
+            kept = floor + len(f.read(p_filesz - floor).rstrip(b"\0"))
+            f.seek(where + P_FILESZ)
+            f.write(struct.pack("<Q", kept))
+            return p_filesz - kept
+    return 0
 
 
 def extract_vmlinux(bzimage: Path, dest: Path) -> bool:

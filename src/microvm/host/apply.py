@@ -158,6 +158,7 @@ def _vm_changes(host: LoadedHost, store: Store, state_dir: Path, say: Callable[[
             if not declared.cluster:  # a cluster VM's build is the resource's: the agent's start installs it
                 result.installs[name] = ["--runner", str(built.runner)]
             if state.current != built.runner or state.declared_by != str(host.loaded.file):
+                state.refuse_dropping_saved_state(built.runner)  # before anything is applied
                 result.changes.append(InstallDeclared(host.vms[name], built.runner, host.loaded.file, state_dir, owner))
                 if state.current is not None and declared.restartIfChanged and not declared.cluster:
                     result.to_restart.append(name)

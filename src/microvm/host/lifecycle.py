@@ -73,6 +73,7 @@ def _install(
     owner: tuple[int, int] | None,
 ) -> Change:
     old = state.current
+    state.refuse_dropping_saved_state(runner)  # before the build's record is written
     state.path.mkdir(parents=True, exist_ok=True)
     if owner := owner or service_owner():
         os.chown(state.path, *owner)
@@ -257,12 +258,12 @@ def status(state: VMState, active: bool | None = None, bridge: dict[str, Any] | 
     verdict: tuple[str, str | None, str | None]
     if config is None and state.runner_missing:  # its vm.json was read: the runner is there
         verdict = ("missing", "its runner is gone from the store, rebuild it", state.rebuild_command())
+    elif not booted and state.resumable:  # before outdated: an update waits until it was resumed and shut down
+        verdict = ("suspended", "resume with", f"microvm start {state.name}")
     elif outdated and declared_by:
         verdict = ("outdated", "apply the host", f"microvm host apply {declared_by}")
     elif outdated:
         verdict = ("outdated", "rebuild and reboot", f"microvm -Ru {state.name}")
-    elif not booted and state.resumable:
-        verdict = ("suspended", "resume with", f"microvm start {state.name}")
     elif not booted:
         verdict = ("not booted", "start with", f"microvm start {state.name}")
     elif booted_runner != current:

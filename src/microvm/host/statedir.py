@@ -181,20 +181,16 @@ class VMState(NamedTuple):
         """The host file of a fully declarative VM."""
         return self._line("declared")
 
-    def _record_file(self, runner: Path) -> Path:
-        return self.path / "builds" / f"{runner.name}.json"
-
-    @property
-    def build_record(self) -> dict[str, Any]:
-        """The record of the current build (empty if there is none)."""
-        return self.build_record_of(self.current)
+    def _record_file(self, runner: Path) -> str:
+        """Where the record of the build of ``runner`` is (a string: `list` reads it for every VM)."""
+        return f"{self.path}/builds/{runner.name}.json"
 
     def build_record_of(self, runner: Path | None) -> dict[str, Any]:
         """The record of the build of ``runner`` (`list` has read ``current`` already: one link read less)."""
         if runner is None:
             return {}
         try:
-            return json.loads(read_small(f"{self.path}/builds/{runner.name}.json"))  # _record_file, for `list`
+            return json.loads(read_small(self._record_file(runner)))
         except (FileNotFoundError, ValueError):
             return {}
 
@@ -256,11 +252,23 @@ class VMState(NamedTuple):
 
     # --- changes ----------------------------------------------------------------
 
+    def refuse_dropping_saved_state(self, runner: Path) -> None:
+        """Refuse to switch to ``runner`` while `microvm suspend` saved a state only the current build resumes:
+        the next start would boot afresh and the guest's running state (its RAM) would be lost."""
+        if runner != self.current and self.resumable:
+            raise MicrovmError(
+                f"VM {self.name!r} is suspended: its saved state {self.saved_state[0]} resumes only on the build "
+                f"that saved it, and switching to {runner} would boot it afresh instead",
+                hint=f"resume it and shut it down first (microvm start {self.name}, then microvm stop {self.name}), "
+                f"or delete {self.saved_state[0]} to give its state up",
+            )
+
     def switch_current(self, runner: Path) -> None:
         """Switch to ``runner`` (and so to its build record) in one step; then drop the records no link uses."""
+        self.refuse_dropping_saved_state(runner)
         Store(runner.parent).share(runner)  # built before `host apply` made the microvm group, perhaps
         switch_link(self.path / "current", runner)
-        keep = {self._record_file(r).name for r in (runner, self.booted) if r is not None}
+        keep = {Path(self._record_file(r)).name for r in (runner, self.booted) if r is not None}
         for record in (self.path / "builds").glob("*.json"):
             if record.name not in keep:
                 record.unlink(missing_ok=True)
@@ -275,8 +283,9 @@ class VMState(NamedTuple):
     def record(self, runner: Path, *, source: str | None, declared_by: str | None, build: dict[str, Any]) -> None:
         """Write how ``runner`` was built, before ``current`` is switched to it; exactly one of
         ``source`` / ``declared_by`` is kept."""
-        self._record_file(runner).parent.mkdir(exist_ok=True)
-        write_atomic(self._record_file(runner), json.dumps(build, indent=1, sort_keys=True) + "\n")
+        record = Path(self._record_file(runner))
+        record.parent.mkdir(exist_ok=True)
+        write_atomic(record, json.dumps(build, indent=1, sort_keys=True) + "\n")
         for name, value in (("source", source), ("declared", declared_by)):
             if value is None:
                 (self.path / name).unlink(missing_ok=True)

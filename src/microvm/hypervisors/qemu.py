@@ -30,14 +30,17 @@ BRIDGE_HELPER = "/usr/lib/qemu/qemu-bridge-helper"
 
 
 # TCG's translation cache, in MiB, when microvm.qemu.tbSize does not say: a twelfth of the guest's memory
-# within these bounds. Measured (docs/benchmarks.md, 256 MB busybox guest): a boot fills 48 MiB of qemu's
-# default 1 GiB cache; with 32 it boots as fast, with 24 about 0.07 s (7 %) slower for 10 MiB less, with
-# 16 0.4 s slower (TCG translates again after each flush of a full cache).
-TB_SIZE_MIN, TB_SIZE_MAX = 24, 256
+# within these bounds. Measured by hand on a 1-vCPU 256 MB busybox guest only (docs/benchmarks.md): a boot
+# fills 48 MiB of qemu's default 1 GiB cache, and boots about as fast with 32; smaller caches were slower
+# (TCG translates again after each flush of a full cache). A Debian guest runs far more code, and
+# multi-threaded TCG hands the cache out to the vCPU threads in regions: not measured, so they get twice
+# the floor.
+TB_SIZE_MIN, TB_SIZE_MAX = 32, 256
 
 
 def tb_size(vm: VMConfig) -> int:
-    return vm.microvm.qemu.tbSize or min(TB_SIZE_MAX, max(TB_SIZE_MIN, vm.microvm.mem // 12))
+    floor = 2 * TB_SIZE_MIN if vm.guest.base == "debian" or vm.microvm.vcpu > 1 else TB_SIZE_MIN
+    return vm.microvm.qemu.tbSize or min(TB_SIZE_MAX, max(floor, vm.microvm.mem // 12))
 
 
 def console_socket(vm: VMConfig) -> str:
@@ -165,7 +168,7 @@ class Backend(Hypervisor, Balloon, Migrate):
             # config space in its pci_arch_init, finds none and prints "PCI: Fatal: No config space access
             # function found" at KERN_ERR, which `quiet` still shows (and `pci=off` does not avoid: it only
             # turns the probes off, the message comes after them). Without that initcall the kernel only
-            # notes, at info level, that the system does not support PCI.
+            # prints "PCI: System does not support PCI" at KERN_WARNING (pcibios_init), which `quiet` hides.
             params.append("initcall_blacklist=pci_arch_init")
         if accel != "tcg":
             return params

@@ -349,7 +349,8 @@ class QemuOptions(Options):
         description=(
             "Size in MiB of TCG's cache of translated guest code (`-accel tcg,tb-size=`), used only under "
             "emulation; it is host memory, filled as the guest runs new code. Null: a twelfth of `microvm.mem`, "
-            "at least 24 and at most 256 (qemu's own default, 1 GiB, lets a busybox boot fill 48 MiB)."
+            "at least 32 (64 for a Debian guest or several vCPUs) and at most 256 (qemu's own default, 1 GiB, "
+            "lets a busybox boot fill 48 MiB)."
         ),
     )
     pcieRootPorts: list[PcieRootPort] = Field(

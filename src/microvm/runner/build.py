@@ -63,6 +63,7 @@ def kernel_cmdline(vm: VMConfig, backend: Hypervisor, verdict: accel.Accel) -> l
         # makes an inode and a dentry for each of its ~1400 trace events' files (8 MB of slab), and the
         # per-CPU areas are set up in 2 MB units for 0.25 MB. Without tracefs's files (ftrace's and perf's
         # tracepoint interface in /sys/kernel/tracing) and with page-sized per-CPU chunks a 64 MB guest boots.
+        # No option turns them off: 128 MB or more does (docs/guide.md).
         params += ["initcall_blacklist=tracer_init_tracefs", "percpu_alloc=page"]
     if mv.optimize.enable:
         # a quiet console, and no self-tests of every crypto algorithm: both measurably faster (docs/benchmarks.md)

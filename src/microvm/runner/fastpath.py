@@ -8,7 +8,7 @@ config files' contents and a few ``stat`` calls. After each build the command
 records, per (file, hypervisor), a fingerprint of everything the build read,
 what it printed, and the :class:`~microvm.runner.foreground.Foreground` plan to
 run it. A later build or run whose fingerprint is identical uses the record; any
-difference (a config file or one it imports, busybox, a local kernel, the apt
+difference (a config file or one it imports, a file the guest is built from, busybox, a local kernel, the apt
 lists, the tools on ``PATH``, the KVM verdict, microvm itself, the environment,
 the working directory, the state directory and the VMs installed there, which
 the config is checked against) takes the normal path, which evaluates and
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..model.options import VMConfig
 
 STAMP_DIR = ".cache/run"
-STAMP_FORMAT = 4
+STAMP_FORMAT = 5
 ENVIRONMENT = ("MICROVM_ACCEL", "MICROVM_STORE", "PATH", "HOME", "XDG_CACHE_HOME")
 PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -84,6 +84,8 @@ def host_paths(vm: VMConfig, store_root: Path) -> list[str]:
         paths += [str(p) for p in apt.list_paths()]
     kernel = vm.guest.kernel
     paths += [p for p in (kernel.image, kernel.modulesDir, vm.microvm.initrdPath) if p]
+    if kernel.modulesDir:  # the build hashes the whole tree: a module replaced deep inside changes it
+        paths += [f"{top}/{name}" for top, dirs, names in os.walk(kernel.modulesDir) for name in dirs + names]
     if kernel.image is None:  # the package is resolved from apt's lists: `apt-get update` changes both
         paths += [str(p) for p in apt.list_paths()]
     return list(dict.fromkeys(paths))
@@ -108,18 +110,20 @@ def fingerprint(config_files: list[str], paths: list[str], host: dict[str, Any])
 def record(
     file: Path,
     hypervisor: str | None,
-    config_files: list[Path],
+    inputs: list[Path],
     vm: VMConfig,
     host: dict[str, Any],
     printed: dict[str, Any],
 ) -> None:
     """After a successful build: remember what building ``file`` gave as long as nothing changes.
 
+    ``inputs``: the config files and the host files the guest is built from (its files' sources, its
+    Debian lock), compared by content.
     ``printed``: the build's "name", "runner", "plan" (:meth:`Foreground.to_json`), "accelerator" line,
     "warnings" and TCG "note", which the fast paths print as the full commands do.
     """
     store_root = default_store_dir().absolute()
-    files = [str(f.absolute()) for f in config_files]
+    files = [str(f.absolute()) for f in inputs]
     paths = host_paths(vm, store_root)
     stamp = {"files": files, "paths": paths, "fingerprint": fingerprint(files, paths, host), **printed}
     target = stamp_file(file, hypervisor)
@@ -143,3 +147,34 @@ def lookup(file: Path, hypervisor: str | None, host: dict[str, Any]) -> dict[str
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return stamp
+
+
+def prune(dry_run: bool = False) -> list[Path]:
+    """For `microvm gc`: remove (unless ``dry_run``) and return the records whose runner is gone from the store,
+    and the temporaries of :func:`record` calls killed before their rename."""
+    # late on purpose: only gc needs it, never the fast lookup
+    from ..control.process import alive
+
+    directory = default_store_dir().absolute() / STAMP_DIR
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    stale = []
+    for name in names:
+        path = directory / name
+        if name.startswith("."):  # .KEY.json.PID
+            pid = name.rpartition(".")[2]
+            if not (pid.isdigit() and alive(int(pid))):
+                stale.append(path)
+            continue
+        try:
+            runner = json.loads(path.read_text())["runner"]
+        except (OSError, ValueError, KeyError, TypeError):
+            runner = None
+        if not isinstance(runner, str) or not (Path(runner) / "bin" / "microvm-run").exists():
+            stale.append(path)
+    if not dry_run:
+        for path in stale:
+            path.unlink(missing_ok=True)
+    return stale
