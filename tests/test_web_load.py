@@ -109,6 +109,11 @@ async def load(base: str, url: str, token: str) -> AsyncIterator[tuple[list[byte
     received = [bytearray() for _ in range(VIEWERS)]
     viewers = [await _connect(url, token) for _ in range(VIEWERS)]
     watching = [asyncio.create_task(_collect(ws, into)) for ws, into in zip(viewers, received, strict=True)]
+    # each viewer is subscribed once its backlog arrived: a burst typed before that could outrun the backlog
+    deadline = time.monotonic() + 60
+    while not all(received):
+        assert time.monotonic() < deadline, f"{sum(not r for r in received)} viewers got no backlog"
+        await asyncio.sleep(0.02)
     stop = threading.Event()
     loads = PageLoads(base, token, stop)
     began = time.monotonic()
