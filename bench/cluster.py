@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -263,7 +264,10 @@ def _medians(failovers: list[tuple[float, float, float]]) -> tuple[float, float,
 
 
 def report(
-    failovers: dict[str, list[tuple[float, float, float]]], drains: dict[str, list[float]], formed: float
+    failovers: dict[str, list[tuple[float, float, float]]],
+    drains: dict[str, list[float]],
+    formed: float,
+    load: tuple[float, float],
 ) -> str:
     med = statistics.median
     ours, theirs = failovers[OURS.resource], failovers[THEIRS.resource]
@@ -284,6 +288,7 @@ def report(
             "",
             "Measured by `bench/cluster.py` on the tests' three-node rig (systemd-nspawn nodes on this machine,",
             f"knet `token: 1000`, TCG guests). The cluster formed (quorate, fence device started) in {formed:.1f} s.",
+            f"This machine's load average (1 min, 2 cores, shared): {load[0]:.1f} at the start, {load[1]:.1f} at the end.",
             "",
             f"| fail-over ({rounds} rounds, medians) | time |",
             "|---|---|",
@@ -310,8 +315,10 @@ def report(
             "The same guest (kernel, initrd, root image and kernel command line of the build, 256 MB, TCG, its",
             "volume on the shared storage) as a libvirt domain (machine `microvm`, direct kernel boot, the XML on",
             "the shared storage) run by Pacemaker's `ocf:heartbeat:VirtualDomain` under a libvirtd in every node",
-            "(libvirt 9.0, resource-agents 4.12), drained by live migration with `migration_transport=ssh`. Same",
-            "run, same rig, rounds interleaved with ours (each side's resource alone in the cluster); medians.",
+            "(libvirt 9.0, resource-agents 4.12), drained by live migration with `migration_transport=ssh` and",
+            "`migrate_options=--unsafe` (libvirt takes the shared directory, a bind mount of local ext4 standing in",
+            "for NFS, for local storage and refuses otherwise; the volume has `cache='none'`). Same run, same rig,",
+            "rounds interleaved with ours (each side's resource alone in the cluster); medians.",
             "",
             f"| {rounds} rounds, medians | microvm | VirtualDomain | VirtualDomain / microvm |",
             "|---|---|---|---|",
@@ -338,6 +345,7 @@ def main() -> None:
     failovers: dict[str, list[tuple[float, float, float]]] = {OURS.resource: [], THEIRS.resource: []}
     drains: dict[str, list[float]] = {OURS.resource: [], THEIRS.resource: []}
     with tempfile.TemporaryDirectory(prefix="microvm-bench-cluster-") as tmp:
+        load = os.getloadavg()[0]
         began = time.monotonic()
         with three_nodes(Path(tmp), VD_PACKAGES) as cluster:
             formed = time.monotonic() - began
@@ -353,7 +361,8 @@ def main() -> None:
                 for side in (OURS, THEIRS):
                     only(cluster, side)
                     drains[side.resource].append(drain(cluster, side))
-    section = report(failovers, drains, formed)
+            loads = (load, os.getloadavg()[0])
+    section = report(failovers, drains, formed, loads)
     print(section)
     write_section(args.output, section)
 
