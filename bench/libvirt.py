@@ -56,11 +56,31 @@ def _virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def domain_xml(
-    name: str, machine: str, kernel: Path, initrd: Path, disk: Path, cmdline: str, mem_mb: int, log: Path
+    name: str,
+    machine: str,
+    kernel: Path,
+    initrd: Path,
+    disk: Path,
+    cmdline: str,
+    mem_mb: int,
+    log: Path,
+    volume: Path | None = None,
 ) -> str:
-    """A direct-kernel-boot domain with one read-only virtio disk and the serial console in a file."""
+    """A direct-kernel-boot domain with one read-only virtio disk and the serial console in a file.
+
+    ``volume``: a writable raw disk after it, uncached (libvirt live-migrates a domain only then)."""
     microvm = machine == "microvm"
     address = "\n      <address type='virtio-mmio'/>" if microvm else ""
+    writable = (
+        f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source file={quoteattr(str(volume))}/>
+      <target dev='vdb' bus='virtio'/>{address}
+    </disk>"""
+        if volume
+        else ""
+    )
     quirks = "\n    <controller type='usb' model='none'/>\n    <memballoon model='none'/>" if microvm else ""
     return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
@@ -83,7 +103,7 @@ def domain_xml(
       <target dev='vda' bus='virtio'/>
       <serial>microvm-root</serial>
       <readonly/>{address}
-    </disk>
+    </disk>{writable}
     <serial type='file'><source path={quoteattr(str(log))} append='off'/></serial>{quirks}
   </devices>
 </domain>

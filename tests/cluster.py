@@ -361,8 +361,9 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def three_nodes(tmp: Path) -> Iterator[Cluster]:
-    """n1, n2 and n3 booted, sshd running, a quorate cluster with all three online and the fence device started."""
+def three_nodes(tmp: Path, packages: list[str] = PACKAGES) -> Iterator[Cluster]:
+    """n1, n2 and n3 booted from a rootfs with ``packages``, sshd running, a quorate cluster with all three online
+    and the fence device started."""
     keys = Keys(tmp / "keys", ADDRESSES)
     shared = tmp / "shared"
     shared.mkdir()
@@ -371,7 +372,7 @@ def three_nodes(tmp: Path) -> Iterator[Cluster]:
     for sub in ("requests", "answers", "tmp"):
         (fence / sub).mkdir(parents=True)
     authkey = os.urandom(256)
-    tarball = rootfs_tarball(PACKAGES, HOOK)
+    tarball = rootfs_tarball(packages, HOOK)
     with contextlib.ExitStack() as stack:
         br = bridge(stack, "mvc")
         namespaces = {name: wire(stack, br, "mvc", name, address) for name, address in ADDRESSES.items()}
