@@ -124,6 +124,8 @@ def test_agent_actions_on_systemd(node) -> None:
     assert "microvm: c1 stopped cleanly" in host.console("c1")
     assert ocf(host, "monitor")[0] == agent.NOT_RUNNING
     assert ocf(host, "stop")[0] == agent.SUCCESS  # stopped already
+    # a parameter stop does not use is no reason to fail it (a failed stop gets the node fenced)
+    assert ocf(host, "stop", require_fencing="maybe", shared_storage="srv")[0] == agent.SUCCESS
 
     # qemu killed -> monitor 1 (failed, not stopped); stop clears it -> 7
     assert ocf(host, "start")[0] == agent.SUCCESS

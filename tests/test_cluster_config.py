@@ -67,10 +67,24 @@ def test_the_installed_agent_runs_with_an_empty_environment(tmp_path: Path) -> N
 
 def test_unknown_action_and_missing_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert agent.run("promote", {}) == agent.ERR_UNIMPLEMENTED
-    assert agent.run("monitor", {}) == agent.ERR_CONFIGURED
+    assert agent.run("validate-all", {}) == agent.ERR_CONFIGURED
     assert "ocf-exit-reason:the parameter name (the VM's name) is not set" in capsys.readouterr().err
-    assert agent.run("monitor", {"OCF_RESKEY_name": "c1", "OCF_RESKEY_shared_storage": "srv"}) == agent.ERR_CONFIGURED
+    bad = {"OCF_RESKEY_name": "c1", "OCF_RESKEY_shared_storage": "srv"}
+    assert agent.run("validate-all", bad) == agent.ERR_CONFIGURED
     assert "shared_storage='srv' is not an absolute path" in capsys.readouterr().err
+    assert agent.run("start", {"OCF_RESKEY_name": "c1", "OCF_RESKEY_require_fencing": "maybe"}) == agent.ERR_CONFIGURED
+    assert "require_fencing='maybe' is not a boolean" in capsys.readouterr().err
+    assert agent.run("migrate_to", {"OCF_RESKEY_name": "c1"}) == agent.ERR_GENERIC
+    assert "no migration target" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["", "we b", "../c1"])
+def test_stop_and_monitor_of_a_name_no_vm_can_have(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing of that name can run: stopped (a failed stop would get the node fenced), with the reason shown."""
+    env = {"OCF_RESKEY_name": name} if name else {}
+    assert agent.run("stop", env) == agent.SUCCESS
+    assert agent.run("monitor", env) == agent.NOT_RUNNING
+    assert capsys.readouterr().err.count("ocf-exit-reason:") == 2
 
 
 def test_stop_keeps_a_margin_for_the_hard_kill() -> None:

@@ -49,17 +49,18 @@ class Failure(Exception):
 
 @dataclass(frozen=True)
 class Params:
-    """The resource's parameters and the operation's meta attributes, from Pacemaker's environment."""
+    """The resource's parameters and the operation's meta attributes, from Pacemaker's environment.
+
+    Only the name and the timeout are read for every action: a stop or a monitor must not fail (and so get
+    the node fenced) over a parameter it does not use; validate() checks the others."""
 
     name: str
-    build: Path | None
-    shared_storage: Path | None
-    require_fencing: bool
+    env: Mapping[str, str]
     timeout: float  # s, the operation's
-    migrate_target: str | None
 
     @classmethod
     def of(cls, env: Mapping[str, str]) -> Params:
+        """The name, which must be a VM name (Failure ERR_CONFIGURED), and the timeout (ms in Pacemaker's)."""
         name = env.get("OCF_RESKEY_name", "")
         if not name:
             raise Failure(ERR_CONFIGURED, "the parameter name (the VM's name) is not set")
@@ -67,25 +68,34 @@ class Params:
             VMState.of(name)
         except MicrovmError as exc:
             raise Failure(ERR_CONFIGURED, exc.message) from None
-        fencing = pacemaker.boolean(env.get("OCF_RESKEY_require_fencing", "true"))
-        if fencing is None:
-            raise Failure(ERR_CONFIGURED, f"require_fencing={env['OCF_RESKEY_require_fencing']!r} is not a boolean")
-        shared = env.get("OCF_RESKEY_shared_storage") or None
-        if shared is not None and not shared.startswith("/"):
-            raise Failure(ERR_CONFIGURED, f"shared_storage={shared!r} is not an absolute path")
         try:
             timeout = int(env.get("OCF_RESKEY_CRM_meta_timeout", "")) / 1000
         except ValueError:
             timeout = DEFAULT_TIMEOUT
-        build = env.get("OCF_RESKEY_build") or None
-        return cls(
-            name,
-            Path(build) if build else None,
-            Path(shared) if shared else None,
-            fencing,
-            timeout,
-            env.get("OCF_RESKEY_CRM_meta_migrate_target") or None,
-        )
+        return cls(name, env, timeout)
+
+    @property
+    def build(self) -> Path | None:
+        build = self.env.get("OCF_RESKEY_build")
+        return Path(build) if build else None
+
+    @property
+    def shared_storage(self) -> Path | None:
+        shared = self.env.get("OCF_RESKEY_shared_storage") or None
+        if shared is not None and not shared.startswith("/"):
+            raise Failure(ERR_CONFIGURED, f"shared_storage={shared!r} is not an absolute path")
+        return Path(shared) if shared else None
+
+    @property
+    def require_fencing(self) -> bool:
+        text = self.env.get("OCF_RESKEY_require_fencing", "true")
+        if (fencing := pacemaker.boolean(text)) is None:
+            raise Failure(ERR_CONFIGURED, f"require_fencing={text!r} is not a boolean")
+        return fencing
+
+    @property
+    def migrate_target(self) -> str | None:
+        return self.env.get("OCF_RESKEY_CRM_meta_migrate_target") or None
 
     def stop_grace(self) -> float:
         """Seconds a graceful stop may take: the timeout less a margin for the hard stop after it."""
@@ -207,10 +217,11 @@ def _runner(params: Params, state: VMState) -> Path:
 def validate(params: Params) -> Checked:
     """Whether this node can run the VM: installed (or its build here), on shared storage, fenced."""
     state = VMState.of(params.name)
+    shared, fencing = params.shared_storage, params.require_fencing  # bad parameters first: ERR_CONFIGURED
     if not systemd.running():
         raise Failure(ERR_INSTALLED, "systemd does not run this node (PID 1), so no unit can run the VM")
     runner = _runner(params, state)
-    if (shared := params.shared_storage) is not None:
+    if shared is not None:
         outside = [
             f"{format_path(option)} = {path}"
             for option, path in written_paths(runner_config(runner)["microvm"], state.path)
@@ -224,7 +235,7 @@ def validate(params: Params) -> Checked:
             )
         if not mounted(shared):
             raise Failure(ERR_INSTALLED, f"the shared storage {shared} is not a mount point on this node")
-    if params.require_fencing and (problem := pacemaker.fencing_problem(pacemaker.query_cib())):
+    if fencing and (problem := pacemaker.fencing_problem(pacemaker.query_cib())):
         raise Failure(
             ERR_CONFIGURED,
             f"{problem}: without fencing a VM can run on two nodes at once",
@@ -332,7 +343,7 @@ def stop(params: Params) -> int:
 def migrate_to(params: Params) -> int:
     """Live-migrate the VM to the node Pacemaker names (ssh to it: root's ssh config resolves the name)."""
     if not params.migrate_target:
-        raise Failure(ERR_CONFIGURED, "no migration target (OCF_RESKEY_CRM_meta_migrate_target is unset)")
+        raise Failure(ERR_GENERIC, "no migration target (OCF_RESKEY_CRM_meta_migrate_target is unset)")
     validate(params)
     migration = migrate(params.name, Remote.parse(params.migrate_target), Store())
     print(
@@ -377,7 +388,12 @@ def run(action: str, env: Mapping[str, str] | None = None) -> int:
         print(f"ocf-exit-reason:the action {action!r} is not implemented", file=sys.stderr)
         return ERR_UNIMPLEMENTED
     try:
-        return ACTIONS[action](Params.of(os.environ if env is None else env))
+        params = Params.of(os.environ if env is None else env)
+    except Failure as exc:  # no VM of that name can run: stopped, for stop and monitor
+        _reason(exc.message, exc.hint)
+        return {"stop": SUCCESS, "monitor": NOT_RUNNING}.get(action, exc.code)
+    try:
+        return ACTIONS[action](params)
     except Failure as exc:
         _reason(exc.message, exc.hint)
         return exc.code
