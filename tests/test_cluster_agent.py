@@ -127,6 +127,22 @@ def test_agent_actions_on_systemd(node) -> None:
     # a parameter stop does not use is no reason to fail it (a failed stop gets the node fenced)
     assert ocf(host, "stop", require_fencing="maybe", shared_storage="srv")[0] == agent.SUCCESS
 
+    # the VM's hypervisor running outside its unit: monitor 1, start refuses a second copy, stop ends it
+    host.box.run(
+        "systemd-run",
+        "--unit=stray",
+        "--collect",
+        f"--working-directory={STATE}/c1",
+        f"{STATE}/c1/current/bin/microvm-run",
+    )
+    wait_until("the stray hypervisor", lambda: ocf(host, "monitor")[0] == agent.ERR_GENERIC, timeout=30)
+    code, err = ocf(host, "start")
+    assert code == agent.ERR_GENERIC and "runs outside its unit microvm@c1.service" in err, err
+    assert not host.active("c1")
+    code, err = ocf(host, "stop")
+    assert code == agent.SUCCESS and "runs outside its unit microvm@c1.service: stopping it hard" in err, err
+    assert ocf(host, "monitor")[0] == agent.NOT_RUNNING
+
     # qemu killed -> monitor 1 (failed, not stopped); stop clears it -> 7
     assert ocf(host, "start")[0] == agent.SUCCESS
     host.box.run("kill", "-KILL", str(host.main_pid("c1")))

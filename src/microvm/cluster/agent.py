@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..control.process import peer_pid, stop_hard
 from ..errors import MicrovmError
 from ..host import lifecycle, systemd
 from ..host.statedir import VMState
@@ -37,6 +38,7 @@ SUCCESS, ERR_GENERIC, ERR_ARGS, ERR_UNIMPLEMENTED, ERR_PERM, ERR_INSTALLED, ERR_
 DROPIN = Path("/run/systemd/system/{unit}.d/50-microvm-cluster.conf")
 DEFAULT_TIMEOUT = 150.0  # s, an action's when Pacemaker does not say (host.startupTimeout's default)
 POLL = 0.2  # s between looks at a starting or stopping VM
+STRAY_GRACE = 10.0  # s a hypervisor running outside its unit gets to exit after its hard stop
 
 
 class Failure(Exception):
@@ -258,6 +260,15 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
+def _control(state: VMState) -> tuple[Control, Path] | None:
+    """The booted build's backend and control socket, when it has one."""
+    if (booted := state.booted) is None:
+        return None
+    mv = runner_config(booted)["microvm"]
+    backend = get(mv["hypervisor"])
+    return (backend, state.path / mv["socket"]) if isinstance(backend, Control) and mv.get("socket") else None
+
+
 def probe(state: VMState) -> tuple[int, str]:
     """monitor's answer and why: running by the hypervisor's own state, cleanly stopped, or failed."""
     unit = systemd.active_state(state.name)
@@ -267,15 +278,23 @@ def probe(state: VMState) -> tuple[int, str]:
         return NOT_RUNNING, f"VM {state.name!r} is stopped"
     if unit != "active":
         return ERR_GENERIC, f"the unit {systemd.unit(state.name)} is {unit}"
-    if (booted := state.booted) is None:
+    if state.booted is None:
         return ERR_GENERIC, f"VM {state.name!r} has no booted build though its unit is active"
-    mv = runner_config(booted)["microvm"]
-    backend = get(mv["hypervisor"])
-    if isinstance(backend, Control) and mv.get("socket"):
-        fault = backend.fault(state.path / mv["socket"])
+    if (control := _control(state)) is not None:
+        fault = control[0].fault(control[1])
     else:
-        fault = None if state.running_here() else f"the {backend.name} of VM {state.name!r} does not answer"
+        fault = None if state.running_here() else f"the hypervisor of VM {state.name!r} does not answer"
     return (ERR_GENERIC, fault) if fault else (SUCCESS, f"VM {state.name!r} runs")
+
+
+def _stop_stray(state: VMState) -> None:
+    """Stop hard the VM's hypervisor that runs outside its unit (started by hand, or left behind): the cluster
+    runs the VM elsewhere once stop succeeds. The backend's hard stop, else the process behind the console."""
+    control = _control(state)
+    if control is not None and (pid := peer_pid(control[1])):
+        control[0].stop_hard(control[1], pid)
+    elif pid := peer_pid(state.console_files()[0]):
+        stop_hard(pid)
 
 
 def monitor(params: Params) -> int:
@@ -300,8 +319,15 @@ def _restart_off(params: Params) -> None:
 def start(params: Params) -> int:
     checked = validate(params)
     state, name = checked.state, params.name
-    if probe(state)[0] == SUCCESS:
+    code, why = probe(state)
+    if code == SUCCESS:
         return SUCCESS
+    if state.running_here() and systemd.active_state(name) == "inactive":  # never a second copy next to it
+        raise Failure(
+            ERR_GENERIC,
+            why,
+            hint=f"stop it (microvm run's terminal, or kill it), then: crm_resource --cleanup --resource microvm-{name}",
+        )
     if state.current != checked.runner:
         lifecycle.install_built(name, checked.runner)
     _restart_off(params)
@@ -318,9 +344,10 @@ def start(params: Params) -> int:
     return SUCCESS
 
 
-def _until_stopped(name: str, seconds: float) -> bool:
+def _until(done: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``done()`` came true within ``seconds``."""
     deadline = time.monotonic() + seconds
-    while systemd.active_state(name) not in ("inactive", "failed"):
+    while not done():
         if time.monotonic() > deadline:
             return False
         time.sleep(POLL)
@@ -328,15 +355,26 @@ def _until_stopped(name: str, seconds: float) -> bool:
 
 
 def stop(params: Params) -> int:
-    """Shut the guest down gracefully; kill it hard once the operation's timeout less a margin has passed."""
+    """Shut the guest down gracefully; kill it hard once the operation's timeout less a margin has passed. A
+    hypervisor of the VM still running outside the unit is stopped hard too: success means none runs here."""
     name, unit = params.name, systemd.unit(params.name)
+
+    def stopped() -> bool:
+        return systemd.active_state(name) in ("inactive", "failed")
+
     systemd.systemctl("stop", "--no-block", unit, check=False)
-    if not _until_stopped(name, params.stop_grace()):
+    if not _until(stopped, params.stop_grace()):
         print(f"VM {name!r} did not shut down within {params.stop_grace():g} s: killing it", file=sys.stderr)
         systemd.systemctl("kill", "--signal=SIGKILL", unit, check=False)
-        if not _until_stopped(name, params.timeout - params.stop_grace()):
+        if not _until(stopped, params.timeout - params.stop_grace()):
             raise Failure(ERR_GENERIC, f"VM {name!r} is still {systemd.active_state(name)} after a hard kill")
     systemd.systemctl("reset-failed", unit, check=False)  # a VM killed hard is stopped, not failed
+    state = VMState.of(name)
+    if state.running_here():
+        print(f"VM {name!r} runs outside its unit {unit}: stopping it hard", file=sys.stderr)
+        _stop_stray(state)
+        if not _until(lambda: not state.running_here(), STRAY_GRACE):
+            raise Failure(ERR_GENERIC, f"VM {name!r} still runs outside its unit {unit} after a hard stop")
     return SUCCESS
 
 
