@@ -712,3 +712,42 @@ def test_host_apply_removes_the_agent_when_the_host_leaves_the_cluster(
     assert not agent_file.exists() and agent_changes("false") == []
     agent_file.write_text("#!/bin/sh\n# an agent someone else put here\n")
     assert agent_changes("false") == []  # not written by microvm: kept
+
+
+def _primitive(name: str) -> str:
+    return f'<primitive id="microvm-{name}" class="ocf" provider="microvm" type="vm"/>'
+
+
+@pacemaker_tools
+def test_host_apply_refuses_to_leave_the_cluster_while_it_runs_the_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM taken out of the cluster (or the host: the agent removed) while the CIB still has its resource: every
+    node would start it by itself, or the resources' monitor and stop would fail. Refused before anything."""
+    cib = _cib(tmp_path / "cib.xml")
+    live = ET.parse(cib).getroot()
+    live.find("configuration/resources").extend([ET.fromstring(_primitive("c1")), ET.fromstring(_primitive("old"))])
+    cib.write_text(ET.tostring(live, encoding="unicode"))
+    agent_file = tmp_path / "agent"
+    monkeypatch.setattr("microvm.cli.host_cmds.OCF_AGENT", agent_file)
+    monkeypatch.setenv("CIB_file", str(cib))
+    monkeypatch.setenv("MICROVM_UNIT_DIR", str(tmp_path / "units"))
+
+    def refused(host: Path, ok: bool = False) -> str:
+        result = CliRunner().invoke(app, ["host", "apply", "--dry-run", str(host)])
+        assert (result.exit_code == 0) == ok and ("would " in result.output) == ok, result.output
+        return result.output + str(result.exception)
+
+    host = _host(tmp_path)
+    host.write_text(host.read_text().replace("cluster = true", "cluster = false"))
+    said = refused(host)
+    assert f"{host}: microvm.vms.c1.cluster: the cluster still runs VM 'c1' (its resource microvm-c1)" in said
+    assert f"{host}: microvm.vms.old: the cluster still runs VM 'old'" in said and "microvm cluster apply" in said
+    # the host leaves the cluster: the agent stays while resources use it
+    host.write_text(host.read_text().replace("enable = true", "enable = false"))
+    refused(host, ok=True)  # no agent installed here: not a cluster node, no cluster asked
+    agent_file.write_text("the agent")
+    said = refused(host)
+    assert f"{host}: cluster.enable: the cluster still has resources of its agent: microvm-c1, microvm-old" in said
+    assert "remove the cluster VMs from the host file and run microvm cluster apply first" in said
+    assert host_apply._refuse_leaving_cluster(load_host(_host(tmp_path)), {"c1"}) is None  # still a cluster VM

@@ -43,6 +43,16 @@ def nodes(cib: ET.Element) -> list[str]:
     return [name for name in known if name != here]
 
 
+def resource_vms() -> set[str]:
+    """The VMs the running cluster has a resource of (``microvm-NAME`` of the agent); none where no cluster
+    answers. `host apply` asks before it takes a VM or the host out of the cluster."""
+    try:
+        cib = pacemaker.query_cib()
+    except MicrovmError:
+        return set()
+    return {rid.removeprefix(pacemaker.PREFIX) for rid in resources.ours(cib)}
+
+
 def _unknown_nodes(host: LoadedHost, names: list[str], cib: ET.Element) -> None:
     """Refuse a ``preferNodes`` entry that is no node of the cluster (a typo would silently prefer nothing)."""
     known = pacemaker.node_names(cib)
