@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 from microvm.cli import show
 from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
+from microvm.cluster import plan as cluster_plan
 from microvm.config import load_host
 from microvm.errors import ConfigErrors
 from microvm.host import apply as host_apply
 from microvm.host import units
 from microvm.model.options import HostConfig
+from microvm.store import Store
 
 pacemaker_tools = pytest.mark.skipif(not shutil.which("cibadmin"), reason="needs pacemaker-cli-utils")
 
@@ -348,6 +350,44 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
     assert "remove resource microvm-c1" in _cluster(["apply", str(cluster_host)], cib, monkeypatch)
     ids = [p.get("id") for p in ET.parse(cib).getroot().iterfind("./configuration/resources/primitive")]
     assert ids == ["web"]
+
+
+def _target_role(cib: Path, value: str) -> None:
+    """An administrator's ``crm_resource --meta`` on microvm-c1 (pcs resource disable / enable)."""
+    subprocess.run(
+        ["crm_resource", "--resource", "microvm-c1", "--meta", "--set-parameter", "target-role", "--parameter-value",
+         value],
+        env={**os.environ, "CIB_file": str(cib)}, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+@pacemaker_tools
+def test_cluster_apply_writes_from_the_cib_as_it_is_after_the_copies(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builds take minutes to copy: a resource disabled meanwhile stays disabled; the change is one patch
+    that Pacemaker refuses when the CIB changed between reading it and writing the change."""
+    cib = _cib(tmp_path / "cib.xml")
+    _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    cluster_host.write_text(cluster_host.read_text().replace("startupTimeout = 100", "startupTimeout = 200"))
+    monkeypatch.setenv("CIB_file", str(cib))
+    planned = cluster_plan.plan(load_host(cluster_host), Store())
+    _target_role(cib, "Stopped")  # while the builds are copied
+    said: list[str] = []
+    cluster_plan.apply(planned, Store(), said.append)
+    assert len(said) == 1 and said[0].startswith("change resource microvm-c1: op migrate_to 0s timeout 130s -> 230s")
+    mine = ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']")
+    assert {p.get("name"): p.get("value") for p in mine.iterfind("./meta_attributes/nvpair")}[
+        "target-role"
+    ] == "Stopped"
+
+    def meanwhile(draft: pacemaker.Draft) -> None:
+        draft.delete('<primitive id="microvm-c1"/>')
+        _target_role(cib, "Started")  # someone else, between the read and the write
+
+    with pytest.raises(pacemaker.CibChanged):
+        pacemaker.transaction(meanwhile)
+    assert ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']") is not None
 
 
 @pacemaker_tools

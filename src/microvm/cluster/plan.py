@@ -22,10 +22,13 @@ from ..runner.build import build_vm
 from ..store import Store
 from . import pacemaker, resources
 
+ATTEMPTS = 3  # writes of the change, each made from a fresh read of the CIB, while others change it meanwhile
+
 
 @dataclass
 class ClusterPlan:
-    diff: resources.Diff
+    diff: resources.Diff  # from the CIB as it was when planned: what plan shows
+    want: dict[str, resources.Item]  # by id: apply makes the diff again from the CIB it writes to
     builds: dict[str, Path]  # VM name -> runner
     nodes: list[str]  # the other nodes, which get every build
 
@@ -104,9 +107,10 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
         )
     _unknown_nodes(host, names, cib)
     want = resources.wanted(host.config, {name: host.vms[name].config for name in names}, builds)
-    changes = resources.diff(cib, {**want, **resources.constraints(host.config)})
+    want |= resources.constraints(host.config)
+    changes = resources.diff(cib, want)
     _refuse_held(host, cib, changes)
-    return ClusterPlan(changes, builds, nodes(cib))
+    return ClusterPlan(changes, want, builds, nodes(cib))
 
 
 def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> None:
@@ -125,7 +129,7 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
         except MicrovmError as exc:
             report(f"{node}: the builds were not copied: {exc.message}")
             missed.append(node)
-    _write(result.diff, report)
+    _write(result.want, report)
     if missed:
         raise MicrovmError(
             f"the builds are not on {', '.join(missed)}: the cluster runs these VMs on the other nodes only",
@@ -133,17 +137,34 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
         )
 
 
-def _write(diff: resources.Diff, report: Callable[[str], None]) -> None:
+def _write(want: dict[str, resources.Item], report: Callable[[str], None]) -> None:
+    """Make the CIB's resources and constraints ``want``: read it again after the copies (which take minutes),
+    and write the whole change as one patch (pacemaker.transaction), made again when the CIB changed meanwhile."""
+    said: list[str] = []  # what the attempt that is written did
+    for attempt in range(ATTEMPTS):
+        said.clear()
+        try:
+            pacemaker.transaction(lambda draft: _edit(draft, resources.diff(draft.cib, want), said.append))
+        except pacemaker.CibChanged as exc:
+            if attempt == ATTEMPTS - 1:
+                raise MicrovmError(f"{exc} ({ATTEMPTS} times); nothing was written", hint="run it again") from None
+            continue
+        for line in said:
+            report(line)
+        return
+
+
+def _edit(draft: pacemaker.Draft, diff: resources.Diff, report: Callable[[str], None]) -> None:
     """Stale constraints go first, then the resources change, and new or changed constraints come last: no
-    constraint ever names a resource that is not there."""
+    constraint ever names a resource that is not there (cibadmin checks each step)."""
     mine, placed = diff.only(resources.Resource), diff.only(resources.Constraint)
     for step in (resources.Diff(remove=placed.remove), mine, resources.Diff(placed.add, placed.change)):
         for item in step.add:
             report(f"add {item.what}")
-            pacemaker.create(item.section, item.text())
+            draft.create(item.section, item.text())
         for item, kept, why in step.change:
             report(f"change {item.what}: {'; '.join(why)}")
-            pacemaker.replace(item.section, item.text(kept))
+            draft.replace(item.section, item.text(kept))
         for item in step.remove:
             report(f"remove {item.what}")
-            pacemaker.delete(ET.tostring(ET.Element(item.tag, id=item.id), encoding="unicode"))
+            draft.delete(ET.tostring(ET.Element(item.tag, id=item.id), encoding="unicode"))
