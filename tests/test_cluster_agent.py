@@ -113,6 +113,20 @@ def test_agent_actions_on_systemd(node) -> None:
     assert ocf(host, "start", build="/nonexistent/runner")[0] == agent.ERR_INSTALLED
     assert not host.active("c1")
 
+    # a start that cannot finish within Pacemaker's timeout (a unit slow to start) fails with its reason before it
+    slow = "/run/systemd/system/microvm@c1.service.d/90-slow.conf"
+    host.box.run(
+        "sh",
+        "-c",
+        f"mkdir -p $(dirname {slow}) && printf '[Service]\\nExecStartPre=/bin/sleep 30\\n' > {slow} && systemctl daemon-reload",
+    )
+    began = time.monotonic()
+    code, err = ocf(host, "start", CRM_meta_timeout="8000")
+    assert code == agent.ERR_GENERIC and "VM 'c1' did not start within 3 s" in err, err
+    assert time.monotonic() - began < 8
+    assert ocf(host, "stop")[0] == agent.SUCCESS
+    host.box.run("sh", "-c", f"rm {slow} && systemctl daemon-reload")
+
     # start -> monitor 0 (qemu says running) -> stop -> monitor 7
     code, err = ocf(host, "start")
     assert code == agent.SUCCESS, err + host.box.run("journalctl", "-u", "microvm@c1", "--no-pager", check=False).stdout

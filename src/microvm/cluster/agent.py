@@ -38,6 +38,7 @@ SUCCESS, ERR_GENERIC, ERR_ARGS, ERR_UNIMPLEMENTED, ERR_PERM, ERR_INSTALLED, ERR_
 DROPIN = Path("/run/systemd/system/{unit}.d/50-microvm-cluster.conf")
 DEFAULT_TIMEOUT = 150.0  # s, an action's when Pacemaker does not say (host.startupTimeout's default)
 POLL = 0.2  # s between looks at a starting or stopping VM
+START_MARGIN = 5.0  # s before Pacemaker's start timeout at which start gives up
 STRAY_GRACE = 10.0  # s a hypervisor running outside its unit gets to exit after its hard stop
 
 
@@ -317,6 +318,9 @@ def _restart_off(params: Params) -> None:
 
 
 def start(params: Params) -> int:
+    """Start the VM's unit (installing the build first) and wait until the hypervisor says it runs; give up
+    a margin before Pacemaker's timeout, so the failure has its reason instead of being a timeout."""
+    deadline = time.monotonic() + params.timeout - START_MARGIN
     checked = validate(params)
     state, name = checked.state, params.name
     code, why = probe(state)
@@ -332,13 +336,14 @@ def start(params: Params) -> int:
         lifecycle.install_built(name, checked.runner)
     _restart_off(params)
     systemd.systemctl("reset-failed", systemd.unit(name), check=False)
-    # returns once the unit started (a notify unit: once the guest said it is ready), or failed to
-    systemd.systemctl("start", systemd.unit(name), check=False)
-    deadline = time.monotonic() + params.timeout
+    systemd.systemctl("start", "--no-block", systemd.unit(name), check=False)
+    seen = set()  # the unit's states so far: inactive is a failed start only once it has left it
     while (found := probe(state))[0] != SUCCESS:
-        if systemd.active_state(name) in ("failed", "inactive") or time.monotonic() > deadline:
+        seen.add(unit := systemd.active_state(name))
+        if unit == "failed" or (unit == "inactive" and len(seen) > 1) or time.monotonic() > deadline:
+            late = f" within {params.timeout - START_MARGIN:g} s" if time.monotonic() > deadline else ""
             raise Failure(
-                ERR_GENERIC, f"VM {name!r} did not start: {found[1]}", hint=f"journalctl -u {systemd.unit(name)}"
+                ERR_GENERIC, f"VM {name!r} did not start{late}: {found[1]}", hint=f"journalctl -u {systemd.unit(name)}"
             )
         time.sleep(POLL)
     return SUCCESS
