@@ -7,6 +7,7 @@ three-node cluster tests (fail-over, drain, split) are in their own module.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def test_agent_actions_on_systemd(node) -> None:
     assert code == agent.SUCCESS, err + host.box.run("journalctl", "-u", "microvm@c1", "--no-pager", check=False).stdout
     assert ocf(host, "monitor")[0] == agent.SUCCESS
     assert host.systemctl("show", "-P", "Restart", "microvm@c1.service") == "no"  # Pacemaker restarts it
+    # another client holding QMP (it serves one at a time) for longer than one query's 5 s: not a failure
+    hold = "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(4096); "
+    holder = host.box.popen(
+        sys.executable, "-c", hold + "print('held', flush=True); time.sleep(8)", f"{STATE}/c1/c1.sock"
+    )
+    assert holder.stdout.readline().strip() == "held"
+    began = time.monotonic()
+    code, err = ocf(host, "monitor", CRM_meta_timeout="30000")
+    assert code == agent.SUCCESS and time.monotonic() - began > 4, err
+    holder.wait()
     host.wait_booted("c1", 1)
     assert ocf(host, "start")[0] == agent.SUCCESS  # already running: start is idempotent
     assert ocf(host, "stop")[0] == agent.SUCCESS

@@ -38,6 +38,7 @@ SUCCESS, ERR_GENERIC, ERR_ARGS, ERR_UNIMPLEMENTED, ERR_PERM, ERR_INSTALLED, ERR_
 DROPIN = Path("/run/systemd/system/{unit}.d/50-microvm-cluster.conf")
 DEFAULT_TIMEOUT = 150.0  # s, an action's when Pacemaker does not say (host.startupTimeout's default)
 POLL = 0.2  # s between looks at a starting or stopping VM
+MONITOR_MARGIN = 10.0  # s of the monitor's timeout not spent asking a hypervisor that does not answer
 START_MARGIN = 5.0  # s before Pacemaker's start timeout at which start gives up
 STRAY_GRACE = 10.0  # s a hypervisor running outside its unit gets to exit after its hard stop
 
@@ -270,8 +271,9 @@ def _control(state: VMState) -> tuple[Control, Path] | None:
     return (backend, state.path / mv["socket"]) if isinstance(backend, Control) and mv.get("socket") else None
 
 
-def probe(state: VMState) -> tuple[int, str]:
-    """monitor's answer and why: running by the hypervisor's own state, cleanly stopped, or failed."""
+def probe(state: VMState, patience: float = 0.0) -> tuple[int, str]:
+    """monitor's answer and why: running by the hypervisor's own state, cleanly stopped, or failed. A
+    hypervisor that listens but does not answer is asked again for ``patience`` seconds."""
     unit = systemd.active_state(state.name)
     if unit == "inactive":
         if state.running_here():
@@ -282,10 +284,24 @@ def probe(state: VMState) -> tuple[int, str]:
     if state.booted is None:
         return ERR_GENERIC, f"VM {state.name!r} has no booted build though its unit is active"
     if (control := _control(state)) is not None:
-        fault = control[0].fault(control[1])
+        fault = _fault(*control, patience)
     else:
         fault = None if state.running_here() else f"the hypervisor of VM {state.name!r} does not answer"
     return (ERR_GENERIC, fault) if fault else (SUCCESS, f"VM {state.name!r} runs")
+
+
+def _fault(backend: Control, socket: Path, patience: float) -> str | None:
+    """The backend's fault, asking again for ``patience`` s while the hypervisor listens but does not answer:
+    QMP serves one client at a time, so a `microvm list` or an answer slow under load is no failure (one would
+    get the VM restarted). A state the hypervisor reports as a fault counts at once."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return backend.fault(socket)
+        except MicrovmError as exc:
+            if time.monotonic() + POLL >= deadline or not peer_pid(socket):
+                return str(exc)
+        time.sleep(POLL)
 
 
 def _stop_stray(state: VMState) -> None:
@@ -299,8 +315,9 @@ def _stop_stray(state: VMState) -> None:
 
 
 def monitor(params: Params) -> int:
+    """0 running, 7 cleanly stopped, 1 failed (probe), within the operation's timeout less a margin."""
     state = VMState.of(params.name)
-    code, why = probe(state)
+    code, why = probe(state, params.timeout - MONITOR_MARGIN)
     if code != SUCCESS:
         print(why, file=sys.stderr)
     return code
