@@ -22,9 +22,9 @@ from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
 from microvm.cluster import plan as cluster_plan
 from microvm.config import load_host
-from microvm.errors import ConfigErrors
+from microvm.errors import ConfigErrors, MicrovmError
 from microvm.host import apply as host_apply
-from microvm.host import units
+from microvm.host import lifecycle, systemd, units
 from microvm.model.options import HostConfig
 from microvm.store import Store
 
@@ -791,3 +791,23 @@ def test_host_apply_refuses_to_leave_the_cluster_while_it_runs_the_vms(
     assert f"{host}: cluster.enable: the cluster still has resources of its agent: microvm-c1, microvm-old" in said
     assert "remove the cluster VMs from the host file and run microvm cluster apply first" in said
     assert host_apply._refuse_leaving_cluster(load_host(_host(tmp_path)), {"c1"}) is None  # still a cluster VM
+
+
+def test_the_cluster_drop_ins_come_last_and_mark_the_vm_as_the_clusters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd applies a unit's drop-ins in the order of their names: ``Restart=no`` must outlast
+    ``unitOverrides`` (overrides.conf). A VM only the agent set up (its runtime drop-in) is the cluster's too."""
+    assert (
+        max([units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, "install.conf", systemd.CLUSTER_DROPIN])
+        == systemd.CLUSTER_DROPIN
+        and systemd.AGENT_DROPIN > units.OVERRIDES_DROPIN
+    )
+    monkeypatch.setattr(systemd, "UNIT_DIR", tmp_path / "etc")
+    monkeypatch.setattr(systemd, "RUNTIME_UNIT_DIR", tmp_path / "run")
+    assert not systemd.cluster_managed("c1")
+    systemd.agent_dropin("c1").parent.mkdir(parents=True)
+    systemd.agent_dropin("c1").write_text(units.cluster_dropin(None))
+    assert systemd.cluster_managed("c1") and not systemd.cluster_managed("c2")
+    with pytest.raises(MicrovmError, match="VM 'c1' is run by the cluster"):
+        lifecycle.control("start", "c1", tmp_path / "state")

@@ -35,7 +35,6 @@ from . import pacemaker
 # OCF exit codes
 SUCCESS, ERR_GENERIC, ERR_ARGS, ERR_UNIMPLEMENTED, ERR_PERM, ERR_INSTALLED, ERR_CONFIGURED, NOT_RUNNING = range(8)
 
-DROPIN = Path("/run/systemd/system/{unit}.d/50-microvm-cluster.conf")
 DEFAULT_TIMEOUT = 150.0  # s, an action's when Pacemaker does not say (host.startupTimeout's default)
 POLL = 0.2  # s between looks at a starting or stopping VM
 MONITOR_MARGIN = 10.0  # s of the monitor's timeout not spent asking a hypervisor that does not answer
@@ -326,7 +325,7 @@ def monitor(params: Params) -> int:
 def _restart_off(params: Params) -> None:
     """The runtime drop-in of the VM's unit (gone at reboot, as Pacemaker's own): ``Restart=no``, and the
     shared storage writable (what `host apply` writes for a cluster VM, here for a VM it did not declare)."""
-    dropin = Path(str(DROPIN).format(unit=systemd.unit(params.name)))
+    dropin = systemd.agent_dropin(params.name)
     content = cluster_dropin(str(params.shared_storage) if params.shared_storage else None)
     if not dropin.exists() or dropin.read_text() != content:
         dropin.parent.mkdir(parents=True, exist_ok=True)
