@@ -25,6 +25,7 @@ from microvm.config import load_host
 from microvm.errors import ConfigErrors, MicrovmError
 from microvm.host import apply as host_apply
 from microvm.host import lifecycle, systemd, units
+from microvm.host.plan import WriteFile
 from microvm.model.options import HostConfig
 from microvm.store import Store
 
@@ -811,3 +812,20 @@ def test_the_cluster_drop_ins_come_last_and_mark_the_vm_as_the_clusters(
     assert systemd.cluster_managed("c1") and not systemd.cluster_managed("c2")
     with pytest.raises(MicrovmError, match="VM 'c1' is run by the cluster"):
         lifecycle.control("start", "c1", tmp_path / "state")
+
+
+def test_the_agent_is_executable_at_every_moment_it_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pacemaker may run the agent while `host apply` rewrites it: the file that replaces it is already 0755."""
+    agent_file = tmp_path / "vm"
+    WriteFile(agent_file, "#!/bin/sh\n", 0o755).apply()
+    replaced, real = [], os.replace
+
+    def replace(source: Path, target: Path) -> None:
+        replaced.append(os.stat(source).st_mode & 0o777)
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    WriteFile(agent_file, "#!/bin/sh\nexit 0\n", 0o755).apply()
+    assert replaced == [0o755] and agent_file.stat().st_mode & 0o777 == 0o755
