@@ -158,7 +158,9 @@ def test_agent_actions_on_systemd(node) -> None:
         "--unit=stray",
         "--collect",
         f"--working-directory={STATE}/c1",
-        f"{STATE}/c1/current/bin/microvm-run",
+        "sh",
+        "-c",
+        'ln -sfn "$(readlink current)" booted && exec current/bin/microvm-run',  # booted: as `microvm run` marks it
     )
     wait_until("the stray hypervisor", lambda: ocf(host, "monitor")[0] == agent.ERR_GENERIC, timeout=30)
     code, err = ocf(host, "start")
