@@ -90,6 +90,18 @@ def running_on(status: ET.Element) -> dict[str, list[str]]:
     }
 
 
+def cleanup(rid: str, node: str) -> None:
+    """Forget the failed operations of resource ``rid`` on ``node`` (``crm_resource --cleanup``): a start that
+    failed there (its build missing) keeps the resource off the node until then, however the cause went."""
+    try:
+        proc.run(["crm_resource", "--cleanup", "--resource", rid, "--node", node])
+    except CommandError as exc:
+        raise MicrovmError(
+            f"cannot clean up the failures of {rid} on {node}: {exc}",
+            hint=f"crm_resource --cleanup --resource {rid} --node {node}",
+        ) from None
+
+
 OLD_DATA = 103  # cibadmin's exit code (pcmk_err_old_data) for a patch made from a CIB that changed since
 
 

@@ -118,7 +118,8 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
 
     A node that cannot be reached (down, in maintenance) does not hold the others up: the resources are
     written, its agent refuses to start a build it lacks (so the cluster runs the VM elsewhere), and the
-    command fails at the end naming it, to be run again once it is back.
+    command fails at the end naming it, to be run again once it is back. Once a run has copied the builds
+    there, the failures its agent had for want of them are cleaned up, so the cluster may run the VMs there.
     """
     missed = []
     for node in result.nodes:
@@ -130,6 +131,9 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
             report(f"{node}: the builds were not copied: {exc.message}")
             missed.append(node)
     _write(result.want, report)
+    for node in (n for n in result.nodes if n not in missed):
+        for name in result.builds:
+            pacemaker.cleanup(pacemaker.PREFIX + name, node)
     if missed:
         raise MicrovmError(
             f"the builds are not on {', '.join(missed)}: the cluster runs these VMs on the other nodes only",
