@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -829,3 +830,43 @@ def test_the_agent_is_executable_at_every_moment_it_is_rewritten(
     monkeypatch.setattr(os, "replace", replace)
     WriteFile(agent_file, "#!/bin/sh\nexit 0\n", 0o755).apply()
     assert replaced == [0o755] and agent_file.stat().st_mode & 0o777 == 0o755
+
+
+@pacemaker_tools
+def test_gc_on_a_cluster_node_keeps_the_builds_of_the_clusters_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cluster apply copies builds to nodes where no VM has them installed: gc there keeps them (fail-over
+    starts them), and refuses when it cannot ask the cluster which they are."""
+    made = """if True:
+        import sys
+        from pathlib import Path
+        from microvm.store import Store
+        store = Store(Path(sys.argv[1]))
+        dep, _ = store.add("dep", {}, lambda out: None)
+        print(dep, store.add("runner", {}, lambda out: None, references=(dep,))[0], store.add("junk", {}, lambda out: None)[0])
+    """  # in a process of its own: the entries of a live process's builds are kept by any gc
+    entries = subprocess.run(
+        [sys.executable, "-c", made, str(tmp_path / "store")], capture_output=True, text=True, check=True
+    )
+    dep, build, junk = map(Path, entries.stdout.split())
+    cib = _cib(tmp_path / "cib.xml")
+    live = ET.parse(cib).getroot()
+    primitive = ET.fromstring(_primitive("c1"))
+    block = ET.SubElement(primitive, "instance_attributes", id="microvm-c1-instance_attributes")
+    ET.SubElement(block, "nvpair", id="microvm-c1-build", name="build", value=str(build))
+    live.find("configuration/resources").append(primitive)
+    cib.write_text(ET.tostring(live, encoding="unicode"))
+    agent_file = tmp_path / "agent"
+    agent_file.write_text("the agent")
+    monkeypatch.setattr("microvm.cli.build_cmds.OCF_AGENT", agent_file)
+    monkeypatch.setenv("MICROVM_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("MICROVM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CIB_file", str(tmp_path / "missing.xml"))
+    refused = CliRunner().invoke(app, ["gc"])
+    assert refused.exit_code != 0 and "cannot tell which builds the cluster's VMs use" in str(refused.exception)
+    assert junk.exists()
+    monkeypatch.setenv("CIB_file", str(cib))
+    result = CliRunner().invoke(app, ["gc"])
+    assert result.exit_code == 0, result.output
+    assert not junk.exists() and build.exists() and dep.exists(), result.output

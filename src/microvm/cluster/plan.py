@@ -56,6 +56,19 @@ def resource_vms() -> set[str]:
     return {rid.removeprefix(pacemaker.PREFIX) for rid in resources.ours(cib)}
 
 
+def resource_builds() -> list[Path]:
+    """The builds the cluster's resources name (`gc` keeps them: fail-over starts them on this node). Fails when
+    the cluster does not answer: without knowing them, a gc could delete what a fail-over needs."""
+    try:
+        cib = pacemaker.query_cib()
+    except MicrovmError as exc:
+        raise MicrovmError(
+            f"cannot tell which builds the cluster's VMs use: {exc.message}",
+            hint="run it while this node's cluster runs (CIB_file=/var/lib/pacemaker/cib/cib.xml when it is stopped)",
+        ) from None
+    return [Path(build) for resource, _ in resources.ours(cib).values() if (build := resource.params.get("build"))]
+
+
 def _unknown_nodes(host: LoadedHost, names: list[str], cib: ET.Element) -> None:
     """Refuse a ``preferNodes`` entry that is no node of the cluster (a typo would silently prefer nothing)."""
     known = pacemaker.node_names(cib)
