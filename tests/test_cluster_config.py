@@ -104,6 +104,9 @@ def test_stop_keeps_a_margin_for_the_hard_kill() -> None:
 CIB = """<cib><configuration><crm_config><cluster_property_set id="o">{props}</cluster_property_set></crm_config>
 <nodes/><resources>{resources}</resources><constraints/></configuration><status/></cib>"""
 STONITH = '<primitive id="fence" class="stonith" type="fence_microvm_test"/>'
+DISABLED = STONITH.replace("/>", '><meta_attributes id="m"><nvpair id="r" name="target-role" value="Stopped"/>'
+                           "</meta_attributes></primitive>")  # fmt: skip
+WATCHDOG = '<nvpair id="w" name="stonith-watchdog-timeout" value="{}"/>'
 
 
 @pytest.mark.parametrize(
@@ -114,6 +117,12 @@ STONITH = '<primitive id="fence" class="stonith" type="fence_microvm_test"/>'
         ('<nvpair id="s" name="stonith-enabled" value="off"/>', STONITH, "fencing is disabled"),
         ('<nvpair id="s" name="stonith-enabled" value="true"/>', "", "no fence device"),
         ("", f'<group id="g">{STONITH}</group>', None),
+        # a disabled fence device fences nothing; diskless SBD fences without one
+        ("", DISABLED, "every fence device of this cluster is disabled"),
+        (WATCHDOG.format("10s"), "", None),
+        (WATCHDOG.format("-1"), "", None),
+        (WATCHDOG.format("0"), "", "no fence device"),
+        ('<nvpair id="s" name="stonith-enabled" value="false"/>' + WATCHDOG.format("10s"), "", "fencing is disabled"),
     ],
 )
 def test_fencing_problem(props: str, found: str, problem: str | None) -> None:

@@ -7,6 +7,7 @@ decisions to pure functions that tests can feed a CIB of their own.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -53,15 +54,30 @@ def query_cib() -> ET.Element:
 
 
 def fencing_problem(cib: ET.Element) -> str | None:
-    """Why the cluster cannot fence a node (so a VM could run twice after a split), None when it can."""
-    value = "true"
-    for pair in cib.iterfind("./configuration/crm_config/cluster_property_set/nvpair[@name='stonith-enabled']"):
-        value = pair.get("value", "true")
-    if boolean(value) is False:
+    """Why the cluster cannot fence a node (so a VM could run twice after a split), None when it can: a fence
+    device not disabled (``target-role=Stopped``), or diskless SBD (a non-zero ``stonith-watchdog-timeout``)."""
+    if boolean(_property(cib, "stonith-enabled", "true")) is False:
         return "fencing is disabled in this cluster (the property stonith-enabled is false)"
-    if cib.find(".//resources//primitive[@class='stonith']") is None:
+    if not re.fullmatch(r"\s*[+-]?0*(\.0*)?\s*[a-z]*\s*", _property(cib, "stonith-watchdog-timeout", "0")):
+        return None  # a node that loses quorum is reset by its watchdog (SBD without a disk)
+    devices = list(cib.iterfind(".//resources//primitive[@class='stonith']"))
+    if not devices:
         return "this cluster has no fence device (no stonith resource)"
+    if all(_meta(device).get("target-role", "").lower() == "stopped" for device in devices):
+        return f"every fence device of this cluster is disabled (target-role=Stopped: {', '.join(d.get('id', '') for d in devices)})"
     return None
+
+
+def _property(cib: ET.Element, name: str, default: str) -> str:
+    """A cluster property's value (the last set that names it)."""
+    value = default
+    for pair in cib.iterfind(f"./configuration/crm_config/cluster_property_set/nvpair[@name='{name}']"):
+        value = pair.get("value", default)
+    return value
+
+
+def _meta(element: ET.Element) -> dict[str, str]:
+    return {p.get("name", ""): p.get("value", "") for p in element.iterfind("./meta_attributes/nvpair")}
 
 
 def node_names(cib: ET.Element) -> list[str]:
