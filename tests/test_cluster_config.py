@@ -423,6 +423,11 @@ def test_cluster_apply_refuses_a_cluster_without_fencing(
     refused = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
     assert "fencing is disabled in this cluster (the property stonith-enabled is false)" in refused
     assert "requireFencing = false" in refused and "microvm-c1" not in cib.read_text()
+    monkeypatch.setenv("CIB_file", str(cib))
+    said: list[str] = []
+    with pytest.raises(MicrovmError, match="fencing is disabled"):
+        cluster_plan.plan(load_host(cluster_host), Store(), said.append)
+    assert said == []  # refused before building anything
 
 
 # --- list and status on a cluster node --------------------------------------------------

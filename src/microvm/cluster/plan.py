@@ -105,13 +105,7 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
             f"{file}: cluster.enable is not true: this host is no cluster node", hint="[cluster] enable = true"
         )
     names = [name for name, declared in host.config.microvm.vms.items() if declared.cluster]
-    builds = {
-        name: build_vm(
-            store, host.vms[name].config, progress=lambda step, n=name: progress(f"building {n}: {step}")
-        ).runner
-        for name in names
-    }
-    cib = pacemaker.query_cib()
+    cib = pacemaker.query_cib()  # the refusals first: they take no time, the builds may take minutes
     if cluster.requireFencing and (problem := pacemaker.fencing_problem(cib)):
         raise MicrovmError(
             f"{problem}: without fencing a VM can run on two nodes at once after a split; refusing",
@@ -119,6 +113,12 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
             "(tests only)",
         )
     _unknown_nodes(host, names, cib)
+    builds = {
+        name: build_vm(
+            store, host.vms[name].config, progress=lambda step, n=name: progress(f"building {n}: {step}")
+        ).runner
+        for name in names
+    }
     want = resources.wanted(host.config, {name: host.vms[name].config for name in names}, builds)
     want |= resources.constraints(host.config)
     changes = resources.diff(cib, want)
