@@ -133,6 +133,8 @@ def test_agent_actions_on_systemd(node) -> None:
     assert code == agent.SUCCESS, err + host.box.run("journalctl", "-u", "microvm@c1", "--no-pager", check=False).stdout
     assert ocf(host, "monitor")[0] == agent.SUCCESS
     assert host.systemctl("show", "-P", "Restart", "microvm@c1.service") == "no"  # Pacemaker restarts it
+    assert ocf(host, "reload-agent", require_fencing="false")[0] == agent.SUCCESS  # no restart: it runs on
+    assert ocf(host, "monitor")[0] == agent.SUCCESS
     # another client holding QMP (it serves one at a time) for longer than one query's 5 s: not a failure
     hold = "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(4096); "
     holder = host.box.popen(

@@ -41,13 +41,20 @@ def test_meta_data_names_every_action_and_parameter(capsys: pytest.CaptureFixtur
     root = ET.fromstring(capsys.readouterr().out)
     assert root.tag == "resource-agent" and root.get("name") == "vm" and root.findtext("version") == "1.1"
     actions = {a.get("name"): a.attrib for a in root.iterfind("./actions/action")}
-    assert set(actions) == {"start", "stop", "monitor", "migrate_to", "migrate_from", "meta-data", "validate-all"}
+    assert set(actions) == {
+        "start", "stop", "monitor", "migrate_to", "migrate_from", "meta-data", "validate-all", "reload-agent"
+    }  # fmt: skip
     assert set(actions) - {"meta-data"} == set(agent.ACTIONS)  # every action it advertises, it carries out
     assert actions["monitor"]["interval"] == "10s" and all(a["timeout"].endswith("s") for a in actions.values())
     parameters = {p.get("name"): p for p in root.iterfind("./parameters/parameter")}
     assert set(parameters) == {"name", "build", "shared_storage", "require_fencing"}
     assert parameters["name"].get("required") == "1" and parameters["name"].get("unique-group") == "name"
     assert parameters["require_fencing"].find("content").attrib == {"type": "boolean", "default": "true"}
+    # changing these reloads the agent instead of restarting the VM
+    assert {name for name, p in parameters.items() if p.get("reloadable") == "1"} == {
+        "shared_storage",
+        "require_fencing",
+    }
     for parameter in parameters.values():
         assert parameter.findtext("shortdesc") and parameter.findtext("longdesc")
 
@@ -278,7 +285,7 @@ def test_diff_touches_only_the_agents_microvm_resources() -> None:
     assert changed is want["microvm-a"] and kept == {"target-role": "Stopped"} and why == ["build /s/old -> /s/new"]
     assert found.describe() == [
         "add resource microvm-new (VM new)",
-        "change resource microvm-a: build /s/old -> /s/new",
+        "change resource microvm-a: build /s/old -> /s/new (Pacemaker restarts VM a: a shutdown and a boot)",
         "remove resource microvm-gone (the cluster stops it)",
     ]
     same = {rid: resource for rid, (resource, _) in resources.ours(live).items()}

@@ -159,7 +159,10 @@ ACTION_TIMEOUTS = [
     ("migrate_from", 60, None),
     ("meta-data", 5, None),
     ("validate-all", 30, None),
+    ("reload-agent", 30, None),
 ]
+# changed, these need no restart of the VM (reload-agent): they are checked at start, and the drop-in follows
+RELOADABLE = frozenset({"shared_storage", "require_fencing"})
 
 
 def metadata() -> str:
@@ -176,6 +179,8 @@ def metadata() -> str:
         attributes = {"name": name, "required": "1" if required else "0"}
         if name == "name":
             attributes |= {"unique-group": "name", "unique": "1"}  # OCF 1.1's, and 1.0's for older tools
+        if name in RELOADABLE:
+            attributes["reloadable"] = "1"
         parameter = ET.SubElement(parameters, "parameter", attributes)
         ET.SubElement(parameter, "longdesc", lang="en").text = long
         ET.SubElement(parameter, "shortdesc", lang="en").text = short
@@ -423,6 +428,14 @@ def migrate_from(params: Params) -> int:
     return SUCCESS
 
 
+def reload_agent(params: Params) -> int:
+    """A reloadable parameter changed: check the VM against it and write the unit's drop-in for the next start;
+    the VM runs on (a change of anything else is a restart: a shutdown and a boot)."""
+    validate(params)
+    _restart_off(params)
+    return SUCCESS
+
+
 def validate_all(params: Params) -> int:
     validate(params)
     return SUCCESS
@@ -435,6 +448,7 @@ ACTIONS: dict[str, Callable[[Params], int]] = {
     "migrate_to": migrate_to,
     "migrate_from": migrate_from,
     "validate-all": validate_all,
+    "reload-agent": reload_agent,
 }
 
 

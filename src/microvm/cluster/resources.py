@@ -239,10 +239,18 @@ class Diff:
 
     def describe(self) -> list[str]:
         lines = [f"add {item.what} ({item.explain()})" for item in self.add]
-        lines += [f"change {item.what}: " + "; ".join(why) for item, _, why in self.change]
+        lines += [f"change {item.what}: " + "; ".join(why) + _restarts(item, why) for item, _, why in self.change]
         for item in self.remove:
             lines.append(f"remove {item.what}" + (" (the cluster stops it)" if isinstance(item, Resource) else ""))
         return lines
+
+
+def _restarts(item: Item, why: list[str]) -> str:
+    """What a change costs the running VM: a new build is a restart (the agent reloads only shared_storage and
+    require_fencing)."""
+    if isinstance(item, Resource) and any(reason.startswith("build ") for reason in why):
+        return f" (Pacemaker restarts VM {item.params['name']}: a shutdown and a boot)"
+    return ""
 
 
 def diff(cib: ET.Element, want: dict[str, Item]) -> Diff:
