@@ -250,6 +250,10 @@ def test_wanted_resources(cluster_host: Path, shared_store) -> None:
     }
     assert c1.meta == {"resource-stickiness": "100", "allow-migrate": "true"}
     assert c1.ops[("monitor", "10s")] == "30s" and c1.ops[("start", "0s")] == "130s"  # startupTimeout + margin
+    advertised = {a.get("name"): a.attrib for a in ET.fromstring(agent.metadata()).iterfind("./actions/action")}
+    for (op, interval), timeout in c1.ops.items():  # as the agent's meta-data says, but start, stop and migrate_to
+        if op in ("monitor", "migrate_from"):
+            assert advertised[op]["timeout"] == timeout and advertised[op].get("interval", "0s") == interval
     assert c1.ops[("migrate_to", "0s")] == "130s"
     still = resources.wanted(host.config, {"c1": host.vms["c1"].config.model_copy(deep=True)}, {"c1": runner})
     assert still == want

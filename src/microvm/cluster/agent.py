@@ -31,11 +31,11 @@ from ..remote.migrate import migrate
 from ..remote.ssh import Remote
 from ..store import Store
 from . import pacemaker
+from .resources import DEFAULT_TIMEOUT, OPERATIONS
 
 # OCF exit codes
 SUCCESS, ERR_GENERIC, ERR_ARGS, ERR_UNIMPLEMENTED, ERR_PERM, ERR_INSTALLED, ERR_CONFIGURED, NOT_RUNNING = range(8)
 
-DEFAULT_TIMEOUT = 150.0  # s, an action's when Pacemaker does not say (host.startupTimeout's default)
 POLL = 0.2  # s between looks at a starting or stopping VM
 MONITOR_MARGIN = 10.0  # s of the monitor's timeout not spent asking a hypervisor that does not answer
 START_MARGIN = 5.0  # s before Pacemaker's start timeout at which start gives up
@@ -150,17 +150,6 @@ PARAMETERS = [
         ),
     ),
 ]
-ACTION_TIMEOUTS = [
-    # name, timeout (s), interval (s)
-    ("start", DEFAULT_TIMEOUT, None),
-    ("stop", DEFAULT_TIMEOUT, None),
-    ("monitor", 30, 10),
-    ("migrate_to", DEFAULT_TIMEOUT, None),
-    ("migrate_from", 60, None),
-    ("meta-data", 5, None),
-    ("validate-all", 30, None),
-    ("reload-agent", 30, None),
-]
 # changed, these need no restart of the VM (reload-agent): they are checked at start, and the drop-in follows
 RELOADABLE = frozenset({"shared_storage", "require_fencing"})
 
@@ -186,8 +175,8 @@ def metadata() -> str:
         ET.SubElement(parameter, "shortdesc", lang="en").text = short
         ET.SubElement(parameter, "content", {"type": kind, **({"default": default} if default else {})})
     actions = ET.SubElement(agent, "actions")
-    for name, timeout, interval in ACTION_TIMEOUTS:
-        timing = {"timeout": f"{timeout:g}s", **({"interval": f"{interval}s", "depth": "0"} if interval else {})}
+    for name, (timeout, interval) in OPERATIONS.items():
+        timing = {"timeout": f"{timeout}s", **({"interval": f"{interval}s", "depth": "0"} if interval else {})}
         ET.SubElement(actions, "action", name=name, **timing)
     ET.indent(agent)
     return '<?xml version="1.0"?>\n' + ET.tostring(agent, encoding="unicode") + "\n"

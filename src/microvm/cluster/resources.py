@@ -22,8 +22,19 @@ MINE = ("allow-migrate", "resource-stickiness")  # the meta attributes microvm s
 PREFERENCE = 10  # the score of the last of a VM's preferNodes, 10 more for each before it: below the stickiness
 SEP = ".."  # between the names in a constraint's id: no VM name has it
 REFERENCES = ("rsc", "with-rsc", "first", "then")  # the attributes by which a constraint names a resource
-MONITOR_INTERVAL = 10  # s
-MONITOR_TIMEOUT = 30  # s
+DEFAULT_TIMEOUT = 150  # s, an action's when nothing else says (host.startupTimeout's default)
+# the agent's operations: timeout and interval (0: not recurring), in s. The agent's meta-data advertises them;
+# the resources take the monitor's and migrate_from's (start, stop and migrate_to follow the host's startupTimeout)
+OPERATIONS = {
+    "start": (DEFAULT_TIMEOUT, 0),
+    "stop": (DEFAULT_TIMEOUT, 0),
+    "monitor": (30, 10),
+    "migrate_to": (DEFAULT_TIMEOUT, 0),
+    "migrate_from": (60, 0),
+    "meta-data": (5, 0),
+    "validate-all": (30, 0),
+    "reload-agent": (30, 0),
+}
 MARGIN = 30  # s beyond the VM's own start timeout: the units the VM needs, the agent's own checks
 
 
@@ -89,12 +100,12 @@ def wanted(host: HostConfig, vms: dict[str, VMConfig], builds: dict[str, Path]) 
         ops = {
             ("start", "0s"): slow,
             ("stop", "0s"): slow,
-            ("monitor", f"{MONITOR_INTERVAL}s"): f"{MONITOR_TIMEOUT}s",
+            ("monitor", f"{OPERATIONS['monitor'][1]}s"): f"{OPERATIONS['monitor'][0]}s",
         }
         meta = {"resource-stickiness": str(cluster.stickiness)}
         if vms[name].microvm.migratable:
             meta["allow-migrate"] = "true"
-            ops |= {("migrate_to", "0s"): slow, ("migrate_from", "0s"): "60s"}
+            ops |= {("migrate_to", "0s"): slow, ("migrate_from", "0s"): f"{OPERATIONS['migrate_from'][0]}s"}
         found[PREFIX + name] = Resource(PREFIX + name, params, meta, ops)
     return found
 
