@@ -108,7 +108,7 @@ def test_agent_actions_on_systemd(node) -> None:
     code, err = ocf(host, "validate-all", build=str(local_runner))
     assert code == agent.ERR_CONFIGURED and f"microvm.volumes[0].image = {STATE}/c1/var.img" in err, err
     code, err = ocf(host, "validate-all", shared_storage="/srv")  # /srv is not a mount point in the node
-    assert code == agent.ERR_INSTALLED and "/srv is not a mount point" in err, err
+    assert code == agent.ERR_INSTALLED and "/srv is not a mount point" in err and "hint: mount it" in err, err
     code, err = ocf(host, "validate-all", require_fencing="maybe")
     assert code == agent.ERR_CONFIGURED and "is not a boolean" in err
     assert ocf(host, "start", build="/nonexistent/runner")[0] == agent.ERR_INSTALLED

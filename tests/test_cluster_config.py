@@ -84,7 +84,7 @@ def test_unknown_action_and_missing_name(capsys: pytest.CaptureFixture[str]) -> 
     assert agent.run("validate-all", bad) == agent.ERR_CONFIGURED
     assert "shared_storage='srv' is not an absolute path" in capsys.readouterr().err
     assert agent.run("start", {"OCF_RESKEY_name": "c1", "OCF_RESKEY_require_fencing": "maybe"}) == agent.ERR_CONFIGURED
-    assert "require_fencing='maybe' is not a boolean" in capsys.readouterr().err
+    assert "require_fencing='maybe' is not a boolean (Pacemaker's: true/false, yes/no" in capsys.readouterr().err
     assert agent.run("migrate_to", {"OCF_RESKEY_name": "c1"}) == agent.ERR_GENERIC
     assert "no migration target" in capsys.readouterr().err
 

@@ -93,7 +93,8 @@ class Params:
     def require_fencing(self) -> bool:
         text = self.env.get("OCF_RESKEY_require_fencing", "true")
         if (fencing := pacemaker.boolean(text)) is None:
-            raise Failure(ERR_CONFIGURED, f"require_fencing={text!r} is not a boolean")
+            valid = "true/false, yes/no, on/off, y/n, 1/0"
+            raise Failure(ERR_CONFIGURED, f"require_fencing={text!r} is not a boolean (Pacemaker's: {valid})")
         return fencing
 
     @property
@@ -194,6 +195,8 @@ class Checked:
 
 
 def _runner(params: Params, state: VMState) -> Path:
+    """The build to run: the parameter's, which must be in this node's store, else the installed one (not
+    installed: ERR_INSTALLED, which keeps Pacemaker from trying this node again)."""
     if params.build is not None:
         if not (params.build / "bin" / "microvm-run").exists():
             raise Failure(
@@ -231,7 +234,11 @@ def validate(params: Params) -> Checked:
                 hint=f"put its volumes and writable shares under {shared}",
             )
         if not mounted(shared):
-            raise Failure(ERR_INSTALLED, f"the shared storage {shared} is not a mount point on this node")
+            raise Failure(
+                ERR_INSTALLED,
+                f"the shared storage {shared} is not a mount point on this node",
+                hint="mount it (or set the parameter shared_storage to the mount point itself)",
+            )
     if fencing and (problem := pacemaker.fencing_problem(pacemaker.query_cib())):
         raise Failure(
             ERR_CONFIGURED,
@@ -426,6 +433,7 @@ def reload_agent(params: Params) -> int:
 
 
 def validate_all(params: Params) -> int:
+    """Whether this node could run the VM (validate), without touching it: Pacemaker asks before a change."""
     validate(params)
     return SUCCESS
 

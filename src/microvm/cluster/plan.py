@@ -27,6 +27,8 @@ ATTEMPTS = 3  # writes of the change, each made from a fresh read of the CIB, wh
 
 @dataclass
 class ClusterPlan:
+    """What `cluster apply` does, as `cluster plan` shows it: kept between the two so apply builds nothing."""
+
     diff: resources.Diff  # from the CIB as it was when planned: what plan shows
     want: dict[str, resources.Item]  # by id: apply makes the diff again from the CIB it writes to
     builds: dict[str, Path]  # VM name -> runner
