@@ -272,12 +272,12 @@ def test_diff_touches_only_the_agents_microvm_resources() -> None:
     live = ET.fromstring(
         CIB.format(
             props="",
-            resources=ET.tostring(
-                resources.Resource("microvm-a", {"name": "a", "build": "/s/old"}, {}, {("monitor", "10s"): "30s"}).xml(
-                    {"target-role": "Stopped"}
-                ),
-                encoding="unicode",
-            )
+            resources='<primitive id="microvm-a" class="ocf" provider="microvm" type="vm">'
+            '<instance_attributes id="i"><nvpair id="i-n" name="name" value="a"/>'
+            '<nvpair id="i-b" name="build" value="/s/old"/></instance_attributes>'
+            '<meta_attributes id="m"><nvpair id="m-t" name="target-role" value="Stopped"/></meta_attributes>'
+            '<operations><op id="microvm-a-monitor-interval-10s" name="monitor" interval="10s" timeout="30s"/>'
+            "</operations></primitive>"
             + '<primitive id="microvm-gone" class="ocf" provider="microvm" type="vm"/>'
             + '<primitive id="microvm-other" class="ocf" provider="heartbeat" type="Dummy"/>'
             + '<primitive id="web" class="ocf" provider="heartbeat" type="IPaddr2"/>',
@@ -286,7 +286,10 @@ def test_diff_touches_only_the_agents_microvm_resources() -> None:
     found = resources.diff(live, want)
     assert [r.id for r in found.add] == ["microvm-new"] and [r.id for r in found.remove] == ["microvm-gone"]
     ((changed, kept, why),) = found.change
-    assert changed is want["microvm-a"] and kept == {"target-role": "Stopped"} and why == ["build /s/old -> /s/new"]
+    assert changed is want["microvm-a"] and why == ["build /s/old -> /s/new"]
+    assert {p.get("name"): p.get("value") for p in changed.xml(kept).iterfind("meta_attributes/nvpair")} == {
+        "target-role": "Stopped"
+    }
     assert found.describe() == [
         "add resource microvm-new (VM new)",
         "change resource microvm-a: build /s/old -> /s/new (Pacemaker restarts VM a: a shutdown and a boot)",
@@ -372,6 +375,38 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
     assert "remove resource microvm-c1" in _cluster(["apply", str(cluster_host)], cib, monkeypatch)
     ids = [p.get("id") for p in ET.parse(cib).getroot().iterfind("./configuration/resources/primitive")]
     assert ids == ["web"]
+
+
+@pacemaker_tools
+def test_cluster_apply_keeps_what_others_added_to_its_resources(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewrite overwrites only what microvm sets: an op's on-fail, an op it did not write (a deeper monitor),
+    utilization stay; an op of its own it no longer wants goes."""
+    cib = _cib(tmp_path / "cib.xml")
+    _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    live = ET.parse(cib).getroot()
+    mine = live.find("./configuration/resources/primitive[@id='microvm-c1']")
+    mine.find("./operations/op[@name='start']").set("on-fail", "block")
+    deeper = ET.SubElement(mine.find("operations"), "op", id="deep", name="monitor", interval="60s", timeout="50s")
+    ET.SubElement(ET.SubElement(deeper, "instance_attributes", id="deep-i"), "nvpair", id="deep-l",
+                  name="OCF_CHECK_LEVEL", value="10")  # fmt: skip
+    ET.SubElement(ET.SubElement(mine, "utilization", id="u"), "nvpair", id="u-m", name="memory", value="256")
+    cib.write_text(ET.tostring(live, encoding="unicode"))
+    cluster_host.write_text(cluster_host.read_text().replace("startupTimeout = 100", "startupTimeout = 200"))
+    (tmp_path / "c1.toml").write_text(
+        (tmp_path / "c1.toml").read_text().replace("migratable = true", "migratable = false")
+    )
+    changed = _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    assert "op start 0s timeout 130s -> 230s" in changed and "op migrate_to 0s timeout 130s -> (none)" in changed
+    _verify(cib)
+    mine = ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']")
+    ops = {(op.get("name"), op.get("interval")): op for op in mine.iterfind("./operations/op")}
+    assert set(ops) == {("start", "0s"), ("stop", "0s"), ("monitor", "10s"), ("monitor", "60s")}
+    assert ops["start", "0s"].get("on-fail") == "block" and ops["start", "0s"].get("timeout") == "230s"
+    assert ops["monitor", "60s"].find("instance_attributes/nvpair").get("value") == "10"
+    assert mine.find("utilization/nvpair").get("value") == "256"
+    assert _cluster(["apply", str(cluster_host)], cib, monkeypatch).strip().endswith(NOTHING)
 
 
 def _target_role(cib: Path, value: str) -> None:

@@ -181,9 +181,9 @@ def _edit(draft: pacemaker.Draft, diff: resources.Diff, report: Callable[[str], 
         for item in step.add:
             report(f"add {item.what}")
             draft.create(item.section, item.text())
-        for item, kept, why in step.change:
+        for item, live, why in step.change:
             report(f"change {item.what}: {'; '.join(why)}")
-            draft.replace(item.section, item.text(kept))
+            draft.replace(item.section, item.text(live))
         for item in step.remove:
             report(f"remove {item.what}")
             draft.delete(ET.tostring(ET.Element(item.tag, id=item.id), encoding="unicode"))
