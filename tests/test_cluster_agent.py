@@ -7,6 +7,7 @@ three-node cluster tests (fail-over, drain, split) are in their own module.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -107,23 +108,69 @@ def test_agent_actions_on_systemd(node) -> None:
     code, err = ocf(host, "validate-all", build=str(local_runner))
     assert code == agent.ERR_CONFIGURED and f"microvm.volumes[0].image = {STATE}/c1/var.img" in err, err
     code, err = ocf(host, "validate-all", shared_storage="/srv")  # /srv is not a mount point in the node
-    assert code == agent.ERR_INSTALLED and "/srv is not a mount point" in err, err
+    assert code == agent.ERR_INSTALLED and "/srv is not a mount point" in err and "hint: mount it" in err, err
     code, err = ocf(host, "validate-all", require_fencing="maybe")
     assert code == agent.ERR_CONFIGURED and "is not a boolean" in err
     assert ocf(host, "start", build="/nonexistent/runner")[0] == agent.ERR_INSTALLED
     assert not host.active("c1")
+
+    # a start that cannot finish within Pacemaker's timeout (a unit slow to start) fails with its reason before it
+    slow = "/run/systemd/system/microvm@c1.service.d/90-slow.conf"
+    host.box.run(
+        "sh",
+        "-c",
+        f"mkdir -p $(dirname {slow}) && printf '[Service]\\nExecStartPre=/bin/sleep 30\\n' > {slow} && systemctl daemon-reload",
+    )
+    began = time.monotonic()
+    code, err = ocf(host, "start", CRM_meta_timeout="8000")
+    assert code == agent.ERR_GENERIC and "VM 'c1' did not start within 3 s" in err, err
+    assert time.monotonic() - began < 8
+    assert ocf(host, "stop")[0] == agent.SUCCESS
+    host.box.run("sh", "-c", f"rm {slow} && systemctl daemon-reload")
 
     # start -> monitor 0 (qemu says running) -> stop -> monitor 7
     code, err = ocf(host, "start")
     assert code == agent.SUCCESS, err + host.box.run("journalctl", "-u", "microvm@c1", "--no-pager", check=False).stdout
     assert ocf(host, "monitor")[0] == agent.SUCCESS
     assert host.systemctl("show", "-P", "Restart", "microvm@c1.service") == "no"  # Pacemaker restarts it
+    assert ocf(host, "reload-agent", require_fencing="false")[0] == agent.SUCCESS  # no restart: it runs on
+    assert ocf(host, "monitor")[0] == agent.SUCCESS
+    # another client holding QMP (it serves one at a time) for longer than one query's 5 s: not a failure
+    hold = "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(4096); "
+    holder = host.box.popen(
+        sys.executable, "-c", hold + "print('held', flush=True); time.sleep(8)", f"{STATE}/c1/c1.sock"
+    )
+    assert holder.stdout.readline().strip() == "held"
+    began = time.monotonic()
+    code, err = ocf(host, "monitor", CRM_meta_timeout="30000")
+    assert code == agent.SUCCESS and time.monotonic() - began > 4, err
+    holder.wait()
     host.wait_booted("c1", 1)
     assert ocf(host, "start")[0] == agent.SUCCESS  # already running: start is idempotent
     assert ocf(host, "stop")[0] == agent.SUCCESS
     assert "microvm: c1 stopped cleanly" in host.console("c1")
     assert ocf(host, "monitor")[0] == agent.NOT_RUNNING
     assert ocf(host, "stop")[0] == agent.SUCCESS  # stopped already
+    # a parameter stop does not use is no reason to fail it (a failed stop gets the node fenced)
+    assert ocf(host, "stop", require_fencing="maybe", shared_storage="srv")[0] == agent.SUCCESS
+
+    # the VM's hypervisor running outside its unit: monitor 1, start refuses a second copy, stop ends it
+    host.box.run(
+        "systemd-run",
+        "--unit=stray",
+        "--collect",
+        f"--working-directory={STATE}/c1",
+        "sh",
+        "-c",
+        'ln -sfn "$(readlink current)" booted && exec current/bin/microvm-run',  # booted: as `microvm run` marks it
+    )
+    wait_until("the stray hypervisor", lambda: ocf(host, "monitor")[0] == agent.ERR_GENERIC, timeout=30)
+    code, err = ocf(host, "start")
+    assert code == agent.ERR_GENERIC and "runs outside its unit microvm@c1.service" in err, err
+    assert not host.active("c1")
+    code, err = ocf(host, "stop")
+    assert code == agent.SUCCESS and "runs outside its unit microvm@c1.service: stopping it hard" in err, err
+    assert ocf(host, "monitor")[0] == agent.NOT_RUNNING
 
     # qemu killed -> monitor 1 (failed, not stopped); stop clears it -> 7
     assert ocf(host, "start")[0] == agent.SUCCESS

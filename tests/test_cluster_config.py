@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,11 +21,14 @@ from typer.testing import CliRunner
 from microvm.cli import show
 from microvm.cli.app import app
 from microvm.cluster import agent, pacemaker, resources
+from microvm.cluster import plan as cluster_plan
 from microvm.config import load_host
-from microvm.errors import ConfigErrors
+from microvm.errors import ConfigErrors, MicrovmError
 from microvm.host import apply as host_apply
-from microvm.host import units
+from microvm.host import lifecycle, systemd, units
+from microvm.host.plan import WriteFile
 from microvm.model.options import HostConfig
+from microvm.store import Store
 
 pacemaker_tools = pytest.mark.skipif(not shutil.which("cibadmin"), reason="needs pacemaker-cli-utils")
 
@@ -37,13 +41,20 @@ def test_meta_data_names_every_action_and_parameter(capsys: pytest.CaptureFixtur
     root = ET.fromstring(capsys.readouterr().out)
     assert root.tag == "resource-agent" and root.get("name") == "vm" and root.findtext("version") == "1.1"
     actions = {a.get("name"): a.attrib for a in root.iterfind("./actions/action")}
-    assert set(actions) == {"start", "stop", "monitor", "migrate_to", "migrate_from", "meta-data", "validate-all"}
+    assert set(actions) == {
+        "start", "stop", "monitor", "migrate_to", "migrate_from", "meta-data", "validate-all", "reload-agent"
+    }  # fmt: skip
     assert set(actions) - {"meta-data"} == set(agent.ACTIONS)  # every action it advertises, it carries out
     assert actions["monitor"]["interval"] == "10s" and all(a["timeout"].endswith("s") for a in actions.values())
     parameters = {p.get("name"): p for p in root.iterfind("./parameters/parameter")}
     assert set(parameters) == {"name", "build", "shared_storage", "require_fencing"}
     assert parameters["name"].get("required") == "1" and parameters["name"].get("unique-group") == "name"
     assert parameters["require_fencing"].find("content").attrib == {"type": "boolean", "default": "true"}
+    # changing these reloads the agent instead of restarting the VM
+    assert {name for name, p in parameters.items() if p.get("reloadable") == "1"} == {
+        "shared_storage",
+        "require_fencing",
+    }
     for parameter in parameters.values():
         assert parameter.findtext("shortdesc") and parameter.findtext("longdesc")
 
@@ -67,10 +78,24 @@ def test_the_installed_agent_runs_with_an_empty_environment(tmp_path: Path) -> N
 
 def test_unknown_action_and_missing_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert agent.run("promote", {}) == agent.ERR_UNIMPLEMENTED
-    assert agent.run("monitor", {}) == agent.ERR_CONFIGURED
+    assert agent.run("validate-all", {}) == agent.ERR_CONFIGURED
     assert "ocf-exit-reason:the parameter name (the VM's name) is not set" in capsys.readouterr().err
-    assert agent.run("monitor", {"OCF_RESKEY_name": "c1", "OCF_RESKEY_shared_storage": "srv"}) == agent.ERR_CONFIGURED
+    bad = {"OCF_RESKEY_name": "c1", "OCF_RESKEY_shared_storage": "srv"}
+    assert agent.run("validate-all", bad) == agent.ERR_CONFIGURED
     assert "shared_storage='srv' is not an absolute path" in capsys.readouterr().err
+    assert agent.run("start", {"OCF_RESKEY_name": "c1", "OCF_RESKEY_require_fencing": "maybe"}) == agent.ERR_CONFIGURED
+    assert "require_fencing='maybe' is not a boolean (Pacemaker's: true/false, yes/no" in capsys.readouterr().err
+    assert agent.run("migrate_to", {"OCF_RESKEY_name": "c1"}) == agent.ERR_GENERIC
+    assert "no migration target" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["", "we b", "../c1"])
+def test_stop_and_monitor_of_a_name_no_vm_can_have(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing of that name can run: stopped (a failed stop would get the node fenced), with the reason shown."""
+    env = {"OCF_RESKEY_name": name} if name else {}
+    assert agent.run("stop", env) == agent.SUCCESS
+    assert agent.run("monitor", env) == agent.NOT_RUNNING
+    assert capsys.readouterr().err.count("ocf-exit-reason:") == 2
 
 
 def test_stop_keeps_a_margin_for_the_hard_kill() -> None:
@@ -86,6 +111,9 @@ def test_stop_keeps_a_margin_for_the_hard_kill() -> None:
 CIB = """<cib><configuration><crm_config><cluster_property_set id="o">{props}</cluster_property_set></crm_config>
 <nodes/><resources>{resources}</resources><constraints/></configuration><status/></cib>"""
 STONITH = '<primitive id="fence" class="stonith" type="fence_microvm_test"/>'
+DISABLED = STONITH.replace("/>", '><meta_attributes id="m"><nvpair id="r" name="target-role" value="Stopped"/>'
+                           "</meta_attributes></primitive>")  # fmt: skip
+WATCHDOG = '<nvpair id="w" name="stonith-watchdog-timeout" value="{}"/>'
 
 
 @pytest.mark.parametrize(
@@ -96,6 +124,12 @@ STONITH = '<primitive id="fence" class="stonith" type="fence_microvm_test"/>'
         ('<nvpair id="s" name="stonith-enabled" value="off"/>', STONITH, "fencing is disabled"),
         ('<nvpair id="s" name="stonith-enabled" value="true"/>', "", "no fence device"),
         ("", f'<group id="g">{STONITH}</group>', None),
+        # a disabled fence device fences nothing; diskless SBD fences without one
+        ("", DISABLED, "every fence device of this cluster is disabled"),
+        (WATCHDOG.format("10s"), "", None),
+        (WATCHDOG.format("-1"), "", None),
+        (WATCHDOG.format("0"), "", "no fence device"),
+        ('<nvpair id="s" name="stonith-enabled" value="false"/>' + WATCHDOG.format("10s"), "", "fencing is disabled"),
     ],
 )
 def test_fencing_problem(props: str, found: str, problem: str | None) -> None:
@@ -216,6 +250,10 @@ def test_wanted_resources(cluster_host: Path, shared_store) -> None:
     }
     assert c1.meta == {"resource-stickiness": "100", "allow-migrate": "true"}
     assert c1.ops[("monitor", "10s")] == "30s" and c1.ops[("start", "0s")] == "130s"  # startupTimeout + margin
+    advertised = {a.get("name"): a.attrib for a in ET.fromstring(agent.metadata()).iterfind("./actions/action")}
+    for (op, interval), timeout in c1.ops.items():  # as the agent's meta-data says, but start, stop and migrate_to
+        if op in ("monitor", "migrate_from"):
+            assert advertised[op]["timeout"] == timeout and advertised[op].get("interval", "0s") == interval
     assert c1.ops[("migrate_to", "0s")] == "130s"
     still = resources.wanted(host.config, {"c1": host.vms["c1"].config.model_copy(deep=True)}, {"c1": runner})
     assert still == want
@@ -234,12 +272,12 @@ def test_diff_touches_only_the_agents_microvm_resources() -> None:
     live = ET.fromstring(
         CIB.format(
             props="",
-            resources=ET.tostring(
-                resources.Resource("microvm-a", {"name": "a", "build": "/s/old"}, {}, {("monitor", "10s"): "30s"}).xml(
-                    {"target-role": "Stopped"}
-                ),
-                encoding="unicode",
-            )
+            resources='<primitive id="microvm-a" class="ocf" provider="microvm" type="vm">'
+            '<instance_attributes id="i"><nvpair id="i-n" name="name" value="a"/>'
+            '<nvpair id="i-b" name="build" value="/s/old"/></instance_attributes>'
+            '<meta_attributes id="m"><nvpair id="m-t" name="target-role" value="Stopped"/></meta_attributes>'
+            '<operations><op id="microvm-a-monitor-interval-10s" name="monitor" interval="10s" timeout="30s"/>'
+            "</operations></primitive>"
             + '<primitive id="microvm-gone" class="ocf" provider="microvm" type="vm"/>'
             + '<primitive id="microvm-other" class="ocf" provider="heartbeat" type="Dummy"/>'
             + '<primitive id="web" class="ocf" provider="heartbeat" type="IPaddr2"/>',
@@ -248,10 +286,13 @@ def test_diff_touches_only_the_agents_microvm_resources() -> None:
     found = resources.diff(live, want)
     assert [r.id for r in found.add] == ["microvm-new"] and [r.id for r in found.remove] == ["microvm-gone"]
     ((changed, kept, why),) = found.change
-    assert changed is want["microvm-a"] and kept == {"target-role": "Stopped"} and why == ["build /s/old -> /s/new"]
+    assert changed is want["microvm-a"] and why == ["build /s/old -> /s/new"]
+    assert {p.get("name"): p.get("value") for p in changed.xml(kept).iterfind("meta_attributes/nvpair")} == {
+        "target-role": "Stopped"
+    }
     assert found.describe() == [
         "add resource microvm-new (VM new)",
-        "change resource microvm-a: build /s/old -> /s/new",
+        "change resource microvm-a: build /s/old -> /s/new (Pacemaker restarts VM a: a shutdown and a boot)",
         "remove resource microvm-gone (the cluster stops it)",
     ]
     same = {rid: resource for rid, (resource, _) in resources.ours(live).items()}
@@ -337,6 +378,76 @@ def test_cluster_apply_writes_only_its_resources_and_twice_changes_nothing(
 
 
 @pacemaker_tools
+def test_cluster_apply_keeps_what_others_added_to_its_resources(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewrite overwrites only what microvm sets: an op's on-fail, an op it did not write (a deeper monitor),
+    utilization stay; an op of its own it no longer wants goes."""
+    cib = _cib(tmp_path / "cib.xml")
+    _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    live = ET.parse(cib).getroot()
+    mine = live.find("./configuration/resources/primitive[@id='microvm-c1']")
+    mine.find("./operations/op[@name='start']").set("on-fail", "block")
+    deeper = ET.SubElement(mine.find("operations"), "op", id="deep", name="monitor", interval="60s", timeout="50s")
+    ET.SubElement(ET.SubElement(deeper, "instance_attributes", id="deep-i"), "nvpair", id="deep-l",
+                  name="OCF_CHECK_LEVEL", value="10")  # fmt: skip
+    ET.SubElement(ET.SubElement(mine, "utilization", id="u"), "nvpair", id="u-m", name="memory", value="256")
+    cib.write_text(ET.tostring(live, encoding="unicode"))
+    cluster_host.write_text(cluster_host.read_text().replace("startupTimeout = 100", "startupTimeout = 200"))
+    (tmp_path / "c1.toml").write_text(
+        (tmp_path / "c1.toml").read_text().replace("migratable = true", "migratable = false")
+    )
+    changed = _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    assert "op start 0s timeout 130s -> 230s" in changed and "op migrate_to 0s timeout 130s -> (none)" in changed
+    _verify(cib)
+    mine = ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']")
+    ops = {(op.get("name"), op.get("interval")): op for op in mine.iterfind("./operations/op")}
+    assert set(ops) == {("start", "0s"), ("stop", "0s"), ("monitor", "10s"), ("monitor", "60s")}
+    assert ops["start", "0s"].get("on-fail") == "block" and ops["start", "0s"].get("timeout") == "230s"
+    assert ops["monitor", "60s"].find("instance_attributes/nvpair").get("value") == "10"
+    assert mine.find("utilization/nvpair").get("value") == "256"
+    assert _cluster(["apply", str(cluster_host)], cib, monkeypatch).strip().endswith(NOTHING)
+
+
+def _target_role(cib: Path, value: str) -> None:
+    """An administrator's ``crm_resource --meta`` on microvm-c1 (pcs resource disable / enable)."""
+    subprocess.run(
+        ["crm_resource", "--resource", "microvm-c1", "--meta", "--set-parameter", "target-role", "--parameter-value",
+         value],
+        env={**os.environ, "CIB_file": str(cib)}, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+@pacemaker_tools
+def test_cluster_apply_writes_from_the_cib_as_it_is_after_the_copies(
+    cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The builds take minutes to copy: a resource disabled meanwhile stays disabled; the change is one patch
+    that Pacemaker refuses when the CIB changed between reading it and writing the change."""
+    cib = _cib(tmp_path / "cib.xml")
+    _cluster(["apply", str(cluster_host)], cib, monkeypatch)
+    cluster_host.write_text(cluster_host.read_text().replace("startupTimeout = 100", "startupTimeout = 200"))
+    monkeypatch.setenv("CIB_file", str(cib))
+    planned = cluster_plan.plan(load_host(cluster_host), Store())
+    _target_role(cib, "Stopped")  # while the builds are copied
+    said: list[str] = []
+    cluster_plan.apply(planned, Store(), said.append)
+    assert len(said) == 1 and said[0].startswith("change resource microvm-c1: op migrate_to 0s timeout 130s -> 230s")
+    mine = ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']")
+    assert {p.get("name"): p.get("value") for p in mine.iterfind("./meta_attributes/nvpair")}[
+        "target-role"
+    ] == "Stopped"
+
+    def meanwhile(draft: pacemaker.Draft) -> None:
+        draft.delete('<primitive id="microvm-c1"/>')
+        _target_role(cib, "Started")  # someone else, between the read and the write
+
+    with pytest.raises(pacemaker.CibChanged):
+        pacemaker.transaction(meanwhile)
+    assert ET.parse(cib).getroot().find("./configuration/resources/primitive[@id='microvm-c1']") is not None
+
+
+@pacemaker_tools
 def test_cluster_apply_writes_the_resources_even_when_a_node_cannot_get_the_builds(
     cluster_host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,6 +469,11 @@ def test_cluster_apply_refuses_a_cluster_without_fencing(
     refused = _cluster(["apply", str(cluster_host)], cib, monkeypatch, ok=False)
     assert "fencing is disabled in this cluster (the property stonith-enabled is false)" in refused
     assert "requireFencing = false" in refused and "microvm-c1" not in cib.read_text()
+    monkeypatch.setenv("CIB_file", str(cib))
+    said: list[str] = []
+    with pytest.raises(MicrovmError, match="fencing is disabled"):
+        cluster_plan.plan(load_host(cluster_host), Store(), said.append)
+    assert said == []  # refused before building anything
 
 
 # --- list and status on a cluster node --------------------------------------------------
@@ -698,3 +814,119 @@ def test_host_apply_removes_the_agent_when_the_host_leaves_the_cluster(
     assert not agent_file.exists() and agent_changes("false") == []
     agent_file.write_text("#!/bin/sh\n# an agent someone else put here\n")
     assert agent_changes("false") == []  # not written by microvm: kept
+
+
+def _primitive(name: str) -> str:
+    return f'<primitive id="microvm-{name}" class="ocf" provider="microvm" type="vm"/>'
+
+
+@pacemaker_tools
+def test_host_apply_refuses_to_leave_the_cluster_while_it_runs_the_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM taken out of the cluster (or the host: the agent removed) while the CIB still has its resource: every
+    node would start it by itself, or the resources' monitor and stop would fail. Refused before anything."""
+    cib = _cib(tmp_path / "cib.xml")
+    live = ET.parse(cib).getroot()
+    live.find("configuration/resources").extend([ET.fromstring(_primitive("c1")), ET.fromstring(_primitive("old"))])
+    cib.write_text(ET.tostring(live, encoding="unicode"))
+    agent_file = tmp_path / "agent"
+    monkeypatch.setattr("microvm.cli.host_cmds.OCF_AGENT", agent_file)
+    monkeypatch.setenv("CIB_file", str(cib))
+    monkeypatch.setenv("MICROVM_UNIT_DIR", str(tmp_path / "units"))
+
+    def refused(host: Path, ok: bool = False) -> str:
+        result = CliRunner().invoke(app, ["host", "apply", "--dry-run", str(host)])
+        assert (result.exit_code == 0) == ok and ("would " in result.output) == ok, result.output
+        return result.output + str(result.exception)
+
+    host = _host(tmp_path)
+    host.write_text(host.read_text().replace("cluster = true", "cluster = false"))
+    said = refused(host)
+    assert f"{host}: microvm.vms.c1.cluster: the cluster still runs VM 'c1' (its resource microvm-c1)" in said
+    assert f"{host}: microvm.vms.old: the cluster still runs VM 'old'" in said and "microvm cluster apply" in said
+    # the host leaves the cluster: the agent stays while resources use it
+    host.write_text(host.read_text().replace("enable = true", "enable = false"))
+    refused(host, ok=True)  # no agent installed here: not a cluster node, no cluster asked
+    agent_file.write_text("the agent")
+    said = refused(host)
+    assert f"{host}: cluster.enable: the cluster still has resources of its agent: microvm-c1, microvm-old" in said
+    assert "remove the cluster VMs from the host file and run microvm cluster apply first" in said
+    assert host_apply._refuse_leaving_cluster(load_host(_host(tmp_path)), {"c1"}) is None  # still a cluster VM
+
+
+def test_the_cluster_drop_ins_come_last_and_mark_the_vm_as_the_clusters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd applies a unit's drop-ins in the order of their names: ``Restart=no`` must outlast
+    ``unitOverrides`` (overrides.conf). A VM only the agent set up (its runtime drop-in) is the cluster's too."""
+    assert (
+        max([units.OVERRIDES_DROPIN, units.CREDENTIALS_DROPIN, "install.conf", systemd.CLUSTER_DROPIN])
+        == systemd.CLUSTER_DROPIN
+        and systemd.AGENT_DROPIN > units.OVERRIDES_DROPIN
+    )
+    monkeypatch.setattr(systemd, "UNIT_DIR", tmp_path / "etc")
+    monkeypatch.setattr(systemd, "RUNTIME_UNIT_DIR", tmp_path / "run")
+    assert not systemd.cluster_managed("c1")
+    systemd.agent_dropin("c1").parent.mkdir(parents=True)
+    systemd.agent_dropin("c1").write_text(units.cluster_dropin(None))
+    assert systemd.cluster_managed("c1") and not systemd.cluster_managed("c2")
+    with pytest.raises(MicrovmError, match="VM 'c1' is run by the cluster"):
+        lifecycle.control("start", "c1", tmp_path / "state")
+
+
+def test_the_agent_is_executable_at_every_moment_it_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pacemaker may run the agent while `host apply` rewrites it: the file that replaces it is already 0755."""
+    agent_file = tmp_path / "vm"
+    WriteFile(agent_file, "#!/bin/sh\n", 0o755).apply()
+    replaced, real = [], os.replace
+
+    def replace(source: Path, target: Path) -> None:
+        replaced.append(os.stat(source).st_mode & 0o777)
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    WriteFile(agent_file, "#!/bin/sh\nexit 0\n", 0o755).apply()
+    assert replaced == [0o755] and agent_file.stat().st_mode & 0o777 == 0o755
+
+
+@pacemaker_tools
+def test_gc_on_a_cluster_node_keeps_the_builds_of_the_clusters_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cluster apply copies builds to nodes where no VM has them installed: gc there keeps them (fail-over
+    starts them), and refuses when it cannot ask the cluster which they are."""
+    made = """if True:
+        import sys
+        from pathlib import Path
+        from microvm.store import Store
+        store = Store(Path(sys.argv[1]))
+        dep, _ = store.add("dep", {}, lambda out: None)
+        print(dep, store.add("runner", {}, lambda out: None, references=(dep,))[0], store.add("junk", {}, lambda out: None)[0])
+    """  # in a process of its own: the entries of a live process's builds are kept by any gc
+    entries = subprocess.run(
+        [sys.executable, "-c", made, str(tmp_path / "store")], capture_output=True, text=True, check=True
+    )
+    dep, build, junk = map(Path, entries.stdout.split())
+    cib = _cib(tmp_path / "cib.xml")
+    live = ET.parse(cib).getroot()
+    primitive = ET.fromstring(_primitive("c1"))
+    block = ET.SubElement(primitive, "instance_attributes", id="microvm-c1-instance_attributes")
+    ET.SubElement(block, "nvpair", id="microvm-c1-build", name="build", value=str(build))
+    live.find("configuration/resources").append(primitive)
+    cib.write_text(ET.tostring(live, encoding="unicode"))
+    agent_file = tmp_path / "agent"
+    agent_file.write_text("the agent")
+    monkeypatch.setattr("microvm.cli.build_cmds.OCF_AGENT", agent_file)
+    monkeypatch.setenv("MICROVM_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("MICROVM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CIB_file", str(tmp_path / "missing.xml"))
+    refused = CliRunner().invoke(app, ["gc"])
+    assert refused.exit_code != 0 and "cannot tell which builds the cluster's VMs use" in str(refused.exception)
+    assert junk.exists()
+    monkeypatch.setenv("CIB_file", str(cib))
+    result = CliRunner().invoke(app, ["gc"])
+    assert result.exit_code == 0, result.output
+    assert not junk.exists() and build.exists() and dep.exists(), result.output

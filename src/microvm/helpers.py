@@ -130,10 +130,13 @@ def _credentials(parser: argparse.ArgumentParser) -> None:
 
 
 def _ocf_action(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", help="start, stop, monitor, migrate_to, migrate_from, validate-all, meta-data")
+    parser.add_argument(
+        "action", help="start, stop, monitor, migrate_to, migrate_from, validate-all, reload-agent, meta-data"
+    )
 
 
 def _exit_code(command: str, code: int) -> int:
+    """The function's result is the exit code itself (an OCF agent answers Pacemaker by it), nothing printed."""
     return code
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..host.statedir import installed_configs, installed_stamp
+from ..layout import OCF_AGENT
 from ..store import Store
 from .app import app, err, out, warn
 from .progress import steps
@@ -90,13 +91,19 @@ def run(
 
 @app.command()
 def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False) -> None:
-    """Remove store entries that no root (recorded build, installed VM's current or booted) uses."""
+    """Remove store entries that no root (recorded build, installed VM's current or booted, on a cluster node
+    the build of every cluster VM's resource) uses."""
     # late on purpose: a command loads only what it runs (start-up speed)
     from ..host.statedir import gc_roots
     from ..runner import fastpath
 
+    roots = gc_roots()
+    if OCF_AGENT.exists():  # a cluster node: fail-over starts the resources' builds, copied here by cluster apply
+        from ..cluster.plan import resource_builds  # late on purpose: only a cluster node loads the cluster's module
+
+        roots += resource_builds()
     store = Store()
-    dead = store.gc(gc_roots(), dry_run=dry_run)
+    dead = store.gc(roots, dry_run=dry_run)
     for entry in dead:
         out.print(f"{'would remove' if dry_run else 'removed'} {entry}", soft_wrap=True)
     out.print(f"{len(dead)} entries {'unused' if dry_run else 'removed'}")

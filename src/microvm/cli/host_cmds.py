@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..host.statedir import installed_configs
+from ..layout import OCF_AGENT
 from ..store import Store
 from .app import app, err, out, warn
 
@@ -30,8 +31,13 @@ def apply(
     warn(host.warnings)
     # MICROVM_UNIT_DIR: where units go instead of /etc/systemd/system (tests; staging a root)
     unit_dir = Path(os.environ.get("MICROVM_UNIT_DIR") or host_apply.DEFAULT_UNIT_DIR)
+    cluster_vms: set[str] = set()
+    if host.config.cluster.enable or OCF_AGENT.exists():
+        from ..cluster.plan import resource_vms  # late on purpose: only a cluster node loads the cluster's module
+
+        cluster_vms = resource_vms()
     with err.status("planning", spinner="dots") as status:
-        plan = host_apply.plan(host, Store(), unit_dir, progress=status.update)
+        plan = host_apply.plan(host, Store(), unit_dir, progress=status.update, cluster_vms=cluster_vms)
     if not plan.changes:
         out.print("nothing to change")
         return

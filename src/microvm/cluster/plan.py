@@ -22,10 +22,15 @@ from ..runner.build import build_vm
 from ..store import Store
 from . import pacemaker, resources
 
+ATTEMPTS = 3  # writes of the change, each made from a fresh read of the CIB, while others change it meanwhile
+
 
 @dataclass
 class ClusterPlan:
-    diff: resources.Diff
+    """What `cluster apply` does, as `cluster plan` shows it: kept between the two so apply builds nothing."""
+
+    diff: resources.Diff  # from the CIB as it was when planned: what plan shows
+    want: dict[str, resources.Item]  # by id: apply makes the diff again from the CIB it writes to
     builds: dict[str, Path]  # VM name -> runner
     nodes: list[str]  # the other nodes, which get every build
 
@@ -41,6 +46,29 @@ def nodes(cib: ET.Element) -> list[str]:
         return []
     here = pacemaker.local_node()
     return [name for name in known if name != here]
+
+
+def resource_vms() -> set[str]:
+    """The VMs the running cluster has a resource of (``microvm-NAME`` of the agent); none where no cluster
+    answers. `host apply` asks before it takes a VM or the host out of the cluster."""
+    try:
+        cib = pacemaker.query_cib()
+    except MicrovmError:
+        return set()
+    return {rid.removeprefix(pacemaker.PREFIX) for rid in resources.ours(cib)}
+
+
+def resource_builds() -> list[Path]:
+    """The builds the cluster's resources name (`gc` keeps them: fail-over starts them on this node). Fails when
+    the cluster does not answer: without knowing them, a gc could delete what a fail-over needs."""
+    try:
+        cib = pacemaker.query_cib()
+    except MicrovmError as exc:
+        raise MicrovmError(
+            f"cannot tell which builds the cluster's VMs use: {exc.message}",
+            hint="run it while this node's cluster runs (CIB_file=/var/lib/pacemaker/cib/cib.xml when it is stopped)",
+        ) from None
+    return [Path(build) for resource, _ in resources.ours(cib).values() if (build := resource.params.get("build"))]
 
 
 def _unknown_nodes(host: LoadedHost, names: list[str], cib: ET.Element) -> None:
@@ -79,13 +107,7 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
             f"{file}: cluster.enable is not true: this host is no cluster node", hint="[cluster] enable = true"
         )
     names = [name for name, declared in host.config.microvm.vms.items() if declared.cluster]
-    builds = {
-        name: build_vm(
-            store, host.vms[name].config, progress=lambda step, n=name: progress(f"building {n}: {step}")
-        ).runner
-        for name in names
-    }
-    cib = pacemaker.query_cib()
+    cib = pacemaker.query_cib()  # the refusals first: they take no time, the builds may take minutes
     if cluster.requireFencing and (problem := pacemaker.fencing_problem(cib)):
         raise MicrovmError(
             f"{problem}: without fencing a VM can run on two nodes at once after a split; refusing",
@@ -93,10 +115,17 @@ def plan(host: LoadedHost, store: Store, progress: Callable[[str], None] = lambd
             "(tests only)",
         )
     _unknown_nodes(host, names, cib)
+    builds = {
+        name: build_vm(
+            store, host.vms[name].config, progress=lambda step, n=name: progress(f"building {n}: {step}")
+        ).runner
+        for name in names
+    }
     want = resources.wanted(host.config, {name: host.vms[name].config for name in names}, builds)
-    changes = resources.diff(cib, {**want, **resources.constraints(host.config)})
+    want |= resources.constraints(host.config)
+    changes = resources.diff(cib, want)
     _refuse_held(host, cib, changes)
-    return ClusterPlan(changes, builds, nodes(cib))
+    return ClusterPlan(changes, want, builds, nodes(cib))
 
 
 def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> None:
@@ -104,7 +133,8 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
 
     A node that cannot be reached (down, in maintenance) does not hold the others up: the resources are
     written, its agent refuses to start a build it lacks (so the cluster runs the VM elsewhere), and the
-    command fails at the end naming it, to be run again once it is back.
+    command fails at the end naming it, to be run again once it is back. Once a run has copied the builds
+    there, the failures its agent had for want of them are cleaned up, so the cluster may run the VMs there.
     """
     missed = []
     for node in result.nodes:
@@ -115,7 +145,10 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
         except MicrovmError as exc:
             report(f"{node}: the builds were not copied: {exc.message}")
             missed.append(node)
-    _write(result.diff, report)
+    _write(result.want, report)
+    for node in (n for n in result.nodes if n not in missed):
+        for name in result.builds:
+            pacemaker.cleanup(pacemaker.PREFIX + name, node)
     if missed:
         raise MicrovmError(
             f"the builds are not on {', '.join(missed)}: the cluster runs these VMs on the other nodes only",
@@ -123,17 +156,34 @@ def apply(result: ClusterPlan, store: Store, report: Callable[[str], None]) -> N
         )
 
 
-def _write(diff: resources.Diff, report: Callable[[str], None]) -> None:
+def _write(want: dict[str, resources.Item], report: Callable[[str], None]) -> None:
+    """Make the CIB's resources and constraints ``want``: read it again after the copies (which take minutes),
+    and write the whole change as one patch (pacemaker.transaction), made again when the CIB changed meanwhile."""
+    said: list[str] = []  # what the attempt that is written did
+    for attempt in range(ATTEMPTS):
+        said.clear()
+        try:
+            pacemaker.transaction(lambda draft: _edit(draft, resources.diff(draft.cib, want), said.append))
+        except pacemaker.CibChanged as exc:
+            if attempt == ATTEMPTS - 1:
+                raise MicrovmError(f"{exc} ({ATTEMPTS} times); nothing was written", hint="run it again") from None
+            continue
+        for line in said:
+            report(line)
+        return
+
+
+def _edit(draft: pacemaker.Draft, diff: resources.Diff, report: Callable[[str], None]) -> None:
     """Stale constraints go first, then the resources change, and new or changed constraints come last: no
-    constraint ever names a resource that is not there."""
+    constraint ever names a resource that is not there (cibadmin checks each step)."""
     mine, placed = diff.only(resources.Resource), diff.only(resources.Constraint)
     for step in (resources.Diff(remove=placed.remove), mine, resources.Diff(placed.add, placed.change)):
         for item in step.add:
             report(f"add {item.what}")
-            pacemaker.create(item.section, item.text())
-        for item, kept, why in step.change:
+            draft.create(item.section, item.text())
+        for item, live, why in step.change:
             report(f"change {item.what}: {'; '.join(why)}")
-            pacemaker.replace(item.section, item.text(kept))
+            draft.replace(item.section, item.text(live))
         for item in step.remove:
             report(f"remove {item.what}")
-            pacemaker.delete(ET.tostring(ET.Element(item.tag, id=item.id), encoding="unicode"))
+            draft.delete(ET.tostring(ET.Element(item.tag, id=item.id), encoding="unicode"))

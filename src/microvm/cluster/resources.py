@@ -4,12 +4,14 @@ Each cluster VM is one primitive ``microvm-NAME`` of ``ocf:microvm:vm``, and its
 and ``apartFrom`` are constraints ``microvm-NAME..prefers..NODE``, ``microvm-NAME..after..OTHER`` and
 ``microvm-A..apart..B`` (``..`` is in no VM name: no id of ours can be another's). Only primitives with
 that id prefix and that agent, and constraints with that prefix and a ``..``, are ever compared, written
-or removed: everything else in the CIB is the administrator's. Meta attributes set on a resource by hand
-(``target-role``, ``is-managed``, ``priority``, ...) are kept when it is rewritten.
+or removed: everything else in the CIB is the administrator's. A resource is rewritten from the CIB's own
+element with only what microvm sets overwritten: meta attributes set by hand (``target-role``, ...), op
+attributes (``on-fail``, ``OCF_CHECK_LEVEL``), ops microvm did not write, utilization and rules are kept.
 """
 
 from __future__ import annotations
 
+import copy
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,23 @@ from .pacemaker import PREFIX
 
 AGENT = {"class": "ocf", "provider": "microvm", "type": "vm"}
 MINE = ("allow-migrate", "resource-stickiness")  # the meta attributes microvm sets; the others are kept
+PARAMS = ("name", "build", "shared_storage", "require_fencing")  # the parameters microvm sets
 PREFERENCE = 10  # the score of the last of a VM's preferNodes, 10 more for each before it: below the stickiness
 SEP = ".."  # between the names in a constraint's id: no VM name has it
 REFERENCES = ("rsc", "with-rsc", "first", "then")  # the attributes by which a constraint names a resource
-MONITOR_INTERVAL = 10  # s
-MONITOR_TIMEOUT = 30  # s
+DEFAULT_TIMEOUT = 150  # s, an action's when nothing else says (host.startupTimeout's default)
+# the agent's operations: timeout and interval (0: not recurring), in s. The agent's meta-data advertises them;
+# the resources take the monitor's and migrate_from's (start, stop and migrate_to follow the host's startupTimeout)
+OPERATIONS = {
+    "start": (DEFAULT_TIMEOUT, 0),
+    "stop": (DEFAULT_TIMEOUT, 0),
+    "monitor": (30, 10),
+    "migrate_to": (DEFAULT_TIMEOUT, 0),
+    "migrate_from": (60, 0),
+    "meta-data": (5, 0),
+    "validate-all": (30, 0),
+    "reload-agent": (30, 0),
+}
 MARGIN = 30  # s beyond the VM's own start timeout: the units the VM needs, the agent's own checks
 
 
@@ -54,25 +68,26 @@ class Resource:
                 found.append(f"op {name} {interval} timeout {a or '(none)'} -> {b or '(none)'}")
         return found
 
-    def xml(self, kept_meta: dict[str, str] | None = None) -> ET.Element:
-        """The primitive, with the meta attributes ``kept_meta`` (set by hand) besides ours."""
-        primitive = ET.Element("primitive", {"id": self.id, **AGENT})
-        for tag, suffix, values in (
-            ("instance_attributes", "instance_attributes", self.params),
-            ("meta_attributes", "meta_attributes", {**(kept_meta or {}), **self.meta}),
-        ):
-            if values:
-                block = ET.SubElement(primitive, tag, id=f"{self.id}-{suffix}")
-                for name, value in values.items():
-                    ET.SubElement(block, "nvpair", id=f"{self.id}-{suffix}-{name}", name=name, value=value)
-        operations = ET.SubElement(primitive, "operations")
+    def xml(self, live: ET.Element | None = None) -> ET.Element:
+        """The primitive: a new one, or ``live`` (the CIB's) with only what microvm sets overwritten."""
+        primitive = ET.Element("primitive", {"id": self.id, **AGENT}) if live is None else copy.deepcopy(live)
+        _set_pairs(primitive, "instance_attributes", f"{self.id}-instance_attributes", self.params, PARAMS)
+        _set_pairs(primitive, "meta_attributes", f"{self.id}-meta_attributes", self.meta, MINE)
+        if (operations := primitive.find("operations")) is None:
+            operations = ET.SubElement(primitive, "operations")
+        for op in operations.findall("op"):  # ours no longer wanted (migrate_* of a VM no longer migratable)
+            key = (op.get("name", ""), op.get("interval", ""))
+            if op.get("id") == _op_id(self.id, *key) and key not in self.ops:
+                operations.remove(op)
         for (name, interval), timeout in self.ops.items():
-            attributes = {"id": f"{self.id}-{name}-interval-{interval}", "name": name, "interval": interval}
-            ET.SubElement(operations, "op", attributes | {"timeout": timeout})
+            found = [op for op in operations.iterfind("op") if (op.get("name"), op.get("interval")) == (name, interval)]
+            op = found[0] if found else ET.SubElement(operations, "op", id=_op_id(self.id, name, interval), name=name)
+            op.set("interval", interval)
+            op.set("timeout", timeout)
         return primitive
 
-    def text(self, kept_meta: dict[str, str] | None = None) -> str:
-        return ET.tostring(self.xml(kept_meta), encoding="unicode")
+    def text(self, live: ET.Element | None = None) -> str:
+        return ET.tostring(self.xml(live), encoding="unicode")
 
 
 def wanted(host: HostConfig, vms: dict[str, VMConfig], builds: dict[str, Path]) -> dict[str, Resource]:
@@ -89,36 +104,56 @@ def wanted(host: HostConfig, vms: dict[str, VMConfig], builds: dict[str, Path]) 
         ops = {
             ("start", "0s"): slow,
             ("stop", "0s"): slow,
-            ("monitor", f"{MONITOR_INTERVAL}s"): f"{MONITOR_TIMEOUT}s",
+            ("monitor", f"{OPERATIONS['monitor'][1]}s"): f"{OPERATIONS['monitor'][0]}s",
         }
         meta = {"resource-stickiness": str(cluster.stickiness)}
         if vms[name].microvm.migratable:
             meta["allow-migrate"] = "true"
-            ops |= {("migrate_to", "0s"): slow, ("migrate_from", "0s"): "60s"}
+            ops |= {("migrate_to", "0s"): slow, ("migrate_from", "0s"): f"{OPERATIONS['migrate_from'][0]}s"}
         found[PREFIX + name] = Resource(PREFIX + name, params, meta, ops)
     return found
+
+
+def _op_id(rid: str, name: str, interval: str) -> str:
+    """The id microvm gives an op it writes (how it knows its own from others')."""
+    return f"{rid}-{name}-interval-{interval}"
+
+
+def _set_pairs(element: ET.Element, tag: str, block_id: str, values: dict[str, str], names: tuple[str, ...]) -> None:
+    """Make the nvpairs ``names`` of ``element``'s ``tag`` blocks the ``values``: set, added (to the first block,
+    made when there is none) or removed (one of ``names`` not in ``values``); the other nvpairs stay."""
+    blocks = element.findall(tag)
+    for block in blocks:
+        for pair in block.findall("nvpair"):
+            if pair.get("name") in names and pair.get("name") not in values:
+                block.remove(pair)
+    for name, value in values.items():
+        found = [pair for block in blocks for pair in block.iterfind("nvpair") if pair.get("name") == name]
+        if not found and not blocks:
+            blocks = [ET.SubElement(element, tag, id=block_id)]
+        pair = found[0] if found else ET.SubElement(blocks[0], "nvpair", id=f"{block_id}-{name}", name=name)
+        pair.set("value", value)
 
 
 def _pairs(element: ET.Element, tag: str) -> dict[str, str]:
     return {p.get("name", ""): p.get("value", "") for block in element.iterfind(tag) for p in block.iterfind("nvpair")}
 
 
-def ours(cib: ET.Element) -> dict[str, tuple[Resource, dict[str, str]]]:
-    """The ``microvm-*`` primitives of the agent in a CIB (top level of ``resources``): each as a Resource,
-    and the meta attributes set on it by others."""
+def ours(cib: ET.Element) -> dict[str, tuple[Resource, ET.Element]]:
+    """The ``microvm-*`` primitives of the agent in a CIB (top level of ``resources``): each as a Resource
+    (what microvm sets on it), and its element."""
     found = {}
     for primitive in cib.iterfind("./configuration/resources/primitive"):
         rid = primitive.get("id", "")
         if not rid.startswith(PREFIX) or any(primitive.get(k) != v for k, v in AGENT.items()):
             continue
-        meta = _pairs(primitive, "meta_attributes")
-        ops = {
-            (op.get("name", ""), op.get("interval", "")): op.get("timeout", "")
+        meta = {k: v for k, v in _pairs(primitive, "meta_attributes").items() if k in MINE}
+        ops = {  # those microvm wrote (by their ids): others' stay as they are
+            key: op.get("timeout", "")
             for op in primitive.iterfind("./operations/op")
+            if op.get("id") == _op_id(rid, *(key := (op.get("name", ""), op.get("interval", ""))))
         }
-        mine = {k: v for k, v in meta.items() if k in MINE}
-        others = {k: v for k, v in meta.items() if k not in MINE}
-        found[rid] = (Resource(rid, _pairs(primitive, "instance_attributes"), mine, ops), others)
+        found[rid] = (Resource(rid, _pairs(primitive, "instance_attributes"), meta, ops), primitive)
     return found
 
 
@@ -143,8 +178,8 @@ class Constraint:
     def differences(self, new: Constraint) -> list[str]:
         return _changed({"element": self.tag, **self.attrs}, {"element": new.tag, **new.attrs})
 
-    def text(self, kept_meta: dict[str, str] | None = None) -> str:
-        """The element (constraints have no meta attributes to keep)."""
+    def text(self, live: ET.Element | None = None) -> str:
+        """The element (all of it microvm's: nothing of the live one to keep)."""
         return ET.tostring(ET.Element(self.tag, {"id": self.id, **self.attrs}), encoding="unicode")
 
 
@@ -223,7 +258,7 @@ class Diff:
     """The change to the CIB: resources and constraints to add, to rewrite (with what differs), to remove."""
 
     add: list[Item] = field(default_factory=list)
-    change: list[tuple[Item, dict[str, str], list[str]]] = field(default_factory=list)  # new, kept meta, why
+    change: list[tuple[Item, ET.Element | None, list[str]]] = field(default_factory=list)  # new, live, why
     remove: list[Item] = field(default_factory=list)  # as they are in the CIB
 
     def __bool__(self) -> bool:
@@ -239,23 +274,31 @@ class Diff:
 
     def describe(self) -> list[str]:
         lines = [f"add {item.what} ({item.explain()})" for item in self.add]
-        lines += [f"change {item.what}: " + "; ".join(why) for item, _, why in self.change]
+        lines += [f"change {item.what}: " + "; ".join(why) + _restarts(item, why) for item, _, why in self.change]
         for item in self.remove:
             lines.append(f"remove {item.what}" + (" (the cluster stops it)" if isinstance(item, Resource) else ""))
         return lines
+
+
+def _restarts(item: Item, why: list[str]) -> str:
+    """What a change costs the running VM: a new build is a restart (the agent reloads only shared_storage and
+    require_fencing)."""
+    if isinstance(item, Resource) and any(reason.startswith("build ") for reason in why):
+        return f" (Pacemaker restarts VM {item.params['name']}: a shutdown and a boot)"
+    return ""
 
 
 def diff(cib: ET.Element, want: dict[str, Item]) -> Diff:
     """What makes the CIB's resources and constraints of ours the ``want``\\ ed ones (by id)."""
     result = Diff()
     live_resources = ours(cib)
-    kept = {rid: others for rid, (_, others) in live_resources.items()}
+    elements = {rid: element for rid, (_, element) in live_resources.items()}
     live: dict[str, Item] = {rid: resource for rid, (resource, _) in live_resources.items()}
     live |= ours_constraints(cib)
     for rid, item in want.items():
         if rid not in live:
             result.add.append(item)
         elif why := live[rid].differences(item):  # the same id: the same kind (constraints' ids have "..")
-            result.change.append((item, kept.get(rid, {}), why))
+            result.change.append((item, elements.get(rid), why))
     result.remove = [live[rid] for rid in sorted(set(live) - set(want))]
     return result

@@ -11,11 +11,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import LoadedHost, LoadedVM
+from ..errors import ConfigError, ConfigErrors
 from ..layout import OCF_AGENT
 from ..runner import privileges
 from ..runner.build import build_vm
@@ -175,13 +176,16 @@ def plan(
     store: Store,
     unit_dir: Path = DEFAULT_UNIT_DIR,
     progress: Callable[[str], None] | None = None,
+    cluster_vms: Collection[str] = (),
 ) -> Plan:
     """What `apply` would change, building the declared VMs on the way.
 
     The host network comes after the VMs' files and units, before systemd
     reloads and starts anything. Systemd is told only when the units go to
-    /etc/systemd/system and it runs.
+    /etc/systemd/system and it runs. ``cluster_vms``: the VMs the cluster
+    still has a resource of (the cluster layer asks it; this one cannot).
     """
+    _refuse_leaving_cluster(host, cluster_vms)
     config = host.config.microvm
     state_dir = Path(config.stateDir)
     vms = _vm_changes(host, store, state_dir, progress or (lambda _: None))
@@ -218,6 +222,36 @@ def plan(
             if systemd.is_active(name):
                 result.add(Systemctl(("restart", systemd.unit(name)), "restartIfChanged"))
     return result
+
+
+def _refuse_leaving_cluster(host: LoadedHost, cluster_vms: Collection[str]) -> None:
+    """Refuse to take a VM, or the host, out of the cluster while the cluster still runs it: every node would
+    start the VM by itself (its volumes shared: several times at once), or find the agent of its resources gone
+    (a failed monitor, then a failed stop: fenced)."""
+    file, declared = str(host.loaded.file), host.config.microvm.vms
+    hint = "take it out of the cluster first: microvm cluster apply (it removes the resources), then host apply"
+    problems = [
+        ConfigError(
+            f"the cluster still runs VM {name!r} (its resource microvm-{name}); it cannot become this host's",
+            file=file,
+            option=f"microvm.vms.{name}.cluster" if name in declared else f"microvm.vms.{name}",
+            hint=hint,
+        )
+        for name in sorted(cluster_vms)
+        if host.config.cluster.enable and not (name in declared and declared[name].cluster)
+    ]
+    if not host.config.cluster.enable and cluster_vms:
+        problems.append(
+            ConfigError(
+                f"the cluster still has resources of its agent: {', '.join(f'microvm-{n}' for n in sorted(cluster_vms))};"
+                " removing the agent fails them (and fences their nodes)",
+                file=file,
+                option="cluster.enable",
+                hint="remove the cluster VMs from the host file and run microvm cluster apply first, then host apply",
+            )
+        )
+    if problems:
+        raise ConfigErrors(problems)
 
 
 def _cluster_agent(enable: bool, state_dir: Path, store: Store) -> list[Change]:

@@ -87,9 +87,7 @@ class WriteFile(Change):
 
     def apply(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, self.content)
-        if self.mode is not None:
-            self.path.chmod(self.mode)
+        write_atomic(self.path, self.content, self.mode)
 
 
 @dataclass

@@ -97,9 +97,12 @@ def switch_link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Replace ``path`` in one step; ``mode`` set before (an executable is never briefly not one)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
+    if mode is not None:
+        tmp.chmod(mode)
     os.replace(tmp, path)
 
 

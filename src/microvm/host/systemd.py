@@ -8,7 +8,12 @@ from .. import proc
 from ..errors import MicrovmError
 
 UNIT_DIR = Path("/etc/systemd/system")
-CLUSTER_DROPIN = "cluster.conf"  # `host apply`'s drop-in of a VM the cluster runs
+RUNTIME_UNIT_DIR = Path("/run/systemd/system")  # gone at reboot
+# the drop-ins of a VM the cluster runs: `host apply`'s (in UNIT_DIR) and the agent's (in RUNTIME_UNIT_DIR, for
+# a VM no host file declares). systemd reads a unit's drop-ins in the order of their names, the last setting
+# wins: these sort after every other drop-in of the VM (overrides.conf: unitOverrides), so Restart=no stays.
+CLUSTER_DROPIN = "zz-cluster.conf"
+AGENT_DROPIN = "zz-microvm-cluster.conf"
 
 
 def unit(name: str) -> str:
@@ -16,8 +21,14 @@ def unit(name: str) -> str:
 
 
 def cluster_managed(name: str) -> bool:
-    """The cluster runs VM ``name`` (`host apply` gave its unit the cluster's drop-in): systemctl must not."""
-    return (UNIT_DIR / f"{unit(name)}.d" / CLUSTER_DROPIN).exists()
+    """The cluster runs VM ``name`` (`host apply` or the cluster's agent gave its unit the cluster's drop-in):
+    systemctl must not."""
+    return (UNIT_DIR / f"{unit(name)}.d" / CLUSTER_DROPIN).exists() or agent_dropin(name).exists()
+
+
+def agent_dropin(name: str) -> Path:
+    """The cluster agent's runtime drop-in of VM ``name``'s unit."""
+    return RUNTIME_UNIT_DIR / f"{unit(name)}.d" / AGENT_DROPIN
 
 
 def running() -> bool:

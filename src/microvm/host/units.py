@@ -274,7 +274,7 @@ def web_service(web: WebOptions, state_dir: Path, store: Path) -> str:
 
 
 def cluster_dropin(shared_storage: str | None) -> str:
-    """``microvm@<name>.service.d/cluster.conf`` of a cluster VM: Pacemaker, not systemd, restarts it, and its
+    """``microvm@<name>.service.d/zz-cluster.conf`` of a cluster VM: Pacemaker, not systemd, restarts it, and its
     hypervisor writes its volumes on the shared storage (the unit lets it write only its state directory)."""
     writable = [("ReadWritePaths", escape(shared_storage, variables=False))] if shared_storage else []
     return render({"Service": [("Restart", "no"), *writable]})

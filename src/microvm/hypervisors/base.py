@@ -322,8 +322,11 @@ class Control(ABC):
 
     def fault(self, socket: Path) -> str | None:
         """Why the VM behind ``socket`` does not run as it should, in the hypervisor's own words; None
-        when it runs. By default only whether the hypervisor answers on its socket."""
-        return None if peer_pid(socket) else f"nothing is listening on {socket}"
+        when it runs. Raises MicrovmError when the hypervisor does not answer (which may pass: the caller
+        decides). By default only whether the hypervisor listens on its socket."""
+        if not peer_pid(socket):
+            raise MicrovmError(f"nothing is listening on {socket}")
+        return None
 
     @abstractmethod
     def request_shutdown(self, socket: Path) -> None:

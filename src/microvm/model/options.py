@@ -1120,8 +1120,8 @@ class DeclaredVM(Options):
             "Cluster nodes this cluster VM prefers, most preferred first (`rsc_location` constraints with "
             "descending positive scores: a preference, not a ban; it runs elsewhere when none of them can). "
             "Each must be a node of the cluster. The scores are 10 for the last, 10 more for each before it: "
-            "below the default `cluster.stickiness`, so a running VM does not move back to a preferred node that "
-            "returns."
+            "with up to 10 entries at or below the default `cluster.stickiness`, so a running VM does not move "
+            "back to a preferred node that returns."
         ),
         examples=[["n1", "n2"]],
     )
