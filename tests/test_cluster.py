@@ -113,6 +113,8 @@ def rig(tmp_path_factory, shared_store):
 
 
 def _running_on(cluster) -> str:
+    """The one node running the VM once the cluster has nothing left to do (a probe or a stop can be pending)."""
+    cluster.settle(120)
     [node] = cluster.locate(RESOURCE)
     return node
 
@@ -186,6 +188,8 @@ def test_drain_moves_the_vm_live(rig) -> None:
     continued = [n for n, b in ticks(cluster.nodes[target], VM) if b == boot]
     assert continued[0] <= last_there + 10  # counting on where it was: the same boot, not a new one
     assert not host.active(VM)
+    # and it stays so once the cluster is idle again (no restart after the migration, no move back)
+    assert _running_on(cluster) == target and _current_boot(cluster, target) == boot
 
 
 SPLIT_TRIALS = 10
