@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from cluster import ADDRESSES, NODES, PACKAGES, SHARED, Cluster, boots, declare, three_nodes  # the tests' rig
-from helpers import CACHE, build_file, wait_until, write_vm
+from helpers import CACHE, build_file, kernel_settings, wait_until, write_vm
 from hosts import write_section
 from libvirt import domain_xml
-from sshhosts import MIGRATING, kernel_settings
+from sshhosts import MIGRATING
 
 from microvm.config import load_vm
 from microvm.hypervisors import get

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import CACHE  # the tests' helpers (tests/ is on the path only from here)
-from helpers import Host, wait_until
-from sshhosts import MIGRATING, SHARED, console, kernel_settings, ticks, two_hosts
+from helpers import Host, kernel_settings, wait_until
+from sshhosts import MIGRATING, SHARED, console, ticks, two_hosts
 
 from microvm.config import load_vm
 from microvm.control.process import peer_pid

@@ -101,17 +101,19 @@ def build_file(store: Store, file: Path, hypervisor: str | None = None) -> Built
     return build_vm(store, load_vm(file).config, hypervisor)
 
 
-def store_kernel(store: Store, work: Path):  # -> the kernel store entry of a built VM
-    """The guest kernel in ``store``: what a VM built there boots (a probe VM's, built in ``work``)."""
-    return build_file(store, write_vm(work / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+def kernel_settings(store: Store, work: Path) -> str:
+    """A VM file's ``[guest.kernel]`` table naming the kernel already in ``store`` (a probe VM's, built in
+    ``work``): VMs built with it need no download, and hosts without network can build them."""
+    kernel = build_file(store, write_vm(work / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    return f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"\n'
 
 
-def nspawn_kernel(store: Store, tmp_path: Path):  # -> the kernel store entry of a built VM
-    """The guest kernel in the shared store, for VMs that run under systemd in an nspawn container (skips
-    where no container can run)."""
+def nspawn_kernel_settings(store: Store, tmp_path: Path) -> str:
+    """:func:`kernel_settings` for VMs that run under systemd in an nspawn container (skips where no
+    container can run)."""
     if not Path("/sys/fs/cgroup").is_dir() or not shutil.which("systemd-nspawn"):
         pytest.skip("needs systemd-nspawn")
-    return store_kernel(store, tmp_path)
+    return kernel_settings(store, tmp_path)
 
 
 def boot(

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from helpers import CACHE, REPO, Host, store_kernel, unpacked_rootfs, wait_until, write_vm
+from helpers import CACHE, REPO, Host, unpacked_rootfs, wait_until, write_vm
 from netns import NetNS, netns
 from nspawn import container
 
@@ -130,12 +130,6 @@ def _host_file(rootfs: Path) -> Path:
     """An empty host file: apply installs the units, the microvm user and the state directory."""
     write_vm(rootfs / "etc/microvm", "[microvm]\n", "host.toml")
     return Path("/etc/microvm/host.toml")
-
-
-def kernel_settings(shared_store, work: Path) -> str:
-    """guest.kernel settings for the kernel already in the shared store (the hosts cannot download)."""
-    kernel = store_kernel(shared_store, work)
-    return f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"\n'
 
 
 def console(host: Host, name: str) -> str:

@@ -18,8 +18,8 @@ from typing import Self
 
 import pytest
 from cluster import FENCE_DEVICE, HOST_FILE, SHARED, boots, declare, three_nodes
-from helpers import build_file, wait_until, write_vm
-from sshhosts import MIGRATING, kernel_settings, ticks
+from helpers import build_file, kernel_settings, wait_until, write_vm
+from sshhosts import MIGRATING, ticks
 
 pytestmark = [pytest.mark.boot, pytest.mark.xdist_group("boot")]
 

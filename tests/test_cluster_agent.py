@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CACHE, STATE, Host, build_file, nspawn_kernel, unpacked_rootfs, wait_until, write_vm
+from helpers import CACHE, STATE, Host, build_file, nspawn_kernel_settings, unpacked_rootfs, wait_until, write_vm
 from nspawn import container
 
 from microvm.cluster import agent
@@ -26,10 +26,7 @@ VM = """
 hostName = "{name}"
 shell = false
 commands = ['{deaf}echo "marker: {name} gen 1 boot $(cat /proc/sys/kernel/random/boot_id)"']
-[guest.kernel]
-image = "{kernel.boot_image}"
-modulesDir = "{kernel.modules_dir}"
-[microvm]
+{kernel}[microvm]
 vcpu = 1
 mem = 256
 migratable = true
@@ -41,7 +38,7 @@ size = 16
 
 @pytest.fixture
 def node(shared_store, tmp_path: Path):
-    kernel = nspawn_kernel(shared_store, tmp_path)
+    kernel = nspawn_kernel_settings(shared_store, tmp_path)
     work = tmp_path / "work"
     vm = {"name": "c1", "kernel": kernel, "image": f"{SHARED}/c1-var.img", "deaf": ""}
     write_vm(work, VM.format(**vm), "c1.toml")

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from helpers import build_file, write_vm
+from helpers import kernel_settings, write_vm
 from typer.testing import CliRunner
 
 from microvm.cli import show
@@ -227,8 +227,7 @@ def test_a_cluster_vm_cannot_be_autostarted_or_deployed_from_a_source(tmp_path: 
 @pytest.fixture
 def kernel(shared_store, tmp_path: Path) -> str:
     """A VM file's [guest.kernel] table of a kernel in the shared store (builds need no download then)."""
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
-    return f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"'
+    return kernel_settings(shared_store, tmp_path)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CACHE, POWEROFF_VM, build_file, entries_built_for, microvm, write_vm
+from helpers import CACHE, POWEROFF_VM, entries_built_for, kernel_settings, microvm, write_vm
 
 from microvm.cli import translate_legacy
 from microvm.config import load_host
@@ -392,10 +392,9 @@ def test_virtiofsd_unit_program_notifies_ready_and_stops_its_daemons(tmp_path: P
 
 
 def test_gc_keeps_what_current_and_booted_use(shared_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
+    local_kernel = kernel_settings(shared_store, tmp_path)
     store = Store(tmp_path / "store")  # private: gc on the shared store would delete other tests' builds
     monkeypatch.setenv("MICROVM_STORE", str(store.root))
-    local_kernel = f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"'
     src = tmp_path / "src"
     define(src, "gcvm", extra=local_kernel)
     ok("create", "gcvm", "-f", str(src))

@@ -21,7 +21,7 @@ from helpers import (
     REPO,
     STATE,
     Host,
-    nspawn_kernel,
+    nspawn_kernel_settings,
     rootfs_tarball,
     unpacked_rootfs,
     wait_until,
@@ -64,21 +64,9 @@ mem = {mem}
 @pytest.fixture
 def setup(shared_store, tmp_path: Path):
     """The rootfs, the VM files (using the kernel already in the shared store) and the host file."""
-    kernel = nspawn_kernel(shared_store, tmp_path)
+    kernel = nspawn_kernel_settings(shared_store, tmp_path)
     work = tmp_path / "work"
-    write_vm(
-        work,
-        f"""
-        [guest]
-        shell = false
-        [guest.kernel]
-        image = "{kernel.boot_image}"
-        modulesDir = "{kernel.modules_dir}"
-        [microvm]
-        vcpu = 1
-        """,
-        "common.toml",
-    )
+    write_vm(work, "[guest]\nshell = false\n" + kernel + "[microvm]\nvcpu = 1\n", "common.toml")
     alpha = VM.format(common="common.toml", name="alpha", gen=1, mem=256, shell="false")
     alpha += "readiness = true\nregisterWithMachined = true\n" + NET
     alpha += CREDENTIAL

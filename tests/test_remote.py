@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import Host, build_file, wait_until, write_vm
-from sshhosts import MIGRATING, SHARED, STORE, console, kernel_settings, ticks, two_hosts
+from helpers import Host, build_file, kernel_settings, wait_until, write_vm
+from sshhosts import MIGRATING, SHARED, STORE, console, ticks, two_hosts
 
 from microvm.store import content_hash
 

@@ -19,7 +19,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, STATE, Host, address, build_file, serving, unpacked_rootfs, wait_until, write_vm
+from helpers import (
+    REPO,
+    STATE,
+    Host,
+    address,
+    kernel_settings,
+    serving,
+    unpacked_rootfs,
+    wait_until,
+    write_vm,
+)
 
 pytest.importorskip("selenium")
 from selenium import webdriver
@@ -134,11 +144,8 @@ def test_page_lists_starts_shows_the_console_and_stops_under_systemd(shared_stor
     from nspawn import container
 
     shots = REPO / SCREENSHOTS if SCREENSHOTS else tmp_path
-    kernel = build_file(shared_store, write_vm(tmp_path / "probe", "[guest]\nhostName = 'probe'\n")).kernel
     work = tmp_path / "work"
-    common = (
-        f'[guest.kernel]\nimage = "{kernel.boot_image}"\nmodulesDir = "{kernel.modules_dir}"\n[microvm]\nvcpu = 1\n'
-    )
+    common = kernel_settings(shared_store, tmp_path) + "[microvm]\nvcpu = 1\n"
     write_vm(work, common, "common.toml")
     for name in ("alpha", "beta"):
         write_vm(work, VM.format(name=name), f"{name}.toml")
